@@ -1,0 +1,130 @@
+"""The d2bench sweeper: Hydra's basic sweeper (cartesian product of `params` and command-line
+sweeps) times an optional list of named `variants`, each a point in config space; for example
+the seed's seven detectron2 variants. After every job has run it prints one summary line and
+exits non-zero if any run failed, so a sweep never hides a failure and never stops at the first.
+
+    hydra.sweeper.variants: {Name: {key: value, ...}, ...}   # each job gets variant=Name too
+    variant=A,B on the command line runs only those variants.
+"""
+
+import collections
+import logging
+import os
+import shlex
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, List
+
+from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
+from hydra.core.config_store import ConfigStore
+from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.errors import HydraException
+from omegaconf import OmegaConf
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class D2benchSweeperConf:
+    _target_: str = "hydra_plugins.d2bench_sweeper.d2bench_sweeper.D2benchSweeper"
+    max_batch_size: Any = None
+    params: Any = None
+    variants: Any = None
+
+
+ConfigStore.instance().store(group="hydra/sweeper", name="d2bench", node=D2benchSweeperConf)
+
+
+def _value(value: Any) -> str:
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    return "null" if value is None else str(value)
+
+
+def _key(override: str) -> str:
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+class D2benchSweeper(BasicSweeper):
+    def __init__(self, max_batch_size=None, params=None, variants=None) -> None:
+        super().__init__(max_batch_size=max_batch_size, params=params)
+        self.variants = dict(variants or {})
+
+    def job_overrides(self, arguments: List[str]) -> List[List[str]]:
+        """Every job's override list: variant points x the cartesian product of the rest."""
+        parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
+        parsed = parser.parse_overrides(self._parse_config() + list(arguments))
+        chosen = None
+        rest = []
+        for override in parsed:
+            if override.get_key_element().lstrip("+~") == "variant" and self.variants:
+                chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() \
+                    else [override.get_value_element_as_str()]
+            else:
+                rest.append(override)
+        combos = self.split_arguments(rest, None)[0]
+        if not self.variants:
+            return combos
+        unknown = sorted(set(chosen or []) - set(self.variants))
+        if unknown:
+            raise HydraException(f"unknown variant(s) {unknown}; this sweep has {list(self.variants)}")
+        jobs = []
+        for name, point in self.variants.items():
+            if chosen is not None and name not in chosen:
+                continue
+            for combo in combos:
+                clash = sorted({_key(o) for o in combo} & set(point))
+                if clash:
+                    raise HydraException(
+                        f"{clash} set by the sweep's variants; choose variants with variant=A,B "
+                        "or run without sweep=...")
+                fixed = [f"{k}={_value(v)}" for k, v in point.items()] + [f"variant={name}"]
+                jobs.append(fixed + combo)
+        return jobs
+
+    def sweep(self, arguments: List[str]) -> Any:
+        os.environ.setdefault("D2BENCH_COMMAND",
+                              shlex.join(["python", "-m", "runner", *sys.argv[1:]]))
+        jobs = self.job_overrides(arguments)
+        self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
+        sweep_dir = Path(self.config.hydra.sweep.dir)
+        sweep_dir.mkdir(parents=True, exist_ok=True)
+        OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
+        log.info("sweep: %d runs -> %s", len(jobs), sweep_dir)
+
+        returns, first = [], 0
+        while not self.is_done():
+            batch = self.get_job_batch()
+            self.validate_batch_is_legal(batch)
+            returns.append(self.launcher.launch(batch, initial_job_idx=first))
+            first += len(batch)
+        self._summarize([r for batch in returns for r in batch])
+        return returns
+
+    @staticmethod
+    def _summarize(results) -> None:
+        counts = collections.Counter()
+        failures = []
+        for result in results:
+            try:
+                row = result.return_value
+            except Exception as error:  # the job itself raised
+                counts["error"] += 1
+                failures.append(f"{result.overrides}: {type(error).__name__}: {error}")
+                continue
+            if row is None:  # invalid configuration, already reported by the job
+                counts["invalid"] += 1
+                failures.append(f"{result.overrides}: invalid configuration")
+                continue
+            counts[row.status] += 1
+            if row.status in ("error", "parity_fail"):
+                first_line = (row.error or "").splitlines()[0] if row.error else ""
+                failures.append(f"{row.output_dir}: {row.status}: {first_line}")
+        failed = counts["error"] + counts["parity_fail"] + counts["invalid"]
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        log.info("sweep done: %d runs: %s", sum(counts.values()), summary)
+        for line in failures:
+            log.error("failed: %s", line)
+        if failed:
+            raise SystemExit(1)

@@ -1,0 +1,98 @@
+"""Backends: a registry of functions that take an exported model and return something faster.
+
+A backend is one function
+
+    optimize(exported, inputs, precision, options) -> callable(*images) -> flat outputs
+
+registered with ``@register("name")`` in its own module under runner/backends/ and selected by
+conf/backend/<name>.yaml. It validates its own `options` (with `check_options`) and raises
+`Unsupported` when it cannot apply (optional package missing, model it cannot handle); the run
+then records status=unsupported with that reason. Optional packages are imported inside the
+function, so importing this registry never needs them.
+"""
+
+from __future__ import annotations
+
+import importlib
+import pkgutil
+from collections.abc import Callable
+from typing import Any
+
+
+class Unsupported(Exception):
+    """This combination cannot run here; the message says why and how to get it."""
+
+
+Backend = Callable[..., Callable]
+
+# name -> (optimize, version): filled by @register as the backend modules are imported
+_BACKENDS: dict[str, tuple[Backend, Callable[[], str]]] = {}
+
+
+def _torch_version() -> str:
+    import torch
+
+    return f"torch {torch.__version__}"
+
+
+def register(name: str, version: Callable[[], str] = _torch_version):
+    """Register `optimize` under `name`; `version()` names what does the work, for the row."""
+
+    def decorate(fn: Backend) -> Backend:
+        if name in _BACKENDS and _BACKENDS[name][0] is not fn:
+            raise ValueError(f"backend {name!r} registered twice")
+        _BACKENDS[name] = (fn, version)
+        return fn
+
+    return decorate
+
+
+def _import_all() -> None:
+    for info in pkgutil.iter_modules(__path__):
+        importlib.import_module(f"{__name__}.{info.name}")
+
+
+def names() -> list[str]:
+    _import_all()
+    return sorted(_BACKENDS)
+
+
+def get(name: str) -> Backend:
+    _import_all()
+    if name not in _BACKENDS:
+        raise KeyError(f"unknown backend {name!r}; registered: {sorted(_BACKENDS)}")
+    return _BACKENDS[name][0]
+
+
+def version(name: str) -> str:
+    """What does the backend's work, with its version; '' where that cannot be told."""
+    get(name)
+    try:
+        return _BACKENDS[name][1]()
+    except Exception:  # an optional package that is absent has no version
+        return ""
+
+
+def check_options(backend: str, options: dict[str, Any], allowed: dict[str, tuple]) -> dict:
+    """Validate `options` against `allowed` (name -> tuple of allowed values or types).
+
+    Returns the options; raises ValueError naming the field and what it may be.
+    """
+    unknown = sorted(set(options) - set(allowed))
+    if unknown:
+        raise ValueError(
+            f"backend={backend}: unknown option(s) {unknown}; allowed: {sorted(allowed)}"
+        )
+    for key, value in options.items():
+        choices = allowed[key]
+        types = tuple(c for c in choices if isinstance(c, type))
+        values = [c for c in choices if not isinstance(c, type)]
+        ok = (types and isinstance(value, types) and not (
+            isinstance(value, bool) and bool not in types and int in types
+        )) or any(value == v and type(value) is type(v) for v in values)
+        if not ok:
+            shown = [c.__name__ if isinstance(c, type) else repr(c) for c in choices]
+            raise ValueError(
+                f"backend={backend}: options.{key}={value!r}; allowed: {', '.join(shown)}"
+            )
+    return options

@@ -1,0 +1,18 @@
+"""torchscript: torch.jit.trace or torch.jit.script (the run's `export`), executed by the JIT's
+profiling executor. Reduced precisions are traced under autocast so the casts are in the graph."""
+
+import torch
+
+from runner.backends import check_options, register
+from runner.precision import autocast
+
+
+@register("torchscript")
+def optimize(exported, inputs, precision, options):
+    options = check_options("torchscript", options, {"freeze": (bool,)})
+    device = exported.example[0].device
+    with torch.no_grad(), autocast(precision, device, cache_enabled=False):
+        module = exported.to_torchscript()
+    if options.get("freeze") and isinstance(module, torch.jit.ScriptModule):
+        module = torch.jit.freeze(module.eval())
+    return module

@@ -1,0 +1,205 @@
+"""One run, top to bottom: takes a validated Config, returns the Row it wrote to result.csv.
+
+Parent (`run`): isolates the measurement in a fresh child, turns whatever happens into a Row
+(ok, parity_fail, unsupported or error, with the reason) and writes it. Child (`measure`):
+
+    models.build -> inputs.make -> export.wrap -> calibrate (random weights only)
+    -> eager fp32 reference -> backends.get(name)(...) -> per size: warm up, parity, time
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from dataclasses import asdict
+from pathlib import Path
+
+from runner import isolate, record
+from runner.config import Config
+from runner.record import Row
+
+log = logging.getLogger(__name__)
+
+
+def identity(cfg: Config) -> dict:
+    return {
+        "model": cfg.model.name,
+        "variant": cfg.variant or "",
+        "export": cfg.export,
+        "batch": cfg.batch,
+        "postprocess": cfg.postprocess,
+        "precision": cfg.precision.name,
+        "backend": cfg.backend.name,
+        "shapes": cfg.shapes.name,
+        "image_hw": f"{cfg.inputs.height}x{cfg.inputs.width}",
+        "device": cfg.device,
+        "warmup": cfg.bench.warmup,
+        "iters": cfg.bench.iters,
+        "command": cfg.command,
+        "output_dir": cfg.output_dir,
+    }
+
+
+def describe(cfg: Config) -> str:
+    return (f"{cfg.variant or cfg.model.name} export={cfg.export} batch={cfg.batch} "
+            f"precision={cfg.precision.name} backend={cfg.backend.name} shapes={cfg.shapes.name}")
+
+
+def run(cfg: Config) -> Row:
+    """Measure in a child (or inline), write result.csv in cfg.output_dir, return the Row."""
+    out = Path(cfg.output_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.monotonic()
+    log.info("run: %s -> %s", describe(cfg), out)
+    try:
+        if cfg.bench.isolate:
+            fields = isolate.call(measure, cfg, timeout_s=cfg.bench.timeout_s)
+        else:
+            fields = measure(cfg)
+    except isolate.ChildFailed as failure:
+        if failure.detail:
+            (out / "error.txt").write_text(failure.detail)
+        fields = {"status": "error", "error": f"{failure.cause}: {failure}"}
+    except Exception as error:  # inline mode: the same outcome as a child that raised
+        fields = {"status": "error", "error": f"exception: {type(error).__name__}: {error}"}
+    if "torch_version" not in fields:  # the child never reported its environment
+        fields.update(record.environment(cfg.device))
+    row = Row(**{**identity(cfg), **fields})
+    record.write_rows(out / "result.csv", [row])
+    took = time.monotonic() - started
+    if row.status in ("ok", "parity_fail"):
+        log.info("run: %s in %.0f s: median %.2f ms, p99 %.2f ms, parity %s, %s detections",
+                 row.status, took, row.latency_ms_median, row.latency_ms_p99,
+                 "pass" if row.parity_pass else "FAIL", row.num_detections)
+    else:
+        log.warning("run: %s in %.0f s: %s", row.status, took, row.error.splitlines()[0])
+    return row
+
+
+# ---- the child ---------------------------------------------------------------------------
+
+
+def _configure_child_logging(out: Path) -> None:
+    logging.basicConfig(
+        level=logging.INFO,
+        format="[%(asctime)s][child][%(levelname)s] %(message)s",
+        handlers=[logging.StreamHandler(), logging.FileHandler(out / "child.log")],
+        force=True,
+    )
+
+
+def measure(cfg: Config) -> dict:
+    """Build, export, optimize, check and time one configuration. Returns Row fields."""
+    import torch
+
+    from runner import backends, export, inputs, models, parity, timing
+    from runner.precision import autocast
+
+    out = Path(cfg.output_dir)
+    _configure_child_logging(out)
+    device = torch.device(cfg.device)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise RuntimeError(f"device={cfg.device} but torch sees no CUDA device")
+        torch.cuda.set_device(device)
+    env = record.environment(cfg.device, cuda_ready=device.type == "cuda")
+    env["backend_version"] = backends.version(cfg.backend.name)
+
+    def synchronize() -> None:
+        if device.type == "cuda":
+            torch.cuda.synchronize(device)
+
+    fields: dict = dict(env)
+    try:
+        model, fields["weights"] = models.build(cfg.model, device, cfg.seed)
+        images = inputs.make(cfg, device)
+        opt = images.images["opt"]
+        exported = export.wrap(model, cfg.model.family, cfg.export, cfg.postprocess,
+                               cfg.model.scriptable, cfg.model.not_scriptable_reason, opt)
+        with torch.no_grad():
+            if cfg.model.weights is None:
+                counts = models.calibrate(model, lambda: exported.module(*opt),
+                                          cfg.model.logit_layers, cfg.model.logit_std,
+                                          cfg.model.residual_scale)
+                fields["weights"] += " calibrated(" + ", ".join(
+                    f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items()) + ")"
+                log.info("weights: %s", fields["weights"])
+            reference = {shape: exported.decode(exported.module(*batch), cfg.batch)
+                         for shape, batch in images.images.items()}
+            floor = None
+            if cfg.precision.autocast:
+                with autocast(cfg.precision, device):
+                    floor = parity.worst([
+                        parity.compare(reference[shape],
+                                       exported.decode(exported.module(*batch), cfg.batch),
+                                       cfg.bench.match_iou)
+                        for shape, batch in images.images.items()])
+                log.info("floor (eager %s vs eager fp32): %s", cfg.precision.name, asdict(floor))
+        log.info("reference (eager fp32): %s detections at %s",
+                 sum(len(d) for d in reference["opt"]), images.hw("opt"))
+
+        optimize = backends.get(cfg.backend.name)
+        synchronize()
+        started = time.perf_counter()
+        fn = optimize(exported, images, cfg.precision, dict(cfg.backend.options))
+
+        def call(batch):
+            with torch.no_grad(), autocast(cfg.precision, device):
+                return fn(*batch)
+
+        for batch in images.images.values():  # lazy compilers compile on the first call
+            call(batch)
+        synchronize()
+        fields["optimize_s"] = time.perf_counter() - started
+        log.info("optimize: %.1f s (%s)", fields["optimize_s"], fields["backend_version"])
+
+        protocol = timing.Protocol(cfg.bench.warmup, cfg.bench.iters)
+        figures, samples = [], {}
+        for shape, batch in images.images.items():
+            if device.type == "cuda" and shape == "opt":
+                torch.cuda.reset_peak_memory_stats(device)
+            samples[shape] = timing.measure(lambda b=batch: call(b), protocol, synchronize)
+            if device.type == "cuda" and shape == "opt":
+                fields["peak_mem_mb"] = torch.cuda.max_memory_allocated(device) / 1e6
+            output = exported.decode(call(batch), cfg.batch)  # same executable as timed
+            figures.append(parity.compare(reference[shape], output, cfg.bench.match_iou))
+            if shape == "opt":
+                fields["num_detections"] = sum(len(d) for d in output)
+            log.info("%s %s: median %.3f ms over %d calls (%s)", shape, images.hw(shape),
+                     float(sorted(samples[shape])[len(samples[shape]) // 2]),
+                     len(samples[shape]), protocol.describe())
+        _write_samples(out / "samples.csv", samples, images)
+    except backends.Unsupported as reason:
+        log.warning("unsupported: %s", reason)
+        return {**fields, "status": "unsupported", "error": str(reason)}
+
+    fields.update(timing.summarize(samples["opt"], cfg.batch))
+    if "min" in samples:
+        fields["image_hw_min"], fields["image_hw_max"] = images.hw("min"), images.hw("max")
+        for shape in ("min", "max"):
+            fields[f"latency_ms_median_{shape}_shape"] = timing.summarize(
+                samples[shape], cfg.batch)["latency_ms_median"]
+    worst = parity.worst(figures)
+    broken = parity.verdict(worst, cfg.precision, floor)
+    if floor is not None:
+        fields.update({f"parity_floor_{k}": getattr(floor, k)
+                       for k in ("match_f1", "box_iou", "score_max_diff", "mask_iou")})
+    fields.update(
+        parity_pass=not broken,
+        parity_match_f1=worst.match_f1,
+        parity_box_iou=worst.box_iou,
+        parity_score_max_diff=worst.score_max_diff,
+        parity_mask_iou=worst.mask_iou,
+        num_detections_ref=worst.num_reference,
+        status="ok" if not broken else "parity_fail",
+        error="" if not broken else "parity: " + "; ".join(broken),
+    )
+    log.info("parity: %s", asdict(worst))
+    return fields
+
+
+def _write_samples(path: Path, samples: dict[str, list[float]], images) -> None:
+    lines = ["shape,image_hw,call,latency_ms"]
+    for shape, values in samples.items():
+        lines += [f"{shape},{images.hw(shape)},{i},{v!r}" for i, v in enumerate(values)]
+    record.write_atomic(path, "\n".join(lines) + "\n")

@@ -1,0 +1,176 @@
+"""Typed, validated configuration for one run.
+
+Takes the DictConfig that Hydra composed from conf/ and returns a `Config` made of one dataclass
+per group. Everything that can be wrong with the user's input is caught here, before any model is
+built, and reported as a `ConfigError` whose message names the field and the allowed values.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from omegaconf import DictConfig, OmegaConf
+
+FAMILIES = ("detectron2", "torchvision")
+EXPORTS = ("trace", "script")
+DTYPES = ("float32", "float16", "bfloat16")
+
+
+class ConfigError(ValueError):
+    """The user's configuration cannot describe a run. The message says what to change."""
+
+
+@dataclass
+class ModelConfig:
+    name: str
+    family: str
+    # detectron2: path relative to detectron2's configs/ (model zoo); torchvision: builder name
+    arch: str
+    arch_options: dict[str, Any] = field(default_factory=dict)  # d2: cfg keys; tv: builder kwargs
+    weights: str | None = None  # None: seeded random init (calibrated), else a local checkpoint
+    allow_pickle: bool = False  # loading a pickle checkpoint can run code from the file
+    num_classes: int = 80
+    score_thresh: float = 0.05
+    nms_thresh: float = 0.5
+    detections_per_image: int = 100
+    postprocess: bool = False  # this model's default for the top-level `postprocess` key
+    postprocess_optional: bool = True  # False: forward() always post-processes
+    scriptable: bool = True
+    not_scriptable_reason: str = ""
+    # Conv/Linear layers whose outputs are logits; with random weights they are rescaled on the
+    # input image so that scores are spread like a trained model's (see runner.models).
+    logit_layers: list[str] = field(default_factory=list)
+    logit_std: float = 2.0
+    residual_scale: float = 0.1  # random init: last norm of each residual branch scaled by this
+
+
+@dataclass
+class PrecisionConfig:
+    name: str
+    dtype: str = "float32"
+    autocast: bool = False
+    # parity tolerances against eager fp32 on the same input
+    min_match: float = 0.99  # F1 of detections matched by class and IoU
+    min_box_iou: float = 0.99  # mean IoU of matched boxes
+    max_score_diff: float = 1e-3  # largest score difference of a matched pair
+    min_mask_iou: float = 0.99  # mean IoU of matched masks, binarised at 0.5
+    # reduced precisions: a bound is loosened to eager-at-this-precision's figure minus this
+    floor_margin: float = 0.1
+
+
+@dataclass
+class BackendConfig:
+    name: str
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
+class ShapesConfig:
+    name: str
+    dynamic: bool = False
+    min_scale: float = 1.0  # of opt height and width
+    max_scale: float = 1.0
+
+
+@dataclass
+class InputsConfig:  # values and their meaning: conf/config.yaml
+    image: str | None
+    height: int
+    width: int
+
+
+@dataclass
+class BenchConfig:  # values and their meaning: conf/config.yaml
+    warmup: int
+    iters: int
+    timeout_s: float
+    isolate: bool
+    match_iou: float
+
+
+@dataclass
+class Config:
+    model: ModelConfig
+    precision: PrecisionConfig
+    backend: BackendConfig
+    shapes: ShapesConfig
+    inputs: InputsConfig
+    bench: BenchConfig
+    batch: int
+    export: str
+    postprocess: bool
+    device: str
+    seed: int
+    variant: str | None
+    output_dir: str
+    command: str
+
+
+def register_schema() -> None:
+    """Make `Config` the schema of conf/config.yaml (its defaults list names d2bench_schema), so
+    that Hydra fills defaults, converts types and rejects unknown keys while composing."""
+    from hydra.core.config_store import ConfigStore
+
+    ConfigStore.instance().store(name="d2bench_schema", node=Config)
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The composed Hydra config as a validated `Config`."""
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        config = OmegaConf.to_object(cfg)
+    except OmegaConfBaseException as error:
+        raise ConfigError(str(error).splitlines()[0]) from None
+    validate(config)
+    return config
+
+
+def _check(condition: bool, message: str) -> None:
+    if not condition:
+        raise ConfigError(message)
+
+
+def validate(cfg: Config) -> None:
+    """Raise ConfigError for values no run can use. Checks files exist; does not open them."""
+    m, p, s, b, i = cfg.model, cfg.precision, cfg.shapes, cfg.bench, cfg.inputs
+    _check(m.family in FAMILIES, f"model.family={m.family!r}; allowed: {list(FAMILIES)}")
+    _check(p.dtype in DTYPES, f"precision.dtype={p.dtype!r}; allowed: {list(DTYPES)}")
+    _check(cfg.export in EXPORTS, f"export={cfg.export!r}; allowed: {list(EXPORTS)}")
+    _check(isinstance(cfg.batch, int) and cfg.batch >= 1, f"batch={cfg.batch!r}; must be >= 1")
+    _check(b.warmup >= 0, f"bench.warmup={b.warmup}; must be >= 0")
+    _check(b.iters >= 1, f"bench.iters={b.iters}; must be >= 1")
+    _check(b.timeout_s > 0, f"bench.timeout_s={b.timeout_s}; must be > 0")
+    _check(0 < b.match_iou <= 1, f"bench.match_iou={b.match_iou}; must be in (0, 1]")
+    _check(i.height >= 32 and i.width >= 32, f"inputs {i.height}x{i.width}; each side >= 32")
+    _check(s.min_scale > 0, f"shapes.min_scale={s.min_scale}; must be > 0")
+    _check(
+        s.min_scale <= 1.0 <= s.max_scale,
+        f"shapes: min_scale={s.min_scale} <= 1 <= max_scale={s.max_scale} must hold "
+        "(min and max scale the opt input)",
+    )
+    _check(
+        s.dynamic or s.min_scale == s.max_scale == 1.0,
+        f"shapes={s.name} is static but sets min/max scales; use shapes=dynamic",
+    )
+    _check(0 <= m.score_thresh < 1, f"model.score_thresh={m.score_thresh}; must be in [0, 1)")
+    _check(m.detections_per_image >= 1, "model.detections_per_image must be >= 1")
+    _check(
+        m.postprocess_optional or cfg.postprocess,
+        f"model={m.name} always post-processes in forward(); postprocess=false is not possible",
+    )
+    _check(
+        cfg.device == "cpu" or cfg.device.startswith("cuda"),
+        f"device={cfg.device!r}; allowed: cpu, cuda, cuda:N",
+    )
+    for label, path in (("model.weights", m.weights), ("inputs.image", i.image)):
+        if path is not None:
+            _check(Path(path).is_file(), f"{label}={path}: no such file")
+
+
+def torch_dtype(name: str):
+    import torch
+
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]

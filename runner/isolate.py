@@ -1,0 +1,87 @@
+"""Isolation: takes a picklable function and its arguments, runs it in a fresh spawned process
+with a timeout, and returns its result or raises `ChildFailed` saying how the child ended.
+
+A fresh process per run keeps compile caches, CUDA state and crashes of one run out of the next
+(TorchScript re-specialises a module that already ran at another precision, so a shared process
+measures the wrong thing). The child leads its own process group, so a timeout kills it together
+with any workers it started (compiler pools), and the driver frees its GPU memory.
+"""
+
+from __future__ import annotations
+
+import multiprocessing
+import os
+import signal
+import time
+import traceback
+from collections.abc import Callable
+from typing import Any
+
+
+class ChildFailed(RuntimeError):
+    """The child did not return a result. `cause` is exception | timeout | signal | exit."""
+
+    def __init__(self, cause: str, message: str, detail: str = ""):
+        super().__init__(message)
+        self.cause = cause
+        self.detail = detail
+
+
+def _child_main(fn: Callable, args: tuple, conn) -> None:
+    os.setsid()  # own process group: the parent can kill it with everything it started
+    try:
+        result = ("ok", fn(*args))
+    except BaseException as error:  # noqa: BLE001 - everything must reach the parent
+        result = ("raised", type(error).__name__, str(error), traceback.format_exc())
+    try:
+        conn.send(result)
+    except Exception as error:  # the result itself could not be pickled
+        conn.send(("raised", type(error).__name__, f"result not transferable: {error}", ""))
+    conn.close()
+
+
+def _kill_group(process) -> None:
+    try:
+        os.killpg(process.pid, signal.SIGKILL)
+    except (ProcessLookupError, PermissionError):
+        pass
+    process.join(10)
+
+
+def call(fn: Callable, *args: Any, timeout_s: float) -> Any:
+    """fn(*args) in a spawned child; its return value, or ChildFailed."""
+    context = multiprocessing.get_context("spawn")
+    receive, send = context.Pipe(duplex=False)
+    process = context.Process(target=_child_main, args=(fn, args, send), daemon=False)
+    process.start()
+    send.close()
+    deadline = time.monotonic() + timeout_s
+    message = None
+    try:
+        while message is None:
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                _kill_group(process)
+                raise ChildFailed("timeout", f"timed out after {timeout_s:g} s; child killed")
+            if receive.poll(min(remaining, 1.0)):
+                try:
+                    message = receive.recv()
+                except EOFError:  # the child died without sending
+                    break
+            elif not process.is_alive() and not receive.poll(0):
+                break
+    finally:
+        receive.close()
+    process.join(30)
+    if process.is_alive():  # sent its result but hangs on exit (stuck driver, threads)
+        _kill_group(process)
+    if message is None:
+        code = process.exitcode
+        if code is not None and code < 0:
+            name = signal.Signals(-code).name
+            raise ChildFailed("signal", f"child killed by {name} (signal {-code})")
+        raise ChildFailed("exit", f"child exited with code {code} without a result")
+    if message[0] == "ok":
+        return message[1]
+    _, kind, text, trace = message
+    raise ChildFailed("exception", f"{kind}: {text}", trace)

@@ -1,0 +1,277 @@
+"""Models: takes a ModelConfig, returns the model in eval mode on the device and a label saying
+where its weights came from.
+
+Without a checkpoint the weights are the family's own initialisers under torch.manual_seed(seed),
+then `calibrate` adapts them to the input photo once, so that random weights behave like trained
+ones where it matters for a benchmark: activations stay near unit scale (fp16 cannot overflow)
+and scores spread out (top-k and NMS are not decided by rounding noise, and the number of
+detections, which sets the post-processing cost, is realistic).
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import pickle
+from collections.abc import Callable
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from runner.config import ModelConfig
+
+log = logging.getLogger(__name__)
+
+DETECTRON2_INSTALL = (
+    "detectron2 is not installed. It is on no package registry; build it from source against "
+    "the installed torch:\n"
+    "  pip install 'setuptools<81' && "
+    "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
+)
+
+
+class MissingDependency(RuntimeError):
+    """A package the run needs is absent; the message says how to install it."""
+
+
+def require_detectron2() -> None:
+    try:
+        import detectron2  # noqa: F401
+        from detectron2 import model_zoo  # noqa: F401  (imports pkg_resources)
+    except ImportError as error:
+        raise MissingDependency(f"{DETECTRON2_INSTALL}\n(import failed: {error})") from error
+
+
+def build(cfg: ModelConfig, device: torch.device, seed: int) -> tuple[nn.Module, str]:
+    """Build the model, load weights or seed its init; return (model in eval mode, weights label)."""
+    torch.manual_seed(seed)
+    if cfg.family == "detectron2":
+        model = _build_detectron2(cfg, device)
+    else:
+        model = _build_torchvision(cfg)
+    model.to(device).eval()
+    if cfg.weights is None:
+        return model, f"random(seed={seed})"
+    state = load_checkpoint(Path(cfg.weights), cfg.allow_pickle)
+    _load_state(model, state, cfg)
+    return model, f"file:{Path(cfg.weights).name}@sha256:{_sha256(cfg.weights)[:12]}"
+
+
+def _build_detectron2(cfg: ModelConfig, device: torch.device) -> nn.Module:
+    require_detectron2()
+    from detectron2 import model_zoo
+    from detectron2.modeling import build_model
+
+    d2cfg = model_zoo.get_config(cfg.arch, trained=False)
+    d2cfg.MODEL.DEVICE = str(device)
+    d2cfg.MODEL.WEIGHTS = ""
+    for section in ("ROI_HEADS", "RETINANET"):
+        getattr(d2cfg.MODEL, section).SCORE_THRESH_TEST = cfg.score_thresh
+        getattr(d2cfg.MODEL, section).NMS_THRESH_TEST = cfg.nms_thresh
+    d2cfg.TEST.DETECTIONS_PER_IMAGE = cfg.detections_per_image
+    for key, value in cfg.arch_options.items():
+        d2cfg.merge_from_list([key, value])
+    return build_model(d2cfg)
+
+
+def _build_torchvision(cfg: ModelConfig) -> nn.Module:
+    import torchvision.models.detection as detection
+
+    builder = getattr(detection, cfg.arch, None)
+    if builder is None or not callable(builder):
+        raise ValueError(f"model.arch={cfg.arch!r} is not a torchvision.models.detection builder")
+    dense = any(key in cfg.arch for key in ("retinanet", "fcos", "ssd"))
+    prefix, per_image = ("", "detections_per_img") if dense else ("box_", "box_detections_per_img")
+    thresholds = {
+        f"{prefix}score_thresh": cfg.score_thresh,
+        f"{prefix}nms_thresh": cfg.nms_thresh,
+        per_image: cfg.detections_per_image,
+    }
+    return builder(
+        weights=None,
+        weights_backbone=None,
+        num_classes=cfg.num_classes,
+        **thresholds,
+        **cfg.arch_options,
+    )
+
+
+def _sha256(path: str | Path) -> str:
+    digest = hashlib.sha256()
+    with open(path, "rb") as f:
+        for block in iter(lambda: f.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+class _ArraysOnlyUnpickler(pickle.Unpickler):
+    """Unpickles dicts, lists and numpy arrays; refuses every other global, so no code runs."""
+
+    ALLOWED = {
+        ("collections", "OrderedDict"),
+        ("numpy", "ndarray"),
+        ("numpy", "dtype"),
+        ("numpy.core.multiarray", "_reconstruct"),
+        ("numpy._core.multiarray", "_reconstruct"),
+        ("numpy.core.multiarray", "scalar"),
+        ("numpy._core.multiarray", "scalar"),
+    }
+
+    def find_class(self, module: str, name: str):
+        if (module, name) in self.ALLOWED:
+            return super().find_class(module, name)
+        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+
+
+def load_checkpoint(path: Path, allow_pickle: bool) -> dict:
+    """A state dict from a local checkpoint, loaded without running code from the file.
+
+    .pth/.pt go through torch.load(weights_only=True); detectron2's .pkl files through an
+    unpickler that accepts only arrays and containers. `allow_pickle` lifts that restriction
+    for .pkl files that need more (they can then run arbitrary code: trust the file first).
+    """
+    if not path.is_file():
+        raise ValueError(f"model.weights={path}: no such file")
+    try:
+        if path.suffix == ".pkl":
+            with open(path, "rb") as f:
+                unpickler = pickle.Unpickler if allow_pickle else _ArraysOnlyUnpickler
+                data = unpickler(f, encoding="latin1").load()
+        else:
+            data = torch.load(path, map_location="cpu", weights_only=True)
+    except pickle.UnpicklingError as error:
+        raise ValueError(
+            f"model.weights={path}: {error}. The file holds more than arrays; if you trust it, "
+            "set model.allow_pickle=true (unpickling can run code from the file)"
+        ) from error
+    except Exception as error:  # torch and pickle raise many kinds for a corrupt file
+        raise ValueError(f"model.weights={path}: not a readable checkpoint ({error})") from error
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"model.weights={path}: holds no state dict")
+    return data
+
+
+def _load_state(model: nn.Module, state: dict, cfg: ModelConfig) -> None:
+    state = {k: torch.as_tensor(v) for k, v in state.items()}
+    if cfg.family == "detectron2":
+        from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+
+        state = align_and_update_state_dicts(model.state_dict(), state, c2_conversion=False)
+    result = model.load_state_dict(state, strict=False)
+    if result.missing_keys:
+        log.warning("checkpoint lacks %d tensors, e.g. %s", len(result.missing_keys),
+                    result.missing_keys[:3])
+    loaded = len(state) - len(result.unexpected_keys)
+    if loaded == 0:
+        raise ValueError(f"model.weights={cfg.weights}: no tensor matches model {cfg.name}")
+
+
+NORMS = ("FrozenBatchNorm2d", "BatchNorm2d")
+# Residual blocks of detectron2 and torchvision backbones: their branch's last norm is scaled down.
+RESIDUAL_BLOCKS = ("BottleneckBlock", "BasicBlock", "DeformBottleneckBlock", "Bottleneck",
+                   "InvertedResidual")
+
+
+def _residual_branch_ends(model: nn.Module) -> set[int]:
+    """ids of the last norm layer inside each residual block's branch (shortcuts excluded)."""
+    ends = set()
+    for block in model.modules():
+        if type(block).__name__ not in RESIDUAL_BLOCKS or not getattr(block, "use_res_connect", 1):
+            continue
+        norms = [m for name, m in block.named_modules()
+                 if type(m).__name__ in NORMS and not name.startswith(("shortcut", "downsample"))]
+        if norms:
+            ends.add(id(norms[-1]))
+    return ends
+
+
+@torch.no_grad()
+def calibrate(
+    model: nn.Module,
+    run_once: Callable[[], object],
+    logit_layers: list[str],
+    logit_std: float,
+    residual_scale: float,
+) -> dict[str, int]:
+    """Adapt random weights to the input once, in fp32, then leave them fixed.
+
+    1. Every (frozen) batch norm takes its input's per-channel mean and its overall variance as
+       statistics, in forward order, so activations stay near unit scale. (Per-channel variances
+       would amplify near-constant channels and make the random network chaotic: fp16 rounding
+       would then grow from layer to layer instead of staying at the rounding level.)
+    2. The last norm of each residual branch is scaled by `residual_scale`, so each block adds a
+       small update to its input, as in trained ResNets; deep random networks stay stable.
+    3. Each Conv/Linear named in `logit_layers` (matched on the trailing parts of its name) has
+       its weight scaled so its outputs have standard deviation `logit_std`; biases are kept.
+    Returns how many layers of each kind were calibrated.
+    """
+    branch_ends = _residual_branch_ends(model)
+    logit_modules = {name: module for name, module in model.named_modules()
+                     if isinstance(module, (nn.Conv2d, nn.Linear))
+                     and _matches(name, logit_layers)}
+    norms = [m for m in model.modules() if type(m).__name__ in NORMS]
+
+    calibrated: set[int] = set()
+
+    def set_stats(module, args):  # once per norm, at its first call with data
+        x = args[0].float()
+        if x.numel() == 0 or id(module) in calibrated:
+            return
+        calibrated.add(id(module))
+        module.running_mean.copy_(x.mean(dim=(0, 2, 3)))
+        module.running_var.fill_(float(x.var(dim=(0, 2, 3), unbiased=False).mean()))
+        if id(module) in branch_ends:
+            module.weight.mul_(residual_scale)
+            module.bias.mul_(residual_scale)
+
+    # Pass 1 sets the norms and measures the logit layers that see data. Heads behind a score
+    # threshold (mask heads) may see none until the box logits are spread: pass 2 measures them.
+    scaled: set[str] = set()
+    for calibrating_norms in (True, False):
+        moments = _run_with_moments(
+            run_once, {n: m for n, m in logit_modules.items() if n not in scaled},
+            [(m, set_stats) for m in norms] if calibrating_norms else [])
+        for name, (count, total, squares) in moments.items():
+            mean = total / count
+            std = max(squares / count - mean * mean, 0.0) ** 0.5
+            if std > 0:
+                logit_modules[name].weight.mul_(logit_std / std)
+                scaled.add(name)
+        if len(scaled) == len(logit_modules):
+            break
+    for name in sorted(set(logit_modules) - scaled):
+        log.warning("calibrate: %s saw no data or constant data; left as initialised", name)
+    return {"norms": len(norms), "residual_branches": len(branch_ends), "logit_layers": len(scaled)}
+
+
+def _run_with_moments(run_once, modules: dict[str, nn.Module], pre_hooks: list) -> dict:
+    """Run once with `pre_hooks` installed; return name -> (count, sum, sum of squares) of the
+    outputs of each of `modules` that produced any (a head shared by FPN levels adds up)."""
+    moments: dict[str, list] = {}
+
+    def record(name):
+        def hook(module, args, output):
+            if output.numel():
+                y = output.double()
+                entry = moments.setdefault(name, [0, 0.0, 0.0])
+                entry[0] += y.numel()
+                entry[1] += float(y.sum())
+                entry[2] += float((y * y).sum())
+
+        return hook
+
+    handles = [m.register_forward_pre_hook(h) for m, h in pre_hooks]
+    handles += [m.register_forward_hook(record(n)) for n, m in modules.items()]
+    try:
+        run_once()
+    finally:
+        for handle in handles:
+            handle.remove()
+    return {name: tuple(v) for name, v in moments.items()}
+
+
+def _matches(name: str, suffixes: list[str]) -> bool:
+    return any(name == s or name.endswith("." + s) for s in suffixes)

@@ -1,0 +1,243 @@
+"""Record: the Row that one run produces, its CSV form, and the environment it states.
+
+Takes measured figures and identity; writes result.csv (one header, one row) atomically in the
+run's output folder, and reads such files back with their types. Units are in the column names:
+`_ms` milliseconds, `_s` seconds, `_mb` megabytes (10^6 bytes), fps images per second.
+"""
+
+from __future__ import annotations
+
+import csv
+import dataclasses
+import datetime
+import io
+import os
+import platform
+import socket
+import subprocess
+import tempfile
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+STATUSES = ("ok", "parity_fail", "unsupported", "error")
+
+
+@dataclass
+class Row:
+    # identity: what was run
+    model: str
+    variant: str = ""
+    export: str = ""
+    batch: int = 1
+    postprocess: bool = False
+    precision: str = ""
+    backend: str = ""
+    shapes: str = ""
+    image_hw: str = ""
+    device: str = ""
+    # outcome: ok | parity_fail (measured, but answers differ) | unsupported | error
+    status: str = "error"
+    error: str = ""
+    # latency at the opt size, in milliseconds; throughput in images per second
+    latency_ms_median: float | None = None
+    latency_ms_mean: float | None = None
+    latency_ms_p99: float | None = None
+    latency_ms_std: float | None = None
+    latency_ms_min: float | None = None
+    fps_median: float | None = None
+    fps_mean: float | None = None
+    # dynamic shapes: the median latency at the min and max sizes
+    image_hw_min: str = ""
+    latency_ms_median_min_shape: float | None = None
+    image_hw_max: str = ""
+    latency_ms_median_max_shape: float | None = None
+    # cost of optimizing: backend.optimize() plus the first call at each size, in seconds
+    optimize_s: float | None = None
+    peak_mem_mb: float | None = None  # CUDA allocator peak during the timed calls
+    # parity against eager fp32 on the same input (worst over the sizes)
+    parity_pass: bool | None = None
+    parity_match_f1: float | None = None
+    parity_box_iou: float | None = None
+    parity_score_max_diff: float | None = None
+    parity_mask_iou: float | None = None
+    # the floor: eager PyTorch at this (reduced) precision against the same fp32 reference
+    parity_floor_match_f1: float | None = None
+    parity_floor_box_iou: float | None = None
+    parity_floor_score_max_diff: float | None = None
+    parity_floor_mask_iou: float | None = None
+    num_detections: int | None = None  # produced by the timed model at the opt size, all images
+    num_detections_ref: int | None = None
+    weights: str = ""
+    warmup: int | None = None
+    iters: int | None = None
+    # environment
+    gpu_name: str = ""
+    gpu_driver: str = ""
+    cuda_version: str = ""
+    cudnn_version: str = ""
+    torch_version: str = ""
+    torchvision_version: str = ""
+    detectron2_version: str = ""
+    backend_version: str = ""
+    python_version: str = ""
+    cpu_model: str = ""
+    hostname: str = ""
+    git_sha: str = ""
+    timestamp: str = ""
+    command: str = ""
+    output_dir: str = ""
+
+
+COLUMNS = [f.name for f in fields(Row)]
+_TYPES = {f.name: f.type for f in fields(Row)}
+
+
+def _to_text(value) -> str:
+    if value is None:
+        return ""
+    if isinstance(value, bool):
+        return "true" if value else "false"
+    if isinstance(value, float):
+        return repr(value)
+    return str(value)
+
+
+def _from_text(name: str, text: str):
+    kind = _TYPES[name]
+    if "bool" in kind:
+        if text == "":
+            return None
+        if text not in ("true", "false"):
+            raise ValueError(f"column {name}: {text!r} is not true/false")
+        return text == "true"
+    if "float" in kind:
+        return None if text == "" else float(text)
+    if "int" in kind:
+        return None if text == "" else int(text)
+    return text
+
+
+def to_csv_text(rows: list[Row]) -> str:
+    buffer = io.StringIO()
+    writer = csv.writer(buffer, lineterminator="\n")
+    writer.writerow(COLUMNS)
+    for row in rows:
+        writer.writerow([_to_text(getattr(row, c)) for c in COLUMNS])
+    return buffer.getvalue()
+
+
+def write_atomic(path: Path, text: str) -> None:
+    """Write text to path so that readers see the old file or the whole new one, never a part."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "w", newline="") as f:
+            f.write(text)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def write_rows(path: Path, rows: list[Row]) -> None:
+    write_atomic(path, to_csv_text(rows))
+
+
+def read_rows(path: Path) -> list[Row]:
+    """Rows of a CSV written by write_rows. Raises ValueError for any file that is not one."""
+    with open(path, newline="") as f:
+        records = list(csv.reader(f))
+    if not records:
+        raise ValueError(f"{path}: empty file")
+    header, body = records[0], records[1:]
+    if header != COLUMNS:
+        missing = [c for c in COLUMNS if c not in header]
+        unknown = [c for c in header if c not in COLUMNS]
+        raise ValueError(f"{path}: columns differ from this version's (missing {missing}, "
+                         f"unknown {unknown})")
+    rows = []
+    for number, record in enumerate(body, start=2):
+        if len(record) != len(COLUMNS):
+            raise ValueError(f"{path}:{number}: {len(record)} fields, expected {len(COLUMNS)}")
+        row = Row(**{c: _from_text(c, t) for c, t in zip(COLUMNS, record)})
+        if row.status not in STATUSES:
+            raise ValueError(f"{path}:{number}: status {row.status!r} not in {STATUSES}")
+        rows.append(row)
+    return rows
+
+
+def replace(row: Row, **changes) -> Row:
+    return dataclasses.replace(row, **changes)
+
+
+# ---- environment --------------------------------------------------------------------------
+
+
+def _run(command: list[str], cwd: Path | None = None) -> str:
+    try:
+        done = subprocess.run(command, capture_output=True, text=True, timeout=10, cwd=cwd)
+    except (OSError, subprocess.SubprocessError):
+        return ""
+    return done.stdout.strip() if done.returncode == 0 else ""
+
+
+def git_sha() -> str:
+    """The d2bench commit, '-dirty' when tracked files differ; $D2BENCH_GIT_SHA where no .git."""
+    root = Path(__file__).resolve().parents[1]
+    sha = _run(["git", "rev-parse", "HEAD"], cwd=root)
+    if not sha:
+        return os.environ.get("D2BENCH_GIT_SHA", "unknown")
+    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
+    return sha + ("-dirty" if dirty else "")
+
+
+def cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor()
+
+
+def _version(module: str) -> str:
+    from importlib import metadata
+
+    try:
+        return metadata.version(module)
+    except metadata.PackageNotFoundError:
+        return ""
+
+
+def environment(device: str, cuda_ready: bool = False) -> dict[str, str]:
+    """Versions and hardware for the row. Touches CUDA only when cuda_ready (in the child)."""
+    import torch
+
+    env = {
+        "torch_version": torch.__version__,
+        "torchvision_version": _version("torchvision"),
+        "detectron2_version": _version("detectron2"),
+        "python_version": platform.python_version(),
+        "cpu_model": cpu_model(),
+        "hostname": socket.gethostname(),
+        "git_sha": git_sha(),
+        "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "cuda_version": torch.version.cuda or "",
+        "gpu_name": "",
+        "gpu_driver": "",
+        "cudnn_version": "",
+    }
+    if device.startswith("cuda"):
+        query = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
+        if query:
+            index = torch.device(device).index or 0
+            lines = query.splitlines()
+            name, _, driver = lines[min(index, len(lines) - 1)].partition(",")
+            env["gpu_name"], env["gpu_driver"] = name.strip(), driver.strip()
+        if cuda_ready:
+            env["gpu_name"] = torch.cuda.get_device_name(torch.device(device))
+            env["cudnn_version"] = str(torch.backends.cudnn.version() or "")
+    return env

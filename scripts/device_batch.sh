@@ -1,0 +1,41 @@
+#!/usr/bin/env bash
+# Runs a batch of d2bench work on a GPU machine in one call and leaves the evidence in $OUT:
+#   batch.log      every command with its output and exit code, plus the machine's description
+#   pytest.log     the GPU and detectron2 tests (RUN_TESTS=0 skips them)
+#   outputs.tgz    outputs/ (every run's result.csv, samples.csv, logs)
+# Usage: scripts/device_batch.sh scripts/batches/NAME.txt
+#   The batch file holds one shell command per line (usually `python -m runner ...`);
+#   blank lines and lines starting with # are skipped. A failing command does not stop the batch.
+# It assumes d2bench's dependencies, detectron2 included, are importable (README: Install).
+set -u
+batch=${1:?usage: scripts/device_batch.sh BATCH_FILE}
+OUT=${OUT:-/tmp/d2bench-out}
+mkdir -p "$OUT"
+log="$OUT/batch.log"
+export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"
+
+{
+  echo "# $(date -u +%FT%TZ) $(hostname) batch=$batch git=${D2BENCH_GIT_SHA:-unknown}"
+  nvidia-smi --query-gpu=index,name,driver_version,memory.total,clocks.sm --format=csv
+  python3 -c 'import sys, torch, torchvision; print("python", sys.version.split()[0],
+"torch", torch.__version__, "cuda", torch.version.cuda, "torchvision", torchvision.__version__)'
+  python3 -c 'import detectron2; print("detectron2", detectron2.__version__)' \
+    || echo "detectron2 NOT importable: runs of detectron2 models will fail"
+} 2>&1 | tee "$log"
+
+if [ "${RUN_TESTS:-1}" = 1 ]; then
+  start=$(date +%s)
+  python3 -m pytest -q -m "gpu or detectron2" -p no:cacheprovider 2>&1 | tee "$OUT/pytest.log"
+  echo "# pytest: rc=${PIPESTATUS[0]} in $(( $(date +%s) - start )) s" | tee -a "$log"
+fi
+
+while IFS= read -r command || [ -n "$command" ]; do
+  case "$command" in ''|'#'*) continue ;; esac
+  start=$(date +%s)
+  echo "# >>> $command" | tee -a "$log"
+  bash -c "$command" 2>&1 | tee -a "$log"
+  echo "# <<< rc=${PIPESTATUS[0]} in $(( $(date +%s) - start )) s" | tee -a "$log"
+done < "$batch"
+
+[ -d outputs ] && tar czf "$OUT/outputs.tgz" outputs
+echo "# done $(date -u +%FT%TZ)" | tee -a "$log"
