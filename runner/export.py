@@ -116,20 +116,32 @@ class _D2Inference:
         return _flatten_instances(results)
 
 
-class _D2Scriptable(nn.Module):
-    """What gets scripted: list of image dicts -> list of field dicts (no post-processing:
-    detectron2 skips it under scripting)."""
+class _D2ScriptableRCNN(nn.Module):
+    """What gets scripted for R-CNNs: image dicts -> field dicts, without post-processing
+    (detectron2 cannot script it)."""
 
-    def __init__(self, model: nn.Module, dense: bool):
+    def __init__(self, model: nn.Module):
         super().__init__()
         self.model = model
-        self.dense = dense
 
     def forward(self, inputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-        if self.dense:
-            instances = self.model(inputs)
-        else:
-            instances = self.model.inference(inputs, do_postprocess=False)
+        instances = self.model.inference(inputs, do_postprocess=False)
+        return [i.get_fields() for i in instances]
+
+
+class _D2ScriptableDense(nn.Module):
+    """What gets scripted for dense detectors (RetinaNet): forward() minus detector_postprocess,
+    which detectron2 skips under scripting anyway."""
+
+    def __init__(self, model: nn.Module):
+        super().__init__()
+        self.model = model
+
+    def forward(self, inputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
+        images = self.model.preprocess_image(inputs)
+        features = self.model.backbone(images.tensor)
+        features = [features[f] for f in self.model.head_in_features]
+        instances = self.model.forward_inference(images, features, self.model.head(features))
         return [i.get_fields() for i in instances]
 
 
@@ -154,7 +166,8 @@ class _D2ScriptPath(nn.Module):
             h, w = image.shape[1], image.shape[2]
             instances = Instances((h, w))
             for name, value in fields.items():
-                instances.set(name, Boxes(value) if name.endswith("boxes") else value)
+                is_tensor_of_boxes = name.endswith("boxes") and not isinstance(value, Boxes)
+                instances.set(name, Boxes(value) if is_tensor_of_boxes else value)
             processed.append(detector_postprocess(instances, h, w))
         return _flatten_instances(processed)
 
@@ -173,14 +186,16 @@ def _wrap_detectron2(model, method, postprocess, example) -> Exported:
     from detectron2.modeling.meta_arch.dense_detector import DenseDetector
     from detectron2.structures import Boxes
 
-    dense = isinstance(model, DenseDetector)
-    eager = _D2ScriptPath(_D2Scriptable(model, dense), postprocess).eval()
+    scriptable = _D2ScriptableDense if isinstance(model, DenseDetector) else _D2ScriptableRCNN
+    eager = _D2ScriptPath(scriptable(model), postprocess).eval()
 
     def script():
         fields = {name: Boxes if kind == "Boxes" else torch.Tensor
                   for name, kind in D2_SCRIPT_FIELDS}
-        scripted = scripting_with_instances(_D2Scriptable(model, dense).eval(), fields)
-        return _D2ScriptPath(scripted, postprocess).eval()
+        scripted = scripting_with_instances(scriptable(model).eval(), fields)
+        path = _D2ScriptPath(scripted, postprocess)
+        path.training = False  # not .eval(): the scripted module's `training` is a constant
+        return path
 
     return Exported(eager, method, example, script)
 

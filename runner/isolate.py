@@ -32,7 +32,7 @@ def _child_main(fn: Callable, args: tuple, conn) -> None:
     try:
         result = ("ok", fn(*args))
     except BaseException as error:  # noqa: BLE001 - everything must reach the parent
-        result = ("raised", type(error).__name__, str(error), traceback.format_exc())
+        result = ("raised", type(error).__name__, str(error).strip(), traceback.format_exc())
     try:
         conn.send(result)
     except Exception as error:  # the result itself could not be pickled
