@@ -98,11 +98,13 @@ def measure(cfg: Config) -> dict:
     out = Path(cfg.output_dir)
     _configure_child_logging(out)
     device = torch.device(cfg.device)
+    if device.type == "cuda" and device.index is None:
+        device = torch.device("cuda", 0)
     if device.type == "cuda":
         if not torch.cuda.is_available():
             raise RuntimeError(f"device={cfg.device} but torch sees no CUDA device")
         torch.cuda.set_device(device)
-    env = record.environment(cfg.device, cuda_ready=device.type == "cuda")
+    env = record.environment(str(device), cuda_ready=device.type == "cuda")
     env["backend_version"] = backends.version(cfg.backend.name)
 
     def synchronize() -> None:
