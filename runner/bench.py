@@ -16,6 +16,7 @@ from pathlib import Path
 
 from runner import isolate, record
 from runner.config import Config
+from runner.config import fingerprint as config_fingerprint
 from runner.record import Row
 
 log = logging.getLogger(__name__)
@@ -45,10 +46,36 @@ def describe(cfg: Config) -> str:
             f"precision={cfg.precision.name} backend={cfg.backend.name} shapes={cfg.shapes.name}")
 
 
+def finished_row(out: Path, fingerprint: str) -> Row | None:
+    """The ok row already in `out` for this fingerprint, if any (unreadable files count as none)."""
+    try:
+        rows = record.read_rows(out / "result.csv")
+    except (OSError, ValueError):
+        return None
+    if len(rows) == 1 and rows[0].status == "ok" and rows[0].fingerprint == fingerprint:
+        return rows[0]
+    return None
+
+
 def run(cfg: Config) -> Row:
-    """Measure in a child (or inline), write result.csv in cfg.output_dir, return the Row."""
+    """Measure in a child (or inline), write result.csv in cfg.output_dir, return the Row.
+
+    A folder that already holds an ok row of the same fingerprint is kept unless cfg.redo. The
+    folder is locked while a run works in it, so two sweeps sharing it measure each run once.
+    """
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
+    fingerprint = config_fingerprint(cfg, record.git_sha())
+    with record.locked(out / ".lock"):
+        kept = None if cfg.redo else finished_row(out, fingerprint)
+        if kept is not None:
+            log.info("run: kept %s (ok, fingerprint %s; redo=true measures again)",
+                     describe(cfg), fingerprint)
+            return kept
+        return _measure_and_record(cfg, out, fingerprint)
+
+
+def _measure_and_record(cfg: Config, out: Path, fingerprint: str) -> Row:
     started = time.monotonic()
     log.info("run: %s -> %s", describe(cfg), out)
     try:
@@ -64,7 +91,7 @@ def run(cfg: Config) -> Row:
         fields = {"status": "error", "error": f"exception: {type(error).__name__}: {error}"}
     if "torch_version" not in fields:  # the child never reported its environment
         fields.update(record.environment(cfg.device))
-    row = Row(**{**identity(cfg), **fields})
+    row = Row(**{**identity(cfg), **fields, "fingerprint": fingerprint})
     record.write_rows(out / "result.csv", [row])
     took = time.monotonic() - started
     if row.status in ("ok", "parity_fail"):
@@ -105,6 +132,7 @@ def measure(cfg: Config) -> dict:
             raise RuntimeError(f"device={cfg.device} but torch sees no CUDA device")
         torch.cuda.set_device(device)
     env = record.environment(str(device), cuda_ready=device.type == "cuda")
+    env["gpu_index"] = record.physical_gpu(device.index) if device.type == "cuda" else ""
     env["backend_version"] = backends.version(cfg.backend.name)
 
     def synchronize() -> None:
@@ -167,6 +195,9 @@ def measure(cfg: Config) -> dict:
             figures.append(parity.compare(reference[shape], output, cfg.bench.match_iou))
             if shape == "opt":
                 fields["num_detections"] = sum(len(d) for d in output)
+                if device.type == "cuda":
+                    fields["gpu_busy_ms"] = timing.gpu_busy_ms(lambda b=batch: call(b),
+                                                               synchronize)
             log.info("%s %s: median %.3f ms over %d calls (%s)", shape, images.hw(shape),
                      float(sorted(samples[shape])[len(samples[shape]) // 2]),
                      len(samples[shape]), protocol.describe())

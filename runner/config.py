@@ -106,6 +106,7 @@ class Config:
     variant: str | None
     output_dir: str
     command: str
+    redo: bool
 
 
 def register_schema() -> None:
@@ -174,3 +175,15 @@ def torch_dtype(name: str):
     import torch
 
     return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+
+
+def fingerprint(cfg: Config, code_version: str) -> str:
+    """12 hex digits naming what a run measures: its resolved config (not where it writes or
+    the command that asked for it) and the code that measures it."""
+    import hashlib
+    import json
+    from dataclasses import asdict
+
+    payload = {k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "command", "redo")}
+    text = json.dumps(payload, sort_keys=True, default=str) + code_version
+    return hashlib.sha256(text.encode()).hexdigest()[:12]

@@ -7,6 +7,7 @@ run's output folder, and reads such files back with their types. Units are in th
 
 from __future__ import annotations
 
+import contextlib
 import csv
 import dataclasses
 import datetime
@@ -35,6 +36,7 @@ class Row:
     shapes: str = ""
     image_hw: str = ""
     device: str = ""
+    gpu_index: str = ""  # physical GPU (CUDA_VISIBLE_DEVICES applied)
     # outcome: ok | parity_fail (measured, but answers differ) | unsupported | error
     status: str = "error"
     error: str = ""
@@ -51,6 +53,8 @@ class Row:
     latency_ms_median_min_shape: float | None = None
     image_hw_max: str = ""
     latency_ms_median_max_shape: float | None = None
+    # the GPU's own time for one call at the opt size (profiler: kernels and copies), in ms
+    gpu_busy_ms: float | None = None
     # cost of optimizing: backend.optimize() plus the first call at each size, in seconds
     optimize_s: float | None = None
     peak_mem_mb: float | None = None  # CUDA allocator peak during the timed calls
@@ -86,6 +90,7 @@ class Row:
     timestamp: str = ""
     command: str = ""
     output_dir: str = ""
+    fingerprint: str = ""  # config + code; a finished run with the same one is not redone
 
 
 COLUMNS = [f.name for f in fields(Row)]
@@ -172,6 +177,20 @@ def replace(row: Row, **changes) -> Row:
     return dataclasses.replace(row, **changes)
 
 
+@contextlib.contextmanager
+def locked(path: Path):
+    """Hold an exclusive lock on `path` (created if absent) for the duration of the block; a
+    second process asking for it waits. The lock dies with its process, so a crash frees it."""
+    import fcntl
+
+    with open(path, "a") as handle:
+        fcntl.flock(handle, fcntl.LOCK_EX)
+        try:
+            yield
+        finally:
+            fcntl.flock(handle, fcntl.LOCK_UN)
+
+
 # ---- environment --------------------------------------------------------------------------
 
 
@@ -191,6 +210,13 @@ def git_sha() -> str:
         return os.environ.get("D2BENCH_GIT_SHA", "unknown")
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
     return sha + ("-dirty" if dirty else "")
+
+
+def physical_gpu(index: int | None) -> str:
+    """The physical GPU index behind torch's `index`, through CUDA_VISIBLE_DEVICES."""
+    index = index or 0
+    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    return visible[index] if index < len(visible) else str(index)
 
 
 def cpu_model() -> str:

@@ -61,3 +61,31 @@ def summarize(samples_ms: Sequence[float], batch: int) -> dict[str, float]:
         "fps_median": batch * 1000.0 / median,
         "fps_mean": float(np.mean(batch * 1000.0 / ms)),
     }
+
+
+def gpu_busy_ms(call: Callable[[], object], synchronize: Callable[[], None], calls: int = 5
+                ) -> float | None:
+    """Median over `calls` calls of the GPU time one call keeps the device busy: the sum of its
+    kernel and copy durations from the PyTorch profiler (CUPTI). This is the floor that latency
+    is measured against: latency - gpu_busy is time the GPU waits for the host.
+    None when the profiler cannot record CUDA activity here."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    per_call = []
+    try:
+        for _ in range(calls):
+            synchronize()
+            with profile(activities=[ProfilerActivity.CUDA]) as prof:
+                call()
+                synchronize()
+            total_us = 0.0
+            for event in prof.key_averages():
+                total_us += getattr(event, "self_device_time_total",
+                                    getattr(event, "self_cuda_time_total", 0.0))
+            per_call.append(total_us / 1000.0)
+    except (RuntimeError, AssertionError):
+        return None
+    del torch
+    busy = float(np.median(per_call))
+    return busy if busy > 0 else None
