@@ -36,6 +36,7 @@ D2_SCRIPT_FIELDS = (
 @dataclass
 class Exported:
     module: nn.Module  # eager, tensor-only I/O
+    model: nn.Module  # the detector inside `module`, for backends that rework its parts
     method: str  # trace | script
     example: tuple[torch.Tensor, ...]
     make_torchscript: Callable[[], torch.jit.ScriptModule]
@@ -178,9 +179,8 @@ def _wrap_detectron2(model, method, postprocess, example) -> Exported:
     if method == "trace":
         adapter = TracingAdapter(model, example, _D2Inference(postprocess))
         adapter.eval()
-        return Exported(
-            adapter, method, example, lambda: torch.jit.trace(adapter, example, check_trace=False)
-        )
+        return Exported(adapter, model, method, example,
+                        lambda: torch.jit.trace(adapter, example, check_trace=False))
 
     from detectron2.export import scripting_with_instances
     from detectron2.modeling.meta_arch.dense_detector import DenseDetector
@@ -197,7 +197,7 @@ def _wrap_detectron2(model, method, postprocess, example) -> Exported:
         path.training = False  # not .eval(): the scripted module's `training` is a constant
         return path
 
-    return Exported(eager, method, example, script)
+    return Exported(eager, model, method, example, script)
 
 
 class _TorchvisionFlat(nn.Module):
@@ -222,11 +222,10 @@ class _TorchvisionFlat(nn.Module):
 def _wrap_torchvision(model, method, example) -> Exported:
     eager = _TorchvisionFlat(model).eval()
     if method == "trace":
-        return Exported(
-            eager, method, example, lambda: torch.jit.trace(eager, example, check_trace=False)
-        )
+        return Exported(eager, model, method, example,
+                        lambda: torch.jit.trace(eager, example, check_trace=False))
 
     def script():
         return _TorchvisionFlat(torch.jit.script(model)).eval()
 
-    return Exported(eager, method, example, script)
+    return Exported(eager, model, method, example, script)

@@ -84,7 +84,7 @@ def gpu_busy_ms(call: Callable[[], object], synchronize: Callable[[], None], cal
                 total_us += getattr(event, "self_device_time_total",
                                     getattr(event, "self_cuda_time_total", 0.0))
             per_call.append(total_us / 1000.0)
-    except (RuntimeError, AssertionError):
+    except Exception:  # noqa: BLE001 - no CUPTI here: the row says so with an empty cell
         return None
     del torch
     busy = float(np.median(per_call))

@@ -1,0 +1,112 @@
+"""Shared by the compiler and CUDA-graph backends: which parts of a detector have shapes that
+depend only on the input size (so they can be compiled without recompiling per image and
+replayed as CUDA graphs), and a module that replays one CUDA graph per input shape.
+
+The data-dependent tail (proposal selection, NMS, ROI heads on a varying number of boxes,
+post-processing) stays as it is, so answers do not change.
+"""
+
+from __future__ import annotations
+
+import logging
+
+import torch
+from torch import nn
+from torch.utils import _pytree as pytree
+
+from runner.backends import Unsupported
+
+log = logging.getLogger(__name__)
+
+SCOPES = ("backbone", "backbone+heads")
+# (parent attribute path, child attribute) of static-shape parts, first the backbone
+_BACKBONE = [("", "backbone")]
+_HEADS = [("proposal_generator", "rpn_head"),  # detectron2 R-CNNs
+          ("rpn", "head"),  # torchvision R-CNNs
+          ("", "head")]  # dense detectors: detectron2 and torchvision RetinaNet
+
+
+def static_parts(model: nn.Module, scope: str) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of each static-shape part of `model` that `scope` covers."""
+    places = _BACKBONE + (_HEADS if scope == "backbone+heads" else [])
+    found = []
+    for parent_path, name in places:
+        try:
+            parent = model.get_submodule(parent_path) if parent_path else model
+        except AttributeError:
+            continue
+        if isinstance(getattr(parent, name, None), nn.Module):
+            found.append((parent, name))
+    if not found:
+        raise Unsupported(f"no backbone found in {type(model).__name__}")
+    return found
+
+
+def replace_parts(model: nn.Module, scope: str, wrap) -> list[str]:
+    """Replace each static part by wrap(part); returns the names replaced."""
+    names = []
+    for parent, name in static_parts(model, scope):
+        setattr(parent, name, wrap(getattr(parent, name)))
+        names.append(f"{type(parent).__name__}.{name}")
+    return names
+
+
+def _tensors_key(args) -> tuple:
+    leaves = pytree.tree_leaves(args)
+    return tuple((tuple(t.shape), t.dtype) if isinstance(t, torch.Tensor) else t for t in leaves)
+
+
+class GraphedByShape(nn.Module):
+    """Calls `module` through CUDA graphs: one graph per distinct input shapes and autocast
+    state, captured at its first call (after warm-up calls on a side stream) and replayed after.
+
+    Inputs are copied into the graph's static inputs; outputs are the graph's static outputs,
+    valid until the next call with the same shapes, which is enough inside one forward pass.
+    Autocast's weight cache is off during capture, so the graph owns every cast it uses.
+    """
+
+    def __init__(self, module: nn.Module, warmup: int = 3):
+        super().__init__()
+        self.module = module
+        self.warmup = warmup
+        self.graphs: dict = {}
+        self.pool = None
+
+    def _autocast(self):
+        enabled = torch.is_autocast_enabled("cuda")
+        dtype = torch.get_autocast_dtype("cuda") if enabled else torch.float16
+        return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
+
+    def _capture(self, args):
+        static_args = pytree.tree_map(
+            lambda t: t.clone() if isinstance(t, torch.Tensor) else t, args)
+        side = torch.cuda.Stream()
+        side.wait_stream(torch.cuda.current_stream())
+        with torch.cuda.stream(side), self._autocast():
+            for _ in range(self.warmup):
+                self.module(*static_args)
+        torch.cuda.current_stream().wait_stream(side)
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph, pool=self.pool), self._autocast():
+            static_out = self.module(*static_args)
+        self.pool = graph.pool()
+        log.info("captured a CUDA graph of %s for input shapes %s",
+                 type(self.module).__name__, _tensors_key(args))
+        return graph, static_args, static_out
+
+    def forward(self, *args):
+        key = (_tensors_key(args), torch.is_autocast_enabled("cuda"),
+               torch.get_autocast_dtype("cuda"))
+        if key not in self.graphs:
+            self.graphs[key] = self._capture(args)
+        graph, static_args, static_out = self.graphs[key]
+        for dst, src in zip(pytree.tree_leaves(static_args), pytree.tree_leaves(args)):
+            if isinstance(dst, torch.Tensor):
+                dst.copy_(src)
+        graph.replay()
+        return static_out
+
+
+def require_cuda(exported, backend: str) -> None:
+    if exported.example[0].device.type != "cuda":
+        raise Unsupported(f"backend={backend} replays CUDA graphs: it needs device=cuda")

@@ -1,0 +1,24 @@
+"""compiled_graphs: the two combined. The static-shape parts are compiled by Inductor (fused
+Triton kernels, no CUDA graphs of its own) and the compiled code is replayed as one CUDA graph
+per input size; the data-dependent tail runs eagerly."""
+
+import torch
+
+from runner.backends import _parts, check_options, register
+
+
+@register("compiled_graphs")
+def optimize(exported, inputs, precision, options):
+    options = check_options("compiled_graphs", options, {
+        "scope": _parts.SCOPES,
+        "mode": ("default", "max-autotune-no-cudagraphs"),
+        "channels_last": (bool,),
+    })
+    _parts.require_cuda(exported, "compiled_graphs")
+    if options.get("channels_last"):
+        exported.model.to(memory_format=torch.channels_last)
+    mode = options.get("mode", "default")
+    _parts.replace_parts(
+        exported.model, options.get("scope", "backbone+heads"),
+        lambda part: _parts.GraphedByShape(torch.compile(part, mode=mode, dynamic=False)))
+    return exported.module

@@ -1,0 +1,32 @@
+"""inductor: torch.compile with the Inductor compiler.
+
+scope=model compiles the whole exported module (dynamo breaks the graph around NMS, padding
+and data-dependent shapes); scope=backbone or backbone+heads compiles only the parts whose
+shapes depend on the input size alone, which compiles once per size and never breaks.
+"""
+
+import torch
+
+from runner.backends import _parts, check_options, register
+
+MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+
+
+@register("inductor")
+def optimize(exported, inputs, precision, options):
+    options = check_options("inductor", options, {
+        "mode": MODES,
+        "scope": ("model",) + _parts.SCOPES,
+        "dynamic": (bool, None),  # None: torch.compile's default (static, then dynamic)
+        "channels_last": (bool,),
+    })
+    mode = options.get("mode", "default")
+    dynamic = options.get("dynamic")
+    scope = options.get("scope", "backbone+heads")
+    if options.get("channels_last"):
+        exported.model.to(memory_format=torch.channels_last)
+    if scope == "model":
+        return torch.compile(exported.module, mode=mode, dynamic=dynamic)
+    _parts.replace_parts(exported.model, scope,
+                         lambda part: torch.compile(part, mode=mode, dynamic=dynamic))
+    return exported.module

@@ -1,0 +1,43 @@
+"""tensorrt: Torch-TensorRT (torch_tensorrt.compile, dynamo IR) with min / opt / max input
+shapes; what TensorRT cannot take (NMS, data-dependent shapes) falls back to PyTorch.
+
+Reports `unsupported` with the reason where torch_tensorrt is not installed."""
+
+import torch
+
+from runner.backends import Unsupported, check_options, register
+
+
+def _version() -> str:
+    import torch_tensorrt
+
+    return f"torch_tensorrt {torch_tensorrt.__version__}"
+
+
+@register("tensorrt", version=_version)
+def optimize(exported, inputs, precision, options):
+    options = check_options("tensorrt", options, {"min_block_size": (int,)})
+    try:
+        import torch_tensorrt
+    except ImportError as error:
+        raise Unsupported(
+            "torch_tensorrt is not installed: `pip install torch-tensorrt` (the release that "
+            f"matches torch {torch.__version__}) on a machine with TensorRT "
+            f"(import failed: {error})"
+        ) from error
+    opt = inputs.images["opt"]
+    shapes = [
+        torch_tensorrt.Input(
+            min_shape=inputs.images.get("min", opt)[i].shape,
+            opt_shape=opt[i].shape,
+            max_shape=inputs.images.get("max", opt)[i].shape,
+            dtype=torch.float32,
+        )
+        for i in range(len(opt))
+    ]
+    precisions = {torch.float32, {"float16": torch.float16, "bfloat16": torch.bfloat16,
+                                  "float32": torch.float32}[precision.dtype]}
+    return torch_tensorrt.compile(
+        exported.module, ir="dynamo", inputs=shapes, enabled_precisions=precisions,
+        min_block_size=options.get("min_block_size", 5),
+    )

@@ -1,0 +1,741 @@
+"""Report: merges the rows of many runs into one results CSV, Markdown tables, a README block and
+plots.
+
+Takes result.csv files: folders are searched recursively for `result.csv`, and CSV files named on
+the command line are read as they are (a results CSV written by this tool is one). Returns:
+
+- the merged rows, one per identity (the newest `timestamp` wins; every dropped row is logged),
+  refused when they come from more than one machine unless mixed machines are allowed;
+- the results CSV (`--out`), sorted in the seed's variant order, then precision, then backend;
+- Markdown: a provenance header and one table per variant, with a legend (`tables`);
+- the README block between `<!-- d2bench:results:begin -->` and `<!-- d2bench:results:end -->`;
+- PNG plots: speed-up over eager, and latency against image size for dynamic-shape rows.
+
+    python -m runner.report outputs/ results/old.csv --out results/h200_seed.csv \\
+        --readme README.md --plots results/plots
+
+Files that cannot be read are skipped with their reason and reported; the exit code is 0 then.
+It is 2 for usage errors, refused mixed machines, a README without markers, and no rows at all.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import datetime
+import io
+import logging
+import os
+import re
+import shlex
+import sys
+import tempfile
+from collections.abc import Iterable, Sequence
+from pathlib import Path
+
+from runner import record
+from runner.record import Row
+
+log = logging.getLogger("runner.report")
+
+SEED_SWEEP = Path(__file__).resolve().parents[1] / "conf" / "sweep" / "seed.yaml"
+SEED_VARIANTS = (  # used when conf/sweep/seed.yaml cannot be read
+    "RetinaNet",
+    "RetinaNet_scripted",
+    "MaskRCNNC4",
+    "MaskRCNNFPN",
+    "MaskRCNNFPN_b2",
+    "MaskRCNNFPN_pproc",
+    "CascadeRCNN",
+)
+PRECISION_ORDER = ("fp32", "fp16", "bf16")
+REFERENCE_BACKEND = "eager"
+IDENTITY = (
+    "model",
+    "variant",
+    "export",
+    "batch",
+    "postprocess",
+    "precision",
+    "backend",
+    "shapes",
+    "image_hw",
+)
+MEASURED = ("ok", "parity_fail")
+OLDEST = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
+ERROR_CHARS = 100
+DASH = "—"
+BEGIN_MARKER = "<!-- d2bench:results:begin -->"
+END_MARKER = "<!-- d2bench:results:end -->"
+TABLE_COLUMNS = (
+    "Backend",
+    "Precision",
+    "Median (FPS)",
+    "Mean (FPS)",
+    "Median (ms)",
+    "Mean (ms)",
+    "p99 (ms)",
+    "std (ms)",
+    "GPU busy (ms)",
+    "Speed-up",
+    "Parity",
+    "Detections",
+)
+LEGEND = """\
+Columns:
+
+- **Median / Mean (FPS)**: throughput in images per second (`batch` images per call).
+- **Median / Mean / p99 / std (ms)**: latency in milliseconds per call of `batch` images, over the
+  timed calls at the table's input size.
+- **GPU busy (ms)**: the profiler's kernel (and copy) time of one call; the rest of a call's
+  latency is host work and waiting.
+- **Speed-up**: median latency of eager at the same precision divided by this row's median
+  (higher is faster; eager itself is 1.00x; — where there is no eager row to compare with).
+- **Parity**: outputs against eager fp32 on the same input: pass or FAIL against the tolerances,
+  with the F1 of matched detections (1.00: the same detections).
+- **Detections**: detections of the timed model at the table's input size, all images of the
+  batch; "(ref N)" where eager fp32 found a different number.
+- **unsupported / error**: the run could not apply or failed; the first line of its reason is
+  shown instead of numbers, and the results CSV has the whole of it."""
+
+
+# ---- collect ------------------------------------------------------------------------------
+
+
+def collect(paths: Iterable[str | Path]) -> tuple[list[Row], list[tuple[str, str]]]:
+    """Rows of every result.csv under the folders (recursively) and of the CSV files given.
+
+    Returns (rows, skipped): a file that cannot be read as rows of this version's columns is
+    skipped, and (its path, a one-line reason) is logged and returned.
+    """
+    rows: list[Row] = []
+    skipped: list[tuple[str, str]] = []
+    for path in result_files(paths):
+        try:
+            found = record.read_rows(path)
+        except (OSError, ValueError, csv.Error) as error:
+            reason = one_line_reason(path, error)
+            log.warning("skipped %s: %s", path, reason)
+            skipped.append((str(path), reason))
+            continue
+        log.debug("read %d rows from %s", len(found), path)
+        rows.extend(found)
+    return rows, skipped
+
+
+def result_files(paths: Iterable[str | Path]) -> list[Path]:
+    """The files to read: result.csv under each folder, each other path as given, each once."""
+    files: list[Path] = []
+    seen: set[Path] = set()
+    for path in map(Path, paths):
+        found = sorted(path.rglob("result.csv")) if path.is_dir() else [path]
+        if path.is_dir() and not found:
+            log.warning("no result.csv under %s (name merged results CSVs as files)", path)
+        for file in found:
+            if file.resolve() not in seen:
+                seen.add(file.resolve())
+                files.append(file)
+    return files
+
+
+def one_line_reason(path: Path, error: Exception) -> str:
+    """The error's first line, without the path that the report already names."""
+    if isinstance(error, OSError) and error.strerror:
+        text = error.strerror
+    else:
+        text = (str(error).strip().splitlines() or [type(error).__name__])[0]
+    text = text.removeprefix(f"{path}:").strip()
+    return re.sub(r"^(\d+): ", r"line \1: ", text)
+
+
+# ---- merge --------------------------------------------------------------------------------
+
+
+def machine_of(row: Row) -> str:
+    """The GPU's name, or the CPU's where the row ran without a GPU."""
+    if row.gpu_name:
+        return row.gpu_name
+    return f"CPU {row.cpu_model}" if row.cpu_model else "unknown machine"
+
+
+def identity_of(row: Row) -> tuple:
+    return (*(getattr(row, name) for name in IDENTITY), machine_of(row))
+
+
+def describe(row: Row) -> str:
+    return (
+        f"{title_of(row)} {row.precision} {row.backend} {row.shapes} {row.image_hw} "
+        f"on {machine_of(row)}"
+    )
+
+
+def moment(row: Row) -> datetime.datetime:
+    """The row's timestamp as an aware time; rows without a readable one count as the oldest."""
+    try:
+        when = datetime.datetime.fromisoformat(row.timestamp.replace("Z", "+00:00"))
+    except ValueError:
+        return OLDEST
+    return when if when.tzinfo else when.replace(tzinfo=datetime.timezone.utc)
+
+
+def drop_duplicates(rows: Iterable[Row]) -> tuple[list[Row], list[Row]]:
+    """Keep the newest row of each identity. Returns (kept, dropped); logs every drop."""
+    newest: dict[tuple, Row] = {}
+    dropped: list[Row] = []
+    for row in rows:
+        key = identity_of(row)
+        held = newest.setdefault(key, row)
+        if held is row:
+            continue
+        keep, drop = (row, held) if moment(row) >= moment(held) else (held, row)
+        newest[key] = keep
+        dropped.append(drop)
+        report_drop(drop, keep)
+    return list(newest.values()), dropped
+
+
+def report_drop(drop: Row, keep: Row) -> None:
+    where = f"{drop.output_dir or '(no output_dir)'} ({drop.timestamp or 'no timestamp'})"
+    if drop == keep:
+        log.info("duplicate %s: dropped an identical copy from %s", describe(drop), where)
+        return
+    tie = "; same timestamp, kept the one read last" if moment(drop) == moment(keep) else ""
+    log.warning(
+        "duplicate %s: dropped %s, kept %s (%s)%s",
+        describe(drop),
+        where,
+        keep.output_dir or "(no output_dir)",
+        keep.timestamp or "no timestamp",
+        tie,
+    )
+
+
+class MixedMachines(ValueError):
+    """Rows from more than one machine, where one was expected."""
+
+
+def machines(rows: Iterable[Row]) -> list[str]:
+    return sorted({machine_of(row) for row in rows})
+
+
+def require_one_machine(rows: Sequence[Row], allow_mixed: bool = False) -> None:
+    """Raise MixedMachines naming the machines, unless there is one or mixing is allowed."""
+    names = machines(rows)
+    if len(names) > 1 and not allow_mixed:
+        raise MixedMachines(
+            f"rows come from {len(names)} machines: {', '.join(map(repr, names))}; "
+            "report each machine on its own, or pass --allow-mixed-gpus for one section each"
+        )
+
+
+# ---- order --------------------------------------------------------------------------------
+
+
+def seed_variant_order(sweep: Path = SEED_SWEEP) -> tuple[str, ...]:
+    """The variant names of the seed sweep, in its order (the constant where it is unreadable)."""
+    try:
+        from omegaconf import OmegaConf
+
+        return tuple(OmegaConf.load(sweep).hydra.sweeper.variants.keys())
+    except Exception as error:  # a missing or reshaped file: fall back, and say so
+        log.debug("seed variant order from the constant (%s: %s)", sweep, error)
+        return SEED_VARIANTS
+
+
+def rank(value: str, order: Sequence[str]) -> tuple[int, str]:
+    """Position in `order`; values outside it after, alphabetically."""
+    return (order.index(value), "") if value in order else (len(order), value)
+
+
+def sort_rows(rows: Iterable[Row]) -> list[Row]:
+    """Seed variant order (others after, by name), then precision, then backend (eager first)."""
+    variants = seed_variant_order()
+
+    def order(row: Row) -> tuple:
+        return (
+            rank(row.variant, variants),
+            title_of(row),
+            row.shapes,
+            row.image_hw,
+            rank(row.precision, PRECISION_ORDER),
+            rank(row.backend, (REFERENCE_BACKEND,)),
+            machine_of(row),
+        )
+
+    return sorted(rows, key=order)
+
+
+def write(rows: Iterable[Row], out: str | Path) -> list[Row]:
+    """Write the rows, sorted, to `out` atomically. Returns them in that order."""
+    ordered = sort_rows(rows)
+    record.write_rows(Path(out), ordered)
+    return ordered
+
+
+# ---- figures ------------------------------------------------------------------------------
+
+
+def title_of(row: Row) -> str:
+    """The variant's name, or one built from what defines it: "mask_rcnn_fpn (trace, batch 2)"."""
+    if row.variant:
+        return row.variant
+    details = [row.export] if row.export else []
+    details.append(f"batch {row.batch}")
+    if row.postprocess:
+        details.append("postprocess")
+    return f"{row.model} ({', '.join(details)})"
+
+
+def table_key(row: Row) -> tuple[str, str, str, str]:
+    """Rows that share one table: machine, variant, shapes and input size."""
+    return (machine_of(row), title_of(row), row.shapes, row.image_hw)
+
+
+def is_measured(row: Row) -> bool:
+    return row.status in MEASURED and row.latency_ms_median is not None
+
+
+def speed_up(row: Row, rows: Iterable[Row]) -> float | None:
+    """Eager's median latency (same table, same precision) over this row's; None without one."""
+    if not is_measured(row) or not row.latency_ms_median:
+        return None
+    for other in rows:
+        if (
+            other.backend == REFERENCE_BACKEND
+            and other.precision == row.precision
+            and table_key(other) == table_key(row)
+            and is_measured(other)
+        ):
+            return other.latency_ms_median / row.latency_ms_median
+    return None
+
+
+def pixels(image_hw: str) -> int | None:
+    """Pixels of an "HxW" size; None where it is not one."""
+    match = re.fullmatch(r"\s*(\d+)\s*x\s*(\d+)\s*", image_hw or "")
+    return int(match[1]) * int(match[2]) if match else None
+
+
+# ---- Markdown -----------------------------------------------------------------------------
+
+
+def number(value: float | None, decimals: int) -> str:
+    return DASH if value is None else f"{value:.{decimals}f}"
+
+
+def cell(text: str) -> str:
+    return text.replace("|", "\\|")
+
+
+def distinct(rows: Iterable[Row], field: str) -> list[str]:
+    return sorted(
+        {str(getattr(row, field)) for row in rows if getattr(row, field) not in ("", None)}
+    )
+
+
+def joined(values: Sequence[str]) -> str:
+    return ", ".join(values) if values else DASH
+
+
+def as_code(values: Sequence[str]) -> str:
+    return joined([f"`{value}`" for value in values])
+
+
+def bullet(label: str, values: Sequence[str]) -> str:
+    """One bullet; several values (commands, protocols) become sub-bullets of it."""
+    if len(values) <= 1:
+        return f"- **{label}:** {values[0] if values else DASH}"
+    return "\n".join([f"- **{label}:**", *(f"  - {value}" for value in values)])
+
+
+def protocol(warmup: int, iters: int) -> str:
+    return f"{warmup} warm-up + {iters} timed calls, device synchronized around each; median"
+
+
+def provenance(rows: Sequence[Row]) -> str:
+    """What made these rows: machine, software, protocol, weights, commands, code version."""
+    backends = sorted({f"{r.backend} ({r.backend_version})" for r in rows if r.backend_version})
+    protocols = sorted({(r.warmup, r.iters) for r in rows if None not in (r.warmup, r.iters)})
+    machine = (
+        f"GPU {joined(distinct(rows, 'gpu_name'))}, driver {joined(distinct(rows, 'gpu_driver'))},"
+        f" CUDA {joined(distinct(rows, 'cuda_version'))}; CPU {joined(distinct(rows, 'cpu_model'))}"
+    )
+    software = (
+        f"torch {joined(distinct(rows, 'torch_version'))}, detectron2 "
+        f"{joined(distinct(rows, 'detectron2_version'))}, Python "
+        f"{joined(distinct(rows, 'python_version'))}; backends {joined(backends)}"
+    )
+    return "\n".join(
+        [
+            bullet("Machine", [machine]),
+            bullet("Software", [software]),
+            bullet("Protocol", [protocol(w, i) for w, i in protocols]),
+            bullet("Weights", [f"`{w}`" for w in distinct(rows, "weights")]),
+            bullet("Command", [f"`{c}`" for c in distinct(rows, "command")]),
+            bullet("git", [as_code(distinct(rows, "git_sha"))]),
+        ]
+    )
+
+
+def parity_text(row: Row) -> str:
+    if row.parity_pass is None:
+        return DASH
+    verdict = "pass" if row.parity_pass else "FAIL"
+    return verdict if row.parity_match_f1 is None else f"{verdict} (F1 {row.parity_match_f1:.2f})"
+
+
+def detections_text(row: Row) -> str:
+    if row.num_detections is None:
+        return DASH
+    ref = row.num_detections_ref
+    differs = ref is not None and ref != row.num_detections
+    return f"{row.num_detections} (ref {ref})" if differs else str(row.num_detections)
+
+
+def failure_text(row: Row) -> str:
+    """'status: first line of the error', cut to ERROR_CHARS."""
+    first = (row.error.strip().splitlines() or [""])[0]
+    if len(first) > ERROR_CHARS:
+        first = first[: ERROR_CHARS - 1].rstrip() + "…"
+    return f"{row.status}: {first}" if first else row.status
+
+
+def table_row(row: Row, rows: Sequence[Row]) -> str:
+    if is_measured(row):
+        ratio = speed_up(row, rows)
+        figures = [
+            number(row.fps_median, 1),
+            number(row.fps_mean, 1),
+            number(row.latency_ms_median, 2),
+            number(row.latency_ms_mean, 2),
+            number(row.latency_ms_p99, 2),
+            number(row.latency_ms_std, 2),
+            number(row.gpu_busy_ms, 2),
+            DASH if ratio is None else f"{ratio:.2f}x",
+            parity_text(row),
+            detections_text(row),
+        ]
+    else:
+        figures = [failure_text(row)] + [""] * (len(TABLE_COLUMNS) - 3)
+    return "| " + " | ".join(cell(text) for text in [row.backend, row.precision, *figures]) + " |"
+
+
+def table_subtitle(row: Row) -> str:
+    return (
+        f"model `{row.model}`, export `{row.export or DASH}`, batch {row.batch}, postprocess "
+        f"{'yes' if row.postprocess else 'no'}; input {row.image_hw or DASH} (H x W), "
+        f"{row.shapes or DASH} shapes"
+    )
+
+
+def variant_table(rows: Sequence[Row], level: int, qualified: bool) -> str:
+    """One table: rows that share a table_key, already sorted."""
+    first = rows[0]
+    heading = title_of(first)
+    if qualified:
+        heading += f" ({first.shapes} shapes, {first.image_hw})"
+    lines = [
+        f"{'#' * level} {heading}",
+        "",
+        table_subtitle(first),
+        "",
+        "| " + " | ".join(TABLE_COLUMNS) + " |",
+        "|" + "|".join(["---"] * 2 + ["---:"] * (len(TABLE_COLUMNS) - 2)) + "|",
+    ]
+    lines += [table_row(row, rows) for row in rows]
+    return "\n".join(lines)
+
+
+def variant_tables(rows: Sequence[Row], level: int) -> list[str]:
+    groups: dict[tuple, list[Row]] = {}
+    for row in sort_rows(rows):
+        groups.setdefault(table_key(row), []).append(row)
+    per_title: dict[str, int] = {}
+    for _, title, _, _ in groups:
+        per_title[title] = per_title.get(title, 0) + 1
+    return [
+        variant_table(group, level, qualified=per_title[key[1]] > 1)
+        for key, group in groups.items()
+    ]
+
+
+def plot_links(plots: Sequence[str]) -> str:
+    return "\n\n".join(f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in plots)
+
+
+def tables(rows: Sequence[Row], results_csv: str = "", plots: Sequence[str] = ()) -> str:
+    """Markdown: provenance, one table per variant (a section per machine where several), the
+    plots (links as given) and a legend."""
+    by_machine: dict[str, list[Row]] = {}
+    for row in sort_rows(rows):
+        by_machine.setdefault(machine_of(row), []).append(row)
+    mixed = len(by_machine) > 1
+    parts = [f"Results CSV: `{results_csv}` ({len(rows)} rows)."] if results_csv else []
+    for machine in sorted(by_machine):
+        if mixed:
+            parts.append(f"### {machine}")
+        parts.append(provenance(by_machine[machine]))
+        parts.extend(variant_tables(by_machine[machine], level=4 if mixed else 3))
+    if plots:
+        parts.append(plot_links(plots))
+    parts.append(LEGEND)
+    return "\n\n".join(parts) + "\n"
+
+
+# ---- README -------------------------------------------------------------------------------
+
+
+def results_block_span(lines: Sequence[str]) -> tuple[int, int]:
+    """Indexes of the begin and end marker lines; ValueError where missing, doubled or reversed."""
+    begins = [i for i, line in enumerate(lines) if line.strip() == BEGIN_MARKER]
+    ends = [i for i, line in enumerate(lines) if line.strip() == END_MARKER]
+    if len(begins) != 1 or len(ends) != 1:
+        raise ValueError(
+            f"the README needs exactly one line {BEGIN_MARKER} and one line {END_MARKER} "
+            f"(found {len(begins)} and {len(ends)})"
+        )
+    if begins[0] > ends[0]:
+        raise ValueError(f"{END_MARKER} comes before {BEGIN_MARKER} in the README")
+    return begins[0], ends[0]
+
+
+def update_readme(text: str, block: str, command: str = "python -m runner.report ...") -> str:
+    """The README text with the lines between the markers replaced by a generated-by note and
+    the block; the markers and everything outside them are kept byte for byte."""
+    lines = text.splitlines(keepends=True)
+    begin, end = results_block_span(lines)
+    generated = f"Generated by `{command}`; do not edit by hand.\n\n{block.rstrip()}\n"
+    return "".join(lines[: begin + 1]) + "\n" + generated + "\n" + "".join(lines[end:])
+
+
+# ---- plots --------------------------------------------------------------------------------
+
+
+def save_figure(figure, path: Path) -> None:
+    """Save as PNG so that readers see the old file or the whole new one."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    buffer = io.BytesIO()
+    figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            handle.write(buffer.getvalue())
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def new_figure(width: float, height: float):
+    """A figure drawn by Agg, without pyplot's global state (matplotlib imported here only)."""
+    from matplotlib.backends.backend_agg import FigureCanvasAgg
+    from matplotlib.figure import Figure
+
+    figure = Figure(figsize=(width, height))
+    FigureCanvasAgg(figure)
+    return figure
+
+
+def plot_label(row: Row, mixed: bool) -> str:
+    return f"{title_of(row)}\n({machine_of(row)})" if mixed else title_of(row)
+
+
+def speedup_bars(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
+    """{"variant\\nbackend": {precision: speed-up}} for measured rows of non-eager backends."""
+    mixed = len(machines(rows)) > 1
+    bars: dict[str, dict[str, float]] = {}
+    for row in sort_rows(rows):
+        ratio = speed_up(row, rows)
+        if row.backend != REFERENCE_BACKEND and ratio is not None:
+            bars.setdefault(f"{plot_label(row, mixed)}\n{row.backend}", {})[row.precision] = ratio
+    return bars
+
+
+def plot_speedup(rows: Sequence[Row], path: Path) -> bool:
+    """Grouped bars: per variant and backend, one bar per precision. False where none exist."""
+    bars = speedup_bars(rows)
+    if not bars:
+        log.info("no speed-up over eager to plot; %s not written", path)
+        return False
+    precisions = sorted(
+        {p for group in bars.values() for p in group}, key=lambda p: rank(p, PRECISION_ORDER)
+    )
+    width = 0.8 / len(precisions)
+    figure = new_figure(max(6.0, 1.1 * len(bars)), 4.5)
+    axes = figure.add_subplot()
+    for i, precision in enumerate(precisions):
+        offset = (i - (len(precisions) - 1) / 2) * width
+        slots = [
+            (n, group[precision]) for n, group in enumerate(bars.values()) if precision in group
+        ]
+        axes.bar(
+            [n + offset for n, _ in slots],
+            [value for _, value in slots],
+            width,
+            label=precision,
+            color=f"C{i}",
+        )
+    axes.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="eager")
+    axes.set_xticks(range(len(bars)), list(bars), fontsize=7)
+    axes.set_ylabel("speed-up over eager (median latency ratio)")
+    axes.set_title("Speed-up over eager at the same precision")
+    axes.legend(title="precision")
+    save_figure(figure, path)
+    return True
+
+
+def latency_lines(rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
+    """{"variant backend precision": [(pixels, median ms), ...]} for measured dynamic rows."""
+    mixed = len(machines(rows)) > 1
+    lines: dict[str, list[tuple[int, float]]] = {}
+    for row in sort_rows(rows):
+        if row.shapes != "dynamic" or not is_measured(row):
+            continue
+        sizes = [
+            (row.image_hw_min, row.latency_ms_median_min_shape),
+            (row.image_hw, row.latency_ms_median),
+            (row.image_hw_max, row.latency_ms_median_max_shape),
+        ]
+        points = [(pixels(hw), ms) for hw, ms in sizes if pixels(hw) and ms is not None]
+        if points:
+            label = f"{plot_label(row, mixed)} {row.backend} {row.precision}".replace("\n", " ")
+            lines[label] = sorted(points)
+    return lines
+
+
+def plot_latency_vs_size(rows: Sequence[Row], path: Path) -> bool:
+    """Median latency against image pixels, one line per variant, backend and precision."""
+    lines = latency_lines(rows)
+    if not lines:
+        log.info("no dynamic-shape rows; %s not written", path)
+        return False
+    figure = new_figure(7.0, 4.5)
+    axes = figure.add_subplot()
+    for label, points in lines.items():
+        axes.plot([p / 1e6 for p, _ in points], [ms for _, ms in points], marker="o", label=label)
+    axes.set_xlabel("image size (megapixels, h x w)")
+    axes.set_ylabel("median latency per call (ms)")
+    axes.set_title("Latency against input size (dynamic shapes)")
+    axes.legend(fontsize=7)
+    save_figure(figure, path)
+    return True
+
+
+def plot(rows: Sequence[Row], folder: str | Path) -> list[Path]:
+    """Write speedup.png and latency_vs_size.png (where there is something to draw) in `folder`.
+    Returns the paths written."""
+    folder = Path(folder)
+    written = []
+    for name, draw in (
+        ("speedup.png", plot_speedup),
+        ("latency_vs_size.png", plot_latency_vs_size),
+    ):
+        if draw(rows, folder / name):
+            written.append(folder / name)
+    return written
+
+
+# ---- command line -------------------------------------------------------------------------
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.report",
+        description="Merge result.csv rows into a results CSV, README tables and plots.",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="+",
+        type=Path,
+        help="folders (searched for result.csv) or results CSV files",
+    )
+    parser.add_argument("--out", required=True, type=Path, help="merged results CSV to write")
+    parser.add_argument("--readme", type=Path, help="README whose results block to rewrite")
+    parser.add_argument("--plots", type=Path, help="folder for speedup.png, latency_vs_size.png")
+    parser.add_argument(
+        "--allow-mixed-gpus",
+        action="store_true",
+        help="accept rows from several machines: one section per machine",
+    )
+    return parser.parse_args(argv)
+
+
+def relative_link(path: Path, readme: Path | None) -> str:
+    if readme is None:
+        return path.as_posix()
+    return Path(os.path.relpath(path.resolve(), readme.resolve().parent)).as_posix()
+
+
+def counted(count: int, noun: str) -> str:
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def summary(
+    rows: Sequence[Row], dropped: Sequence[Row], skipped: Sequence[tuple[str, str]], out: Path
+) -> str:
+    """One line: rows merged, duplicates dropped, files skipped by reason (paths logged above)."""
+    text = (
+        f"merged {counted(len(rows), 'row')} into {out}; "
+        f"dropped {counted(len(dropped), 'duplicate')}; skipped {counted(len(skipped), 'file')}"
+    )
+    reasons: dict[str, int] = {}
+    for _, reason in skipped:
+        reasons[reason] = reasons.get(reason, 0) + 1
+    if not reasons:
+        return text
+    return (
+        text + " — " + "; ".join(f"{counted(n, 'file')}: {reason}" for reason, n in reasons.items())
+    )
+
+
+def read_readme(path: Path) -> str:
+    """The README's text, checked for its markers now, before anything is written."""
+    try:
+        text = path.read_text()
+    except OSError as error:
+        raise ValueError(f"{path}: {error.strerror or error}") from error
+    try:
+        results_block_span(text.splitlines())
+    except ValueError as error:
+        raise ValueError(f"{path}: {error}") from error
+    return text
+
+
+def report(args: argparse.Namespace, command: str) -> int:
+    """Collect, merge, check, then write the CSV, plots and README (or print the tables)."""
+    missing = [str(path) for path in args.inputs if not path.exists()]
+    if missing:
+        log.error("no such input: %s", ", ".join(missing))
+        return 2
+    found, skipped = collect(args.inputs)
+    rows, dropped = drop_duplicates(found)
+    if not rows:
+        log.error("no rows to report (%d files skipped)", len(skipped))
+        return 2
+    try:
+        require_one_machine(rows, args.allow_mixed_gpus)
+        readme_text = read_readme(args.readme) if args.readme else None
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    rows = write(rows, args.out)
+    plots = plot(rows, args.plots) if args.plots else []
+    links = [relative_link(p, args.readme) for p in plots] if args.readme else []
+    block = tables(rows, relative_link(args.out, args.readme), links)
+    if readme_text is None:
+        sys.stdout.write(block)
+    else:
+        record.write_atomic(args.readme, update_readme(readme_text, block, command))
+    log.info("%s", summary(rows, dropped, skipped, args.out))
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
+    args = parse_arguments(argv)
+    return report(args, shlex.join(["python", "-m", "runner.report", *argv]))
+
+
+if __name__ == "__main__":
+    sys.exit(main())
