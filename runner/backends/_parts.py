@@ -72,6 +72,13 @@ class GraphedByShape(nn.Module):
         self.graphs: dict = {}
         self.pool = None
 
+    def __getattr__(self, name: str):
+        """Attributes the detector reads off the part (size_divisibility, output_shape())."""
+        try:
+            return super().__getattr__(name)
+        except AttributeError:
+            return getattr(super().__getattr__("module"), name)
+
     def _autocast(self):
         enabled = torch.is_autocast_enabled("cuda")
         dtype = torch.get_autocast_dtype("cuda") if enabled else torch.float16
