@@ -21,8 +21,10 @@ It is 2 for usage errors, refused mixed machines, a README without markers, and 
 from __future__ import annotations
 
 import argparse
+import collections
 import csv
 import datetime
+import functools
 import io
 import logging
 import os
@@ -30,6 +32,7 @@ import re
 import shlex
 import sys
 import tempfile
+import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -50,6 +53,7 @@ SEED_VARIANTS = (  # used when conf/sweep/seed.yaml cannot be read
 )
 PRECISION_ORDER = ("fp32", "fp16", "bf16")
 REFERENCE_BACKEND = "eager"
+SHAPES_ORDER = ("static", "dynamic")
 IDENTITY = (
     "model",
     "variant",
@@ -81,6 +85,7 @@ TABLE_COLUMNS = (
     "Parity",
     "Detections",
 )
+TEXT_COLUMNS = ("Backend", "Precision", "Parity")  # left-aligned; the rest are numbers
 LEGEND = """\
 Columns:
 
@@ -231,14 +236,15 @@ def require_one_machine(rows: Sequence[Row], allow_mixed: bool = False) -> None:
 # ---- order --------------------------------------------------------------------------------
 
 
+@functools.lru_cache
 def seed_variant_order(sweep: Path = SEED_SWEEP) -> tuple[str, ...]:
     """The variant names of the seed sweep, in its order (the constant where it is unreadable)."""
     try:
         from omegaconf import OmegaConf
 
         return tuple(OmegaConf.load(sweep).hydra.sweeper.variants.keys())
-    except Exception as error:  # a missing or reshaped file: fall back, and say so
-        log.debug("seed variant order from the constant (%s: %s)", sweep, error)
+    except Exception as error:  # a missing or reshaped file: the constant, logged once per path
+        log.info("variant order from SEED_VARIANTS: %s unreadable (%s)", sweep, error)
         return SEED_VARIANTS
 
 
@@ -255,7 +261,7 @@ def sort_rows(rows: Iterable[Row]) -> list[Row]:
         return (
             rank(row.variant, variants),
             title_of(row),
-            row.shapes,
+            rank(row.shapes, SHAPES_ORDER),
             row.image_hw,
             rank(row.precision, PRECISION_ORDER),
             rank(row.backend, (REFERENCE_BACKEND,)),
@@ -428,19 +434,26 @@ def table_subtitle(row: Row) -> str:
     )
 
 
-def variant_table(rows: Sequence[Row], level: int, qualified: bool) -> str:
+def table_headings(rows: Iterable[Row]) -> dict[tuple, str]:
+    """A heading per table_key: the variant's title, with its shapes and input size where one
+    variant has several tables on one machine."""
+    keys = list(dict.fromkeys(table_key(row) for row in sort_rows(rows)))
+    tables_of = collections.Counter(key[:2] for key in keys)
+    return {
+        key: key[1] + (f" ({key[2]} shapes, {key[3]})" if tables_of[key[:2]] > 1 else "")
+        for key in keys
+    }
+
+
+def variant_table(rows: Sequence[Row], heading: str, level: int) -> str:
     """One table: rows that share a table_key, already sorted."""
-    first = rows[0]
-    heading = title_of(first)
-    if qualified:
-        heading += f" ({first.shapes} shapes, {first.image_hw})"
     lines = [
         f"{'#' * level} {heading}",
         "",
-        table_subtitle(first),
+        table_subtitle(rows[0]),
         "",
         "| " + " | ".join(TABLE_COLUMNS) + " |",
-        "|" + "|".join(["---"] * 2 + ["---:"] * (len(TABLE_COLUMNS) - 2)) + "|",
+        "|" + "|".join("---" if c in TEXT_COLUMNS else "---:" for c in TABLE_COLUMNS) + "|",
     ]
     lines += [table_row(row, rows) for row in rows]
     return "\n".join(lines)
@@ -450,13 +463,8 @@ def variant_tables(rows: Sequence[Row], level: int) -> list[str]:
     groups: dict[tuple, list[Row]] = {}
     for row in sort_rows(rows):
         groups.setdefault(table_key(row), []).append(row)
-    per_title: dict[str, int] = {}
-    for _, title, _, _ in groups:
-        per_title[title] = per_title.get(title, 0) + 1
-    return [
-        variant_table(group, level, qualified=per_title[key[1]] > 1)
-        for key, group in groups.items()
-    ]
+    headings = table_headings(rows)
+    return [variant_table(group, headings[key], level) for key, group in groups.items()]
 
 
 def plot_links(plots: Sequence[str]) -> str:
@@ -536,18 +544,23 @@ def new_figure(width: float, height: float):
     return figure
 
 
-def plot_label(row: Row, mixed: bool) -> str:
-    return f"{title_of(row)}\n({machine_of(row)})" if mixed else title_of(row)
+def plot_labels(rows: Sequence[Row]) -> dict[tuple, str]:
+    """A label per table_key: its heading, and the machine where rows come from several."""
+    mixed = len(machines(rows)) > 1
+    return {
+        key: f"{heading} ({key[0]})" if mixed else heading
+        for key, heading in table_headings(rows).items()
+    }
 
 
 def speedup_bars(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
-    """{"variant\\nbackend": {precision: speed-up}} for measured rows of non-eager backends."""
-    mixed = len(machines(rows)) > 1
+    """{"variant / backend": {precision: speed-up}} for measured rows of non-eager backends."""
+    labels = plot_labels(rows)
     bars: dict[str, dict[str, float]] = {}
     for row in sort_rows(rows):
         ratio = speed_up(row, rows)
         if row.backend != REFERENCE_BACKEND and ratio is not None:
-            bars.setdefault(f"{plot_label(row, mixed)}\n{row.backend}", {})[row.precision] = ratio
+            bars.setdefault(f"{labels[table_key(row)]} / {row.backend}", {})[row.precision] = ratio
     return bars
 
 
@@ -576,7 +589,8 @@ def plot_speedup(rows: Sequence[Row], path: Path) -> bool:
             color=f"C{i}",
         )
     axes.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="eager")
-    axes.set_xticks(range(len(bars)), list(bars), fontsize=7)
+    ticks = [textwrap.fill(label, 24) for label in bars]
+    axes.set_xticks(range(len(bars)), ticks, fontsize=7)
     axes.set_ylabel("speed-up over eager (median latency ratio)")
     axes.set_title("Speed-up over eager at the same precision")
     axes.legend(title="precision")
@@ -586,7 +600,7 @@ def plot_speedup(rows: Sequence[Row], path: Path) -> bool:
 
 def latency_lines(rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
     """{"variant backend precision": [(pixels, median ms), ...]} for measured dynamic rows."""
-    mixed = len(machines(rows)) > 1
+    labels = plot_labels(rows)
     lines: dict[str, list[tuple[int, float]]] = {}
     for row in sort_rows(rows):
         if row.shapes != "dynamic" or not is_measured(row):
@@ -598,8 +612,7 @@ def latency_lines(rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
         ]
         points = [(pixels(hw), ms) for hw, ms in sizes if pixels(hw) and ms is not None]
         if points:
-            label = f"{plot_label(row, mixed)} {row.backend} {row.precision}".replace("\n", " ")
-            lines[label] = sorted(points)
+            lines[f"{labels[table_key(row)]} {row.backend} {row.precision}"] = sorted(points)
     return lines
 
 
@@ -678,9 +691,7 @@ def summary(
         f"merged {counted(len(rows), 'row')} into {out}; "
         f"dropped {counted(len(dropped), 'duplicate')}; skipped {counted(len(skipped), 'file')}"
     )
-    reasons: dict[str, int] = {}
-    for _, reason in skipped:
-        reasons[reason] = reasons.get(reason, 0) + 1
+    reasons = collections.Counter(reason for _, reason in skipped)
     if not reasons:
         return text
     return (
@@ -691,7 +702,8 @@ def summary(
 def read_readme(path: Path) -> str:
     """The README's text, checked for its markers now, before anything is written."""
     try:
-        text = path.read_text()
+        with open(path, newline="") as handle:  # line endings kept as they are
+            text = handle.read()
     except OSError as error:
         raise ValueError(f"{path}: {error.strerror or error}") from error
     try:

@@ -1,0 +1,540 @@
+"""runner.report: collect, merge, tables, README block, plots and the command line, on fixture rows
+written as result.csv files. Goldens in tests/golden/report/; D2BENCH_UPDATE_GOLDEN=1 rewrites
+them (then read the diff before committing)."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from runner import record, report
+from runner.record import Row
+
+ROOT = Path(__file__).resolve().parents[1]
+GOLDEN = Path(__file__).parent / "golden" / "report"
+PNG_MAGIC = b"\x89PNG\r\n\x1a\n"
+H200 = "NVIDIA H200"
+A100 = "NVIDIA A100-SXM4-80GB"
+SEED_COMMAND = "python -m runner sweep=seed"
+ENVIRONMENT = dict(
+    device="cuda",
+    gpu_index="0",
+    gpu_name=H200,
+    gpu_driver="570.86.15",
+    cuda_version="12.4",
+    cudnn_version="90100",
+    torch_version="2.5.1+cu124",
+    backend_version="torch 2.5.1+cu124",
+    torchvision_version="0.20.1+cu124",
+    detectron2_version="0.6",
+    python_version="3.11.2",
+    cpu_model="Intel(R) Xeon(R) Platinum 8468",
+    hostname="bench-01",
+    git_sha="0123456789abcdef0123456789abcdef01234567",
+    timestamp="2026-11-28T12:00:00+00:00",
+    command=SEED_COMMAND,
+    warmup=100,
+    iters=200,
+    image_hw="800x1333",
+    shapes="static",
+)
+WEIGHTS = {
+    "retinanet": "detectron2://COCO-Detection/retinanet_R_50_FPN_3x/190397829/model_final_5bd44e.pkl",
+    "mask_rcnn_fpn": "detectron2://COCO-InstanceSegmentation/mask_rcnn_R_50_FPN_3x/"
+    "137849600/model_final_f10217.pkl",
+    "cascade_rcnn": "detectron2://Misc/cascade_mask_rcnn_R_50_FPN_3x/144998488/model_final_480dd8.pkl",
+}
+VARIANTS = {
+    "RetinaNet": dict(model="retinanet", export="trace", batch=1, postprocess=True),
+    "RetinaNet_scripted": dict(model="retinanet", export="script", batch=1, postprocess=True),
+    "MaskRCNNFPN": dict(model="mask_rcnn_fpn", export="trace", batch=1, postprocess=False),
+    "CascadeRCNN": dict(model="cascade_rcnn", export="trace", batch=1, postprocess=False),
+    "": dict(model="mask_rcnn_fpn", export="trace", batch=2, postprocess=True),
+}
+
+
+def run_row(variant: str, precision: str, backend: str, **fields) -> Row:
+    """A row as bench.run writes it, with identity from VARIANTS and a fixed environment."""
+    identity = VARIANTS[variant]
+    values = {**ENVIRONMENT, **identity, "weights": WEIGHTS[identity["model"]]}
+    values["output_dir"] = f"outputs/sweeps/seed/{variant or 'plain'}_{precision}_{backend}"
+    values.update(fields)
+    return Row(variant=variant, precision=precision, backend=backend, **values)
+
+
+def measured(variant: str, precision: str, backend: str, median_ms: float, **fields) -> Row:
+    """An ok row whose other figures follow from the median (mean +3%, p99 +10%, std 2%)."""
+    batch = VARIANTS[variant]["batch"]
+    figures = dict(
+        status="ok",
+        latency_ms_median=median_ms,
+        latency_ms_mean=median_ms * 1.03,
+        latency_ms_p99=median_ms * 1.1,
+        latency_ms_std=median_ms * 0.02,
+        latency_ms_min=median_ms * 0.97,
+        fps_median=1000.0 * batch / median_ms,
+        fps_mean=1000.0 * batch / (median_ms * 1.03),
+        gpu_busy_ms=median_ms * 0.8,
+        optimize_s=4.5,
+        peak_mem_mb=1234.5,
+        parity_pass=True,
+        parity_match_f1=1.0,
+        parity_box_iou=1.0,
+        parity_score_max_diff=0.0,
+        num_detections=batch * 37,
+        num_detections_ref=batch * 37,
+    )
+    return run_row(variant, precision, backend, **{**figures, **fields})
+
+
+def dynamic(variant: str, precision: str, backend: str, median_ms: float) -> Row:
+    return measured(
+        variant,
+        precision,
+        backend,
+        median_ms,
+        shapes="dynamic",
+        image_hw_min="480x640",
+        latency_ms_median_min_shape=median_ms * 0.5,
+        image_hw_max="1024x1706",
+        latency_ms_median_max_shape=median_ms * 1.6,
+        output_dir=f"outputs/sweeps/dynamic/{variant}_{precision}_{backend}",
+    )
+
+
+def fixture_rows() -> list[Row]:
+    """Seed-like rows, deliberately out of order: the report must sort them."""
+    return [
+        measured(
+            "MaskRCNNFPN",
+            "fp16",
+            "torchscript",
+            16.0,
+            status="parity_fail",
+            parity_pass=False,
+            parity_match_f1=0.85,
+            num_detections=35,
+            error="parity: match_f1 0.850 < 0.95",
+        ),
+        measured("RetinaNet", "fp16", "torchscript", 9.0),
+        measured("RetinaNet", "fp32", "torchscript", 8.66),
+        measured("RetinaNet", "fp32", "eager", 20.0),
+        measured("RetinaNet", "fp16", "eager", 12.0, parity_match_f1=0.99),
+        measured("RetinaNet_scripted", "fp32", "eager", 21.0),
+        run_row(
+            "RetinaNet_scripted",
+            "fp32",
+            "torchscript",
+            status="unsupported",
+            error="torchscript: RetinaNet | scripting needs the scriptable head\n"
+            "install the scripting extra and try again",
+        ),
+        measured("MaskRCNNFPN", "fp32", "eager", 40.0),
+        measured("MaskRCNNFPN", "fp32", "torchscript", 25.0),
+        measured("MaskRCNNFPN", "fp16", "eager", 30.0, parity_match_f1=0.98),
+        dynamic("MaskRCNNFPN", "fp32", "eager", 42.0),
+        dynamic("MaskRCNNFPN", "fp32", "torchscript", 28.0),
+        measured("CascadeRCNN", "fp16", "torchscript", 50.0),
+        run_row(
+            "CascadeRCNN",
+            "fp32",
+            "torchscript",
+            status="error",
+            error="timeout: the child ran past 1800 s " + "x" * 150,
+        ),
+        measured("", "fp32", "eager", 70.0),
+        measured("", "fp32", "torchscript", 56.0),
+    ]
+
+
+def write_result_files(folder: Path, rows: list[Row]) -> Path:
+    """One result.csv per row, in its own subfolder, as a sweep leaves them."""
+    for number, row in enumerate(rows):
+        record.write_rows(folder / "sweep" / f"{number:02d}" / "result.csv", [row])
+    return folder
+
+
+def check_golden(name: str, text: str) -> None:
+    path = GOLDEN / name
+    if os.environ.get("D2BENCH_UPDATE_GOLDEN") == "1":
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_text(text)
+    assert path.exists(), f"{path} missing; run with D2BENCH_UPDATE_GOLDEN=1 to write it"
+    assert text == path.read_text(), f"{name} differs from its golden (D2BENCH_UPDATE_GOLDEN=1)"
+
+
+def readme_text() -> str:
+    return (
+        "# d2bench\n\nIntro stays.\n\n## Results\n\n"
+        f"{report.BEGIN_MARKER}\nstale table\n{report.END_MARKER}\n\n## Install\n\nTail stays.\n"
+    )
+
+
+# ---- collect and tables -------------------------------------------------------------------
+
+
+def test_tables_match_golden(tmp_path):
+    rows, skipped = report.collect([write_result_files(tmp_path, fixture_rows())])
+    assert skipped == []
+    assert len(rows) == len(fixture_rows())
+    check_golden("tables.md", report.tables(rows, results_csv="results/h200_seed.csv"))
+
+
+def test_readme_block_matches_golden(tmp_path):
+    rows, _ = report.collect([write_result_files(tmp_path, fixture_rows())])
+    block = report.tables(rows, "results/h200_seed.csv", ["results/plots/speedup.png"])
+    check_golden("readme.md", report.update_readme(readme_text(), block, "python -m runner.report"))
+
+
+def test_rows_sort_in_seed_variant_then_precision_then_backend_order():
+    extra = [
+        measured("RetinaNet", "bf16", "inductor", 7.0),
+        measured("RetinaNet", "fp32", "a", 9.0),
+    ]
+    rows = report.sort_rows(extra + fixture_rows())
+    order = [(r.variant, r.shapes, r.precision, r.backend) for r in rows]
+    assert order[:7] == [
+        ("RetinaNet", "static", "fp32", "eager"),  # eager first, then alphabetical
+        ("RetinaNet", "static", "fp32", "a"),
+        ("RetinaNet", "static", "fp32", "torchscript"),
+        ("RetinaNet", "static", "fp16", "eager"),
+        ("RetinaNet", "static", "fp16", "torchscript"),
+        ("RetinaNet", "static", "bf16", "inductor"),
+        ("RetinaNet_scripted", "static", "fp32", "eager"),
+    ]
+    variants = list(dict.fromkeys(r.variant for r in rows))
+    assert variants == ["RetinaNet", "RetinaNet_scripted", "MaskRCNNFPN", "CascadeRCNN", ""]
+    shapes = [r.shapes for r in rows if r.variant == "MaskRCNNFPN"]
+    assert shapes == ["static"] * 4 + ["dynamic"] * 2
+
+
+def test_seed_variant_order_is_read_from_the_sweep_file(tmp_path):
+    assert report.seed_variant_order() == report.SEED_VARIANTS  # conf/sweep/seed.yaml
+    sweep = tmp_path / "seed.yaml"
+    sweep.write_text(
+        "hydra:\n  sweeper:\n    variants:\n      B: {batch: 2}\n      A: {batch: 1}\n"
+    )
+    assert report.seed_variant_order(sweep) == ("B", "A")
+    assert report.seed_variant_order(tmp_path / "absent.yaml") == report.SEED_VARIANTS
+
+
+def test_variant_title_is_built_where_no_variant_is_set():
+    assert report.title_of(measured("", "fp32", "eager", 1.0)) == (
+        "mask_rcnn_fpn (trace, batch 2, postprocess)"
+    )
+    assert report.title_of(measured("RetinaNet", "fp32", "eager", 1.0)) == "RetinaNet"
+
+
+# ---- speed-up -----------------------------------------------------------------------------
+
+
+def test_speed_up_is_eager_median_over_this_median_at_the_same_precision():
+    rows = fixture_rows()
+    by_key = {(r.variant, r.shapes, r.precision, r.backend): r for r in rows}
+    ts32 = by_key["RetinaNet", "static", "fp32", "torchscript"]
+    ts16 = by_key["RetinaNet", "static", "fp16", "torchscript"]
+    assert report.speed_up(ts32, rows) == pytest.approx(20.0 / 8.66)
+    assert report.speed_up(ts16, rows) == pytest.approx(12.0 / 9.0)  # fp16 eager, not fp32
+    assert report.speed_up(by_key["RetinaNet", "static", "fp32", "eager"], rows) == 1.0
+    dynamic_ts = by_key["MaskRCNNFPN", "dynamic", "fp32", "torchscript"]
+    assert report.speed_up(dynamic_ts, rows) == pytest.approx(42.0 / 28.0)  # not static eager
+    assert report.speed_up(by_key["CascadeRCNN", "static", "fp16", "torchscript"], rows) is None
+    unsupported = by_key["RetinaNet_scripted", "static", "fp32", "torchscript"]
+    assert report.speed_up(unsupported, rows) is None
+
+
+def test_speed_up_and_figures_are_formatted_in_the_table():
+    rows = [measured("RetinaNet", "fp32", "eager", 20.0), measured("RetinaNet", "fp32", "ts", 8.0)]
+    line = report.tables(rows).split("| ts | fp32 |")[1].splitlines()[0]
+    cells = [c.strip() for c in line.strip(" |").split("|")]
+    # FPS 1000/8, mean 1000/8.24; ms 8, 8.24, 8.8, 0.16; busy 6.4; 20/8
+    assert cells == [
+        "125.0",
+        "121.4",
+        "8.00",
+        "8.24",
+        "8.80",
+        "0.16",
+        "6.40",
+        "2.50x",
+        "pass (F1 1.00)",
+        "37",
+    ]
+
+
+def test_failed_rows_show_status_and_first_line_of_error():
+    text = report.tables(fixture_rows())
+    assert "| unsupported: torchscript: RetinaNet \\| scripting needs the scriptable head |" in text
+    assert "install the scripting extra" not in text
+    error_line = next(line for line in text.splitlines() if "| error: timeout" in line)
+    shown = error_line.split("| error: ")[1].split(" |")[0]
+    assert len(shown) == report.ERROR_CHARS and shown.endswith("…")
+
+
+# ---- skipped files ------------------------------------------------------------------------
+
+
+def bad_files(folder: Path) -> dict[str, str]:
+    """Broken result.csv files, each under its own folder: name -> what the reason must say."""
+    good = record.to_csv_text([measured("RetinaNet", "fp32", "eager", 20.0)])
+    header, body = good.splitlines()
+    broken = {
+        "truncated": (good[: len(header) + 1 + len(body) // 2], "fields, expected"),
+        "unknown_column": (
+            header + ",extra\n" + body + ",1\n",
+            "unknown ['extra']",
+        ),
+        "missing_column": (
+            header.replace(",gpu_busy_ms", "") + "\n" + body + "\n",
+            "missing ['gpu_busy_ms']",
+        ),
+        "empty": ("", "empty file"),
+        "bad_status": (good.replace(",ok,", ",finished,"), "status 'finished'"),
+    }
+    for name, (text, _) in broken.items():
+        (folder / name).mkdir(parents=True)
+        (folder / name / "result.csv").write_text(text)
+    return {name: reason for name, (_, reason) in broken.items()}
+
+
+def test_broken_files_are_skipped_with_a_reason_and_good_rows_still_merge(tmp_path, caplog):
+    good = write_result_files(tmp_path / "good", fixture_rows()[:3])
+    expected = bad_files(tmp_path / "bad")
+    with caplog.at_level(logging.WARNING, logger="runner.report"):
+        rows, skipped = report.collect([good, tmp_path / "bad"])
+    assert len(rows) == 3
+    reasons = {Path(path).parent.name: reason for path, reason in skipped}
+    assert set(reasons) == set(expected)
+    for name, fragment in expected.items():
+        assert fragment in reasons[name], (name, reasons[name])
+        assert "\n" not in reasons[name]
+        assert f"{name}/result.csv" in caplog.text
+
+
+def test_a_merged_results_csv_is_a_valid_input(tmp_path):
+    rows = fixture_rows()
+    report.write(rows, tmp_path / "results" / "h200.csv")
+    again, skipped = report.collect([tmp_path / "results" / "h200.csv"])
+    assert skipped == []
+    assert again == report.sort_rows(rows)
+
+
+def test_missing_input_is_skipped_with_its_reason(tmp_path):
+    rows, skipped = report.collect([tmp_path / "absent.csv"])
+    assert rows == []
+    assert skipped == [(str(tmp_path / "absent.csv"), "No such file or directory")]
+
+
+# ---- duplicates ---------------------------------------------------------------------------
+
+
+def test_duplicates_keep_the_newest_and_report_the_drop(tmp_path, caplog):
+    old = measured(
+        "RetinaNet",
+        "fp32",
+        "eager",
+        25.0,
+        timestamp="2026-11-27T09:00:00+00:00",
+        output_dir="outputs/old_run",
+    )
+    new = measured(
+        "RetinaNet",
+        "fp32",
+        "eager",
+        20.0,
+        timestamp="2026-11-28T09:00:00+00:00",
+        output_dir="outputs/new_run",
+    )
+    other = measured("RetinaNet", "fp16", "eager", 12.0)
+    record.write_rows(tmp_path / "b" / "result.csv", [old])  # read after the newer one
+    record.write_rows(tmp_path / "a" / "result.csv", [new, other])
+    rows, _ = report.collect([tmp_path])
+    with caplog.at_level(logging.INFO, logger="runner.report"):
+        kept, dropped = report.drop_duplicates(rows)
+    assert kept == [new, other]
+    assert dropped == [old]
+    assert "outputs/old_run" in caplog.text
+    assert "2026-11-27T09:00:00+00:00" in caplog.text
+
+
+def test_rows_that_differ_only_in_gpu_are_not_duplicates():
+    h200 = measured("RetinaNet", "fp32", "eager", 20.0)
+    a100 = measured("RetinaNet", "fp32", "eager", 30.0, gpu_name=A100)
+    assert report.drop_duplicates([h200, a100]) == ([h200, a100], [])
+
+
+# ---- machines -----------------------------------------------------------------------------
+
+
+def mixed_rows() -> list[Row]:
+    return [
+        measured("RetinaNet", "fp32", "eager", 20.0),
+        measured("RetinaNet", "fp32", "torchscript", 10.0),
+        measured("RetinaNet", "fp32", "eager", 30.0, gpu_name=A100, gpu_driver="535.104.05"),
+        measured("RetinaNet", "fp32", "torchscript", 20.0, gpu_name=A100, gpu_driver="535.104.05"),
+    ]
+
+
+def test_mixed_gpus_are_refused_naming_both_machines():
+    with pytest.raises(report.MixedMachines) as refused:
+        report.require_one_machine(mixed_rows())
+    assert H200 in str(refused.value) and A100 in str(refused.value)
+    report.require_one_machine(mixed_rows()[:2])  # one machine: fine
+
+
+def test_mixed_gpus_when_allowed_get_one_section_each():
+    rows = mixed_rows()
+    report.require_one_machine(rows, allow_mixed=True)
+    text = report.tables(rows)
+    assert text.count("\n### ") + text.startswith("### ") == 2
+    a100_section, h200_section = text.split(f"### {A100}")[1].split(f"### {H200}")
+    assert "driver 535.104.05" in a100_section and "| 1.50x |" in a100_section
+    assert "driver 570.86.15" in h200_section and "| 2.00x |" in h200_section
+    check_golden("tables_mixed.md", text)
+
+
+def test_cpu_rows_are_named_by_their_cpu():
+    row = measured("RetinaNet", "fp32", "eager", 20.0, gpu_name="", device="cpu")
+    assert report.machine_of(row) == "CPU Intel(R) Xeon(R) Platinum 8468"
+    with pytest.raises(report.MixedMachines, match="CPU Intel"):
+        report.require_one_machine([row, measured("RetinaNet", "fp32", "eager", 20.0)])
+
+
+# ---- README -------------------------------------------------------------------------------
+
+
+def test_update_readme_replaces_only_between_the_markers():
+    text = readme_text()
+    updated = report.update_readme(text, "| new | table |\n", "python -m runner.report x")
+    before, rest = text.split(report.BEGIN_MARKER + "\n")
+    after = text.split(report.END_MARKER)[1]
+    assert updated.startswith(before + report.BEGIN_MARKER + "\n")
+    assert updated.endswith(report.END_MARKER + after)
+    inside = updated.split(report.BEGIN_MARKER)[1].split(report.END_MARKER)[0]
+    assert "stale table" not in inside
+    assert "| new | table |" in inside
+    assert "Generated by `python -m runner.report x`; do not edit by hand." in inside
+    assert (
+        report.update_readme(updated, "| new | table |\n", "python -m runner.report x") == updated
+    )
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "# no markers\n",
+        f"{report.BEGIN_MARKER}\nonly the beginning\n",
+        f"{report.END_MARKER}\nreversed\n{report.BEGIN_MARKER}\n",
+        f"{report.BEGIN_MARKER}\n{report.END_MARKER}\n{report.BEGIN_MARKER}\n{report.END_MARKER}\n",
+    ],
+)
+def test_update_readme_raises_without_one_pair_of_markers_in_order(text):
+    with pytest.raises(ValueError, match="d2bench:results"):
+        report.update_readme(text, "block")
+
+
+# ---- plots --------------------------------------------------------------------------------
+
+
+def test_plots_are_pngs_and_latency_plot_needs_dynamic_rows(tmp_path):
+    written = report.plot(fixture_rows(), tmp_path / "all")
+    assert [p.name for p in written] == ["speedup.png", "latency_vs_size.png"]
+    for path in written:
+        assert path.read_bytes()[:8] == PNG_MAGIC
+    static = [r for r in fixture_rows() if r.shapes == "static"]
+    assert [p.name for p in report.plot(static, tmp_path / "static")] == ["speedup.png"]
+    assert not (tmp_path / "static" / "latency_vs_size.png").exists()
+
+
+def test_speedup_bars_keep_each_table_apart():
+    bars = report.speedup_bars(fixture_rows())
+    assert bars == {
+        "RetinaNet / torchscript": {
+            "fp32": pytest.approx(20.0 / 8.66),
+            "fp16": pytest.approx(12 / 9),
+        },
+        "MaskRCNNFPN (static shapes, 800x1333) / torchscript": {"fp32": 1.6, "fp16": 1.875},
+        "MaskRCNNFPN (dynamic shapes, 800x1333) / torchscript": {"fp32": 1.5},
+        "mask_rcnn_fpn (trace, batch 2, postprocess) / torchscript": {"fp32": 1.25},
+    }
+
+
+def test_latency_lines_are_pixels_against_median_ms():
+    lines = report.latency_lines(fixture_rows())
+    assert lines["MaskRCNNFPN (dynamic shapes, 800x1333) torchscript fp32"] == [
+        (480 * 640, 14.0),
+        (800 * 1333, 28.0),
+        (1024 * 1706, 28.0 * 1.6),
+    ]
+    assert len(lines) == 2
+
+
+# ---- command line -------------------------------------------------------------------------
+
+
+def run_cli(*arguments: str) -> subprocess.CompletedProcess:
+    return subprocess.run(
+        [sys.executable, "-m", "runner.report", *arguments],
+        cwd=ROOT,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+
+
+def test_cli_writes_csv_readme_and_plots(tmp_path):
+    runs = write_result_files(tmp_path / "runs", fixture_rows())
+    bad_files(tmp_path / "runs" / "broken")
+    readme = tmp_path / "README.md"
+    readme.write_text(readme_text())
+    out, plots = tmp_path / "results" / "seed.csv", tmp_path / "plots"
+    done = run_cli(str(runs), "--out", str(out), "--readme", str(readme), "--plots", str(plots))
+    assert done.returncode == 0, done.stderr
+    assert record.read_rows(out) == report.sort_rows(fixture_rows())
+    text = readme.read_text()
+    assert "stale table" not in text and "Tail stays." in text
+    assert "Results CSV: `results/seed.csv`" in text
+    assert "![speedup](plots/speedup.png)" in text
+    assert "![latency vs size](plots/latency_vs_size.png)" in text
+    for name in ("speedup.png", "latency_vs_size.png"):
+        assert (plots / name).read_bytes()[:8] == PNG_MAGIC
+    summary = done.stderr.strip().splitlines()[-1]
+    assert f"merged {len(fixture_rows())} rows" in summary and "skipped 5 files" in summary
+
+
+def test_cli_refuses_mixed_gpus_unless_allowed(tmp_path):
+    runs = write_result_files(tmp_path / "runs", mixed_rows())
+    out = tmp_path / "mixed.csv"
+    refused = run_cli(str(runs), "--out", str(out))
+    assert refused.returncode == 2
+    assert H200 in refused.stderr and A100 in refused.stderr
+    assert not out.exists()
+    allowed = run_cli(str(runs), "--out", str(out), "--allow-mixed-gpus")
+    assert allowed.returncode == 0, allowed.stderr
+    assert f"### {A100}" in allowed.stdout and f"### {H200}" in allowed.stdout
+    assert len(record.read_rows(out)) == 4
+
+
+def test_cli_exit_code_two_for_no_rows_missing_markers_and_usage(tmp_path):
+    bad_files(tmp_path / "bad")
+    assert report.main([str(tmp_path / "bad"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert report.main([str(tmp_path / "absent"), "--out", str(tmp_path / "x.csv")]) == 2
+    runs = write_result_files(tmp_path / "runs", fixture_rows()[:2])
+    (tmp_path / "README.md").write_text("# no markers\n")
+    arguments = [
+        str(runs),
+        "--out",
+        str(tmp_path / "x.csv"),
+        "--readme",
+        str(tmp_path / "README.md"),
+    ]
+    assert report.main(arguments) == 2
+    assert not (tmp_path / "x.csv").exists()
+    with pytest.raises(SystemExit) as usage:
+        report.main([str(runs)])  # --out is required
+    assert usage.value.code == 2
