@@ -10,15 +10,19 @@ from __future__ import annotations
 
 import logging
 import shlex
+import shutil
 import sys
+from pathlib import Path
 
 import hydra
 from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
-from omegaconf import DictConfig
+from omegaconf import DictConfig, OmegaConf
 
-from runner.bench import run
+from runner import gpus, preflight
+from runner.bench import describe, run
 from runner.config import ConfigError, register_schema, to_config
+from runner.progress import Progress
 from runner.record import Row
 
 log = logging.getLogger("runner")
@@ -28,20 +32,34 @@ def command_line() -> str:
     """The command that made this row: the sweep's (set by the sweeper) or this process's."""
     import os
 
-    return os.environ.get("D2BENCH_COMMAND") or shlex.join(["python", "-m", "runner", *sys.argv[1:]])
+    return os.environ.get("D2BENCH_COMMAND") or shlex.join(
+        ["python", "-m", "runner", *sys.argv[1:]]
+    )
+
+
+def remove_if_only_hydra_wrote(folder: Path) -> None:
+    """Hydra makes the run folder (its .hydra/ and log) before the job starts; a job refused
+    for bad input removes it again, so that bad input leaves nothing behind."""
+    if folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
+        shutil.rmtree(folder, ignore_errors=True)
 
 
 def run_job(cfg: DictConfig) -> Row | None:
-    single = HydraConfig.get().mode == RunMode.RUN
+    hydra_cfg = HydraConfig.get()
+    single = hydra_cfg.mode == RunMode.RUN
     try:
         config = to_config(cfg)
+        preflight.check(config)
     except ConfigError as error:
         log.error("invalid configuration: %s", error)
+        remove_if_only_hydra_wrote(Path(hydra_cfg.runtime.output_dir))
         if single:
             raise SystemExit(2) from None
         return None
     config.command = command_line()
-    row = run(config)
+    index = None if single else hydra_cfg.job.num
+    with Progress(describe(config), index):
+        row = run(config)
     if single and row.status in ("error", "parity_fail"):
         raise SystemExit(1)
     return row
@@ -54,4 +72,5 @@ def main(cfg: DictConfig) -> Row | None:
 
 if __name__ == "__main__":
     register_schema()
+    OmegaConf.register_new_resolver("d2bench_gpus", lambda: len(gpus.visible_gpus()))
     main()

@@ -9,12 +9,14 @@ Parent (`run`): isolates the measurement in a fresh child, turns whatever happen
 
 from __future__ import annotations
 
+import contextlib
+import dataclasses
 import logging
 import time
 from dataclasses import asdict
 from pathlib import Path
 
-from runner import isolate, record
+from runner import gpus, isolate, record
 from runner.config import Config
 from runner.config import fingerprint as config_fingerprint
 from runner.record import Row
@@ -42,8 +44,10 @@ def identity(cfg: Config) -> dict:
 
 
 def describe(cfg: Config) -> str:
-    return (f"{cfg.variant or cfg.model.name} export={cfg.export} batch={cfg.batch} "
-            f"precision={cfg.precision.name} backend={cfg.backend.name} shapes={cfg.shapes.name}")
+    return (
+        f"{cfg.variant or cfg.model.name} export={cfg.export} batch={cfg.batch} "
+        f"precision={cfg.precision.name} backend={cfg.backend.name} shapes={cfg.shapes.name}"
+    )
 
 
 def finished_row(out: Path, fingerprint: str) -> Row | None:
@@ -69,8 +73,11 @@ def run(cfg: Config) -> Row:
     with record.locked(out / ".lock"):
         kept = None if cfg.redo else finished_row(out, fingerprint)
         if kept is not None:
-            log.info("run: kept %s (ok, fingerprint %s; redo=true measures again)",
-                     describe(cfg), fingerprint)
+            log.info(
+                "run: kept %s (ok, fingerprint %s; redo=true measures again)",
+                describe(cfg),
+                fingerprint,
+            )
             return kept
         return _measure_and_record(cfg, out, fingerprint)
 
@@ -78,11 +85,20 @@ def run(cfg: Config) -> Row:
 def _measure_and_record(cfg: Config, out: Path, fingerprint: str) -> Row:
     started = time.monotonic()
     log.info("run: %s -> %s", describe(cfg), out)
+    gpu = ""
     try:
-        if cfg.bench.isolate:
-            fields = isolate.call(measure, cfg, timeout_s=cfg.bench.timeout_s)
-        else:
-            fields = measure(cfg)
+        with contextlib.ExitStack() as stack:
+            if cfg.bench.isolate:
+                child_cfg, env = cfg, {}
+                if cfg.device.startswith("cuda"):  # the child sees only the GPU it claimed
+                    gpu = stack.enter_context(gpus.claim(cfg.device))
+                    child_cfg, env = (
+                        dataclasses.replace(cfg, device="cuda:0"),
+                        {"CUDA_VISIBLE_DEVICES": gpu},
+                    )
+                fields = isolate.call(measure, child_cfg, timeout_s=cfg.bench.timeout_s, env=env)
+            else:
+                fields = measure(cfg)
     except isolate.ChildFailed as failure:
         if failure.detail:
             (out / "error.txt").write_text(failure.detail)
@@ -90,14 +106,20 @@ def _measure_and_record(cfg: Config, out: Path, fingerprint: str) -> Row:
     except Exception as error:  # inline mode: the same outcome as a child that raised
         fields = {"status": "error", "error": f"exception: {type(error).__name__}: {error}"}
     if "torch_version" not in fields:  # the child never reported its environment
-        fields.update(record.environment(cfg.device))
+        fields.update(record.environment(cfg.device), gpu_index=gpu)
     row = Row(**{**identity(cfg), **fields, "fingerprint": fingerprint})
     record.write_rows(out / "result.csv", [row])
     took = time.monotonic() - started
     if row.status in ("ok", "parity_fail"):
-        log.info("run: %s in %.0f s: median %.2f ms, p99 %.2f ms, parity %s, %s detections",
-                 row.status, took, row.latency_ms_median, row.latency_ms_p99,
-                 "pass" if row.parity_pass else "FAIL", row.num_detections)
+        log.info(
+            "run: %s in %.0f s: median %.2f ms, p99 %.2f ms, parity %s, %s detections",
+            row.status,
+            took,
+            row.latency_ms_median,
+            row.latency_ms_p99,
+            "pass" if row.parity_pass else "FAIL",
+            row.num_detections,
+        )
     else:
         log.warning("run: %s in %.0f s: %s", row.status, took, row.error.splitlines()[0])
     return row
@@ -144,34 +166,59 @@ def measure(cfg: Config) -> dict:
         model, fields["weights"] = models.build(cfg.model, device, cfg.seed)
         images = inputs.make(cfg, device)
         opt = images.images["opt"]
-        exported = export.wrap(model, cfg.model.family, cfg.export, cfg.postprocess,
-                               cfg.model.scriptable, cfg.model.not_scriptable_reason, opt)
+        exported = export.wrap(
+            model,
+            cfg.model.family,
+            cfg.export,
+            cfg.postprocess,
+            cfg.model.scriptable,
+            cfg.model.not_scriptable_reason,
+            opt,
+        )
         with torch.no_grad():
             if cfg.model.weights is None:
-                counts = models.calibrate(model, lambda: exported.module(*opt),
-                                          cfg.model.logit_layers, cfg.model.logit_std,
-                                          cfg.model.residual_scale)
-                fields["weights"] += " calibrated(" + ", ".join(
-                    f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items()) + ")"
+                counts = models.calibrate(
+                    model,
+                    lambda: exported.module(*opt),
+                    cfg.model.logit_layers,
+                    cfg.model.logit_std,
+                    cfg.model.residual_scale,
+                )
+                fields["weights"] += (
+                    " calibrated("
+                    + ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items())
+                    + ")"
+                )
                 log.info("weights: %s", fields["weights"])
-            reference = {shape: exported.decode(exported.module(*batch), cfg.batch)
-                         for shape, batch in images.images.items()}
+            reference = {
+                shape: exported.decode(exported.module(*batch), cfg.batch)
+                for shape, batch in images.images.items()
+            }
             floor = None
             if cfg.precision.autocast:
                 with autocast(cfg.precision, device):
-                    floor = parity.worst([
-                        parity.compare(reference[shape],
-                                       exported.decode(exported.module(*batch), cfg.batch),
-                                       cfg.bench.match_iou)
-                        for shape, batch in images.images.items()])
+                    floor = parity.worst(
+                        [
+                            parity.compare(
+                                reference[shape],
+                                exported.decode(exported.module(*batch), cfg.batch),
+                                cfg.bench.match_iou,
+                            )
+                            for shape, batch in images.images.items()
+                        ]
+                    )
                 log.info("floor (eager %s vs eager fp32): %s", cfg.precision.name, asdict(floor))
-        log.info("reference (eager fp32): %s detections at %s",
-                 sum(len(d) for d in reference["opt"]), images.hw("opt"))
+        log.info(
+            "reference (eager fp32): %s detections at %s",
+            sum(len(d) for d in reference["opt"]),
+            images.hw("opt"),
+        )
 
         optimize = backends.get(cfg.backend.name)
         synchronize()
         started = time.perf_counter()
-        fn = optimize(exported, images, cfg.precision, dict(cfg.backend.options))
+        options = backends.validate_options(cfg.backend.name, cfg.backend.options)
+        fn = optimize(exported, images, cfg.precision, options)
 
         def call(batch):
             with torch.no_grad(), autocast(cfg.precision, device):
@@ -196,11 +243,15 @@ def measure(cfg: Config) -> dict:
             if shape == "opt":
                 fields["num_detections"] = sum(len(d) for d in output)
                 if device.type == "cuda":
-                    fields["gpu_busy_ms"] = timing.gpu_busy_ms(lambda b=batch: call(b),
-                                                               synchronize)
-            log.info("%s %s: median %.3f ms over %d calls (%s)", shape, images.hw(shape),
-                     float(sorted(samples[shape])[len(samples[shape]) // 2]),
-                     len(samples[shape]), protocol.describe())
+                    fields["gpu_busy_ms"] = timing.gpu_busy_ms(lambda b=batch: call(b), synchronize)
+            log.info(
+                "%s %s: median %.3f ms over %d calls (%s)",
+                shape,
+                images.hw(shape),
+                float(sorted(samples[shape])[len(samples[shape]) // 2]),
+                len(samples[shape]),
+                protocol.describe(),
+            )
         _write_samples(out / "samples.csv", samples, images)
     except backends.Unsupported as reason:
         log.warning("unsupported: %s", reason)
@@ -211,12 +262,17 @@ def measure(cfg: Config) -> dict:
         fields["image_hw_min"], fields["image_hw_max"] = images.hw("min"), images.hw("max")
         for shape in ("min", "max"):
             fields[f"latency_ms_median_{shape}_shape"] = timing.summarize(
-                samples[shape], cfg.batch)["latency_ms_median"]
+                samples[shape], cfg.batch
+            )["latency_ms_median"]
     worst = parity.worst(figures)
     broken = parity.verdict(worst, cfg.precision, floor)
     if floor is not None:
-        fields.update({f"parity_floor_{k}": getattr(floor, k)
-                       for k in ("match_f1", "box_iou", "score_max_diff", "mask_iou")})
+        fields.update(
+            {
+                f"parity_floor_{k}": getattr(floor, k)
+                for k in ("match_f1", "box_iou", "score_max_diff", "mask_iou")
+            }
+        )
     fields.update(
         parity_pass=not broken,
         parity_match_f1=worst.match_f1,

@@ -65,8 +65,15 @@ class Exported:
         return images
 
 
-def wrap(model: nn.Module, family: str, method: str, postprocess: bool, scriptable: bool,
-         not_scriptable_reason: str, example: tuple[torch.Tensor, ...]) -> Exported:
+def wrap(
+    model: nn.Module,
+    family: str,
+    method: str,
+    postprocess: bool,
+    scriptable: bool,
+    not_scriptable_reason: str,
+    example: tuple[torch.Tensor, ...],
+) -> Exported:
     if method == "script" and not scriptable:
         raise Unsupported(f"export=script: {not_scriptable_reason}")
     if family == "detectron2":
@@ -163,7 +170,7 @@ class _D2ScriptPath(nn.Module):
         from detectron2.structures import Boxes, Instances
 
         processed = []
-        for fields, image in zip(results, images):
+        for fields, image in zip(results, images, strict=True):
             h, w = image.shape[1], image.shape[2]
             instances = Instances((h, w))
             for name, value in fields.items():
@@ -179,8 +186,13 @@ def _wrap_detectron2(model, method, postprocess, example) -> Exported:
     if method == "trace":
         adapter = TracingAdapter(model, example, _D2Inference(postprocess))
         adapter.eval()
-        return Exported(adapter, model, method, example,
-                        lambda: torch.jit.trace(adapter, example, check_trace=False))
+        return Exported(
+            adapter,
+            model,
+            method,
+            example,
+            lambda: torch.jit.trace(adapter, example, check_trace=False),
+        )
 
     from detectron2.export import scripting_with_instances
     from detectron2.modeling.meta_arch.dense_detector import DenseDetector
@@ -190,8 +202,9 @@ def _wrap_detectron2(model, method, postprocess, example) -> Exported:
     eager = _D2ScriptPath(scriptable(model), postprocess).eval()
 
     def script():
-        fields = {name: Boxes if kind == "Boxes" else torch.Tensor
-                  for name, kind in D2_SCRIPT_FIELDS}
+        fields = {
+            name: Boxes if kind == "Boxes" else torch.Tensor for name, kind in D2_SCRIPT_FIELDS
+        }
         scripted = scripting_with_instances(scriptable(model).eval(), fields)
         path = _D2ScriptPath(scripted, postprocess)
         path.training = False  # not .eval(): the scripted module's `training` is a constant
@@ -222,8 +235,13 @@ class _TorchvisionFlat(nn.Module):
 def _wrap_torchvision(model, method, example) -> Exported:
     eager = _TorchvisionFlat(model).eval()
     if method == "trace":
-        return Exported(eager, model, method, example,
-                        lambda: torch.jit.trace(eager, example, check_trace=False))
+        return Exported(
+            eager,
+            model,
+            method,
+            example,
+            lambda: torch.jit.trace(eager, example, check_trace=False),
+        )
 
     def script():
         return _TorchvisionFlat(torch.jit.script(model)).eval()

@@ -48,12 +48,22 @@ def _kill_group(process) -> None:
     process.join(10)
 
 
-def call(fn: Callable, *args: Any, timeout_s: float) -> Any:
-    """fn(*args) in a spawned child; its return value, or ChildFailed."""
+def call(fn: Callable, *args: Any, timeout_s: float, env: dict[str, str] | None = None) -> Any:
+    """fn(*args) in a spawned child whose environment adds `env`; its return value, or
+    ChildFailed."""
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_child_main, args=(fn, args, send), daemon=False)
-    process.start()
+    saved = {key: os.environ.get(key) for key in env or {}}
+    os.environ.update(env or {})
+    try:
+        process.start()  # the child copies this process's environment now
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
     send.close()
     deadline = time.monotonic() + timeout_s
     message = None

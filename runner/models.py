@@ -44,7 +44,7 @@ def require_detectron2() -> None:
 
 
 def build(cfg: ModelConfig, device: torch.device, seed: int) -> tuple[nn.Module, str]:
-    """Build the model, load weights or seed its init; return (model in eval mode, weights label)."""
+    """Build the model, load weights or seed its init; return (eval-mode model, weights label)."""
     torch.manual_seed(seed)
     if cfg.family == "detectron2":
         model = _build_detectron2(cfg, device)
@@ -162,8 +162,11 @@ def _load_state(model: nn.Module, state: dict, cfg: ModelConfig) -> None:
         state = align_and_update_state_dicts(model.state_dict(), state, c2_conversion=False)
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
-        log.warning("checkpoint lacks %d tensors, e.g. %s", len(result.missing_keys),
-                    result.missing_keys[:3])
+        log.warning(
+            "checkpoint lacks %d tensors, e.g. %s",
+            len(result.missing_keys),
+            result.missing_keys[:3],
+        )
     loaded = len(state) - len(result.unexpected_keys)
     if loaded == 0:
         raise ValueError(f"model.weights={cfg.weights}: no tensor matches model {cfg.name}")
@@ -171,8 +174,13 @@ def _load_state(model: nn.Module, state: dict, cfg: ModelConfig) -> None:
 
 NORMS = ("FrozenBatchNorm2d", "BatchNorm2d")
 # Residual blocks of detectron2 and torchvision backbones: their branch's last norm is scaled down.
-RESIDUAL_BLOCKS = ("BottleneckBlock", "BasicBlock", "DeformBottleneckBlock", "Bottleneck",
-                   "InvertedResidual")
+RESIDUAL_BLOCKS = (
+    "BottleneckBlock",
+    "BasicBlock",
+    "DeformBottleneckBlock",
+    "Bottleneck",
+    "InvertedResidual",
+)
 
 
 def _residual_branch_ends(model: nn.Module) -> set[int]:
@@ -181,8 +189,11 @@ def _residual_branch_ends(model: nn.Module) -> set[int]:
     for block in model.modules():
         if type(block).__name__ not in RESIDUAL_BLOCKS or not getattr(block, "use_res_connect", 1):
             continue
-        norms = [m for name, m in block.named_modules()
-                 if type(m).__name__ in NORMS and not name.startswith(("shortcut", "downsample"))]
+        norms = [
+            m
+            for name, m in block.named_modules()
+            if type(m).__name__ in NORMS and not name.startswith(("shortcut", "downsample"))
+        ]
         if norms:
             ends.add(id(norms[-1]))
     return ends
@@ -209,9 +220,11 @@ def calibrate(
     Returns how many layers of each kind were calibrated.
     """
     branch_ends = _residual_branch_ends(model)
-    logit_modules = {name: module for name, module in model.named_modules()
-                     if isinstance(module, (nn.Conv2d, nn.Linear))
-                     and _matches(name, logit_layers)}
+    logit_modules = {
+        name: module
+        for name, module in model.named_modules()
+        if isinstance(module, (nn.Conv2d, nn.Linear)) and _matches(name, logit_layers)
+    }
     norms = [m for m in model.modules() if type(m).__name__ in NORMS]
 
     calibrated: set[int] = set()
@@ -232,8 +245,10 @@ def calibrate(
     scaled: set[str] = set()
     for calibrating_norms in (True, False):
         moments = _run_with_moments(
-            run_once, {n: m for n, m in logit_modules.items() if n not in scaled},
-            [(m, set_stats) for m in norms] if calibrating_norms else [])
+            run_once,
+            {n: m for n, m in logit_modules.items() if n not in scaled},
+            [(m, set_stats) for m in norms] if calibrating_norms else [],
+        )
         for name, (count, total, squares) in moments.items():
             mean = total / count
             std = max(squares / count - mean * mean, 0.0) ** 0.5

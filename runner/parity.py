@@ -78,7 +78,7 @@ def compare(reference: list[Detections], output: list[Detections], match_iou: fl
         raise ValueError(f"{len(reference)} reference images but {len(output)} output images")
     matched, ious, score_diffs, mask_ious = 0, [], [], []
     has_masks = False
-    for ref, out in zip(reference, output):
+    for ref, out in zip(reference, output, strict=True):
         pairs = match(ref, out, match_iou)
         matched += len(pairs)
         for r, o, iou in pairs:
@@ -99,9 +99,9 @@ def compare(reference: list[Detections], output: list[Detections], match_iou: fl
         match_f1=1.0 if total == 0 else 2.0 * matched / total,
         box_iou=(sum(ious) / len(ious)) if ious else (1.0 if total == 0 else 0.0),
         score_max_diff=max(score_diffs, default=0.0),
-        mask_iou=None if not has_masks else (
-            (sum(mask_ious) / len(mask_ious)) if mask_ious else (1.0 if total == 0 else 0.0)
-        ),
+        mask_iou=None
+        if not has_masks
+        else ((sum(mask_ious) / len(mask_ious)) if mask_ious else (1.0 if total == 0 else 0.0)),
         num_reference=n_ref,
         num_output=n_out,
     )
@@ -128,8 +128,9 @@ def limits(tolerances: PrecisionConfig, floor: Figures | None) -> dict[str, floa
     return bounds
 
 
-def verdict(figures: Figures, tolerances: PrecisionConfig, floor: Figures | None = None
-            ) -> list[str]:
+def verdict(
+    figures: Figures, tolerances: PrecisionConfig, floor: Figures | None = None
+) -> list[str]:
     """The bounds a result breaks, as readable sentences; empty when parity passes."""
     bound = limits(tolerances, floor)
     broken = []
@@ -138,8 +139,9 @@ def verdict(figures: Figures, tolerances: PrecisionConfig, floor: Figures | None
         if value is not None and value < bound[name]:
             broken.append(f"{name} {value:.4f} < {bound[name]:.4f}")
     if figures.score_max_diff > bound["score_max_diff"]:
-        broken.append(f"score_max_diff {figures.score_max_diff:.4g} > "
-                      f"{bound['score_max_diff']:.4g}")
+        broken.append(
+            f"score_max_diff {figures.score_max_diff:.4g} > {bound['score_max_diff']:.4g}"
+        )
     return broken
 
 

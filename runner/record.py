@@ -160,13 +160,14 @@ def read_rows(path: Path) -> list[Row]:
     if header != COLUMNS:
         missing = [c for c in COLUMNS if c not in header]
         unknown = [c for c in header if c not in COLUMNS]
-        raise ValueError(f"{path}: columns differ from this version's (missing {missing}, "
-                         f"unknown {unknown})")
+        raise ValueError(
+            f"{path}: columns differ from this version's (missing {missing}, unknown {unknown})"
+        )
     rows = []
     for number, record in enumerate(body, start=2):
         if len(record) != len(COLUMNS):
             raise ValueError(f"{path}:{number}: {len(record)} fields, expected {len(COLUMNS)}")
-        row = Row(**{c: _from_text(c, t) for c, t in zip(COLUMNS, record)})
+        row = Row(**{c: _from_text(c, t) for c, t in zip(COLUMNS, record, strict=True)})
         if row.status not in STATUSES:
             raise ValueError(f"{path}:{number}: status {row.status!r} not in {STATUSES}")
         rows.append(row)
@@ -215,7 +216,9 @@ def git_sha() -> str:
 def physical_gpu(index: int | None) -> str:
     """The physical GPU index behind torch's `index`, through CUDA_VISIBLE_DEVICES."""
     index = index or 0
-    visible = [v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()]
+    visible = [
+        v.strip() for v in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if v.strip()
+    ]
     return visible[index] if index < len(visible) else str(index)
 
 

@@ -63,8 +63,9 @@ def summarize(samples_ms: Sequence[float], batch: int) -> dict[str, float]:
     }
 
 
-def gpu_busy_ms(call: Callable[[], object], synchronize: Callable[[], None], calls: int = 5
-                ) -> float | None:
+def gpu_busy_ms(
+    call: Callable[[], object], synchronize: Callable[[], None], calls: int = 5
+) -> float | None:
     """Median over `calls` calls of the GPU time one call keeps the device busy: the sum of its
     kernel and copy durations from the PyTorch profiler (CUPTI). This is the floor that latency
     is measured against: latency - gpu_busy is time the GPU waits for the host.
@@ -81,8 +82,9 @@ def gpu_busy_ms(call: Callable[[], object], synchronize: Callable[[], None], cal
                 synchronize()
             total_us = 0.0
             for event in prof.key_averages():
-                total_us += getattr(event, "self_device_time_total",
-                                    getattr(event, "self_cuda_time_total", 0.0))
+                total_us += getattr(
+                    event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)
+                )
             per_call.append(total_us / 1000.0)
     except Exception:  # noqa: BLE001 - no CUPTI here: the row says so with an empty cell
         return None

@@ -12,9 +12,10 @@ import logging
 import os
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, List
+from typing import Any
 
 from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
@@ -51,7 +52,7 @@ class D2benchSweeper(BasicSweeper):
         super().__init__(max_batch_size=max_batch_size, params=params)
         self.variants = dict(variants or {})
 
-    def job_overrides(self, arguments: List[str]) -> List[List[str]]:
+    def job_overrides(self, arguments: list[str]) -> list[list[str]]:
         """Every job's override list: variant points x the cartesian product of the rest."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
         parsed = parser.parse_overrides(self._parse_config() + list(arguments))
@@ -59,8 +60,11 @@ class D2benchSweeper(BasicSweeper):
         rest = []
         for override in parsed:
             if override.get_key_element().lstrip("+~") == "variant" and self.variants:
-                chosen = list(override.sweep_string_iterator()) if override.is_sweep_override() \
+                chosen = (
+                    list(override.sweep_string_iterator())
+                    if override.is_sweep_override()
                     else [override.get_value_element_as_str()]
+                )
             else:
                 rest.append(override)
         combos = self.split_arguments(rest, None)[0]
@@ -68,7 +72,9 @@ class D2benchSweeper(BasicSweeper):
             return combos
         unknown = sorted(set(chosen or []) - set(self.variants))
         if unknown:
-            raise HydraException(f"unknown variant(s) {unknown}; this sweep has {list(self.variants)}")
+            raise HydraException(
+                f"unknown variant(s) {unknown}; this sweep has {list(self.variants)}"
+            )
         jobs = []
         for name, point in self.variants.items():
             if chosen is not None and name not in chosen:
@@ -78,15 +84,19 @@ class D2benchSweeper(BasicSweeper):
                 if clash:
                     raise HydraException(
                         f"{clash} set by the sweep's variants; choose variants with variant=A,B "
-                        "or run without sweep=...")
+                        "or run without sweep=..."
+                    )
                 fixed = [f"{k}={_value(v)}" for k, v in point.items()] + [f"variant={name}"]
                 jobs.append(fixed + combo)
         return jobs
 
-    def sweep(self, arguments: List[str]) -> Any:
-        os.environ.setdefault("D2BENCH_COMMAND",
-                              shlex.join(["python", "-m", "runner", *sys.argv[1:]]))
+    def sweep(self, arguments: list[str]) -> Any:
+        os.environ.setdefault(
+            "D2BENCH_COMMAND", shlex.join(["python", "-m", "runner", *sys.argv[1:]])
+        )
         jobs = self.job_overrides(arguments)
+        os.environ["D2BENCH_SWEEP_TOTAL"] = str(len(jobs))  # for the jobs' progress lines
+        os.environ["D2BENCH_SWEEP_STARTED"] = str(time.time())
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -4,10 +4,12 @@ A backend is one function
 
     optimize(exported, inputs, precision, options) -> callable(*images) -> flat outputs
 
-registered with ``@register("name")`` in its own module under runner/backends/ and selected by
-conf/backend/<name>.yaml. It validates its own `options` (with `check_options`) and raises
-`Unsupported` when it cannot apply (optional package missing, model it cannot handle); the run
-then records status=unsupported with that reason. Optional packages are imported inside the
+registered with ``@register("name", options={...})`` in its own module under runner/backends/
+and selected by conf/backend/<name>.yaml. `options` declares the knobs it takes (name -> allowed
+values or types); the registry validates a run's options against it before anything runs
+(`validate_options`), so a typo fails fast with the field and the allowed values. A backend
+raises `Unsupported` when it cannot apply (optional package missing, model it cannot handle);
+the run then records status=unsupported with that reason. Optional packages are imported inside the
 function, so importing this registry never needs them.
 """
 
@@ -25,8 +27,8 @@ class Unsupported(Exception):
 
 Backend = Callable[..., Callable]
 
-# name -> (optimize, version): filled by @register as the backend modules are imported
-_BACKENDS: dict[str, tuple[Backend, Callable[[], str]]] = {}
+# name -> (optimize, allowed options, version): filled by @register as backend modules import
+_BACKENDS: dict[str, tuple[Backend, dict[str, tuple], Callable[[], str]]] = {}
 
 
 def _torch_version() -> str:
@@ -35,13 +37,16 @@ def _torch_version() -> str:
     return f"torch {torch.__version__}"
 
 
-def register(name: str, version: Callable[[], str] = _torch_version):
-    """Register `optimize` under `name`; `version()` names what does the work, for the row."""
+def register(
+    name: str, options: dict[str, tuple] | None = None, version: Callable[[], str] = _torch_version
+):
+    """Register `optimize` under `name`. `options`: option name -> tuple of allowed values or
+    types; `version()` names what does the work, for the row."""
 
     def decorate(fn: Backend) -> Backend:
         if name in _BACKENDS and _BACKENDS[name][0] is not fn:
             raise ValueError(f"backend {name!r} registered twice")
-        _BACKENDS[name] = (fn, version)
+        _BACKENDS[name] = (fn, dict(options or {}), version)
         return fn
 
     return decorate
@@ -64,11 +69,17 @@ def get(name: str) -> Backend:
     return _BACKENDS[name][0]
 
 
+def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
+    """The options, checked against what backend `name` declared; ValueError otherwise."""
+    get(name)
+    return check_options(name, dict(options), _BACKENDS[name][1])
+
+
 def version(name: str) -> str:
     """What does the backend's work, with its version; '' where that cannot be told."""
     get(name)
     try:
-        return _BACKENDS[name][1]()
+        return _BACKENDS[name][2]()
     except Exception:  # an optional package that is absent has no version
         return ""
 
@@ -87,9 +98,11 @@ def check_options(backend: str, options: dict[str, Any], allowed: dict[str, tupl
         choices = allowed[key]
         types = tuple(c for c in choices if isinstance(c, type))
         values = [c for c in choices if not isinstance(c, type)]
-        ok = (types and isinstance(value, types) and not (
-            isinstance(value, bool) and bool not in types and int in types
-        )) or any(value == v and type(value) is type(v) for v in values)
+        ok = (
+            types
+            and isinstance(value, types)
+            and not (isinstance(value, bool) and bool not in types and int in types)
+        ) or any(value == v and type(value) is type(v) for v in values)
         if not ok:
             shown = [c.__name__ if isinstance(c, type) else repr(c) for c in choices]
             raise ValueError(

@@ -21,9 +21,11 @@ log = logging.getLogger(__name__)
 SCOPES = ("backbone", "backbone+heads")
 # (parent attribute path, child attribute) of static-shape parts, first the backbone
 _BACKBONE = [("", "backbone")]
-_HEADS = [("proposal_generator", "rpn_head"),  # detectron2 R-CNNs
-          ("rpn", "head"),  # torchvision R-CNNs
-          ("", "head")]  # dense detectors: detectron2 and torchvision RetinaNet
+_HEADS = [
+    ("proposal_generator", "rpn_head"),  # detectron2 R-CNNs
+    ("rpn", "head"),  # torchvision R-CNNs
+    ("", "head"),
+]  # dense detectors: detectron2 and torchvision RetinaNet
 
 
 def static_parts(model: nn.Module, scope: str) -> list[tuple[nn.Module, str]]:
@@ -86,7 +88,8 @@ class GraphedByShape(nn.Module):
 
     def _capture(self, args):
         static_args = pytree.tree_map(
-            lambda t: t.clone() if isinstance(t, torch.Tensor) else t, args)
+            lambda t: t.clone() if isinstance(t, torch.Tensor) else t, args
+        )
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), self._autocast():
@@ -97,17 +100,23 @@ class GraphedByShape(nn.Module):
         with torch.cuda.graph(graph, pool=self.pool), self._autocast():
             static_out = self.module(*static_args)
         self.pool = graph.pool()
-        log.info("captured a CUDA graph of %s for input shapes %s",
-                 type(self.module).__name__, _tensors_key(args))
+        log.info(
+            "captured a CUDA graph of %s for input shapes %s",
+            type(self.module).__name__,
+            _tensors_key(args),
+        )
         return graph, static_args, static_out
 
     def forward(self, *args):
-        key = (_tensors_key(args), torch.is_autocast_enabled("cuda"),
-               torch.get_autocast_dtype("cuda"))
+        key = (
+            _tensors_key(args),
+            torch.is_autocast_enabled("cuda"),
+            torch.get_autocast_dtype("cuda"),
+        )
         if key not in self.graphs:
             self.graphs[key] = self._capture(args)
         graph, static_args, static_out = self.graphs[key]
-        for dst, src in zip(pytree.tree_leaves(static_args), pytree.tree_leaves(args)):
+        for dst, src in zip(pytree.tree_leaves(static_args), pytree.tree_leaves(args), strict=True):
             if isinstance(dst, torch.Tensor):
                 dst.copy_(src)
         graph.replay()

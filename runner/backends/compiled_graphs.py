@@ -4,21 +4,24 @@ per input size; the data-dependent tail runs eagerly."""
 
 import torch
 
-from runner.backends import _parts, check_options, register
+from runner.backends import _parts, register
+
+OPTIONS = {
+    "scope": _parts.SCOPES,
+    "mode": ("default", "max-autotune-no-cudagraphs"),
+    "channels_last": (bool,),
+}
 
 
-@register("compiled_graphs")
+@register("compiled_graphs", options=OPTIONS)
 def optimize(exported, inputs, precision, options):
-    options = check_options("compiled_graphs", options, {
-        "scope": _parts.SCOPES,
-        "mode": ("default", "max-autotune-no-cudagraphs"),
-        "channels_last": (bool,),
-    })
     _parts.require_cuda(exported, "compiled_graphs")
     if options.get("channels_last"):
         exported.model.to(memory_format=torch.channels_last)
     mode = options.get("mode", "default")
     _parts.replace_parts(
-        exported.model, options.get("scope", "backbone+heads"),
-        lambda part: _parts.GraphedByShape(torch.compile(part, mode=mode, dynamic=False)))
+        exported.model,
+        options.get("scope", "backbone+heads"),
+        lambda part: _parts.GraphedByShape(torch.compile(part, mode=mode, dynamic=False)),
+    )
     return exported.module

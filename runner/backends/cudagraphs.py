@@ -3,13 +3,13 @@ head with scope=backbone+heads) replayed as CUDA graphs, one per input size, cap
 first call; the data-dependent tail runs eagerly as before. Removes the CPU launch cost of the
 hundreds of small kernels in those parts."""
 
-from runner.backends import _parts, check_options, register
+from runner.backends import _parts, register
 
 
-@register("cudagraphs")
+@register("cudagraphs", options={"scope": _parts.SCOPES})
 def optimize(exported, inputs, precision, options):
-    options = check_options("cudagraphs", options, {"scope": _parts.SCOPES})
     _parts.require_cuda(exported, "cudagraphs")
-    _parts.replace_parts(exported.model, options.get("scope", "backbone+heads"),
-                         _parts.GraphedByShape)
+    _parts.replace_parts(
+        exported.model, options.get("scope", "backbone+heads"), _parts.GraphedByShape
+    )
     return exported.module

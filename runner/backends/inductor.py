@@ -7,19 +7,19 @@ shapes depend on the input size alone, which compiles once per size and never br
 
 import torch
 
-from runner.backends import _parts, check_options, register
+from runner.backends import _parts, register
 
 MODES = ("default", "reduce-overhead", "max-autotune", "max-autotune-no-cudagraphs")
+OPTIONS = {
+    "mode": MODES,
+    "scope": ("model",) + _parts.SCOPES,
+    "dynamic": (bool, None),  # None: torch.compile's default (static, then dynamic)
+    "channels_last": (bool,),
+}
 
 
-@register("inductor")
+@register("inductor", options=OPTIONS)
 def optimize(exported, inputs, precision, options):
-    options = check_options("inductor", options, {
-        "mode": MODES,
-        "scope": ("model",) + _parts.SCOPES,
-        "dynamic": (bool, None),  # None: torch.compile's default (static, then dynamic)
-        "channels_last": (bool,),
-    })
     mode = options.get("mode", "default")
     dynamic = options.get("dynamic")
     scope = options.get("scope", "backbone+heads")
@@ -27,6 +27,7 @@ def optimize(exported, inputs, precision, options):
         exported.model.to(memory_format=torch.channels_last)
     if scope == "model":
         return torch.compile(exported.module, mode=mode, dynamic=dynamic)
-    _parts.replace_parts(exported.model, scope,
-                         lambda part: torch.compile(part, mode=mode, dynamic=dynamic))
+    _parts.replace_parts(
+        exported.model, scope, lambda part: torch.compile(part, mode=mode, dynamic=dynamic)
+    )
     return exported.module

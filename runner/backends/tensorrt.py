@@ -5,7 +5,7 @@ Reports `unsupported` with the reason where torch_tensorrt is not installed."""
 
 import torch
 
-from runner.backends import Unsupported, check_options, register
+from runner.backends import Unsupported, register
 
 
 def _version() -> str:
@@ -14,9 +14,8 @@ def _version() -> str:
     return f"torch_tensorrt {torch_tensorrt.__version__}"
 
 
-@register("tensorrt", version=_version)
+@register("tensorrt", options={"min_block_size": (int,)}, version=_version)
 def optimize(exported, inputs, precision, options):
-    options = check_options("tensorrt", options, {"min_block_size": (int,)})
     try:
         import torch_tensorrt
     except ImportError as error:
@@ -35,9 +34,16 @@ def optimize(exported, inputs, precision, options):
         )
         for i in range(len(opt))
     ]
-    precisions = {torch.float32, {"float16": torch.float16, "bfloat16": torch.bfloat16,
-                                  "float32": torch.float32}[precision.dtype]}
+    precisions = {
+        torch.float32,
+        {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[
+            precision.dtype
+        ],
+    }
     return torch_tensorrt.compile(
-        exported.module, ir="dynamo", inputs=shapes, enabled_precisions=precisions,
+        exported.module,
+        ir="dynamo",
+        inputs=shapes,
+        enabled_precisions=precisions,
         min_block_size=options.get("min_block_size", 5),
     )

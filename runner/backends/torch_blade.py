@@ -6,7 +6,7 @@ machines this backend reports `unsupported` with the reason; where it imports it
 
 import torch
 
-from runner.backends import Unsupported, check_options, register
+from runner.backends import Unsupported, register
 
 HOW_TO_GET = (
     "torch_blade is not installed: it is on no package registry and its builds support only "
@@ -24,7 +24,6 @@ def _version() -> str:
 
 @register("torch_blade", version=_version)
 def optimize(exported, inputs, precision, options):
-    check_options("torch_blade", options, {})
     try:
         import torch_blade
         import torch_blade.tensorrt as blade_trt

@@ -3,13 +3,12 @@ profiling executor. Reduced precisions are traced under autocast so the casts ar
 
 import torch
 
-from runner.backends import check_options, register
+from runner.backends import register
 from runner.precision import autocast
 
 
-@register("torchscript")
+@register("torchscript", options={"freeze": (bool,)})
 def optimize(exported, inputs, precision, options):
-    options = check_options("torchscript", options, {"freeze": (bool,)})
     device = exported.example[0].device
     with torch.no_grad(), autocast(precision, device, cache_enabled=False):
         module = exported.to_torchscript()
