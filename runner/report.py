@@ -31,8 +31,6 @@ import os
 import re
 import shlex
 import sys
-import tempfile
-import textwrap
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
@@ -524,14 +522,7 @@ def save_figure(figure, path: Path) -> None:
     path.parent.mkdir(parents=True, exist_ok=True)
     buffer = io.BytesIO()
     figure.savefig(buffer, format="png", dpi=120, bbox_inches="tight")
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            handle.write(buffer.getvalue())
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
+    record.write_atomic(path, buffer.getvalue())
 
 
 def new_figure(width: float, height: float):
@@ -589,8 +580,8 @@ def plot_speedup(rows: Sequence[Row], path: Path) -> bool:
             color=f"C{i}",
         )
     axes.axhline(1.0, color="grey", linestyle="--", linewidth=1, label="eager")
-    ticks = [textwrap.fill(label, 24) for label in bars]
-    axes.set_xticks(range(len(bars)), ticks, fontsize=7)
+    ticks = [label.replace(" / ", "\n") for label in bars]
+    axes.set_xticks(range(len(bars)), ticks, fontsize=7, rotation=30, ha="right")
     axes.set_ylabel("speed-up over eager (median latency ratio)")
     axes.set_title("Speed-up over eager at the same precision")
     axes.legend(title="precision")

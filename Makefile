@@ -1,0 +1,25 @@
+# d2bench: the two commands of the README's quickstart, and their setup.
+#   make test    set up .venv and run the test suite (CPU; what CI runs)
+#   make demo    set up .venv and run a whole benchmark on the CPU (torchvision detector)
+PYTHON ?= python3
+VENV   ?= .venv
+# torch for a CPU machine; on a GPU machine install the torch build for your CUDA first and
+# set TORCH= (empty) to keep it.
+TORCH  ?= torch==2.14.1 torchvision==0.29.1
+
+$(VENV)/.installed: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(if $(TORCH),$(VENV)/bin/python -m pip install --quiet $(TORCH))
+	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
+	touch $@
+
+.PHONY: setup test demo
+setup: $(VENV)/.installed
+
+test: setup
+	$(VENV)/bin/python -m pytest
+
+demo: setup
+	$(VENV)/bin/python -m runner model=tv_fasterrcnn_mobilenet device=cpu \
+		bench.warmup=5 bench.iters=20 hydra.run.dir=outputs/demo
