@@ -14,8 +14,20 @@ the command line are read as they are (a results CSV written by this tool is one
     python -m runner.report outputs/ results/old.csv --out results/h200_seed.csv \\
         --readme README.md --plots results/plots
 
+Compare mode sets two results files (or run folders) side by side, to compare machines:
+
+    python -m runner.report --compare results/h200_seed.csv results/a100_seed.csv \\
+        [--out-md results/h200_vs_a100.md]
+
+Each side is read as above (skips and duplicates reported; one machine per file unless mixed
+machines are allowed), and rows are paired by identity without the machine. Markdown (stdout, or
+`--out-md`): each side's file, machine, software and protocol, then one table per variant with
+both medians, B/A latency, GPU busy and parity of each side, and the rows only in A and only in B.
+The two modes' arguments cannot be mixed.
+
 Files that cannot be read are skipped with their reason and reported; the exit code is 0 then.
-It is 2 for usage errors, refused mixed machines, a README without markers, and no rows at all.
+It is 2 for usage errors, refused mixed machines, a README without markers, and no rows at all
+(in compare mode: no rows in either file).
 """
 
 from __future__ import annotations
@@ -102,6 +114,52 @@ Columns:
   shown instead of numbers, and the results CSV has the whole of it."""
 
 
+COMPARE_COLUMNS = (
+    "Backend",
+    "Precision",
+    "A median (ms)",
+    "B median (ms)",
+    "B/A latency",
+    "A GPU busy (ms)",
+    "B GPU busy (ms)",
+    "A parity",
+    "B parity",
+)
+ONLY_COLUMNS = (
+    "Variant",
+    "Shapes",
+    "Input",
+    "Backend",
+    "Precision",
+    "Median (ms)",
+    "GPU busy (ms)",
+    "Parity",
+)
+COMPARE_TEXT_COLUMNS = (
+    "Machine",
+    "Variant",
+    "Shapes",
+    "Input",
+    "Backend",
+    "Precision",
+    "Parity",
+    "A parity",
+    "B parity",
+)
+COMPARE_LEGEND = """\
+Columns:
+
+- **A / B median (ms)**: median latency per call of `batch` images, in milliseconds, at the
+  table's input size, each on its own file's machine.
+- **B/A latency**: B's median latency divided by A's (below 1.00x: B is faster; — where either
+  side has no measurement).
+- **A / B GPU busy (ms)**: the profiler's kernel (and copy) time of one call.
+- **A / B parity**: outputs against eager fp32 of the same file: pass or FAIL against the
+  tolerances, with the F1 of matched detections.
+- **unsupported / error**: the run could not apply or failed; its status is shown instead of
+  numbers, and the first line of its reason is listed under the table."""
+
+
 # ---- collect ------------------------------------------------------------------------------
 
 
@@ -161,8 +219,13 @@ def machine_of(row: Row) -> str:
     return f"CPU {row.cpu_model}" if row.cpu_model else "unknown machine"
 
 
+def pair_key(row: Row) -> tuple:
+    """The row's identity without the machine: what --compare pairs rows of two files by."""
+    return tuple(getattr(row, name) for name in IDENTITY)
+
+
 def identity_of(row: Row) -> tuple:
-    return (*(getattr(row, name) for name in IDENTITY), machine_of(row))
+    return (*pair_key(row), machine_of(row))
 
 
 def describe(row: Row) -> str:
@@ -356,24 +419,37 @@ def protocol(warmup: int, iters: int) -> str:
     return f"{warmup} warm-up + {iters} timed calls, device synchronized around each; median"
 
 
-def provenance(rows: Sequence[Row]) -> str:
-    """What made these rows: machine, software, protocol, weights, commands, code version."""
-    backends = sorted({f"{r.backend} ({r.backend_version})" for r in rows if r.backend_version})
-    protocols = sorted({(r.warmup, r.iters) for r in rows if None not in (r.warmup, r.iters)})
-    machine = (
+def machine_text(rows: Sequence[Row]) -> str:
+    """GPU, driver, CUDA and CPU of the rows (each value that occurs, comma-joined)."""
+    return (
         f"GPU {joined(distinct(rows, 'gpu_name'))}, driver {joined(distinct(rows, 'gpu_driver'))},"
         f" CUDA {joined(distinct(rows, 'cuda_version'))}; CPU {joined(distinct(rows, 'cpu_model'))}"
     )
-    software = (
+
+
+def software_text(rows: Sequence[Row]) -> str:
+    """torch, detectron2, Python and backend versions of the rows."""
+    backends = sorted({f"{r.backend} ({r.backend_version})" for r in rows if r.backend_version})
+    return (
         f"torch {joined(distinct(rows, 'torch_version'))}, detectron2 "
         f"{joined(distinct(rows, 'detectron2_version'))}, Python "
         f"{joined(distinct(rows, 'python_version'))}; backends {joined(backends)}"
     )
+
+
+def protocol_texts(rows: Sequence[Row]) -> list[str]:
+    """One protocol() text per (warmup, iters) that the rows used."""
+    protocols = sorted({(r.warmup, r.iters) for r in rows if None not in (r.warmup, r.iters)})
+    return [protocol(w, i) for w, i in protocols]
+
+
+def provenance(rows: Sequence[Row]) -> str:
+    """What made these rows: machine, software, protocol, weights, commands, code version."""
     return "\n".join(
         [
-            bullet("Machine", [machine]),
-            bullet("Software", [software]),
-            bullet("Protocol", [protocol(w, i) for w, i in protocols]),
+            bullet("Machine", [machine_text(rows)]),
+            bullet("Software", [software_text(rows)]),
+            bullet("Protocol", protocol_texts(rows)),
             bullet("Weights", [f"`{w}`" for w in distinct(rows, "weights")]),
             bullet("Command", [f"`{c}`" for c in distinct(rows, "command")]),
             bullet("git", [as_code(distinct(rows, "git_sha"))]),
@@ -639,29 +715,237 @@ def plot(rows: Sequence[Row], folder: str | Path) -> list[Path]:
     return written
 
 
+# ---- compare ------------------------------------------------------------------------------
+
+
+def pair_rows(
+    a_rows: Iterable[Row], b_rows: Iterable[Row]
+) -> tuple[list[tuple[Row, Row]], list[Row], list[Row]]:
+    """Pair rows of A and B that share pair_key (the identity without the machine).
+
+    Returns (pairs, only_a, only_b), each in sort_rows order (pairs by their A row). A key with
+    several rows on a side (several machines, where mixing was allowed) pairs each A row with each
+    B row; a row with no partner goes to only_a or only_b, so none is lost.
+    """
+    a_sorted, b_sorted = sort_rows(a_rows), sort_rows(b_rows)
+    b_by_key: dict[tuple, list[Row]] = {}
+    for row in b_sorted:
+        b_by_key.setdefault(pair_key(row), []).append(row)
+    pairs: list[tuple[Row, Row]] = []
+    only_a: list[Row] = []
+    for row in a_sorted:
+        partners = b_by_key.get(pair_key(row), [])
+        pairs.extend((row, partner) for partner in partners)
+        if not partners:
+            only_a.append(row)
+    a_keys = {pair_key(row) for row in a_sorted}
+    only_b = [row for row in b_sorted if pair_key(row) not in a_keys]
+    return pairs, only_a, only_b
+
+
+def latency_ratio(a: Row, b: Row) -> float | None:
+    """B's median latency over A's; None where either was not measured (or A's is 0)."""
+    if not (is_measured(a) and is_measured(b)) or not a.latency_ms_median:
+        return None
+    return b.latency_ms_median / a.latency_ms_median
+
+
+def ratio_text(ratio: float | None) -> str:
+    return DASH if ratio is None else f"{ratio:.2f}x"
+
+
+def side_cells(row: Row) -> tuple[str, str, str]:
+    """(median ms, GPU busy ms, parity) of one side; its status instead of numbers where it did
+    not run to a measurement."""
+    if not is_measured(row):
+        return row.status, DASH, DASH
+    return number(row.latency_ms_median, 2), number(row.gpu_busy_ms, 2), parity_text(row)
+
+
+def markdown_row(texts: Iterable[str]) -> str:
+    return "| " + " | ".join(cell(text) for text in texts) + " |"
+
+
+def markdown_header(columns: Sequence[str]) -> list[str]:
+    """The header line and the alignment line (text left, numbers right)."""
+    aligned = ("---" if c in COMPARE_TEXT_COLUMNS else "---:" for c in columns)
+    return ["| " + " | ".join(columns) + " |", "|" + "|".join(aligned) + "|"]
+
+
+def pair_row(a: Row, b: Row) -> str:
+    (a_median, a_busy, a_parity), (b_median, b_busy, b_parity) = side_cells(a), side_cells(b)
+    ratio = ratio_text(latency_ratio(a, b))
+    return markdown_row(
+        [a.backend, a.precision, a_median, b_median, ratio, a_busy, b_busy, a_parity, b_parity]
+    )
+
+
+def failure_notes(labelled: Iterable[tuple[str, Row]]) -> list[str]:
+    """'- label: status: first line of the error' for each row that was not measured."""
+    return [f"- {label}: {failure_text(row)}" for label, row in labelled if not is_measured(row)]
+
+
+def compare_table_key(row: Row) -> tuple[str, str, str]:
+    """Pairs that share one comparison table: variant, shapes and input size (no machine)."""
+    return (title_of(row), row.shapes, row.image_hw)
+
+
+def compare_tables(pairs: Sequence[tuple[Row, Row]], level: int) -> list[str]:
+    """One table per compare_table_key of the A rows (pairs already in order), each followed by
+    the reasons of the rows that were not measured."""
+    groups: dict[tuple, list[tuple[Row, Row]]] = {}
+    for a, b in pairs:
+        groups.setdefault(compare_table_key(a), []).append((a, b))
+    tables_of = collections.Counter(key[0] for key in groups)
+    parts = []
+    for key, group in groups.items():
+        heading = key[0] + (f" ({key[1]} shapes, {key[2]})" if tables_of[key[0]] > 1 else "")
+        lines = [f"{'#' * level} {heading}", "", table_subtitle(group[0][0]), ""]
+        lines += markdown_header(COMPARE_COLUMNS)
+        lines += [pair_row(a, b) for a, b in group]
+        labelled = [
+            (f"{side} {row.backend} {row.precision}", row)
+            for a, b in group
+            for side, row in (("A", a), ("B", b))
+        ]
+        notes = failure_notes(labelled)
+        parts.append("\n".join(lines + ([""] + notes if notes else [])))
+    return parts
+
+
+def only_section(side: str, other: str, rows: Sequence[Row], names: dict[str, str]) -> str:
+    """The rows of one side with no partner in the other: a table, or a line saying none."""
+    lines = [f"### Only in {side}", ""]
+    if not rows:
+        lines.append(f"None: every row of {side} has a partner in {other}.")
+        return "\n".join(lines)
+    with_machine = len(machines(rows)) > 1
+    columns = (("Machine",) if with_machine else ()) + ONLY_COLUMNS
+    lines.append(f"Rows of {side} (`{names[side]}`) with no row of the same identity in {other}:")
+    lines += ["", *markdown_header(columns)]
+    for row in rows:
+        machine = [machine_of(row)] if with_machine else []
+        identity = [title_of(row), row.shapes, row.image_hw, row.backend, row.precision]
+        lines.append(markdown_row([*machine, *identity, *side_cells(row)]))
+    labelled = [
+        (f"{title_of(row)} {row.shapes} {row.image_hw} {row.backend} {row.precision}", row)
+        for row in rows
+    ]
+    notes = failure_notes(labelled)
+    return "\n".join(lines + ([""] + notes if notes else []))
+
+
+def side_summary(side: str, name: str, rows: Sequence[Row]) -> str:
+    """A bullet naming the file and its machine, with machine, software and protocol below."""
+    return "\n".join(
+        [
+            f"- **{side}:** `{name}`: {joined(machines(rows))} ({counted(len(rows), 'row')})",
+            f"  - **Machine:** {machine_text(rows)}",
+            f"  - **Software:** {software_text(rows)}",
+            f"  - **Protocol:** {'; '.join(protocol_texts(rows)) or DASH}",
+        ]
+    )
+
+
+def comparison(a_rows: Sequence[Row], b_rows: Sequence[Row], a_name: str, b_name: str) -> str:
+    """Markdown comparing two results files: a header per side, one table per variant of the
+    paired rows (a section per pair of machines where a side has several), the rows only in A
+    and only in B, and a legend."""
+    pairs, only_a, only_b = pair_rows(a_rows, b_rows)
+    names = {"A": a_name, "B": b_name}
+    parts = [
+        f"## Comparison: A `{a_name}`, B `{b_name}`",
+        side_summary("A", a_name, a_rows) + "\n" + side_summary("B", b_name, b_rows),
+        f"Rows paired by identity without the machine ({', '.join(IDENTITY)}): "
+        f"{counted(len(pairs), 'pair')}; {len(only_a)} only in A, {len(only_b)} only in B.",
+    ]
+    sections: dict[tuple[str, str], list[tuple[Row, Row]]] = {}
+    for a, b in pairs:
+        sections.setdefault((machine_of(a), machine_of(b)), []).append((a, b))
+    mixed = len(sections) > 1
+    for machine_a, machine_b in sorted(sections):
+        if mixed:
+            parts.append(f"### {machine_a} (A) against {machine_b} (B)")
+        parts.extend(compare_tables(sections[machine_a, machine_b], level=4 if mixed else 3))
+    if not pairs:
+        parts.append("No row of A has a row of the same identity in B.")
+    parts.append(only_section("A", "B", only_a, names))
+    parts.append(only_section("B", "A", only_b, names))
+    parts.append(COMPARE_LEGEND)
+    return "\n\n".join(parts) + "\n"
+
+
 # ---- command line -------------------------------------------------------------------------
 
 
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m runner.report",
-        description="Merge result.csv rows into a results CSV, README tables and plots.",
+        description="Merge result.csv rows into a results CSV, README tables and plots "
+        "(INPUTS... --out FILE), or compare two results files side by side "
+        "(--compare A.csv B.csv [--out-md FILE]).",
     )
     parser.add_argument(
         "inputs",
-        nargs="+",
+        nargs="*",
         type=Path,
-        help="folders (searched for result.csv) or results CSV files",
+        help="merge mode: folders (searched for result.csv) or results CSV files",
     )
-    parser.add_argument("--out", required=True, type=Path, help="merged results CSV to write")
-    parser.add_argument("--readme", type=Path, help="README whose results block to rewrite")
-    parser.add_argument("--plots", type=Path, help="folder for speedup.png, latency_vs_size.png")
+    parser.add_argument("--out", type=Path, help="merge mode (required): results CSV to write")
+    parser.add_argument(
+        "--readme", type=Path, help="merge mode: README whose results block to rewrite"
+    )
+    parser.add_argument(
+        "--plots", type=Path, help="merge mode: folder for speedup.png, latency_vs_size.png"
+    )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("A", "B"),
+        help="compare mode: two results files (or run folders), rows paired by identity "
+        "without the machine; Markdown to stdout, or to --out-md",
+    )
+    parser.add_argument("--out-md", type=Path, help="compare mode: write the Markdown here")
     parser.add_argument(
         "--allow-mixed-gpus",
         action="store_true",
-        help="accept rows from several machines: one section per machine",
+        help="accept rows from several machines (in compare mode: within one file): "
+        "one section per machine",
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    check_mode(parser, args)
+    return args
+
+
+def check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (exit 2, with the usage) arguments of the two modes mixed, or a mode incomplete."""
+    if args.compare:
+        merge_only = [
+            label
+            for label, given in (
+                (f"inputs ({' '.join(map(str, args.inputs))})", args.inputs),
+                ("--out", args.out),
+                ("--readme", args.readme),
+                ("--plots", args.plots),
+            )
+            if given
+        ]
+        if merge_only:
+            parser.error(
+                f"--compare cannot be mixed with merge mode's {', '.join(merge_only)}: compare "
+                "with --compare A.csv B.csv [--out-md FILE], or merge with INPUTS... --out FILE"
+            )
+        return
+    if args.out_md is not None:
+        parser.error("--out-md belongs to compare mode: --compare A.csv B.csv --out-md FILE")
+    absent = {"inputs": not args.inputs, "--out": args.out is None}
+    missing = [name for name, is_absent in absent.items() if is_absent]
+    if missing:
+        parser.error(
+            f"the following arguments are required: {', '.join(missing)} "
+            "(or --compare A.csv B.csv to compare two results files)"
+        )
 
 
 def relative_link(path: Path, readme: Path | None) -> str:
@@ -733,10 +1017,66 @@ def report(args: argparse.Namespace, command: str) -> int:
     return 0
 
 
+def compare_side(path: Path, allow_mixed: bool) -> list[Row]:
+    """One side of --compare: its rows collected, deduplicated and checked for one machine.
+    Raises ValueError (MixedMachines among them) naming the file where that fails."""
+    if not path.exists():
+        raise ValueError(f"no such input: {path}")
+    found, skipped = collect([path])
+    rows, dropped = drop_duplicates(found)
+    if not rows:
+        raise ValueError(f"{path}: no rows to compare ({counted(len(skipped), 'file')} skipped)")
+    try:
+        require_one_machine(rows, allow_mixed)
+    except MixedMachines as error:
+        raise MixedMachines(f"{path}: {error}") from error
+    log.info(
+        "read %s from %s; dropped %s; skipped %s",
+        counted(len(rows), "row"),
+        path,
+        counted(len(dropped), "duplicate"),
+        counted(len(skipped), "file"),
+    )
+    return rows
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Read both files, then print the comparison or write it to --out-md."""
+    sides: list[list[Row]] = []
+    failed = False
+    for path in args.compare:
+        try:
+            sides.append(compare_side(path, args.allow_mixed_gpus))
+        except ValueError as error:
+            log.error("%s", error)
+            failed = True
+    if failed:
+        return 2
+    a_path, b_path = args.compare
+    text = comparison(sides[0], sides[1], str(a_path), str(b_path))
+    if args.out_md is None:
+        sys.stdout.write(text)
+    else:
+        record.write_atomic(args.out_md, text)
+    pairs, only_a, only_b = pair_rows(*sides)
+    log.info(
+        "compared %s with %s: %s, %d only in A, %d only in B%s",
+        a_path,
+        b_path,
+        counted(len(pairs), "pair"),
+        len(only_a),
+        len(only_b),
+        f"; wrote {args.out_md}" if args.out_md else "",
+    )
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
     args = parse_arguments(argv)
+    if args.compare:
+        return compare(args)
     return report(args, shlex.join(["python", "-m", "runner.report", *argv]))
 
 
