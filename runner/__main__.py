@@ -8,6 +8,7 @@ rows and sets the exit code once every job has run.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import shlex
 import shutil
@@ -37,11 +38,19 @@ def command_line() -> str:
     )
 
 
-def remove_if_only_hydra_wrote(folder: Path) -> None:
-    """Hydra makes the run folder (its .hydra/ and log) before the job starts; a job refused
-    for bad input removes it again, so that bad input leaves nothing behind."""
-    if folder.is_dir() and all(p.name == ".hydra" or p.suffix == ".log" for p in folder.iterdir()):
-        shutil.rmtree(folder, ignore_errors=True)
+HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
+
+
+def remove_if_only_hydra_wrote(folder: Path, job_name: str) -> None:
+    """Hydra makes the run folder (.hydra/ and the job's log) before the job starts; a job
+    refused for bad input removes what Hydra wrote, and the folder if nothing else is in it, so
+    that bad input leaves nothing behind and never takes anything else with it."""
+    hydra_dir, job_log = folder / ".hydra", folder / f"{job_name}.log"
+    if hydra_dir.is_dir() and {p.name for p in hydra_dir.iterdir()} <= HYDRA_FILES:
+        shutil.rmtree(hydra_dir, ignore_errors=True)
+    job_log.unlink(missing_ok=True)
+    with contextlib.suppress(OSError):
+        folder.rmdir()  # only if empty
 
 
 def run_job(cfg: DictConfig) -> Row | None:
@@ -52,7 +61,7 @@ def run_job(cfg: DictConfig) -> Row | None:
         preflight.check(config)
     except ConfigError as error:
         log.error("invalid configuration: %s", error)
-        remove_if_only_hydra_wrote(Path(hydra_cfg.runtime.output_dir))
+        remove_if_only_hydra_wrote(Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.name)
         if single:
             raise SystemExit(2) from None
         return None

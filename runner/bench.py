@@ -137,11 +137,51 @@ def _configure_child_logging(out: Path) -> None:
     )
 
 
+def prepare(cfg: Config, device):
+    """Model, inputs and export of a run: (Exported, InputSet, weights label). Random weights
+    are calibrated on the opt input here (runner.models.calibrate)."""
+    import torch
+
+    from runner import export, inputs, models
+
+    model, weights = models.build(cfg.model, device, cfg.seed)
+    images = inputs.make(cfg, device)
+    opt = images.images["opt"]
+    exported = export.wrap(model, cfg.model, cfg.export, cfg.postprocess, opt)
+    if cfg.model.weights is None:
+        with torch.no_grad():
+            counts = models.calibrate(
+                model,
+                lambda: exported.module(*opt),
+                cfg.model.logit_layers,
+                cfg.model.logit_std,
+                cfg.model.residual_scale,
+            )
+        weights += (
+            " calibrated("
+            + ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items())
+            + ")"
+        )
+    log.info("weights: %s", weights)
+    return exported, images, weights
+
+
+def eager_detections(exported, images, batch: int) -> dict:
+    """Detections of the eager module at every input size (under the caller's autocast)."""
+    import torch
+
+    with torch.no_grad():
+        return {
+            shape: exported.decode(exported.module(*images.images[shape]), batch)
+            for shape in images.shapes
+        }
+
+
 def measure(cfg: Config) -> dict:
     """Build, export, optimize, check and time one configuration. Returns Row fields."""
     import torch
 
-    from runner import backends, export, inputs, models, parity, timing
+    from runner import backends, parity, timing
     from runner.precision import autocast
 
     out = Path(cfg.output_dir)
@@ -163,51 +203,19 @@ def measure(cfg: Config) -> dict:
 
     fields: dict = dict(env)
     try:
-        model, fields["weights"] = models.build(cfg.model, device, cfg.seed)
-        images = inputs.make(cfg, device)
-        opt = images.images["opt"]
-        exported = export.wrap(
-            model,
-            cfg.model.family,
-            cfg.export,
-            cfg.postprocess,
-            cfg.model.scriptable,
-            cfg.model.not_scriptable_reason,
-            opt,
-        )
-        with torch.no_grad():
-            if cfg.model.weights is None:
-                counts = models.calibrate(
-                    model,
-                    lambda: exported.module(*opt),
-                    cfg.model.logit_layers,
-                    cfg.model.logit_std,
-                    cfg.model.residual_scale,
-                )
-                fields["weights"] += (
-                    " calibrated("
-                    + ", ".join(f"{n} {kind.replace('_', ' ')}" for kind, n in counts.items())
-                    + ")"
-                )
-                log.info("weights: %s", fields["weights"])
-            reference = {
-                shape: exported.decode(exported.module(*batch), cfg.batch)
-                for shape, batch in images.images.items()
-            }
-            floor = None
-            if cfg.precision.autocast:
-                with autocast(cfg.precision, device):
-                    floor = parity.worst(
-                        [
-                            parity.compare(
-                                reference[shape],
-                                exported.decode(exported.module(*batch), cfg.batch),
-                                cfg.bench.match_iou,
-                            )
-                            for shape, batch in images.images.items()
-                        ]
-                    )
-                log.info("floor (eager %s vs eager fp32): %s", cfg.precision.name, asdict(floor))
+        exported, images, fields["weights"] = prepare(cfg, device)
+        reference = eager_detections(exported, images, cfg.batch)
+        floor = None
+        if cfg.precision.autocast:
+            with autocast(cfg.precision, device):
+                at_precision = eager_detections(exported, images, cfg.batch)
+            floor = parity.worst(
+                [
+                    parity.compare(reference[shape], at_precision[shape], cfg.bench.match_iou)
+                    for shape in images.shapes
+                ]
+            )
+            log.info("floor (eager %s vs eager fp32): %s", cfg.precision.name, asdict(floor))
         log.info(
             "reference (eager fp32): %s detections at %s",
             sum(len(d) for d in reference["opt"]),

@@ -7,6 +7,7 @@ built, and reported as a `ConfigError` whose message names the field and the all
 
 from __future__ import annotations
 
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -117,10 +118,31 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="d2bench_schema", node=Config)
 
 
+def unknown_keys(node: Any, cls: type, prefix: str = "") -> list[str]:
+    """Keys of `node` that no field of dataclass `cls` (or of its dataclass fields) declares.
+    Hydra lets `+key=value` add keys to a typed config; they would be ignored silently."""
+    import dataclasses
+    import typing
+
+    if not isinstance(node, (dict, DictConfig)):
+        return []
+    hints = typing.get_type_hints(cls)
+    unknown = []
+    for key in node:
+        if key not in hints:
+            unknown.append(f"{prefix}{key}")
+        elif dataclasses.is_dataclass(hints[key]):
+            unknown += unknown_keys(node[key], hints[key], f"{prefix}{key}.")
+    return unknown
+
+
 def to_config(cfg: DictConfig) -> Config:
     """The composed Hydra config as a validated `Config`."""
     from omegaconf.errors import OmegaConfBaseException
 
+    unknown = unknown_keys(cfg, Config)
+    if unknown:
+        raise ConfigError(f"unknown key(s) {unknown}: not part of the configuration")
     try:
         config = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
@@ -163,7 +185,7 @@ def validate(cfg: Config) -> None:
         f"model={m.name} always post-processes in forward(); postprocess=false is not possible",
     )
     _check(
-        cfg.device == "cpu" or cfg.device.startswith("cuda"),
+        re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device) is not None,
         f"device={cfg.device!r}; allowed: cpu, cuda, cuda:N",
     )
     for label, path in (("model.weights", m.weights), ("inputs.image", i.image)):

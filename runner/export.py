@@ -18,6 +18,7 @@ import torch
 from torch import nn
 
 from runner.backends import Unsupported
+from runner.config import ModelConfig
 from runner.parity import Detections
 
 FIELDS = ("boxes", "scores", "classes", "masks")
@@ -67,16 +68,16 @@ class Exported:
 
 def wrap(
     model: nn.Module,
-    family: str,
+    model_cfg: ModelConfig,
     method: str,
     postprocess: bool,
-    scriptable: bool,
-    not_scriptable_reason: str,
     example: tuple[torch.Tensor, ...],
 ) -> Exported:
-    if method == "script" and not scriptable:
-        raise Unsupported(f"export=script: {not_scriptable_reason}")
-    if family == "detectron2":
+    """Wrap `model` (of `model_cfg`'s family) for `method` (trace | script); `example` is the
+    opt batch, which tracing records."""
+    if method == "script" and not model_cfg.scriptable:
+        raise Unsupported(f"export=script: {model_cfg.not_scriptable_reason}")
+    if model_cfg.family == "detectron2":
         return _wrap_detectron2(model, method, postprocess, example)
     return _wrap_torchvision(model, method, example)
 

@@ -41,10 +41,14 @@ def _child_main(fn: Callable, args: tuple, conn) -> None:
 
 
 def _kill_group(process) -> None:
+    """Kill the child and everything in its process group. Before the child has made its own
+    group (it is still starting), only the child itself exists to be killed."""
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
         pass
+    if process.is_alive():
+        process.kill()
     process.join(10)
 
 
@@ -83,8 +87,9 @@ def call(fn: Callable, *args: Any, timeout_s: float, env: dict[str, str] | None 
     finally:
         receive.close()
     process.join(30)
-    if process.is_alive():  # sent its result but hangs on exit (stuck driver, threads)
-        _kill_group(process)
+    # Whatever the child left behind (compiler workers of a crashed child, a child that sent
+    # its result but hangs on exit) goes with its process group.
+    _kill_group(process)
     if message is None:
         code = process.exitcode
         if code is not None and code < 0:

@@ -118,13 +118,15 @@ def limits(tolerances: PrecisionConfig, floor: Figures | None) -> dict[str, floa
         "score_max_diff": tolerances.max_score_diff,
         "mask_iou": tolerances.min_mask_iou,
     }
-    if floor is not None:
-        margin = tolerances.floor_margin
-        bounds["match_f1"] = min(bounds["match_f1"], floor.match_f1 - margin)
-        bounds["box_iou"] = min(bounds["box_iou"], floor.box_iou - margin)
-        bounds["score_max_diff"] = max(bounds["score_max_diff"], floor.score_max_diff + margin)
-        if floor.mask_iou is not None:
-            bounds["mask_iou"] = min(bounds["mask_iou"], floor.mask_iou - margin)
+    if floor is None:
+        return bounds
+    margin = tolerances.floor_margin
+    for name in ("match_f1", "box_iou", "mask_iou"):  # higher is better
+        value = getattr(floor, name)
+        if value is not None and value < bounds[name]:
+            bounds[name] = value - margin
+    if floor.score_max_diff > bounds["score_max_diff"]:  # lower is better
+        bounds["score_max_diff"] = floor.score_max_diff + margin
     return bounds
 
 

@@ -98,6 +98,8 @@ _TYPES = {f.name: f.type for f in fields(Row)}
 
 
 def _to_text(value) -> str:
+    if hasattr(value, "item") and not isinstance(value, (str, bytes)):
+        value = value.item()  # numpy scalars as Python numbers
     if value is None:
         return ""
     if isinstance(value, bool):
@@ -156,9 +158,12 @@ def write_rows(path: Path, rows: list[Row]) -> None:
 def read_rows(path: Path) -> list[Row]:
     """Rows of a CSV written by write_rows. Raises ValueError for any file that is not one."""
     with open(path, newline="") as f:
-        records = list(csv.reader(f))
-    if not records:
+        text = f.read()
+    if not text:
         raise ValueError(f"{path}: empty file")
+    if not text.endswith("\n"):
+        raise ValueError(f"{path}: truncated (no final newline)")
+    records = list(csv.reader(io.StringIO(text)))
     header, body = records[0], records[1:]
     if header != COLUMNS:
         missing = [c for c in COLUMNS if c not in header]

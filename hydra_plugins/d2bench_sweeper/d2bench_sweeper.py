@@ -94,7 +94,12 @@ class D2benchSweeper(BasicSweeper):
         os.environ.setdefault(
             "D2BENCH_COMMAND", shlex.join(["python", "-m", "runner", *sys.argv[1:]])
         )
-        jobs = self.job_overrides(arguments)
+        try:
+            jobs = self.job_overrides(arguments)
+        except HydraException as error:  # a mistake in the sweep itself: one line, no traceback
+            log.error("sweep: %s", error)
+            raise SystemExit(2) from None
+        jobs, invalid = self.legal(jobs)
         os.environ["D2BENCH_SWEEP_TOTAL"] = str(len(jobs))  # for the jobs' progress lines
         os.environ["D2BENCH_SWEEP_STARTED"] = str(time.time())
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
@@ -104,18 +109,34 @@ class D2benchSweeper(BasicSweeper):
         log.info("sweep: %d runs -> %s", len(jobs), sweep_dir)
 
         returns, first = [], 0
-        while not self.is_done():
+        while jobs and not self.is_done():
             batch = self.get_job_batch()
-            self.validate_batch_is_legal(batch)
             returns.append(self.launcher.launch(batch, initial_job_idx=first))
             first += len(batch)
-        self._summarize([r for batch in returns for r in batch])
+        self._summarize([r for batch in returns for r in batch], invalid)
         return returns
 
+    def legal(self, jobs: list[list[str]]) -> tuple[list[list[str]], list[tuple[str, str]]]:
+        """Jobs whose config composes, and (overrides, reason) for those that do not (a value
+        of the wrong type, an unknown key): these are reported, the others still run."""
+        legal, invalid = [], []
+        for overrides in jobs:
+            try:
+                self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+            except Exception as error:  # noqa: BLE001 - Hydra and OmegaConf raise many kinds
+                reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
+                log.error("invalid job %s: %s", " ".join(overrides), reason)
+                invalid.append((" ".join(overrides), reason))
+            else:
+                legal.append(overrides)
+        return legal, invalid
+
     @staticmethod
-    def _summarize(results) -> None:
-        counts = collections.Counter()
-        failures = []
+    def _summarize(results, invalid: list[tuple[str, str]]) -> None:
+        counts = collections.Counter(invalid=len(invalid))
+        failures = [
+            f"{overrides}: invalid configuration: {reason}" for overrides, reason in invalid
+        ]
         for result in results:
             try:
                 row = result.return_value
@@ -132,7 +153,7 @@ class D2benchSweeper(BasicSweeper):
                 first_line = (row.error or "").splitlines()[0] if row.error else ""
                 failures.append(f"{row.output_dir}: {row.status}: {first_line}")
         failed = counts["error"] + counts["parity_fail"] + counts["invalid"]
-        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()))
+        summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if n)
         log.info("sweep done: %d runs: %s", sum(counts.values()), summary)
         for line in failures:
             log.error("failed: %s", line)
