@@ -284,7 +284,7 @@ def bad_files(folder: Path) -> dict[str, str]:
     good = record.to_csv_text([measured("RetinaNet", "fp32", "eager", 20.0)])
     header, body = good.splitlines()
     broken = {
-        "truncated": (good[: len(header) + 1 + len(body) // 2], "fields, expected"),
+        "truncated": (good[: len(header) + 1 + len(body) // 2], "truncated"),
         "unknown_column": (
             header + ",extra\n" + body + ",1\n",
             "unknown ['extra']",

@@ -1,0 +1,77 @@
+"""Fixtures: configs composed from conf/ as `python -m runner` would (without Hydra's runtime, so
+output_dir and command are given explicitly), and the markers' skips.
+
+`detectron2` and `gpu` tests skip with a stated reason where their dependency is missing; the
+skip is decided here, from the markers, so a test module only has to carry the marker
+(tests.helpers.skip_without_detectron2 / skip_without_cuda do the same from inside a test).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable
+
+import pytest
+from omegaconf import DictConfig
+
+from runner.config import Config, to_config
+from tests.helpers import (
+    CUDA_MISSING,
+    DETECTRON2_MISSING,
+    compose_config,
+    have_cuda,
+    have_detectron2,
+)
+
+
+def pytest_collection_modifyitems(config, items):
+    """Tests marked `detectron2` or `gpu` skip, with the reason, where that is missing (the
+    check runs only when such a test is collected: importing detectron2 takes seconds)."""
+    for item in items:
+        if item.get_closest_marker("detectron2") and not have_detectron2():
+            item.add_marker(pytest.mark.skip(reason=DETECTRON2_MISSING))
+        if item.get_closest_marker("gpu") and not have_cuda():
+            item.add_marker(pytest.mark.skip(reason=CUDA_MISSING))
+
+
+@pytest.fixture
+def compose(tmp_path) -> Callable[..., DictConfig]:
+    """compose(*overrides) -> DictConfig; output_dir defaults to a fresh folder under tmp_path
+    and command to 'pytest' (compose() has no Hydra runtime to fill them)."""
+
+    def _compose(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+        given = {o.split("=", 1)[0].lstrip("+~") for o in overrides}
+        defaults = []
+        if "output_dir" not in given:
+            defaults.append(f"output_dir={tmp_path / 'run'}")
+        if "command" not in given:
+            defaults.append("command=pytest")
+        return compose_config(*defaults, *overrides, return_hydra_config=return_hydra_config)
+
+    return _compose
+
+
+@pytest.fixture
+def make_config(compose) -> Callable[..., Config]:
+    """make_config(*overrides) -> validated Config (runner.config.to_config of compose(...))."""
+
+    def _make(*overrides: str) -> Config:
+        return to_config(compose(*overrides))
+
+    return _make
+
+
+@pytest.fixture
+def restore_logging():
+    """Put the root logger back as it was: inline runs reconfigure logging for the child."""
+    root = logging.getLogger()
+    handlers, level = list(root.handlers), root.level
+    yield
+    for handler in list(root.handlers):
+        if handler not in handlers:
+            root.removeHandler(handler)
+            handler.close()
+    for handler in handlers:
+        if handler not in root.handlers:
+            root.addHandler(handler)
+    root.setLevel(level)

@@ -1,0 +1,134 @@
+"""Plain helpers shared by the test modules (fixtures live in conftest.py)."""
+
+from __future__ import annotations
+
+import functools
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import yaml
+from omegaconf import DictConfig
+
+REPO = Path(__file__).resolve().parents[1]
+CONF = REPO / "conf"
+
+DETECTRON2_MISSING = "detectron2 is not installed (README: Install)"
+CUDA_MISSING = "needs a CUDA device: torch.cuda.is_available() is False on this machine"
+
+
+def option_files(group: str) -> list[Path]:
+    """Every option file of a config group, found on disk so that new files are covered."""
+    return sorted((CONF / group).glob("*.yaml"))
+
+
+def config_groups() -> list[str]:
+    """The config groups under conf/ (Hydra's own `hydra/` group excluded)."""
+    return sorted(
+        p.name for p in CONF.iterdir() if p.is_dir() and p.name != "hydra" and option_files(p.name)
+    )
+
+
+def named_groups() -> list[str]:
+    """Config groups whose option file fills a Config field that has a `name` (model, ...)."""
+    import dataclasses
+    import typing
+
+    from runner.config import Config
+
+    hints = typing.get_type_hints(Config)
+    return sorted(
+        name
+        for name, kind in hints.items()
+        if dataclasses.is_dataclass(kind) and "name" in {f.name for f in dataclasses.fields(kind)}
+    )
+
+
+def compose_config(*overrides: str, return_hydra_config: bool = False) -> DictConfig:
+    """conf/config.yaml composed with `overrides`, as Hydra composes it for `python -m runner`."""
+    import hydra
+
+    from runner.config import register_schema
+
+    register_schema()
+    with hydra.initialize_config_dir(config_dir=str(CONF), version_base="1.3"):
+        return hydra.compose(
+            "config", overrides=list(overrides), return_hydra_config=return_hydra_config
+        )
+
+
+def seed_variants() -> dict[str, dict]:
+    """conf/sweep/seed.yaml's named variants: name -> {key: value}."""
+    data = yaml.safe_load((CONF / "sweep" / "seed.yaml").read_text())
+    return data["hydra"]["sweeper"]["variants"]
+
+
+@functools.cache
+def have_detectron2() -> bool:
+    from runner.models import MissingDependency, require_detectron2
+
+    try:
+        require_detectron2()
+    except MissingDependency:
+        return False
+    return True
+
+
+@functools.cache
+def have_cuda() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def process_gone(pid: int, wait_s: float = 5.0) -> bool:
+    """Whether process `pid` has ended (a zombie waiting for its parent to reap it counts as
+    ended: it runs nothing and holds no memory), waiting up to wait_s for it to go."""
+    deadline = time.monotonic() + wait_s
+    while True:
+        try:
+            os.kill(pid, 0)
+        except ProcessLookupError:
+            return True
+        try:
+            state = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0]
+        except (OSError, IndexError):
+            return True
+        if state in ("Z", "X"):
+            return True
+        if time.monotonic() > deadline:
+            return False
+        time.sleep(0.05)
+
+
+def run_runner(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m runner ARGS` in a real subprocess, from the repository root."""
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("D2BENCH_", "HYDRA_"))}
+    env.pop("PYTHONPATH", None)
+    env["PYTHONUNBUFFERED"] = "1"
+    return subprocess.run(
+        [sys.executable, "-m", "runner", *args],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=timeout,
+    )
+
+
+def skip_without_detectron2() -> None:
+    """Skip the calling test, with the reason, where detectron2 cannot be imported."""
+    import pytest
+
+    if not have_detectron2():
+        pytest.skip(DETECTRON2_MISSING)
+
+
+def skip_without_cuda() -> None:
+    """Skip the calling test, with the reason, where torch sees no CUDA device."""
+    import pytest
+
+    if not have_cuda():
+        pytest.skip(CUDA_MISSING)

@@ -1,0 +1,105 @@
+"""detectron2 models: each of the seed's seven variants (conf/sweep/seed.yaml) built, calibrated,
+exported and run by the TorchScript backend on the CPU, answering as eager fp32 does; and one
+real run on a GPU. Skipped, with the reason, where detectron2 (or CUDA) is missing."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+import yaml
+
+from runner import backends, bench, export, inputs, models, parity
+from runner.bench import run
+from runner.config import ModelConfig
+from tests.helpers import CONF, option_files, seed_variants
+
+pytestmark = pytest.mark.detectron2
+
+CPU = torch.device("cpu")
+SMALL = ("device=cpu", "inputs.height=192", "inputs.width=256")
+# Fewer proposals than the zoo's 1000 keep the CPU time of the R-CNN heads (C4's res5 runs once
+# per proposal) to seconds; the exported graphs are the same.
+FEWER_PROPOSALS = {"MODEL.RPN.POST_NMS_TOPK_TEST": 200}
+
+
+def variant_overrides(name: str) -> list[str]:
+    point = seed_variants()[name]
+    values = {k: str(v).lower() if isinstance(v, bool) else v for k, v in point.items()}
+    return [f"{k}={v}" for k, v in values.items()] + [f"variant={name}"]
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(seed_variants()))
+def test_seed_variant_torchscript_matches_eager_fp32(make_config, name):
+    cfg = make_config(*variant_overrides(name), *SMALL, "backend=torchscript")
+    cfg.model.arch_options = {**cfg.model.arch_options, **FEWER_PROPOSALS}
+    exported, images, _ = bench.prepare(cfg, CPU)
+    opt = images.images["opt"]
+    with torch.no_grad():
+        reference = exported.decode(exported.module(*opt), cfg.batch)
+        options = backends.validate_options("torchscript", cfg.backend.options)
+        fn = backends.get("torchscript")(exported, images, cfg.precision, options)
+        assert isinstance(fn, torch.nn.Module)
+        output = exported.decode(fn(*opt), cfg.batch)
+    assert len(reference) == cfg.batch
+    assert all(len(d) > 0 for d in reference), "no detections: parity would prove nothing"
+    figures = parity.compare(reference, output, cfg.bench.match_iou)
+    assert figures.match_f1 == 1.0, figures
+    assert figures.box_iou > 0.999 and figures.score_max_diff < 1e-4, figures
+    if reference[0].masks is not None:
+        assert figures.mask_iou > 0.99, figures
+    assert parity.verdict(figures, cfg.precision) == []
+
+
+def test_scripting_cascade_rcnn_is_unsupported(make_config):
+    cfg = make_config("model=cascade_rcnn", "export=script", *SMALL)
+    model, _ = models.build(cfg.model, CPU, cfg.seed)
+    images = inputs.make(cfg, CPU)
+    with pytest.raises(backends.Unsupported) as reason:
+        export.wrap(model, cfg.model, "script", cfg.postprocess, images.images["opt"])
+    assert "export=script" in str(reason.value) and "trace" in str(reason.value)
+
+
+@pytest.mark.parametrize(
+    "path",
+    [p for p in option_files("model") if yaml.safe_load(p.read_text())["family"] == "detectron2"],
+    ids=lambda p: p.stem,
+)
+def test_logit_layers_name_layers_of_the_model(path):
+    """A misspelt logit layer would be skipped silently (no calibration, no warning)."""
+    cfg = ModelConfig(**yaml.safe_load(path.read_text()))
+    model, label = models.build(cfg, CPU, seed=0)
+    assert label == "random(seed=0)"
+    layers = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    for entry in cfg.logit_layers:
+        assert any(models._matches(name, [entry]) for name in layers), entry
+
+
+def test_model_files_exist_for_every_seed_variant():
+    for name, point in seed_variants().items():
+        assert (CONF / "model" / f"{point['model']}.yaml").exists(), name
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_a_real_run_on_the_gpu(make_config, tmp_path):
+    out = tmp_path / "gpu"
+    row = run(
+        make_config(
+            "model=mask_rcnn_fpn",
+            "device=cuda",
+            "bench.warmup=5",
+            "bench.iters=10",
+            f"output_dir={out}",
+        )
+    )
+    assert row.status == "ok", row.error
+    assert row.parity_pass is True
+    assert row.gpu_busy_ms is not None and row.gpu_busy_ms > 0
+    assert row.peak_mem_mb is not None and row.peak_mem_mb > 0
+    assert row.gpu_name and row.gpu_index != ""
+    assert 0 < row.gpu_busy_ms <= row.latency_ms_median * 1.5

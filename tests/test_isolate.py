@@ -1,0 +1,136 @@
+"""Isolation: a function run in a fresh spawned child returns its value, or ChildFailed says how
+the child ended (exception, signal, timeout, exit); a timed-out child and its workers are gone."""
+
+from __future__ import annotations
+
+import os
+import signal
+import time
+
+import pytest
+
+from runner import isolate
+from runner.isolate import ChildFailed
+from tests import isolation_helpers as helpers
+from tests.helpers import process_gone
+
+
+def test_returns_the_childs_value():
+    assert isolate.call(helpers.add, 2, 3, timeout_s=60) == 5
+    assert isolate.call(helpers.add, [1], [2], timeout_s=60) == [1, 2]
+
+
+def test_the_child_gets_extra_environment_and_the_parent_keeps_its_own(monkeypatch):
+    monkeypatch.setenv("D2BENCH_TEST_KEPT", "parent")
+    monkeypatch.delenv("D2BENCH_TEST_NEW", raising=False)
+    env = {"D2BENCH_TEST_KEPT": "child", "D2BENCH_TEST_NEW": "new"}
+    seen = isolate.call(helpers.environment, list(env), timeout_s=60, env=env)
+    assert seen == env
+    assert os.environ["D2BENCH_TEST_KEPT"] == "parent"
+    assert "D2BENCH_TEST_NEW" not in os.environ
+
+
+def test_the_child_is_another_process(tmp_path):
+    pid_file = tmp_path / "pid"
+    assert isolate.call(helpers.write_pid_and_sleep, str(pid_file), 0, timeout_s=60) == "woke up"
+    child = int(pid_file.read_text())
+    assert child != os.getpid()
+    assert process_gone(child)
+
+
+def test_an_exception_in_the_child():
+    with pytest.raises(ChildFailed) as failure:
+        isolate.call(helpers.raise_value_error, "bad input 42", timeout_s=60)
+    assert failure.value.cause == "exception"
+    assert "ValueError" in str(failure.value)
+    assert "bad input 42" in str(failure.value)
+    assert "Traceback" in failure.value.detail
+    assert "raise_value_error" in failure.value.detail
+
+
+def test_a_result_that_cannot_come_back_is_an_exception():
+    with pytest.raises(ChildFailed) as failure:
+        isolate.call(helpers.return_unpicklable, timeout_s=60)
+    assert failure.value.cause == "exception"
+    assert "not transferable" in str(failure.value)
+
+
+@pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
+def test_a_child_killed_by_a_signal(signum):
+    with pytest.raises(ChildFailed) as failure:
+        isolate.call(helpers.kill_self, int(signum), timeout_s=60)
+    assert failure.value.cause == "signal"
+    assert signal.Signals(signum).name in str(failure.value)
+
+
+def test_a_child_that_exits_without_a_result():
+    with pytest.raises(ChildFailed) as failure:
+        isolate.call(helpers.exit_with, 3, timeout_s=60)
+    assert failure.value.cause == "exit"
+    assert "3" in str(failure.value)
+
+
+def test_a_timeout_kills_the_child(tmp_path):
+    pid_file = tmp_path / "pid"
+    started = time.monotonic()
+    with pytest.raises(ChildFailed) as failure:
+        isolate.call(helpers.write_pid_and_sleep, str(pid_file), 60, timeout_s=3)
+    took = time.monotonic() - started
+    assert failure.value.cause == "timeout"
+    assert "3 s" in str(failure.value)
+    assert 3 <= took < 3 + 5, took
+    assert process_gone(int(pid_file.read_text()), wait_s=0.5)
+
+
+def test_a_timeout_kills_the_childs_workers_too(tmp_path):
+    pid_file = tmp_path / "pids"
+    with pytest.raises(ChildFailed) as failure:
+        isolate.call(helpers.start_worker_and_sleep, str(pid_file), 60, timeout_s=4)
+    assert failure.value.cause == "timeout"
+    child, worker = (int(p) for p in pid_file.read_text().split())
+    assert process_gone(child)
+    assert process_gone(worker), "the child's worker outlived the timeout"
+
+
+def test_a_crashed_childs_workers_do_not_survive_it(tmp_path):
+    pid_file = tmp_path / "pids"
+    with pytest.raises(ChildFailed) as failure:
+        isolate.call(helpers.start_worker_and_die, str(pid_file), int(signal.SIGKILL), timeout_s=60)
+    assert failure.value.cause == "signal"
+    child, worker = (int(p) for p in pid_file.read_text().split())
+    try:
+        assert process_gone(child)
+        assert process_gone(worker, wait_s=2), "the crashed child's worker is still running"
+    finally:
+        _kill_if_alive(worker)
+
+
+def test_a_timeout_during_the_childs_start_up_still_kills_it(tmp_path):
+    pid_file = tmp_path / "pid"
+    slow_start = helpers.SlowToUnpickle(30, seconds=1.0)  # the child starts for 1 s
+    with pytest.raises(ChildFailed) as failure:
+        isolate.call(helpers.write_pid_and_sleep, str(pid_file), slow_start, timeout_s=0.3)
+    assert failure.value.cause == "timeout"
+    deadline = time.monotonic() + 5
+    while not pid_file.exists() and time.monotonic() < deadline:
+        time.sleep(0.1)
+    if not pid_file.exists():
+        return  # the child never reached the function: it was killed in time
+    child = int(pid_file.read_text())
+    try:
+        assert process_gone(child, wait_s=1), "the timed-out child is still running"
+    finally:
+        _kill_if_alive(child)
+
+
+def _kill_if_alive(pid: int) -> None:
+    try:
+        os.kill(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
+
+
+def test_failures_are_runtime_errors_with_a_cause():
+    failure = ChildFailed("timeout", "timed out", "detail")
+    assert isinstance(failure, RuntimeError)
+    assert (failure.cause, str(failure), failure.detail) == ("timeout", "timed out", "detail")

@@ -1,0 +1,259 @@
+"""Parity: box IoU, same-class greedy matching, agreement figures and the pass/fail bounds."""
+
+from __future__ import annotations
+
+import dataclasses
+
+import pytest
+import torch
+
+from runner.config import PrecisionConfig
+from runner.parity import Detections, Figures, box_iou, compare, limits, match, verdict, worst
+
+
+def detections(boxes, scores, classes, masks=None) -> Detections:
+    return Detections(
+        boxes=torch.as_tensor(boxes, dtype=torch.float32).reshape(-1, 4),
+        scores=torch.as_tensor(scores, dtype=torch.float32),
+        classes=torch.as_tensor(classes, dtype=torch.int64),
+        masks=masks,
+    )
+
+
+FOUR = detections(
+    [[0, 0, 10, 10], [20, 20, 40, 40], [50, 0, 60, 30], [0, 50, 30, 60]],
+    [0.9, 0.8, 0.7, 0.6],
+    [1, 2, 1, 3],
+)
+
+
+def test_box_iou_hand_computed():
+    a = torch.tensor([[0.0, 0.0, 10.0, 10.0], [0.0, 0.0, 2.0, 2.0]])
+    b = torch.tensor([[5.0, 0.0, 15.0, 10.0], [0.0, 0.0, 10.0, 10.0], [20.0, 20.0, 30.0, 30.0]])
+    iou = box_iou(a, b)
+    assert iou.shape == (2, 3)
+    assert iou[0, 0] == pytest.approx(50 / 150)  # half overlap
+    assert iou[0, 1] == pytest.approx(1.0)  # identical
+    assert iou[0, 2] == 0.0  # disjoint
+    assert iou[1, 1] == pytest.approx(4 / 100)  # contained
+    assert iou[1, 0] == 0.0
+
+
+def test_box_iou_degenerate_boxes_are_zero_not_nan():
+    a = torch.tensor([[5.0, 5.0, 5.0, 5.0]])
+    iou = box_iou(a, a)
+    assert iou.item() == 0.0
+
+
+def test_match_pairs_same_class_by_highest_iou():
+    ref = detections([[0, 0, 10, 10], [100, 100, 110, 110]], [0.9, 0.5], [1, 1])
+    out = detections(
+        [[100, 100, 110, 111], [0, 0, 10, 11], [0, 0, 10, 10]], [0.5, 0.9, 0.8], [1, 1, 7]
+    )
+    pairs = match(ref, out, match_iou=0.5)
+    assert [(r, o) for r, o, _ in pairs] == [(0, 1), (1, 0)]
+    assert pairs[0][2] == pytest.approx(100 / 110)
+
+
+def test_match_is_greedy_in_descending_reference_score():
+    # both references overlap the one output; the higher-scored reference takes it
+    ref = detections([[0, 0, 10, 10], [0, 0, 10, 10]], [0.3, 0.9], [1, 1])
+    out = detections([[0, 0, 10, 10]], [0.9], [1])
+    assert [(r, o) for r, o, _ in match(ref, out, 0.5)] == [(1, 0)]
+
+
+def test_match_below_threshold_or_empty():
+    ref = detections([[0, 0, 10, 10]], [0.9], [1])
+    out = detections([[5, 0, 15, 10]], [0.9], [1])  # IoU 1/3
+    assert match(ref, out, 0.5) == []
+    assert len(match(ref, out, 0.3)) == 1
+    assert match(ref, detections([], [], []), 0.5) == []
+
+
+def test_compare_identical():
+    figures = compare([FOUR], [FOUR], 0.7)
+    assert figures.match_f1 == 1.0
+    assert figures.box_iou == pytest.approx(1.0)
+    assert figures.score_max_diff == 0.0
+    assert figures.mask_iou is None
+    assert (figures.num_reference, figures.num_output) == (4, 4)
+
+
+def test_compare_shifted_boxes_and_scores():
+    shifted = detections(
+        FOUR.boxes + torch.tensor([1.0, 0.0, 1.0, 0.0]), FOUR.scores - 0.01, FOUR.classes
+    )
+    figures = compare([FOUR], [shifted], 0.5)
+    assert figures.match_f1 == 1.0
+    # each box shifted 1 px along x: IoU = (w - 1) h / ((w + 1) h)
+    widths = [10, 20, 10, 30]
+    expected = sum((w - 1) / (w + 1) for w in widths) / 4
+    assert figures.box_iou == pytest.approx(expected)
+    assert figures.score_max_diff == pytest.approx(0.01, abs=1e-6)
+
+
+def test_a_missing_detection_lowers_f1_exactly():
+    three = detections(FOUR.boxes[:3], FOUR.scores[:3], FOUR.classes[:3])
+    figures = compare([FOUR], [three], 0.7)
+    assert figures.match_f1 == pytest.approx(6 / 7)
+    assert figures.box_iou == pytest.approx(1.0)
+    assert (figures.num_reference, figures.num_output) == (4, 3)
+
+
+def test_a_different_class_does_not_match():
+    relabelled = detections(FOUR.boxes, FOUR.scores, torch.tensor([1, 2, 1, 9]))
+    figures = compare([FOUR], [relabelled], 0.7)
+    assert figures.match_f1 == pytest.approx(6 / 8)
+
+
+def test_empty_against_empty_agrees():
+    empty = detections([], [], [])
+    figures = compare([empty, empty], [empty, empty], 0.7)
+    assert (figures.match_f1, figures.box_iou, figures.score_max_diff) == (1.0, 1.0, 0.0)
+
+
+def test_nothing_against_something_is_zero():
+    figures = compare([FOUR], [detections([], [], [])], 0.7)
+    assert figures.match_f1 == 0.0
+    assert figures.box_iou == 0.0
+
+
+def test_compare_counts_over_images():
+    three = detections(FOUR.boxes[:3], FOUR.scores[:3], FOUR.classes[:3])
+    figures = compare([FOUR, FOUR], [FOUR, three], 0.7)
+    assert figures.match_f1 == pytest.approx(2 * 7 / 15)
+    with pytest.raises(ValueError):
+        compare([FOUR], [FOUR, FOUR], 0.7)
+
+
+def _square_masks(n: int, size: int, fill: list[tuple[int, int]]) -> torch.Tensor:
+    masks = torch.zeros(n, 1, size, size, dtype=torch.bool)
+    for i, (rows, cols) in enumerate(fill):
+        masks[i, 0, :rows, :cols] = True
+    return masks
+
+
+def test_mask_iou_of_bool_masks():
+    ref_masks = _square_masks(2, 8, [(4, 4), (8, 8)])
+    out_masks = _square_masks(2, 8, [(4, 2), (8, 8)])
+    ref = detections(FOUR.boxes[:2], FOUR.scores[:2], FOUR.classes[:2], ref_masks)
+    out = detections(FOUR.boxes[:2], FOUR.scores[:2], FOUR.classes[:2], out_masks)
+    figures = compare([ref], [out], 0.7)
+    assert figures.mask_iou == pytest.approx((8 / 16 + 1.0) / 2)
+
+
+def test_mask_iou_of_probability_masks_binarised_at_half():
+    ref_masks = torch.tensor([[[[0.9, 0.9], [0.1, 0.1]]]])
+    out_masks = torch.tensor([[[[0.6, 0.4], [0.2, 0.7]]]])  # > 0.5: (0,0) and (1,1)
+    ref = detections(FOUR.boxes[:1], FOUR.scores[:1], FOUR.classes[:1], ref_masks)
+    out = detections(FOUR.boxes[:1], FOUR.scores[:1], FOUR.classes[:1], out_masks)
+    assert compare([ref], [out], 0.7).mask_iou == pytest.approx(1 / 3)
+    assert compare([ref], [ref], 0.7).mask_iou == 1.0
+
+
+def test_two_empty_masks_agree():
+    empty = torch.zeros(1, 1, 4, 4)
+    ref = detections(FOUR.boxes[:1], FOUR.scores[:1], FOUR.classes[:1], empty)
+    assert compare([ref], [ref], 0.7).mask_iou == 1.0
+
+
+FP32 = PrecisionConfig(
+    name="fp32", min_match=0.99, min_box_iou=0.99, max_score_diff=1e-3, min_mask_iou=0.98
+)
+
+
+def figures(**changes) -> Figures:
+    base = Figures(
+        match_f1=1.0,
+        box_iou=1.0,
+        score_max_diff=0.0,
+        mask_iou=1.0,
+        num_reference=10,
+        num_output=10,
+    )
+    return dataclasses.replace(base, **changes)
+
+
+def test_verdict_passes_perfect_figures():
+    assert verdict(figures(), FP32) == []
+    assert verdict(figures(mask_iou=None), FP32) == []
+
+
+@pytest.mark.parametrize(
+    "changes, broken",
+    [
+        ({"match_f1": 0.9}, "match_f1"),
+        ({"box_iou": 0.5}, "box_iou"),
+        ({"mask_iou": 0.5}, "mask_iou"),
+        ({"score_max_diff": 0.01}, "score_max_diff"),
+    ],
+)
+def test_verdict_names_each_broken_bound(changes, broken):
+    sentences = verdict(figures(**changes), FP32)
+    assert len(sentences) == 1
+    assert sentences[0].startswith(broken)
+
+
+def test_verdict_at_the_bound_passes():
+    at_bound = figures(match_f1=0.99, box_iou=0.99, mask_iou=0.98, score_max_diff=1e-3)
+    assert verdict(at_bound, FP32) == []
+
+
+def test_limits_without_floor_are_the_tolerances():
+    assert limits(FP32, None) == {
+        "match_f1": 0.99,
+        "box_iou": 0.99,
+        "score_max_diff": 1e-3,
+        "mask_iou": 0.98,
+    }
+
+
+def test_a_floor_loosens_bounds_to_floor_minus_margin():
+    tolerances = dataclasses.replace(FP32, floor_margin=0.1)
+    floor = figures(match_f1=0.8, box_iou=0.85, score_max_diff=0.2, mask_iou=0.7)
+    bound = limits(tolerances, floor)
+    assert bound["match_f1"] == pytest.approx(0.7)
+    assert bound["box_iou"] == pytest.approx(0.75)
+    assert bound["score_max_diff"] == pytest.approx(0.3)
+    assert bound["mask_iou"] == pytest.approx(0.6)
+    # a backend as good as eager at this precision passes; one adding error of its own fails
+    assert verdict(floor, tolerances, floor) == []
+    assert verdict(figures(match_f1=0.65), tolerances, floor) != []
+
+
+def test_a_floor_never_tightens_a_bound():
+    # eager at this precision agrees perfectly: floor - margin is above each tolerance
+    no_margin = dataclasses.replace(FP32, floor_margin=0.0)
+    assert limits(no_margin, figures()) == limits(no_margin, None)
+    assert verdict(figures(match_f1=0.995), no_margin, figures()) == []
+
+
+FP16 = PrecisionConfig(
+    name="fp16",
+    dtype="float16",
+    autocast=True,
+    min_match=0.9,
+    min_box_iou=0.95,
+    max_score_diff=0.05,
+    min_mask_iou=0.9,
+    floor_margin=0.1,
+)
+
+
+def test_a_floor_within_the_tolerances_leaves_them_as_they_are():
+    floor = figures(match_f1=0.95, box_iou=0.97, score_max_diff=0.01, mask_iou=0.95)
+    assert limits(FP16, floor) == limits(FP16, None)
+
+
+def test_a_floor_without_masks_keeps_the_mask_bound():
+    floor = figures(match_f1=0.5, mask_iou=None)
+    assert limits(FP32, floor)["mask_iou"] == FP32.min_mask_iou
+
+
+def test_worst_takes_the_least_favourable_field_by_field():
+    a = figures(match_f1=0.9, score_max_diff=0.01, mask_iou=None)
+    b = figures(box_iou=0.8, score_max_diff=0.02, mask_iou=0.7, num_reference=3)
+    w = worst([a, b])
+    assert (w.match_f1, w.box_iou, w.score_max_diff, w.mask_iou) == (0.9, 0.8, 0.02, 0.7)
+    assert w.num_reference == a.num_reference
+    assert worst([a]).mask_iou is None

@@ -1,0 +1,157 @@
+"""The d2bench sweeper, through real `python -m runner` processes: sweep=seed expands to the
+seven variants x params, command-line values replace params, variant=A,B picks variants, and
+mistakes are refused before any job runs. Jobs are made invalid on purpose (bench.iters=-1) where
+only the job list matters: each is then refused in a fraction of a second."""
+
+from __future__ import annotations
+
+import itertools
+import re
+
+import pytest
+
+from runner.record import read_rows
+from tests.helpers import run_runner, seed_variants
+
+NO_RUN = ("bench.iters=-1", "device=cpu")  # every job refused by validation: nothing measured
+
+
+def launched_jobs(log: str) -> list[dict[str, str]]:
+    """The override lists of the jobs Hydra's launcher logged ('#3 : a=1 b=2')."""
+    jobs = []
+    for line in log.splitlines():
+        found = re.search(r"#(\d+) : (.*)$", line)
+        if found:
+            jobs.append(dict(item.split("=", 1) for item in found.group(2).split()))
+    return jobs
+
+
+def _text(value) -> str:
+    return str(value).lower() if isinstance(value, bool) else str(value)
+
+
+def test_sweep_seed_runs_every_variant_at_every_precision_and_backend(tmp_path):
+    done = run_runner("sweep=seed", *NO_RUN, f"hydra.sweep.dir={tmp_path}", timeout=300)
+    log = done.stdout + done.stderr
+    jobs = launched_jobs(log)
+    variants = seed_variants()
+    expected = {
+        (name, precision, backend)
+        for name, precision, backend in itertools.product(
+            variants, ("fp32", "fp16"), ("eager", "torchscript")
+        )
+    }
+    assert len(jobs) == 28 == len(expected)
+    assert {(j["variant"], j["precision"], j["backend"]) for j in jobs} == expected
+    for job in jobs:
+        for key, value in variants[job["variant"]].items():
+            assert job[key] == _text(value), job
+    assert "sweep: 28 runs" in log and "sweep done: 28 runs: 28 invalid" in log
+    assert done.returncode != 0  # every job was refused
+
+
+def test_command_line_values_replace_params_and_variant_picks(tmp_path):
+    done = run_runner(
+        "sweep=seed",
+        "variant=MaskRCNNFPN_b2,RetinaNet",
+        "backend=eager",
+        *NO_RUN,
+        f"hydra.sweep.dir={tmp_path}",
+        timeout=300,
+    )
+    jobs = launched_jobs(done.stdout + done.stderr)
+    assert {(j["variant"], j["precision"], j["backend"]) for j in jobs} == {
+        ("RetinaNet", "fp32", "eager"),
+        ("RetinaNet", "fp16", "eager"),
+        ("MaskRCNNFPN_b2", "fp32", "eager"),
+        ("MaskRCNNFPN_b2", "fp16", "eager"),
+    }
+    assert all(j["batch"] == "2" for j in jobs if j["variant"] == "MaskRCNNFPN_b2")
+
+
+def test_an_unknown_variant_is_refused_listing_the_variants(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_runner("sweep=seed", "variant=Nope", *NO_RUN, f"hydra.sweep.dir={sweep}")
+    assert done.returncode != 0
+    log = done.stdout + done.stderr
+    assert "unknown variant(s) ['Nope']" in log
+    for name in seed_variants():
+        assert name in log
+    assert not sweep.exists()
+
+
+def test_a_key_the_variants_set_is_refused(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_runner("sweep=seed", "model=retinanet", *NO_RUN, f"hydra.sweep.dir={sweep}")
+    assert done.returncode != 0
+    assert "['model'] set by the sweep's variants" in done.stdout + done.stderr
+    assert not sweep.exists()
+
+
+@pytest.mark.parametrize("mistake", ["variant=Nope", "model=retinanet"])
+def test_sweep_mistakes_are_reported_without_a_traceback(tmp_path, mistake):
+    done = run_runner("sweep=seed", mistake, *NO_RUN, f"hydra.sweep.dir={tmp_path / 's'}")
+    assert done.returncode == 2
+    assert "Traceback" not in done.stdout + done.stderr
+
+
+@pytest.mark.slow
+@pytest.mark.detectron2
+def test_a_seed_variant_runs_for_real(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_runner(
+        "sweep=seed",
+        "variant=RetinaNet",
+        "precision=fp32",
+        "backend=torchscript",
+        "device=cpu",
+        "bench.warmup=0",
+        "bench.iters=1",
+        "inputs.height=192",
+        "inputs.width=256",
+        f"hydra.sweep.dir={sweep}",
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "sweep done: 1 runs: 1 ok" in log
+    (result,) = sweep.rglob("result.csv")
+    (row,) = read_rows(result)
+    assert (row.variant, row.model, row.export, row.postprocess) == (
+        "RetinaNet",
+        "retinanet",
+        "trace",
+        True,
+    )
+    assert row.status == "ok" and row.parity_pass is True
+    assert "sweep=seed" in row.command
+
+
+SMALL = (
+    "model=tv_fasterrcnn_mobilenet",
+    "device=cpu",
+    "bench.warmup=1",
+    "bench.iters=2",
+    "inputs.height=160",
+    "inputs.width=224",
+)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("launcher", ["local_gpus", "submitit_local"])
+def test_other_launchers_run_the_jobs_and_report_failures(tmp_path, launcher):
+    """conf/hydra/launcher/local_gpus.yaml (joblib) and submitit_local, the local stand-in for
+    conf/hydra/launcher/slurm.yaml: one real job and one refused one."""
+    sweep = tmp_path / "sweep"
+    done = run_runner(
+        "--multirun",
+        *SMALL,
+        f"hydra/launcher={launcher}",
+        "bench.iters=2,-1",
+        f"hydra.sweep.dir={sweep}",
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode != 0, log
+    assert "sweep done: 2 runs: 1 invalid, 1 ok" in log, log
+    (result,) = sweep.rglob("result.csv")
+    (row,) = read_rows(result)
+    assert row.status == "ok" and row.iters == 2
