@@ -82,6 +82,13 @@ def wrap(
     return _wrap_torchvision(model, method, example)
 
 
+def _traced(module: nn.Module, model: nn.Module, example: tuple[torch.Tensor, ...]) -> Exported:
+    """Exported whose TorchScript form is `module` traced on `example`."""
+    return Exported(
+        module, model, "trace", example, lambda: torch.jit.trace(module, example, check_trace=False)
+    )
+
+
 def _flatten_instances(results: list) -> tuple[torch.Tensor, ...]:
     """Eager or scripted Instances (or their get_fields() dicts) -> flat tuple in FIELDS order."""
     flat: list[torch.Tensor] = []
@@ -185,14 +192,8 @@ def _wrap_detectron2(model, method, postprocess, example) -> Exported:
     from detectron2.export import TracingAdapter
 
     if method == "trace":
-        adapter = TracingAdapter(model, example, _D2Inference(postprocess))
-        adapter.eval()
-        return Exported(
-            adapter,
-            model,
-            method,
-            example,
-            lambda: torch.jit.trace(adapter, example, check_trace=False),
+        return _traced(
+            TracingAdapter(model, example, _D2Inference(postprocess)).eval(), model, example
         )
 
     from detectron2.export import scripting_with_instances
@@ -236,13 +237,7 @@ class _TorchvisionFlat(nn.Module):
 def _wrap_torchvision(model, method, example) -> Exported:
     eager = _TorchvisionFlat(model).eval()
     if method == "trace":
-        return Exported(
-            eager,
-            model,
-            method,
-            example,
-            lambda: torch.jit.trace(eager, example, check_trace=False),
-        )
+        return _traced(eager, model, example)
 
     def script():
         return _TorchvisionFlat(torch.jit.script(model)).eval()

@@ -16,6 +16,15 @@ REPO = Path(__file__).resolve().parents[1]
 CONF = REPO / "conf"
 
 DETECTRON2_MISSING = "detectron2 is not installed (README: Install)"
+# a whole run small enough for two CPU cores: torchvision's MobileNet Faster R-CNN, 3 timed calls
+SMALL_CPU_RUN = (
+    "model=tv_fasterrcnn_mobilenet",
+    "device=cpu",
+    "bench.warmup=1",
+    "bench.iters=3",
+    "inputs.height=160",
+    "inputs.width=224",
+)
 CUDA_MISSING = "needs a CUDA device: torch.cuda.is_available() is False on this machine"
 
 
@@ -132,3 +141,23 @@ def skip_without_cuda() -> None:
 
     if not have_cuda():
         pytest.skip(CUDA_MISSING)
+
+
+def assert_logit_layers_exist(model_file: Path) -> str:
+    """Every `logit_layers` entry of a model file names a Conv/Linear of the built model (a
+    misspelt one would be skipped by calibration silently). Returns the weights label."""
+    import torch
+
+    from runner import models
+    from runner.config import ModelConfig
+
+    cfg = ModelConfig(**yaml.safe_load(model_file.read_text()))
+    model, label = models.build(cfg, torch.device("cpu"), seed=0)
+    layers = [
+        name
+        for name, module in model.named_modules()
+        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
+    ]
+    for entry in cfg.logit_layers:
+        assert any(models._matches(name, [entry]) for name in layers), entry
+    return label

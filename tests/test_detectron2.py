@@ -10,8 +10,7 @@ import yaml
 
 from runner import backends, bench, export, inputs, models, parity
 from runner.bench import run
-from runner.config import ModelConfig
-from tests.helpers import CONF, option_files, seed_variants
+from tests.helpers import CONF, assert_logit_layers_exist, option_files, seed_variants
 
 pytestmark = pytest.mark.detectron2
 
@@ -67,16 +66,7 @@ def test_scripting_cascade_rcnn_is_unsupported(make_config):
 )
 def test_logit_layers_name_layers_of_the_model(path):
     """A misspelt logit layer would be skipped silently (no calibration, no warning)."""
-    cfg = ModelConfig(**yaml.safe_load(path.read_text()))
-    model, label = models.build(cfg, CPU, seed=0)
-    assert label == "random(seed=0)"
-    layers = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
-    ]
-    for entry in cfg.logit_layers:
-        assert any(models._matches(name, [entry]) for name in layers), entry
+    assert assert_logit_layers_exist(path) == "random(seed=0)"
 
 
 def test_model_files_exist_for_every_seed_variant():

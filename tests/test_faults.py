@@ -15,18 +15,9 @@ from pathlib import Path
 import pytest
 
 from runner.record import read_rows
-from tests.helpers import REPO, process_gone
+from tests.helpers import REPO, SMALL_CPU_RUN, process_gone
 
 pytestmark = pytest.mark.slow
-
-SMALL = (
-    "model=tv_fasterrcnn_mobilenet",
-    "device=cpu",
-    "bench.warmup=1",
-    "bench.iters=3",
-    "inputs.height=160",
-    "inputs.width=224",
-)
 
 
 def start_runner(*args: str) -> subprocess.Popen:
@@ -89,7 +80,7 @@ def result_files(folder: Path) -> list[Path]:
 
 def test_a_child_killed_by_a_signal_mid_run_is_an_error_row(tmp_path):
     folder = tmp_path / "run"
-    runner = start_runner(*SMALL, "bench.iters=100000", f"hydra.run.dir={folder}")
+    runner = start_runner(*SMALL_CPU_RUN, "bench.iters=100000", f"hydra.run.dir={folder}")
     child = measuring_child(runner)
     wait_for(lambda: (folder / "child.log").exists(), 60, "the child's log")
     os.kill(child, signal.SIGSEGV)
@@ -104,7 +95,7 @@ def test_a_child_killed_by_a_signal_mid_run_is_an_error_row(tmp_path):
 def test_answers_outside_the_parity_bounds_are_a_parity_fail_row_with_numbers(tmp_path):
     # an fp32 run cannot reach match F1 above 1: the bound is broken for real, by the comparison
     folder = tmp_path / "run"
-    runner = start_runner(*SMALL, "precision.min_match=1.01", f"hydra.run.dir={folder}")
+    runner = start_runner(*SMALL_CPU_RUN, "precision.min_match=1.01", f"hydra.run.dir={folder}")
     output, _ = runner.communicate(timeout=300)
     assert runner.returncode == 1, output
     (row,) = read_rows(folder / "result.csv")
@@ -118,7 +109,7 @@ def test_a_sweep_killed_half_way_and_started_again_ends_with_one_row_per_run(tmp
     sweep = tmp_path / "sweep"
     args = (
         "--multirun",
-        *SMALL,
+        *SMALL_CPU_RUN,
         "backend=eager,torchscript",
         "seed=0,1",
         f"hydra.sweep.dir={sweep}",
@@ -146,7 +137,7 @@ def test_a_sweep_killed_half_way_and_started_again_ends_with_one_row_per_run(tmp
 
 def test_two_sweeps_sharing_one_folder_measure_each_run_once(tmp_path):
     sweep = tmp_path / "sweep"
-    args = ("--multirun", *SMALL, "backend=eager,torchscript", f"hydra.sweep.dir={sweep}")
+    args = ("--multirun", *SMALL_CPU_RUN, "backend=eager,torchscript", f"hydra.sweep.dir={sweep}")
     one, two = start_runner(*args), start_runner(*args)
     outputs = [p.communicate(timeout=600)[0] for p in (one, two)]
     assert one.returncode == 0 and two.returncode == 0, outputs
@@ -161,7 +152,7 @@ def test_two_sweeps_sharing_one_folder_measure_each_run_once(tmp_path):
 
 def test_a_parent_killed_while_it_works_leaves_no_partial_result_and_no_orphan(tmp_path):
     folder = tmp_path / "run"
-    runner = start_runner(*SMALL, "bench.iters=100000", f"hydra.run.dir={folder}")
+    runner = start_runner(*SMALL_CPU_RUN, "bench.iters=100000", f"hydra.run.dir={folder}")
     child = measuring_child(runner)
     os.killpg(runner.pid, signal.SIGKILL)
     runner.communicate(timeout=60)

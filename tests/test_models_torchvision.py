@@ -14,7 +14,7 @@ import yaml
 
 from runner import export, inputs, models
 from runner.config import ModelConfig
-from tests.helpers import CONF, option_files
+from tests.helpers import CONF, assert_logit_layers_exist, option_files
 
 CPU = torch.device("cpu")
 HEIGHT, WIDTH = 160, 224
@@ -66,15 +66,7 @@ def test_build_rejects_an_unknown_torchvision_builder(mobilenet_cfg):
 )
 def test_logit_layers_name_layers_of_the_model(path):
     """A misspelt logit layer would be skipped silently (no calibration, no warning)."""
-    cfg = ModelConfig(**yaml.safe_load(path.read_text()))
-    model, _ = models.build(cfg, CPU, seed=0)
-    layers = [
-        name
-        for name, module in model.named_modules()
-        if isinstance(module, (torch.nn.Conv2d, torch.nn.Linear))
-    ]
-    for entry in cfg.logit_layers:
-        assert any(models._matches(name, [entry]) for name in layers), entry
+    assert_logit_layers_exist(path)
 
 
 # ---- calibration -----------------------------------------------------------------------------

@@ -14,34 +14,11 @@ import pytest
 
 from runner import record, report
 from runner.record import Row
+from tests.report_fixtures import A100, H200, H200_ENVIRONMENT, VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
 GOLDEN = Path(__file__).parent / "golden" / "report"
-H200 = "NVIDIA H200"
-A100 = "NVIDIA A100-SXM4-80GB"
 A_NAME, B_NAME = "results/h200_seed.csv", "results/a100_seed.csv"
-H200_ENVIRONMENT = dict(
-    device="cuda",
-    gpu_index="0",
-    gpu_name=H200,
-    gpu_driver="570.86.15",
-    cuda_version="12.4",
-    cudnn_version="90100",
-    torch_version="2.5.1+cu124",
-    backend_version="torch 2.5.1+cu124",
-    torchvision_version="0.20.1+cu124",
-    detectron2_version="0.6",
-    python_version="3.11.2",
-    cpu_model="Intel(R) Xeon(R) Platinum 8468",
-    hostname="bench-01",
-    git_sha="0123456789abcdef0123456789abcdef01234567",
-    timestamp="2026-11-28T12:00:00+00:00",
-    command="python -m runner sweep=seed",
-    warmup=100,
-    iters=200,
-    image_hw="800x1333",
-    shapes="static",
-)
 A100_ENVIRONMENT = dict(
     H200_ENVIRONMENT,
     gpu_name=A100,
@@ -55,12 +32,6 @@ A100_ENVIRONMENT = dict(
     warmup=50,
     iters=100,
 )
-VARIANTS = {
-    "RetinaNet": dict(model="retinanet", export="trace", batch=1, postprocess=True),
-    "RetinaNet_scripted": dict(model="retinanet", export="script", batch=1, postprocess=True),
-    "MaskRCNNFPN": dict(model="mask_rcnn_fpn", export="trace", batch=1, postprocess=False),
-    "CascadeRCNN": dict(model="cascade_rcnn", export="trace", batch=1, postprocess=False),
-}
 
 
 def run_row(machine: dict, variant: str, precision: str, backend: str, **fields) -> Row:

@@ -13,18 +13,9 @@ import torch
 
 from runner.bench import run
 from runner.record import read_rows
-from tests.helpers import run_runner
+from tests.helpers import SMALL_CPU_RUN, run_runner
 
 pytestmark = pytest.mark.slow
-
-SMALL = (
-    "model=tv_fasterrcnn_mobilenet",
-    "device=cpu",
-    "bench.warmup=1",
-    "bench.iters=3",
-    "inputs.height=160",
-    "inputs.width=224",
-)
 
 
 def samples_of(folder) -> list[dict]:
@@ -34,7 +25,7 @@ def samples_of(folder) -> list[dict]:
 
 def test_a_whole_run(make_config, tmp_path):
     out = tmp_path / "run"
-    row = run(make_config(*SMALL, f"output_dir={out}"))
+    row = run(make_config(*SMALL_CPU_RUN, f"output_dir={out}"))
     assert row.status == "ok", row.error
     assert row.error == ""
     assert row.parity_pass is True
@@ -72,7 +63,9 @@ def test_a_whole_run(make_config, tmp_path):
 @pytest.mark.parametrize("export", ["trace", "script"])
 def test_torchscript_backend(make_config, tmp_path, export):
     out = tmp_path / "run"
-    row = run(make_config(*SMALL, "backend=torchscript", f"export={export}", f"output_dir={out}"))
+    row = run(
+        make_config(*SMALL_CPU_RUN, "backend=torchscript", f"export={export}", f"output_dir={out}")
+    )
     assert row.status == "ok", row.error
     assert (row.backend, row.export) == ("torchscript", export)
     assert row.parity_pass is True and row.parity_match_f1 == 1.0
@@ -82,7 +75,7 @@ def test_torchscript_backend(make_config, tmp_path, export):
 
 def test_dynamic_shapes_time_every_size(make_config, tmp_path):
     out = tmp_path / "run"
-    row = run(make_config(*SMALL, "shapes=dynamic", f"output_dir={out}"))
+    row = run(make_config(*SMALL_CPU_RUN, "shapes=dynamic", f"output_dir={out}"))
     assert row.status == "ok", row.error
     # shapes=dynamic: min_scale 0.6 and max_scale 2.5 of 160x224
     assert (row.image_hw, row.image_hw_min, row.image_hw_max) == ("160x224", "96x134", "400x560")
@@ -99,15 +92,15 @@ def test_dynamic_shapes_time_every_size(make_config, tmp_path):
 
 def test_a_finished_run_is_kept_and_redo_measures_again(make_config, tmp_path):
     out = tmp_path / "run"
-    first = run(make_config(*SMALL, f"output_dir={out}"))
+    first = run(make_config(*SMALL_CPU_RUN, f"output_dir={out}"))
     assert first.status == "ok", first.error
     samples_written = (out / "samples.csv").stat().st_mtime_ns
 
-    kept = run(make_config(*SMALL, f"output_dir={out}", "command=another command"))
+    kept = run(make_config(*SMALL_CPU_RUN, f"output_dir={out}", "command=another command"))
     assert kept == first, "the finished run was measured again"  # timestamp included
     assert (out / "samples.csv").stat().st_mtime_ns == samples_written
 
-    again = run(make_config(*SMALL, f"output_dir={out}", "redo=true"))
+    again = run(make_config(*SMALL_CPU_RUN, f"output_dir={out}", "redo=true"))
     assert again.status == "ok", again.error
     assert (out / "samples.csv").stat().st_mtime_ns != samples_written
     assert again.fingerprint == first.fingerprint
@@ -119,7 +112,7 @@ def test_a_run_of_another_config_in_the_same_folder_is_measured(make_config, tmp
     out = tmp_path / "run"
     (out).mkdir()
     (out / "result.csv").write_text("not a result file\n")
-    row = run(make_config(*SMALL, f"output_dir={out}", "bench.iters=2"))
+    row = run(make_config(*SMALL_CPU_RUN, f"output_dir={out}", "bench.iters=2"))
     assert row.status == "ok" and row.iters == 2
     assert len(samples_of(out)) == 2
 
@@ -127,7 +120,7 @@ def test_a_run_of_another_config_in_the_same_folder_is_measured(make_config, tmp
 def test_a_timeout_is_an_error_row(make_config, tmp_path):
     out = tmp_path / "run"
     started = time.monotonic()
-    row = run(make_config(*SMALL, "bench.timeout_s=2", f"output_dir={out}"))
+    row = run(make_config(*SMALL_CPU_RUN, "bench.timeout_s=2", f"output_dir={out}"))
     assert time.monotonic() - started < 2 + 10
     assert row.status == "error"
     assert row.error.startswith("timeout:"), row.error
@@ -138,7 +131,7 @@ def test_a_timeout_is_an_error_row(make_config, tmp_path):
 
 def test_inline_mode_gives_the_same_kind_of_row(make_config, tmp_path, restore_logging):
     out = tmp_path / "run"
-    row = run(make_config(*SMALL, "bench.isolate=false", f"output_dir={out}"))
+    row = run(make_config(*SMALL_CPU_RUN, "bench.isolate=false", f"output_dir={out}"))
     assert row.status == "ok", row.error
     assert row.parity_pass is True and row.latency_ms_median > 0
     assert read_rows(out / "result.csv") == [row]
@@ -149,7 +142,7 @@ def test_inline_mode_gives_the_same_kind_of_row(make_config, tmp_path, restore_l
 
 def test_python_m_runner_single_run(tmp_path):
     out = tmp_path / "single"
-    done = run_runner(*SMALL, f"hydra.run.dir={out}")
+    done = run_runner(*SMALL_CPU_RUN, f"hydra.run.dir={out}")
     assert done.returncode == 0, done.stdout + done.stderr
     (row,) = read_rows(out / "result.csv")
     assert row.status == "ok" and row.output_dir == str(out)
@@ -161,7 +154,7 @@ def test_python_m_runner_single_run(tmp_path):
 
 
 def test_python_m_runner_exit_code_for_invalid_input_is_2(tmp_path):
-    done = run_runner(*SMALL, "batch=0", f"hydra.run.dir={tmp_path / 'bad'}")
+    done = run_runner(*SMALL_CPU_RUN, "batch=0", f"hydra.run.dir={tmp_path / 'bad'}")
     assert done.returncode == 2
     assert "batch=0" in done.stdout + done.stderr
     assert "Traceback" not in done.stdout + done.stderr
@@ -171,7 +164,7 @@ def test_python_m_runner_exit_code_for_invalid_input_is_2(tmp_path):
 def test_python_m_runner_unsupported_is_exit_0(tmp_path):
     out = tmp_path / "unsupported"
     done = run_runner(
-        *SMALL,
+        *SMALL_CPU_RUN,
         "export=script",
         "model.scriptable=false",
         "model.not_scriptable_reason=scripting is off for this test",
@@ -186,7 +179,7 @@ def test_python_m_runner_unsupported_is_exit_0(tmp_path):
 
 def test_python_m_runner_error_is_exit_1(tmp_path):
     out = tmp_path / "error"
-    done = run_runner(*SMALL, "model.arch=no_such_builder", f"hydra.run.dir={out}")
+    done = run_runner(*SMALL_CPU_RUN, "model.arch=no_such_builder", f"hydra.run.dir={out}")
     assert done.returncode == 1, done.stdout + done.stderr
     (row,) = read_rows(out / "result.csv")
     assert row.status == "error"
@@ -198,7 +191,9 @@ def test_python_m_runner_error_is_exit_1(tmp_path):
 def test_an_error_in_the_child_is_an_error_row_with_its_traceback(make_config, tmp_path):
     out = tmp_path / "run"
     row = run(
-        make_config(*SMALL, "backend=torchscript", "backend.options.freeze=1", f"output_dir={out}")
+        make_config(
+            *SMALL_CPU_RUN, "backend=torchscript", "backend.options.freeze=1", f"output_dir={out}"
+        )
     )
     assert row.status == "error"
     assert row.error.startswith("exception: ValueError"), row.error
@@ -210,7 +205,9 @@ def test_an_error_in_the_child_is_an_error_row_with_its_traceback(make_config, t
 
 def test_multirun_sweeps_backends(tmp_path):
     sweep = tmp_path / "sweep"
-    done = run_runner("--multirun", *SMALL, "backend=eager,torchscript", f"hydra.sweep.dir={sweep}")
+    done = run_runner(
+        "--multirun", *SMALL_CPU_RUN, "backend=eager,torchscript", f"hydra.sweep.dir={sweep}"
+    )
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
     assert "sweep done: 2 runs" in log
@@ -224,7 +221,7 @@ def test_multirun_sweeps_backends(tmp_path):
 
     # the same sweep again resumes: both runs are finished, so both rows are kept as they are
     again = run_runner(
-        "--multirun", *SMALL, "backend=eager,torchscript", f"hydra.sweep.dir={sweep}"
+        "--multirun", *SMALL_CPU_RUN, "backend=eager,torchscript", f"hydra.sweep.dir={sweep}"
     )
     assert again.returncode == 0, again.stdout + again.stderr
     assert (again.stdout + again.stderr).count("run: kept") == 2
@@ -233,7 +230,7 @@ def test_multirun_sweeps_backends(tmp_path):
 
 def test_multirun_goes_on_after_an_invalid_job_and_fails_at_the_end(tmp_path):
     sweep = tmp_path / "sweep"
-    done = run_runner("--multirun", *SMALL, "bench.iters=-1,2", f"hydra.sweep.dir={sweep}")
+    done = run_runner("--multirun", *SMALL_CPU_RUN, "bench.iters=-1,2", f"hydra.sweep.dir={sweep}")
     log = done.stdout + done.stderr
     assert done.returncode != 0
     assert "bench.iters=-1" in log
@@ -244,6 +241,6 @@ def test_multirun_goes_on_after_an_invalid_job_and_fails_at_the_end(tmp_path):
 
 def test_multirun_goes_on_after_a_job_with_a_wrongly_typed_value(tmp_path):
     sweep = tmp_path / "sweep"
-    done = run_runner("--multirun", *SMALL, "batch=abc,1", f"hydra.sweep.dir={sweep}")
+    done = run_runner("--multirun", *SMALL_CPU_RUN, "batch=abc,1", f"hydra.sweep.dir={sweep}")
     assert done.returncode != 0
     assert len(list(sweep.rglob("result.csv"))) == 1
