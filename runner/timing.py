@@ -70,7 +70,6 @@ def gpu_busy_ms(
     kernel and copy durations from the PyTorch profiler (CUPTI). This is the floor that latency
     is measured against: latency - gpu_busy is time the GPU waits for the host.
     None when the profiler cannot record CUDA activity here."""
-    import torch
     from torch.profiler import ProfilerActivity, profile
 
     per_call = []
@@ -88,6 +87,5 @@ def gpu_busy_ms(
             per_call.append(total_us / 1000.0)
     except Exception:  # noqa: BLE001 - no CUPTI here: the row says so with an empty cell
         return None
-    del torch
     busy = float(np.median(per_call))
     return busy if busy > 0 else None

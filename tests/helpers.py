@@ -112,19 +112,32 @@ def process_gone(pid: int, wait_s: float = 5.0) -> bool:
         time.sleep(0.05)
 
 
-def run_runner(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`python -m runner ARGS` in a real subprocess, from the repository root."""
+def clean_environment() -> dict[str, str]:
+    """This process's environment without what the runner itself sets for its jobs (D2BENCH_*,
+    HYDRA_*), with the repository importable from any working directory."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("D2BENCH_", "HYDRA_"))}
-    env.pop("PYTHONPATH", None)
+    env["PYTHONPATH"] = str(REPO)
     env["PYTHONUNBUFFERED"] = "1"
+    return env
+
+
+def run_module(
+    module: str, *args: str, cwd: Path = REPO, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in a real subprocess; output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", "runner", *args],
-        cwd=REPO,
-        env=env,
+        [sys.executable, "-m", module, *args],
+        cwd=cwd,
+        env=clean_environment(),
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_runner(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`python -m runner ARGS` in a real subprocess, from the repository root."""
+    return run_module("runner", *args, timeout=timeout)
 
 
 def skip_without_detectron2() -> None:

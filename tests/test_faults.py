@@ -15,19 +15,17 @@ from pathlib import Path
 import pytest
 
 from runner.record import read_rows
-from tests.helpers import REPO, SMALL_CPU_RUN, process_gone
+from tests.helpers import REPO, SMALL_CPU_RUN, clean_environment, process_gone
 
 pytestmark = pytest.mark.slow
 
 
 def start_runner(*args: str) -> subprocess.Popen:
     """`python -m runner ARGS` started in its own process group, output captured."""
-    env = {k: v for k, v in os.environ.items() if not k.startswith(("D2BENCH_", "HYDRA_"))}
-    env.pop("PYTHONPATH", None)
     return subprocess.Popen(
         [sys.executable, "-m", "runner", *args],
         cwd=REPO,
-        env=env,
+        env=clean_environment(),
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,

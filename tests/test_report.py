@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from runner import record, report
 from runner.record import Row
+from tests.helpers import run_module
 from tests.report_fixtures import A100, H200, VARIANTS
 from tests.report_fixtures import H200_ENVIRONMENT as ENVIRONMENT
 
@@ -448,13 +448,7 @@ def test_latency_lines_are_pixels_against_median_ms():
 
 
 def run_cli(*arguments: str) -> subprocess.CompletedProcess:
-    return subprocess.run(
-        [sys.executable, "-m", "runner.report", *arguments],
-        cwd=ROOT,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_module("runner.report", *arguments, timeout=60)
 
 
 def test_cli_writes_csv_readme_and_plots(tmp_path):

@@ -7,13 +7,13 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
 
 from runner import record, report
 from runner.record import Row
+from tests.helpers import run_module
 from tests.report_fixtures import A100, H200, H200_ENVIRONMENT, VARIANTS
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -324,15 +324,7 @@ def test_no_pairs_at_all_still_lists_both_sides():
 
 
 def run_cli(cwd: Path, *arguments: str) -> subprocess.CompletedProcess:
-    environment = dict(os.environ, PYTHONPATH=str(ROOT))
-    return subprocess.run(
-        [sys.executable, "-m", "runner.report", *arguments],
-        cwd=cwd,
-        env=environment,
-        capture_output=True,
-        text=True,
-        timeout=60,
-    )
+    return run_module("runner.report", *arguments, cwd=cwd, timeout=60)
 
 
 def test_cli_prints_the_comparison(tmp_path):
