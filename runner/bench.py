@@ -16,8 +16,8 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from runner import gpus, isolate, record
-from runner.config import Config
+from runner import backends, gpus, isolate, record
+from runner.config import Config, options_text
 from runner.config import fingerprint as config_fingerprint
 from runner.record import Row
 
@@ -33,6 +33,7 @@ def identity(cfg: Config) -> dict:
         "postprocess": cfg.postprocess,
         "precision": cfg.precision.name,
         "backend": cfg.backend.name,
+        "backend_options": options_text(cfg.backend),
         "shapes": cfg.shapes.name,
         "image_hw": f"{cfg.inputs.height}x{cfg.inputs.width}",
         "device": cfg.device,
@@ -46,7 +47,9 @@ def identity(cfg: Config) -> dict:
 def describe(cfg: Config) -> str:
     return (
         f"{cfg.variant or cfg.model.name} export={cfg.export} batch={cfg.batch} "
-        f"precision={cfg.precision.name} backend={cfg.backend.name} shapes={cfg.shapes.name}"
+        f"precision={cfg.precision.name} backend={cfg.backend.name}"
+        + (f"[{options_text(cfg.backend)}]" if options_text(cfg.backend) else "")
+        + f" shapes={cfg.shapes.name}"
     )
 
 
@@ -88,7 +91,10 @@ def _measure_and_record(cfg: Config, out: Path, fingerprint: str) -> Row:
     gpu = ""
     try:
         with contextlib.ExitStack() as stack:
-            if cfg.bench.isolate:
+            absent = backends.missing(cfg.backend.name)
+            if absent:  # nothing to measure: say so now instead of building the model first
+                fields = {"status": "unsupported", "error": absent}
+            elif cfg.bench.isolate:
                 child_cfg, env = cfg, {}
                 if cfg.device.startswith("cuda"):  # the child sees only the GPU it claimed
                     gpu = stack.enter_context(gpus.claim(cfg.device))
@@ -251,7 +257,10 @@ def measure(cfg: Config) -> dict:
             if shape == "opt":
                 fields["num_detections"] = sum(len(d) for d in output)
                 if device.type == "cuda":
-                    fields["gpu_busy_ms"] = timing.gpu_busy_ms(lambda b=batch: call(b), synchronize)
+                    gpu_prof = timing.gpu_profile(lambda b=batch: call(b), synchronize)
+                    if gpu_prof is not None:
+                        fields["gpu_busy_ms"], fields["gpu_ops"] = gpu_prof.busy_ms, gpu_prof.ops
+                        record.write_atomic(out / "profile.txt", _profile_text(gpu_prof, images))
             log.info(
                 "%s %s: median %.3f ms over %d calls (%s)",
                 shape,
@@ -293,6 +302,13 @@ def measure(cfg: Config) -> dict:
     )
     log.info("parity: %s", asdict(worst))
     return fields
+
+
+def _profile_text(gpu, images) -> str:
+    return (
+        f"# GPU activity of one call at {images.hw('opt')} (the median of 5 profiled calls): "
+        f"{gpu.busy_ms:.3f} ms busy, {gpu.ops} kernels and copies\n{gpu.table}"
+    )
 
 
 def _write_samples(path: Path, samples: dict[str, list[float]], images) -> None:

@@ -14,6 +14,7 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 FAMILIES = ("detectron2", "torchvision")
 EXPORTS = ("trace", "script")
 DTYPES = ("float32", "float16", "bfloat16")
@@ -191,6 +192,28 @@ def validate(cfg: Config) -> None:
     for label, path in (("model.weights", m.weights), ("inputs.image", i.image)):
         if path is not None:
             _check(Path(path).is_file(), f"{label}={path}: no such file")
+
+
+def _option_text(value: Any) -> str:
+    if isinstance(value, bool):
+        return str(value).lower()
+    return "null" if value is None else str(value)
+
+
+def options_text(backend: BackendConfig, conf_dir: Path = CONF_DIR) -> str:
+    """The backend options that differ from the backend's own conf/backend/<name>.yaml, as
+    "key=value" pairs sorted by key ("" when the run used that file's options). Every option
+    where there is no such file. Rows record it so that two option sets stay two rows."""
+    defaults: dict = {}
+    path = conf_dir / "backend" / f"{backend.name}.yaml"
+    if path.is_file():
+        defaults = OmegaConf.to_container(OmegaConf.load(path)).get("options") or {}
+    changed = {
+        key: value
+        for key, value in backend.options.items()
+        if key not in defaults or defaults[key] != value or type(defaults[key]) is not type(value)
+    }
+    return " ".join(f"{key}={_option_text(changed[key])}" for key in sorted(changed))
 
 
 def torch_dtype(name: str):

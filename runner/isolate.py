@@ -53,6 +53,19 @@ def _child_main(fn: Callable, args: tuple, conn) -> None:
     except Exception as error:  # the result itself could not be pickled
         conn.send(("raised", type(error).__name__, f"result not transferable: {error}", ""))
     conn.close()
+    # The result is in the pipe and the run's files are written: skip the interpreter's
+    # teardown (CUDA context, compiler worker pools, atexit hooks), which takes seconds per run
+    # and can hang; the parent kills whatever the child started with its process group.
+    import logging
+    import sys
+
+    logging.shutdown()
+    for stream in (sys.stdout, sys.stderr):
+        try:
+            stream.flush()
+        except (OSError, ValueError, AttributeError):
+            pass
+    os._exit(0)
 
 
 def _kill_group(process) -> None:

@@ -33,6 +33,8 @@ class Row:
     postprocess: bool = False
     precision: str = ""
     backend: str = ""
+    # options that differ from conf/backend/<backend>.yaml, "key=value ..." ("": that file's)
+    backend_options: str = ""
     shapes: str = ""
     image_hw: str = ""
     device: str = ""
@@ -55,6 +57,7 @@ class Row:
     latency_ms_median_max_shape: float | None = None
     # the GPU's own time for one call at the opt size (profiler: kernels and copies), in ms
     gpu_busy_ms: float | None = None
+    gpu_ops: int | None = None  # kernels and copies one call launches (profile.txt: the top ones)
     # cost of optimizing: backend.optimize() plus the first call at each size, in seconds
     optimize_s: float | None = None
     peak_mem_mb: float | None = None  # CUDA allocator peak during the timed calls
@@ -94,6 +97,8 @@ class Row:
 
 
 COLUMNS = [f.name for f in fields(Row)]
+# columns files of earlier versions lack; read from such a file they take their defaults
+ADDED_COLUMNS = ("backend_options", "gpu_ops")
 _TYPES = {f.name: f.type for f in fields(Row)}
 
 
@@ -165,17 +170,18 @@ def read_rows(path: Path) -> list[Row]:
         raise ValueError(f"{path}: truncated (no final newline)")
     records = list(csv.reader(io.StringIO(text)))
     header, body = records[0], records[1:]
-    if header != COLUMNS:
-        missing = [c for c in COLUMNS if c not in header]
-        unknown = [c for c in header if c not in COLUMNS]
+    missing = [c for c in COLUMNS if c not in header]
+    unknown = [c for c in header if c not in COLUMNS]
+    if unknown or set(missing) - set(ADDED_COLUMNS) or len(set(header)) != len(header):
         raise ValueError(
             f"{path}: columns differ from this version's (missing {missing}, unknown {unknown})"
         )
     rows = []
     for number, record in enumerate(body, start=2):
-        if len(record) != len(COLUMNS):
-            raise ValueError(f"{path}:{number}: {len(record)} fields, expected {len(COLUMNS)}")
-        row = Row(**{c: _from_text(c, t) for c, t in zip(COLUMNS, record, strict=True)})
+        if len(record) != len(header):
+            raise ValueError(f"{path}:{number}: {len(record)} fields, expected {len(header)}")
+        texts = dict(zip(header, record, strict=True))
+        row = Row(**{c: _from_text(c, t) for c, t in texts.items()})
         if row.status not in STATUSES:
             raise ValueError(f"{path}:{number}: status {row.status!r} not in {STATUSES}")
         rows.append(row)

@@ -72,6 +72,7 @@ IDENTITY = (
     "postprocess",
     "precision",
     "backend",
+    "backend_options",
     "shapes",
     "image_hw",
 )
@@ -228,9 +229,14 @@ def identity_of(row: Row) -> tuple:
     return (*pair_key(row), machine_of(row))
 
 
+def backend_label(row: Row) -> str:
+    """The backend, with the options it ran with where they differ from its conf file's."""
+    return f"{row.backend} [{row.backend_options}]" if row.backend_options else row.backend
+
+
 def describe(row: Row) -> str:
     return (
-        f"{title_of(row)} {row.precision} {row.backend} {row.shapes} {row.image_hw} "
+        f"{title_of(row)} {row.precision} {backend_label(row)} {row.shapes} {row.image_hw} "
         f"on {machine_of(row)}"
     )
 
@@ -325,7 +331,7 @@ def sort_rows(rows: Iterable[Row]) -> list[Row]:
             rank(row.shapes, SHAPES_ORDER),
             row.image_hw,
             rank(row.precision, PRECISION_ORDER),
-            rank(row.backend, (REFERENCE_BACKEND,)),
+            rank(backend_label(row), (REFERENCE_BACKEND,)),
             machine_of(row),
         )
 
@@ -369,6 +375,7 @@ def speed_up(row: Row, rows: Iterable[Row]) -> float | None:
     for other in rows:
         if (
             other.backend == REFERENCE_BACKEND
+            and not other.backend_options
             and other.precision == row.precision
             and table_key(other) == table_key(row)
             and is_measured(other)
@@ -497,7 +504,11 @@ def table_row(row: Row, rows: Sequence[Row]) -> str:
         ]
     else:
         figures = [failure_text(row)] + [""] * (len(TABLE_COLUMNS) - 3)
-    return "| " + " | ".join(cell(text) for text in [row.backend, row.precision, *figures]) + " |"
+    return (
+        "| "
+        + " | ".join(cell(text) for text in [backend_label(row), row.precision, *figures])
+        + " |"
+    )
 
 
 def table_subtitle(row: Row) -> str:
@@ -627,7 +638,9 @@ def speedup_bars(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
     for row in sort_rows(rows):
         ratio = speed_up(row, rows)
         if row.backend != REFERENCE_BACKEND and ratio is not None:
-            bars.setdefault(f"{labels[table_key(row)]} / {row.backend}", {})[row.precision] = ratio
+            bars.setdefault(f"{labels[table_key(row)]} / {backend_label(row)}", {})[
+                row.precision
+            ] = ratio
     return bars
 
 
@@ -679,7 +692,7 @@ def latency_lines(rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
         ]
         points = [(pixels(hw), ms) for hw, ms in sizes if pixels(hw) and ms is not None]
         if points:
-            lines[f"{labels[table_key(row)]} {row.backend} {row.precision}"] = sorted(points)
+            lines[f"{labels[table_key(row)]} {backend_label(row)} {row.precision}"] = sorted(points)
     return lines
 
 
@@ -776,7 +789,17 @@ def pair_row(a: Row, b: Row) -> str:
     (a_median, a_busy, a_parity), (b_median, b_busy, b_parity) = side_cells(a), side_cells(b)
     ratio = ratio_text(latency_ratio(a, b))
     return markdown_row(
-        [a.backend, a.precision, a_median, b_median, ratio, a_busy, b_busy, a_parity, b_parity]
+        [
+            backend_label(a),
+            a.precision,
+            a_median,
+            b_median,
+            ratio,
+            a_busy,
+            b_busy,
+            a_parity,
+            b_parity,
+        ]
     )
 
 
@@ -804,7 +827,7 @@ def compare_tables(pairs: Sequence[tuple[Row, Row]], level: int) -> list[str]:
         lines += markdown_header(COMPARE_COLUMNS)
         lines += [pair_row(a, b) for a, b in group]
         labelled = [
-            (f"{side} {row.backend} {row.precision}", row)
+            (f"{side} {backend_label(row)} {row.precision}", row)
             for a, b in group
             for side, row in (("A", a), ("B", b))
         ]
@@ -825,10 +848,10 @@ def only_section(side: str, other: str, rows: Sequence[Row], names: dict[str, st
     lines += ["", *markdown_header(columns)]
     for row in rows:
         machine = [machine_of(row)] if with_machine else []
-        identity = [title_of(row), row.shapes, row.image_hw, row.backend, row.precision]
+        identity = [title_of(row), row.shapes, row.image_hw, backend_label(row), row.precision]
         lines.append(markdown_row([*machine, *identity, *side_cells(row)]))
     labelled = [
-        (f"{title_of(row)} {row.shapes} {row.image_hw} {row.backend} {row.precision}", row)
+        (f"{title_of(row)} {row.shapes} {row.image_hw} {backend_label(row)} {row.precision}", row)
         for row in rows
     ]
     notes = failure_notes(labelled)

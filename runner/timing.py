@@ -63,29 +63,63 @@ def summarize(samples_ms: Sequence[float], batch: int) -> dict[str, float]:
     }
 
 
-def gpu_busy_ms(
+@dataclass(frozen=True)
+class GpuProfile:
+    """What the GPU did during one call: `busy_ms`, the sum of its kernel and copy durations;
+    `ops`, how many kernels and copies the call launched; `table`, the ops that took the most
+    device time (text). busy_ms is the floor latency is measured against: latency - busy_ms is
+    time the GPU waited for the host."""
+
+    busy_ms: float
+    ops: int
+    table: str
+
+
+def device_summary(events: Sequence[tuple[str, int, float]], top: int = 15) -> GpuProfile:
+    """GpuProfile of one call from its device activities: (name, launches, device time in us)
+    per distinct kernel or copy."""
+    active = [(name, count, us) for name, count, us in events if us > 0 and count > 0]
+    total_us = sum(us for _, _, us in active)
+    lines = [f"{'device us':>10} {'share':>6} {'calls':>6}  name"]
+    for name, count, us in sorted(active, key=lambda e: -e[2])[:top]:
+        share = us / total_us if total_us else 0.0
+        lines.append(f"{us:10.1f} {share:6.1%} {count:6d}  {name[:110]}")
+    lines.append(f"{total_us:10.1f} {1:6.0%} {sum(c for _, c, _ in active):6d}  (all)")
+    return GpuProfile(total_us / 1000.0, sum(c for _, c, _ in active), "\n".join(lines) + "\n")
+
+
+def gpu_profile(
     call: Callable[[], object], synchronize: Callable[[], None], calls: int = 5
-) -> float | None:
-    """Median over `calls` calls of the GPU time one call keeps the device busy: the sum of its
-    kernel and copy durations from the PyTorch profiler (CUPTI). This is the floor that latency
-    is measured against: latency - gpu_busy is time the GPU waits for the host.
-    None when the profiler cannot record CUDA activity here."""
+) -> GpuProfile | None:
+    """The GpuProfile of the median call (by busy time) of `calls` profiled calls, from the
+    PyTorch profiler (CUPTI). None when the profiler cannot record CUDA activity here."""
     from torch.profiler import ProfilerActivity, profile
 
-    per_call = []
+    profiles = []
     try:
         for _ in range(calls):
             synchronize()
             with profile(activities=[ProfilerActivity.CUDA]) as prof:
                 call()
                 synchronize()
-            total_us = 0.0
-            for event in prof.key_averages():
-                total_us += getattr(
-                    event, "self_device_time_total", getattr(event, "self_cuda_time_total", 0.0)
+            profiles.append(
+                device_summary(
+                    [
+                        (
+                            event.key,
+                            int(event.count),
+                            getattr(
+                                event,
+                                "self_device_time_total",
+                                getattr(event, "self_cuda_time_total", 0.0),
+                            ),
+                        )
+                        for event in prof.key_averages()
+                    ]
                 )
-            per_call.append(total_us / 1000.0)
-    except Exception:  # noqa: BLE001 - no CUPTI here: the row says so with an empty cell
+            )
+    except Exception:  # noqa: BLE001 - no CUPTI here: the row says so with empty cells
         return None
-    busy = float(np.median(per_call))
-    return busy if busy > 0 else None
+    profiles.sort(key=lambda p: p.busy_ms)
+    median = profiles[len(profiles) // 2]
+    return median if median.busy_ms > 0 else None

@@ -9,7 +9,7 @@
 # It assumes d2bench's dependencies, detectron2 included, are importable (README: Install).
 set -u
 batch=${1:?usage: scripts/device_batch.sh BATCH_FILE}
-OUT=${OUT:-/tmp/d2bench-out}
+export OUT=${OUT:-/tmp/d2bench-out}   # batch commands may write under $OUT too
 mkdir -p "$OUT"
 log="$OUT/batch.log"
 export PYTHONUNBUFFERED=1 PYTHONPATH="$PWD${PYTHONPATH:+:$PYTHONPATH}"

@@ -222,6 +222,22 @@ def test_backends_of_absent_packages_are_unsupported_saying_how_to_get_them(
     assert module in str(reason.value)
 
 
+@pytest.mark.parametrize(
+    "name, module, hint",
+    [("tensorrt", "torch_tensorrt", "pip install"), ("torch_blade", "torch_blade", "BladeDISC")],
+)
+def test_missing_says_why_without_importing(name, module, hint):
+    if importlib.util.find_spec(module) is not None:
+        pytest.skip(f"{module} is installed here")
+    reason = backends.missing(name)
+    assert reason is not None and hint in reason and f"module {module} not found" in reason
+
+
+@pytest.mark.parametrize("name", ["eager", "torchscript", "inductor", "cudagraphs"])
+def test_missing_is_none_for_backends_of_torch_alone(name):
+    assert backends.missing(name) is None
+
+
 @pytest.mark.parametrize("name", backends.names())
 def test_every_backend_refuses_an_unknown_option(name):
     with pytest.raises(ValueError, match=f"backend={name}: unknown option"):

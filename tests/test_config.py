@@ -256,3 +256,26 @@ def test_detectron2_models_name_model_zoo_configs():
     assert len(files) >= 4
     for path, data in files:
         assert model_zoo.get_config_file(data["arch"]), path
+
+
+def test_options_text_names_only_options_that_differ_from_the_backend_file(compose):
+    from runner.config import options_text
+
+    plain = to_config(compose("backend=compiled_graphs", "device=cpu"))
+    assert options_text(plain.backend) == ""
+    tuned = to_config(
+        compose(
+            "backend=compiled_graphs",
+            "backend.options.channels_last=true",
+            "backend.options.mode=max-autotune-no-cudagraphs",
+            "device=cpu",
+        )
+    )
+    assert options_text(tuned.backend) == "channels_last=true mode=max-autotune-no-cudagraphs"
+
+
+def test_options_text_lists_every_option_of_a_backend_without_a_file(tmp_path):
+    from runner.config import BackendConfig, options_text
+
+    backend = BackendConfig(name="mine", options={"b": False, "a": None, "c": 3})
+    assert options_text(backend, conf_dir=tmp_path) == "a=null b=false c=3"

@@ -3,7 +3,9 @@ lock, the environment, and the config fingerprint that decides whether a run is 
 
 from __future__ import annotations
 
+import csv
 import dataclasses
+import io
 import os
 import stat
 import subprocess
@@ -276,3 +278,17 @@ def test_fingerprint_follows_what_is_measured_not_where_it_is_written(compose, t
     assert fingerprint(changed, code) != fingerprint(base, code)
     assert fingerprint(other_model, code) != fingerprint(base, code)
     assert fingerprint(base, "abc124") != fingerprint(base, code)
+
+
+def test_a_file_of_the_previous_version_reads_with_defaults_for_added_columns(tmp_path):
+    """results/ holds files written before backend_options and gpu_ops existed."""
+    path = tmp_path / "result.csv"
+    text = record.to_csv_text([full_row(backend_options="x=1", gpu_ops=7)])
+    header, body = csv.reader(io.StringIO(text))
+    keep = [i for i, c in enumerate(header) if c not in record.ADDED_COLUMNS]
+    with open(path, "w", newline="") as f:
+        csv.writer(f, lineterminator="\n").writerows(
+            [[header[i] for i in keep], [body[i] for i in keep]]
+        )
+    (row,) = read_rows(path)
+    assert row == full_row(backend_options="", gpu_ops=None)

@@ -237,6 +237,20 @@ def test_speed_up_and_figures_are_formatted_in_the_table():
     ]
 
 
+def test_backend_options_make_their_own_row_labelled_with_them():
+    plain = measured("RetinaNet", "fp16", "cg", 8.0)
+    tuned = measured("RetinaNet", "fp16", "cg", 4.0, backend_options="channels_last=true")
+    eager = measured("RetinaNet", "fp16", "eager", 12.0)
+    odd_eager = measured("RetinaNet", "fp16", "eager", 1.0, backend_options="x=1")
+    rows = [plain, tuned, eager, odd_eager]
+    assert report.identity_of(plain) != report.identity_of(tuned)
+    kept, dropped = report.drop_duplicates(rows)
+    assert len(kept) == 4 and not dropped
+    assert report.speed_up(tuned, rows) == pytest.approx(3.0)  # against plain eager only
+    text = report.tables(rows)
+    assert "| cg [channels_last=true] | fp16 |" in text and "| cg | fp16 |" in text
+
+
 def test_failed_rows_show_status_and_first_line_of_error():
     text = report.tables(fixture_rows())
     assert "| unsupported: torchscript: RetinaNet \\| scripting needs the scriptable head |" in text

@@ -176,6 +176,7 @@ def test_each_identity_field_separates_pairs():
         postprocess=False,
         precision="fp16",
         backend="inductor",
+        backend_options="mode=max-autotune",
         shapes="dynamic",
         image_hw="512x512",
     )

@@ -5,6 +5,7 @@ exit codes, --multirun sweeps)."""
 from __future__ import annotations
 
 import csv
+import importlib.util
 import re
 import time
 
@@ -175,6 +176,20 @@ def test_python_m_runner_unsupported_is_exit_0(tmp_path):
     assert row.status == "unsupported"
     assert row.error == "export=script: scripting is off for this test"
     assert row.latency_ms_median is None
+
+
+def test_absent_backend_package_is_unsupported_without_a_child(tmp_path):
+    """torch_blade is on no registry: the parent records why at once, building no model."""
+    if importlib.util.find_spec("torch_blade") is not None:
+        pytest.skip("torch_blade is installed here")
+    out = tmp_path / "blade"
+    done = run_runner(*SMALL_CPU_RUN, "backend=torch_blade", f"hydra.run.dir={out}")
+    assert done.returncode == 0, done.stdout + done.stderr
+    (row,) = read_rows(out / "result.csv")
+    assert row.status == "unsupported"
+    assert "module torch_blade not found" in row.error and "BladeDISC" in row.error
+    assert row.torch_version  # the row still says what it ran on
+    assert not (out / "child.log").exists(), "a child was started for a backend that is absent"
 
 
 def test_python_m_runner_error_is_exit_1(tmp_path):

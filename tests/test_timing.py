@@ -8,6 +8,7 @@ import time
 import numpy as np
 import pytest
 
+from runner import timing
 from runner.timing import Protocol, measure, summarize
 
 
@@ -112,3 +113,25 @@ def test_measure_times_the_synchronize_too():
     samples = measure(lambda: None, Protocol(warmup=0, iters=3), synchronize)
     assert len(samples) == 3
     assert all(s >= 5.0 for s in samples), samples
+
+
+def test_device_summary_adds_up_kernels_and_copies_of_one_call():
+    events = [
+        ("sm90_xmma_gemm", 10, 300.0),
+        ("Memcpy HtoD (Pageable -> Device)", 2, 5.0),
+        ("cudaLaunchKernel", 40, 0.0),  # host-side runtime call: no device time
+        ("elementwise_kernel", 100, 195.0),
+    ]
+    profile = timing.device_summary(events, top=2)
+    assert profile.busy_ms == pytest.approx(0.5)
+    assert profile.ops == 112
+    lines = profile.table.splitlines()
+    assert "sm90_xmma_gemm" in lines[1] and "60.0%" in lines[1]
+    assert "elementwise_kernel" in lines[2]
+    assert len(lines) == 4 and "(all)" in lines[3] and "112" in lines[3]
+    assert "cudaLaunchKernel" not in profile.table
+
+
+def test_device_summary_of_no_activity_is_zero():
+    profile = timing.device_summary([])
+    assert profile.busy_ms == 0 and profile.ops == 0

@@ -10,12 +10,15 @@ values or types); the registry validates a run's options against it before anyth
 (`validate_options`), so a typo fails fast with the field and the allowed values. A backend
 raises `Unsupported` when it cannot apply (optional package missing, model it cannot handle);
 the run then records status=unsupported with that reason. Optional packages are imported inside the
-function, so importing this registry never needs them.
+function, so importing this registry never needs them; a backend that names them in `requires`
+is reported unsupported by the parent at once, without building a model, when one is absent
+(`missing`).
 """
 
 from __future__ import annotations
 
 import importlib
+import importlib.util
 import pkgutil
 from collections.abc import Callable
 from typing import Any
@@ -29,6 +32,8 @@ Backend = Callable[..., Callable]
 
 # name -> (optimize, allowed options, version): filled by @register as backend modules import
 _BACKENDS: dict[str, tuple[Backend, dict[str, tuple], Callable[[], str]]] = {}
+# name -> (modules it needs, what to tell the user when one is missing)
+_REQUIRES: dict[str, tuple[tuple[str, ...], str]] = {}
 
 
 def _torch_version() -> str:
@@ -38,15 +43,21 @@ def _torch_version() -> str:
 
 
 def register(
-    name: str, options: dict[str, tuple] | None = None, version: Callable[[], str] = _torch_version
+    name: str,
+    options: dict[str, tuple] | None = None,
+    version: Callable[[], str] = _torch_version,
+    requires: tuple[str, ...] = (),
+    how_to_get: str = "",
 ):
     """Register `optimize` under `name`. `options`: option name -> tuple of allowed values or
-    types; `version()` names what does the work, for the row."""
+    types; `version()` names what does the work, for the row; `requires`: top-level modules it
+    imports that may be absent, and `how_to_get` what to tell the user then."""
 
     def decorate(fn: Backend) -> Backend:
         if name in _BACKENDS and _BACKENDS[name][0] is not fn:
             raise ValueError(f"backend {name!r} registered twice")
         _BACKENDS[name] = (fn, dict(options or {}), version)
+        _REQUIRES[name] = (tuple(requires), how_to_get)
         return fn
 
     return decorate
@@ -67,6 +78,18 @@ def get(name: str) -> Backend:
     if name not in _BACKENDS:
         raise KeyError(f"unknown backend {name!r}; registered: {sorted(_BACKENDS)}")
     return _BACKENDS[name][0]
+
+
+def missing(name: str) -> str | None:
+    """Why backend `name` cannot run in this environment (a module it requires is not
+    installed), or None. Looks modules up without importing them."""
+    get(name)
+    modules, how_to_get = _REQUIRES.get(name, ((), ""))
+    absent = [m for m in modules if importlib.util.find_spec(m) is None]
+    if not absent:
+        return None
+    found = f"module {', '.join(absent)} not found"
+    return f"{how_to_get} ({found})" if how_to_get else f"{name}: {found}"
 
 
 def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:

@@ -28,6 +28,22 @@ _HEADS = [
 ]  # dense detectors: detectron2 and torchvision RetinaNet
 
 
+# Options every compiler / CUDA-graph backend takes (conf/backend/*.yaml documents them)
+TUNING = {
+    "channels_last": (bool,),  # NHWC weights and activations for the convolutions
+    "cudnn_benchmark": (bool,),  # cuDNN times its algorithms per conv shape, keeps the fastest
+}
+
+
+def tune(exported, options: dict) -> None:
+    """Apply the TUNING options a run asked for. cudnn_benchmark is process-wide: each run has
+    its own process (runner.isolate), so it reaches no other run."""
+    if options.get("channels_last"):
+        exported.model.to(memory_format=torch.channels_last)
+    if options.get("cudnn_benchmark"):
+        torch.backends.cudnn.benchmark = True
+
+
 def static_parts(model: nn.Module, scope: str) -> list[tuple[nn.Module, str]]:
     """(parent, attribute) of each static-shape part of `model` that `scope` covers."""
     places = _BACKBONE + (_HEADS if scope == "backbone+heads" else [])

@@ -9,15 +9,14 @@ from runner.backends import _parts, register
 OPTIONS = {
     "scope": _parts.SCOPES,
     "mode": ("default", "max-autotune-no-cudagraphs"),
-    "channels_last": (bool,),
+    **_parts.TUNING,
 }
 
 
 @register("compiled_graphs", options=OPTIONS)
 def optimize(exported, inputs, precision, options):
     _parts.require_cuda(exported, "compiled_graphs")
-    if options.get("channels_last"):
-        exported.model.to(memory_format=torch.channels_last)
+    _parts.tune(exported, options)
     mode = options.get("mode", "default")
     _parts.replace_parts(
         exported.model,

@@ -5,10 +5,13 @@ hundreds of small kernels in those parts."""
 
 from runner.backends import _parts, register
 
+OPTIONS = {"scope": _parts.SCOPES, **_parts.TUNING}
 
-@register("cudagraphs", options={"scope": _parts.SCOPES})
+
+@register("cudagraphs", options=OPTIONS)
 def optimize(exported, inputs, precision, options):
     _parts.require_cuda(exported, "cudagraphs")
+    _parts.tune(exported, options)
     _parts.replace_parts(
         exported.model, options.get("scope", "backbone+heads"), _parts.GraphedByShape
     )

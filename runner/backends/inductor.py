@@ -14,7 +14,7 @@ OPTIONS = {
     "mode": MODES,
     "scope": ("model",) + _parts.SCOPES,
     "dynamic": (bool, None),  # None: torch.compile's default (static, then dynamic)
-    "channels_last": (bool,),
+    **_parts.TUNING,
 }
 
 
@@ -23,8 +23,7 @@ def optimize(exported, inputs, precision, options):
     mode = options.get("mode", "default")
     dynamic = options.get("dynamic")
     scope = options.get("scope", "backbone+heads")
-    if options.get("channels_last"):
-        exported.model.to(memory_format=torch.channels_last)
+    _parts.tune(exported, options)
     if scope == "model":
         return torch.compile(exported.module, mode=mode, dynamic=dynamic)
     _parts.replace_parts(

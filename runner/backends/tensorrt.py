@@ -14,16 +14,24 @@ def _version() -> str:
     return f"torch_tensorrt {torch_tensorrt.__version__}"
 
 
-@register("tensorrt", options={"min_block_size": (int,)}, version=_version)
+HOW_TO_GET = (
+    "torch_tensorrt is not installed: `pip install torch-tensorrt` (the release that "
+    f"matches torch {torch.__version__}) on a machine with TensorRT"
+)
+
+
+@register(
+    "tensorrt",
+    options={"min_block_size": (int,)},
+    version=_version,
+    requires=("torch_tensorrt",),
+    how_to_get=HOW_TO_GET,
+)
 def optimize(exported, inputs, precision, options):
     try:
         import torch_tensorrt
     except ImportError as error:
-        raise Unsupported(
-            "torch_tensorrt is not installed: `pip install torch-tensorrt` (the release that "
-            f"matches torch {torch.__version__}) on a machine with TensorRT "
-            f"(import failed: {error})"
-        ) from error
+        raise Unsupported(f"{HOW_TO_GET} (import failed: {error})") from error
     opt = inputs.images["opt"]
     shapes = [
         torch_tensorrt.Input(

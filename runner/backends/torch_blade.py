@@ -22,7 +22,7 @@ def _version() -> str:
     return f"torch_blade {torch_blade.__version__}"
 
 
-@register("torch_blade", version=_version)
+@register("torch_blade", version=_version, requires=("torch_blade",), how_to_get=HOW_TO_GET)
 def optimize(exported, inputs, precision, options):
     try:
         import torch_blade
