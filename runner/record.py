@@ -218,11 +218,15 @@ def _run(command: list[str], cwd: Path | None = None) -> str:
 
 
 def git_sha() -> str:
-    """The d2bench commit, '-dirty' when tracked files differ; $D2BENCH_GIT_SHA where no .git."""
+    """The d2bench commit: $D2BENCH_GIT_SHA where set (a copy of the code whose .git is not
+    the code's own, as on a lent GPU machine), else git's HEAD, '-dirty' when tracked files
+    differ from it; 'unknown' without either."""
+    if os.environ.get("D2BENCH_GIT_SHA"):
+        return os.environ["D2BENCH_GIT_SHA"]
     root = Path(__file__).resolve().parents[1]
     sha = _run(["git", "rev-parse", "HEAD"], cwd=root)
     if not sha:
-        return os.environ.get("D2BENCH_GIT_SHA", "unknown")
+        return "unknown"
     dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
     return sha + ("-dirty" if dirty else "")
 

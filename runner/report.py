@@ -46,7 +46,7 @@ import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from runner import record
+from runner import performance, record
 from runner.record import Row
 
 log = logging.getLogger("runner.report")
@@ -556,9 +556,14 @@ def plot_links(plots: Sequence[str]) -> str:
     return "\n\n".join(f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in plots)
 
 
-def tables(rows: Sequence[Row], results_csv: str = "", plots: Sequence[str] = ()) -> str:
+def tables(
+    rows: Sequence[Row],
+    results_csv: str = "",
+    plots: Sequence[str] = (),
+    targets: performance.Targets | None = None,
+) -> str:
     """Markdown: provenance, one table per variant (a section per machine where several), the
-    plots (links as given) and a legend."""
+    plots (links as given), a legend, then where the time goes (and the targets, where given)."""
     by_machine: dict[str, list[Row]] = {}
     for row in sort_rows(rows):
         by_machine.setdefault(machine_of(row), []).append(row)
@@ -572,6 +577,18 @@ def tables(rows: Sequence[Row], results_csv: str = "", plots: Sequence[str] = ()
     if plots:
         parts.append(plot_links(plots))
     parts.append(LEGEND)
+    for machine in sorted(by_machine):
+        headings = table_headings(by_machine[machine])
+        section = performance.section(
+            by_machine[machine],
+            table_key,
+            lambda row, headings=headings: headings[table_key(row)],
+            backend_label,
+            targets,
+            level=4 if mixed else 3,
+            machine=machine if mixed else "",
+        )
+        parts.append(section)
     return "\n\n".join(parts) + "\n"
 
 
@@ -632,12 +649,13 @@ def plot_labels(rows: Sequence[Row]) -> dict[tuple, str]:
 
 
 def speedup_bars(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
-    """{"variant / backend": {precision: speed-up}} for measured rows of non-eager backends."""
+    """{"variant / backend": {precision: speed-up}} for rows of non-eager backends that were
+    measured and pass parity (a fast wrong answer gets no bar)."""
     labels = plot_labels(rows)
     bars: dict[str, dict[str, float]] = {}
     for row in sort_rows(rows):
         ratio = speed_up(row, rows)
-        if row.backend != REFERENCE_BACKEND and ratio is not None:
+        if row.backend != REFERENCE_BACKEND and ratio is not None and row.parity_pass:
             bars.setdefault(f"{labels[table_key(row)]} / {backend_label(row)}", {})[
                 row.precision
             ] = ratio
@@ -672,7 +690,7 @@ def plot_speedup(rows: Sequence[Row], path: Path) -> bool:
     ticks = [label.replace(" / ", "\n") for label in bars]
     axes.set_xticks(range(len(bars)), ticks, fontsize=7, rotation=30, ha="right")
     axes.set_ylabel("speed-up over eager (median latency ratio)")
-    axes.set_title("Speed-up over eager at the same precision")
+    axes.set_title("Speed-up over eager at the same precision (runs that pass parity)")
     axes.legend(title="precision")
     save_figure(figure, path)
     return True
@@ -922,6 +940,12 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         "--plots", type=Path, help="merge mode: folder for speedup.png, latency_vs_size.png"
     )
     parser.add_argument(
+        "--targets",
+        type=Path,
+        help="merge mode: YAML of speed-up, latency and optimize-time targets to check "
+        "(results/targets.yaml)",
+    )
+    parser.add_argument(
         "--compare",
         nargs=2,
         type=Path,
@@ -951,6 +975,7 @@ def check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                 ("--out", args.out),
                 ("--readme", args.readme),
                 ("--plots", args.plots),
+                ("--targets", args.targets),
             )
             if given
         ]
@@ -1025,13 +1050,14 @@ def report(args: argparse.Namespace, command: str) -> int:
     try:
         require_one_machine(rows, args.allow_mixed_gpus)
         readme_text = read_readme(args.readme) if args.readme else None
+        targets = performance.load_targets(args.targets) if args.targets else None
     except ValueError as error:
         log.error("%s", error)
         return 2
     rows = write(rows, args.out)
     plots = plot(rows, args.plots) if args.plots else []
     links = [relative_link(p, args.readme) for p in plots] if args.readme else []
-    block = tables(rows, relative_link(args.out, args.readme), links)
+    block = tables(rows, relative_link(args.out, args.readme), links, targets)
     if readme_text is None:
         sys.stdout.write(block)
     else:

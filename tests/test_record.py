@@ -254,6 +254,14 @@ def test_environment_on_the_cpu():
     assert set(env) <= set(COLUMNS)
 
 
+def test_git_sha_prefers_the_commit_the_caller_names(monkeypatch):
+    """On a lent GPU machine the copy's .git is not the code's: the batch script names it."""
+    monkeypatch.setenv("D2BENCH_GIT_SHA", "f782c453a639a95dfa2a0bba6fd542ab8ffbc23b")
+    assert record.git_sha() == "f782c453a639a95dfa2a0bba6fd542ab8ffbc23b"
+    monkeypatch.delenv("D2BENCH_GIT_SHA")
+    assert record.git_sha() != "f782c453a639a95dfa2a0bba6fd542ab8ffbc23b"
+
+
 def test_physical_gpu_follows_cuda_visible_devices(monkeypatch):
     monkeypatch.setenv("CUDA_VISIBLE_DEVICES", "4, 6")
     assert record.physical_gpu(0) == "4"

@@ -442,10 +442,20 @@ def test_speedup_bars_keep_each_table_apart():
             "fp32": pytest.approx(20.0 / 8.66),
             "fp16": pytest.approx(12 / 9),
         },
-        "MaskRCNNFPN (static shapes, 800x1333) / torchscript": {"fp32": 1.6, "fp16": 1.875},
+        # its fp16 row failed parity: no bar
+        "MaskRCNNFPN (static shapes, 800x1333) / torchscript": {"fp32": 1.6},
         "MaskRCNNFPN (dynamic shapes, 800x1333) / torchscript": {"fp32": 1.5},
         "mask_rcnn_fpn (trace, batch 2, postprocess) / torchscript": {"fp32": 1.25},
     }
+
+
+def test_speedup_bars_leave_out_runs_that_fail_parity():
+    rows = [
+        measured("RetinaNet", "fp16", "eager", 20.0),
+        measured("RetinaNet", "fp16", "cg", 10.0),
+        measured("RetinaNet", "fp16", "fast", 2.0, status="parity_fail", parity_pass=False),
+    ]
+    assert report.speedup_bars(rows) == {"RetinaNet / cg": {"fp16": 2.0}}
 
 
 def test_latency_lines_are_pixels_against_median_ms():

@@ -155,3 +155,25 @@ def test_other_launchers_run_the_jobs_and_report_failures(tmp_path, launcher):
     (result,) = sweep.rglob("result.csv")
     (row,) = read_rows(result)
     assert row.status == "ok" and row.iters == 2
+
+
+@pytest.mark.slow
+def test_local_gpus_with_two_parallel_jobs_measures_both(tmp_path):
+    """Two joblib (loky) workers at once: each worker spawns its own measuring child. A loky
+    worker's start method is 'loky', which a plainly spawned child cannot resolve; this is the
+    path a 2-GPU host takes and one job per worker (the default on a GPU-less CI) never does."""
+    sweep = tmp_path / "sweep"
+    done = run_runner(
+        "--multirun",
+        *SMALL,
+        "hydra/launcher=local_gpus",
+        "hydra.launcher.n_jobs=2",
+        "backend=eager,torchscript",
+        f"hydra.sweep.dir={sweep}",
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    assert "sweep done: 2 runs: 2 ok" in log, log
+    rows = [read_rows(path)[0] for path in sorted(sweep.rglob("result.csv"))]
+    assert sorted(row.backend for row in rows) == ["eager", "torchscript"]
+    assert all(row.status == "ok" for row in rows)

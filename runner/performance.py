@@ -1,0 +1,259 @@
+"""Performance summary of a set of rows: takes the merged rows of a sweep, returns Markdown.
+
+For each table (variant, shapes, input size) and precision: the eager baseline, the fastest
+other backend whose answers pass parity, the speed-up, and where one call's time goes: the
+GPU's own time (`gpu_busy_ms`, kernels and copies from the profiler) against the latency the
+caller sees; the difference is time the GPU waits for the host (Python, launches, syncs).
+`eager median / best GPU busy` is the ceiling on the speed-up that removing host time alone can
+give. Optional targets (a YAML file, see results/targets.yaml) are checked against the same
+figures.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+from runner.record import Row
+
+DASH = "—"
+REFERENCE = "eager"
+
+
+@dataclass(frozen=True)
+class Best:
+    """The eager row and the fastest parity-passing other row of one table and precision."""
+
+    eager: Row
+    best: Row | None
+
+    @property
+    def speed_up(self) -> float | None:
+        if self.best is None:
+            return None
+        return self.eager.latency_ms_median / self.best.latency_ms_median
+
+    @property
+    def ceiling(self) -> float | None:
+        """Eager latency over the best row's GPU time: the speed-up with no host time left."""
+        if self.best is None or not self.best.gpu_busy_ms:
+            return None
+        return self.eager.latency_ms_median / self.best.gpu_busy_ms
+
+
+def _measured(row: Row) -> bool:
+    return row.status in ("ok", "parity_fail") and bool(row.latency_ms_median)
+
+
+def best_by_table(rows: Sequence[Row], key, label) -> list[tuple[tuple, str, Best]]:
+    """(table key, precision, Best) for every table and precision that has an eager row, in
+    the order of `rows`. `key(row)` names a row's table; `label(row)` its backend."""
+    found: dict[tuple, Best] = {}
+    for row in rows:
+        if row.backend == REFERENCE and not row.backend_options and _measured(row):
+            found.setdefault((key(row), row.precision), Best(row, None))
+    for row in rows:
+        place = (key(row), row.precision)
+        if place not in found or row.backend == REFERENCE:
+            continue
+        if row.status != "ok" or not row.parity_pass or not _measured(row):
+            continue
+        current = found[place].best
+        if current is None or row.latency_ms_median < current.latency_ms_median:
+            found[place] = Best(found[place].eager, row)
+    return [(place[0], place[1], best) for place, best in found.items()]
+
+
+def _ms(value: float | None) -> str:
+    return DASH if value is None else f"{value:.2f}"
+
+
+def _ratio(value: float | None) -> str:
+    return DASH if value is None else f"{value:.2f}x"
+
+
+def _host_ms(row: Row) -> str:
+    if row.gpu_busy_ms is None:
+        return DASH
+    return f"{max(row.latency_ms_median - row.gpu_busy_ms, 0.0):.2f}"
+
+
+def _count(value: int | None) -> str:
+    return DASH if value is None else str(value)
+
+
+def _seconds(value: float | None) -> str:
+    return DASH if value is None else f"{value:.1f}"
+
+
+TIME_COLUMNS = (
+    "Variant",
+    "Precision",
+    "Backend",
+    "Median (ms)",
+    "GPU busy (ms)",
+    "GPU waits (ms)",
+    "GPU ops / call",
+    "Speed-up",
+    "Ceiling",
+    "Optimize (s)",
+)
+TIME_LEGEND = """\
+Per variant and precision: eager, then the fastest other backend whose answers pass parity.
+**GPU busy**: kernels and copies of one call (profiler); **GPU waits**: median minus GPU busy,
+time the GPU spends waiting for the host (Python, kernel launches, host syncs);
+**GPU ops / call**: kernels and copies one call launches; **Speed-up**: eager median over this
+median; **Ceiling**: eager median over this row's GPU busy, the speed-up if no host time were
+left; **Optimize**: backend.optimize() plus the first call at each size. The kernels behind each
+GPU busy figure are in the run's `profile.txt`."""
+
+
+def time_table(rows: Sequence[Row], key, title, label) -> str:
+    """Markdown: where one call's time goes, eager against the best backend."""
+    lines = [
+        "| " + " | ".join(TIME_COLUMNS) + " |",
+        "|" + "|".join("---" if i < 3 else "---:" for i in range(len(TIME_COLUMNS))) + "|",
+    ]
+    for _, precision, best in best_by_table(rows, key, label):
+        for row, is_best in ((best.eager, False), (best.best, True)):
+            if row is None:
+                cells = [title(best.eager), precision, "no other backend passed parity"]
+                lines.append("| " + " | ".join(cells + [""] * (len(TIME_COLUMNS) - 3)) + " |")
+                continue
+            cells = [
+                title(row),
+                precision,
+                label(row),
+                _ms(row.latency_ms_median),
+                _ms(row.gpu_busy_ms),
+                _host_ms(row),
+                _count(row.gpu_ops),
+                _ratio(best.speed_up) if is_best else "1.00x",
+                _ratio(best.ceiling) if is_best else _ratio(_ceiling_of(row)),
+                _seconds(row.optimize_s),
+            ]
+            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+    return "\n".join(lines) + "\n\n" + TIME_LEGEND
+
+
+def _ceiling_of(row: Row) -> float | None:
+    return row.latency_ms_median / row.gpu_busy_ms if row.gpu_busy_ms else None
+
+
+# ---- targets ------------------------------------------------------------------------------
+
+
+class TargetsError(ValueError):
+    """The targets file cannot be read or says something this module does not check."""
+
+
+@dataclass(frozen=True)
+class Targets:
+    speed_up: dict[str, float]  # precision -> least speed-up of the best backend, every variant
+    latency: list[dict]  # {variant, precision, max_ms, max_over_gpu_busy}
+    optimize_s_max: float | None
+    source: str
+
+
+def load_targets(path: Path) -> Targets:
+    import yaml
+
+    try:
+        data = yaml.safe_load(path.read_text()) or {}
+    except (OSError, yaml.YAMLError) as error:
+        raise TargetsError(f"{path}: {error}") from error
+    unknown = sorted(set(data) - {"speed_up", "latency", "optimize_s_max", "source"})
+    if unknown:
+        raise TargetsError(
+            f"{path}: unknown key(s) {unknown}; allowed: speed_up, latency, optimize_s_max, source"
+        )
+    latency = list(data.get("latency") or [])
+    for item in latency:
+        extra = sorted(set(item) - {"variant", "precision", "max_ms", "max_over_gpu_busy"})
+        if extra or "variant" not in item or "precision" not in item:
+            raise TargetsError(
+                f"{path}: latency entries take variant, precision, max_ms, max_over_gpu_busy "
+                f"(got {sorted(item)})"
+            )
+    return Targets(
+        speed_up={str(k): float(v) for k, v in (data.get("speed_up") or {}).items()},
+        latency=latency,
+        optimize_s_max=data.get("optimize_s_max"),
+        source=str(data.get("source", "")),
+    )
+
+
+def _verdict(ok: bool | None) -> str:
+    return DASH if ok is None else ("met" if ok else "**missed**")
+
+
+def targets_table(rows: Sequence[Row], targets: Targets, key, title, label) -> str:
+    """Markdown: each target, what was needed, what was measured, met or missed."""
+    lines = [
+        "| Target | Variant | Precision | Needed | Measured | |",
+        "|---|---|---|---:|---:|---|",
+    ]
+    bests = best_by_table(rows, key, label)
+    for precision, needed in targets.speed_up.items():
+        for _, row_precision, best in bests:
+            if row_precision != precision:
+                continue
+            measured = best.speed_up
+            by = f" ({label(best.best)})" if best.best is not None else ""
+            lines.append(
+                f"| speed-up over eager | {title(best.eager)} | {precision} | {needed:.2f}x | "
+                f"{_ratio(measured)}{by} | "
+                f"{_verdict(None if measured is None else measured >= needed)} |"
+            )
+    for item in targets.latency:
+        for _, row_precision, best in bests:
+            variant = best.eager.variant or title(best.eager)
+            if variant != item["variant"] or row_precision != item["precision"]:
+                continue
+            fastest = best.best or best.eager
+            if "max_ms" in item:
+                ok = fastest.latency_ms_median <= item["max_ms"]
+                lines.append(
+                    f"| median latency | {item['variant']} | {row_precision} | "
+                    f"≤ {item['max_ms']:.2f} ms | {fastest.latency_ms_median:.2f} ms "
+                    f"({label(fastest)}) | {_verdict(ok)} |"
+                )
+            if "max_over_gpu_busy" in item:
+                ratio = _ceiling_of(fastest)
+                ok = None if ratio is None else ratio <= item["max_over_gpu_busy"]
+                lines.append(
+                    f"| median / GPU busy | {item['variant']} | {row_precision} | "
+                    f"≤ {item['max_over_gpu_busy']:.2f}x | {_ratio(ratio)} ({label(fastest)}) | "
+                    f"{_verdict(ok)} |"
+                )
+    if targets.optimize_s_max is not None:
+        timed = [r for r in rows if r.optimize_s is not None and _measured(r)]
+        if timed:
+            slowest = max(timed, key=lambda r: r.optimize_s)
+            ok = slowest.optimize_s <= targets.optimize_s_max
+            lines.append(
+                f"| optimize time, slowest run | {title(slowest)} | {slowest.precision} | "
+                f"≤ {targets.optimize_s_max:.0f} s | {slowest.optimize_s:.1f} s "
+                f"({label(slowest)}) | {_verdict(ok)} |"
+            )
+    source = f" ({targets.source})" if targets.source else ""
+    return f"Targets{source}, checked against the rows above:\n\n" + "\n".join(lines)
+
+
+def section(
+    rows: Sequence[Row],
+    key,
+    title,
+    label,
+    targets: Targets | None = None,
+    level: int = 3,
+    machine: str = "",
+) -> str:
+    """The performance section: the time table, then the targets table where targets given;
+    headings at `level`, naming `machine` where given (one section per machine)."""
+    hashes, on = "#" * level, f": {machine}" if machine else ""
+    parts = [f"{hashes} Where the time goes{on}", time_table(rows, key, title, label)]
+    if targets is not None:
+        parts += [f"{hashes} Targets{on}", targets_table(rows, targets, key, title, label)]
+    return "\n\n".join(parts)
