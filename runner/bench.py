@@ -12,6 +12,7 @@ from __future__ import annotations
 import contextlib
 import dataclasses
 import logging
+import statistics
 import time
 from dataclasses import asdict
 from pathlib import Path
@@ -265,7 +266,7 @@ def measure(cfg: Config) -> dict:
                 "%s %s: median %.3f ms over %d calls (%s)",
                 shape,
                 images.hw(shape),
-                float(sorted(samples[shape])[len(samples[shape]) // 2]),
+                statistics.median(samples[shape]),
                 len(samples[shape]),
                 protocol.describe(),
             )
