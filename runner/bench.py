@@ -46,11 +46,11 @@ def identity(cfg: Config) -> dict:
 
 
 def describe(cfg: Config) -> str:
+    options = options_text(cfg.backend)
     return (
         f"{cfg.variant or cfg.model.name} export={cfg.export} batch={cfg.batch} "
         f"precision={cfg.precision.name} backend={cfg.backend.name}"
-        + (f"[{options_text(cfg.backend)}]" if options_text(cfg.backend) else "")
-        + f" shapes={cfg.shapes.name}"
+        f"{f'[{options}]' if options else ''} shapes={cfg.shapes.name}"
     )
 
 
@@ -306,8 +306,11 @@ def measure(cfg: Config) -> dict:
 
 
 def _profile_text(gpu, images) -> str:
+    from runner import timing
+
     return (
-        f"# GPU activity of one call at {images.hw('opt')} (the median of 5 profiled calls): "
+        f"# GPU activity of one call at {images.hw('opt')} (the median of "
+        f"{timing.PROFILED_CALLS} profiled calls): "
         f"{gpu.busy_ms:.3f} ms busy, {gpu.ops} kernels and copies\n{gpu.table}"
     )
 

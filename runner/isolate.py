@@ -83,12 +83,8 @@ def _kill_group(process) -> None:
 def call(fn: Callable, *args: Any, timeout_s: float, env: dict[str, str] | None = None) -> Any:
     """fn(*args) in a spawned child whose environment adds `env`; its return value, or
     ChildFailed."""
-    if multiprocessing.get_start_method(allow_none=True) not in (
-        None,
-        "fork",
-        "spawn",
-        "forkserver",
-    ):
+    current = multiprocessing.get_start_method(allow_none=True)
+    if current is not None and current not in multiprocessing.get_all_start_methods():
         # A loky worker (joblib launcher) sets its own start method, which a spawned child
         # cannot resolve when it prepares itself; the child only needs plain spawn.
         multiprocessing.set_start_method("spawn", force=True)

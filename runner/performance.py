@@ -15,10 +15,10 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.record import Row
+from runner.markdown import DASH, markdown_header, markdown_row, number, ratio_text
+from runner.record import Row, is_measured, passed
 
-DASH = "—"
-REFERENCE = "eager"
+REFERENCE_BACKEND = "eager"  # the baseline every speed-up is measured against
 
 
 @dataclass(frozen=True)
@@ -42,8 +42,14 @@ class Best:
         return self.eager.latency_ms_median / self.best.gpu_busy_ms
 
 
-def _measured(row: Row) -> bool:
-    return row.status in ("ok", "parity_fail") and bool(row.latency_ms_median)
+def is_baseline(row: Row) -> bool:
+    """A row of the reference backend with its file's options: what speed-ups divide."""
+    return row.backend == REFERENCE_BACKEND and not row.backend_options
+
+
+def over_busy(row: Row) -> float | None:
+    """The row's median latency over its own GPU busy time (1.0: the GPU never waits)."""
+    return row.latency_ms_median / row.gpu_busy_ms if row.gpu_busy_ms else None
 
 
 def best_by_table(rows: Sequence[Row], key, label) -> list[tuple[tuple, str, Best]]:
@@ -51,13 +57,11 @@ def best_by_table(rows: Sequence[Row], key, label) -> list[tuple[tuple, str, Bes
     the order of `rows`. `key(row)` names a row's table; `label(row)` its backend."""
     found: dict[tuple, Best] = {}
     for row in rows:
-        if row.backend == REFERENCE and not row.backend_options and _measured(row):
+        if is_baseline(row) and is_measured(row):
             found.setdefault((key(row), row.precision), Best(row, None))
     for row in rows:
         place = (key(row), row.precision)
-        if place not in found or row.backend == REFERENCE:
-            continue
-        if row.status != "ok" or not row.parity_pass or not _measured(row):
+        if place not in found or row.backend == REFERENCE_BACKEND or not passed(row):
             continue
         current = found[place].best
         if current is None or row.latency_ms_median < current.latency_ms_median:
@@ -65,26 +69,11 @@ def best_by_table(rows: Sequence[Row], key, label) -> list[tuple[tuple, str, Bes
     return [(place[0], place[1], best) for place, best in found.items()]
 
 
-def _ms(value: float | None) -> str:
-    return DASH if value is None else f"{value:.2f}"
-
-
-def _ratio(value: float | None) -> str:
-    return DASH if value is None else f"{value:.2f}x"
-
-
-def _host_ms(row: Row) -> str:
+def _waits_ms(row: Row) -> float | None:
+    """Median latency minus GPU busy time: how long the GPU waits for the host per call."""
     if row.gpu_busy_ms is None:
-        return DASH
-    return f"{max(row.latency_ms_median - row.gpu_busy_ms, 0.0):.2f}"
-
-
-def _count(value: int | None) -> str:
-    return DASH if value is None else str(value)
-
-
-def _seconds(value: float | None) -> str:
-    return DASH if value is None else f"{value:.1f}"
+        return None
+    return max(row.latency_ms_median - row.gpu_busy_ms, 0.0)
 
 
 TIME_COLUMNS = (
@@ -111,34 +100,30 @@ GPU busy figure are in the run's `profile.txt`."""
 
 def time_table(rows: Sequence[Row], key, title, label) -> str:
     """Markdown: where one call's time goes, eager against the best backend."""
-    lines = [
-        "| " + " | ".join(TIME_COLUMNS) + " |",
-        "|" + "|".join("---" if i < 3 else "---:" for i in range(len(TIME_COLUMNS))) + "|",
-    ]
+    lines = markdown_header(TIME_COLUMNS, TIME_COLUMNS[:3])
     for _, precision, best in best_by_table(rows, key, label):
         for row, is_best in ((best.eager, False), (best.best, True)):
             if row is None:
                 cells = [title(best.eager), precision, "no other backend passed parity"]
-                lines.append("| " + " | ".join(cells + [""] * (len(TIME_COLUMNS) - 3)) + " |")
+                lines.append(markdown_row(cells + [""] * (len(TIME_COLUMNS) - 3)))
                 continue
-            cells = [
-                title(row),
-                precision,
-                label(row),
-                _ms(row.latency_ms_median),
-                _ms(row.gpu_busy_ms),
-                _host_ms(row),
-                _count(row.gpu_ops),
-                _ratio(best.speed_up) if is_best else "1.00x",
-                _ratio(best.ceiling) if is_best else _ratio(_ceiling_of(row)),
-                _seconds(row.optimize_s),
-            ]
-            lines.append("| " + " | ".join(c.replace("|", "\\|") for c in cells) + " |")
+            lines.append(
+                markdown_row(
+                    [
+                        title(row),
+                        precision,
+                        label(row),
+                        number(row.latency_ms_median, 2),
+                        number(row.gpu_busy_ms, 2),
+                        number(_waits_ms(row), 2),
+                        DASH if row.gpu_ops is None else str(row.gpu_ops),
+                        ratio_text(best.speed_up if is_best else 1.0),
+                        ratio_text(best.ceiling if is_best else over_busy(row)),
+                        number(row.optimize_s, 1),
+                    ]
+                )
+            )
     return "\n".join(lines) + "\n\n" + TIME_LEGEND
-
-
-def _ceiling_of(row: Row) -> float | None:
-    return row.latency_ms_median / row.gpu_busy_ms if row.gpu_busy_ms else None
 
 
 # ---- targets ------------------------------------------------------------------------------
@@ -188,12 +173,12 @@ def _verdict(ok: bool | None) -> str:
     return DASH if ok is None else ("met" if ok else "**missed**")
 
 
+TARGET_COLUMNS = ("Target", "Variant", "Precision", "Needed", "Measured", "Verdict")
+
+
 def targets_table(rows: Sequence[Row], targets: Targets, key, title, label) -> str:
     """Markdown: each target, what was needed, what was measured, met or missed."""
-    lines = [
-        "| Target | Variant | Precision | Needed | Measured | |",
-        "|---|---|---|---:|---:|---|",
-    ]
+    lines = markdown_header(TARGET_COLUMNS, ("Target", "Variant", "Precision", "Verdict"))
     bests = best_by_table(rows, key, label)
     for precision, needed in targets.speed_up.items():
         for _, row_precision, best in bests:
@@ -201,10 +186,18 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label) -> s
                 continue
             measured = best.speed_up
             by = f" ({label(best.best)})" if best.best is not None else ""
+            ok = None if measured is None else measured >= needed
             lines.append(
-                f"| speed-up over eager | {title(best.eager)} | {precision} | {needed:.2f}x | "
-                f"{_ratio(measured)}{by} | "
-                f"{_verdict(None if measured is None else measured >= needed)} |"
+                markdown_row(
+                    [
+                        "speed-up over eager",
+                        title(best.eager),
+                        precision,
+                        ratio_text(needed),
+                        ratio_text(measured) + by,
+                        _verdict(ok),
+                    ]
+                )
             )
     for item in targets.latency:
         for _, row_precision, best in bests:
@@ -215,27 +208,48 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label) -> s
             if "max_ms" in item:
                 ok = fastest.latency_ms_median <= item["max_ms"]
                 lines.append(
-                    f"| median latency | {item['variant']} | {row_precision} | "
-                    f"≤ {item['max_ms']:.2f} ms | {fastest.latency_ms_median:.2f} ms "
-                    f"({label(fastest)}) | {_verdict(ok)} |"
+                    markdown_row(
+                        [
+                            "median latency",
+                            item["variant"],
+                            row_precision,
+                            f"≤ {item['max_ms']:.2f} ms",
+                            f"{fastest.latency_ms_median:.2f} ms ({label(fastest)})",
+                            _verdict(ok),
+                        ]
+                    )
                 )
             if "max_over_gpu_busy" in item:
-                ratio = _ceiling_of(fastest)
+                ratio = over_busy(fastest)
                 ok = None if ratio is None else ratio <= item["max_over_gpu_busy"]
                 lines.append(
-                    f"| median / GPU busy | {item['variant']} | {row_precision} | "
-                    f"≤ {item['max_over_gpu_busy']:.2f}x | {_ratio(ratio)} ({label(fastest)}) | "
-                    f"{_verdict(ok)} |"
+                    markdown_row(
+                        [
+                            "median / GPU busy",
+                            item["variant"],
+                            row_precision,
+                            f"≤ {ratio_text(item['max_over_gpu_busy'])}",
+                            f"{ratio_text(ratio)} ({label(fastest)})",
+                            _verdict(ok),
+                        ]
+                    )
                 )
     if targets.optimize_s_max is not None:
-        timed = [r for r in rows if r.optimize_s is not None and _measured(r)]
+        timed = [r for r in rows if r.optimize_s is not None and is_measured(r)]
         if timed:
             slowest = max(timed, key=lambda r: r.optimize_s)
             ok = slowest.optimize_s <= targets.optimize_s_max
             lines.append(
-                f"| optimize time, slowest run | {title(slowest)} | {slowest.precision} | "
-                f"≤ {targets.optimize_s_max:.0f} s | {slowest.optimize_s:.1f} s "
-                f"({label(slowest)}) | {_verdict(ok)} |"
+                markdown_row(
+                    [
+                        "optimize time, slowest run",
+                        title(slowest),
+                        slowest.precision,
+                        f"≤ {targets.optimize_s_max:.0f} s",
+                        f"{slowest.optimize_s:.1f} s ({label(slowest)})",
+                        _verdict(ok),
+                    ]
+                )
             )
     source = f" ({targets.source})" if targets.source else ""
     return f"Targets{source}, checked against the rows above:\n\n" + "\n".join(lines)

@@ -96,6 +96,19 @@ class Row:
     fingerprint: str = ""  # config + code; a finished run with the same one is not redone
 
 
+MEASURED = ("ok", "parity_fail")  # statuses of runs that reached their timed calls
+
+
+def is_measured(row: Row) -> bool:
+    """The run was timed (whether or not its answers passed parity)."""
+    return row.status in MEASURED and row.latency_ms_median is not None
+
+
+def passed(row: Row) -> bool:
+    """The run was timed and its answers are within the parity bounds."""
+    return row.status == "ok" and bool(row.parity_pass) and row.latency_ms_median is not None
+
+
 COLUMNS = [f.name for f in fields(Row)]
 # columns files of earlier versions lack; read from such a file they take their defaults
 ADDED_COLUMNS = ("backend_options", "gpu_ops")

@@ -47,7 +47,9 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from runner import performance, record
-from runner.record import Row
+from runner.markdown import DASH, markdown_header, markdown_row, number, ratio_text
+from runner.performance import REFERENCE_BACKEND, is_baseline
+from runner.record import Row, is_measured
 
 log = logging.getLogger("runner.report")
 
@@ -62,7 +64,6 @@ SEED_VARIANTS = (  # used when conf/sweep/seed.yaml cannot be read
     "CascadeRCNN",
 )
 PRECISION_ORDER = ("fp32", "fp16", "bf16")
-REFERENCE_BACKEND = "eager"
 SHAPES_ORDER = ("static", "dynamic")
 IDENTITY = (
     "model",
@@ -76,10 +77,8 @@ IDENTITY = (
     "shapes",
     "image_hw",
 )
-MEASURED = ("ok", "parity_fail")
 OLDEST = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 ERROR_CHARS = 100
-DASH = "—"
 BEGIN_MARKER = "<!-- d2bench:results:begin -->"
 END_MARKER = "<!-- d2bench:results:end -->"
 TABLE_COLUMNS = (
@@ -364,18 +363,13 @@ def table_key(row: Row) -> tuple[str, str, str, str]:
     return (machine_of(row), title_of(row), row.shapes, row.image_hw)
 
 
-def is_measured(row: Row) -> bool:
-    return row.status in MEASURED and row.latency_ms_median is not None
-
-
 def speed_up(row: Row, rows: Iterable[Row]) -> float | None:
     """Eager's median latency (same table, same precision) over this row's; None without one."""
     if not is_measured(row) or not row.latency_ms_median:
         return None
     for other in rows:
         if (
-            other.backend == REFERENCE_BACKEND
-            and not other.backend_options
+            is_baseline(other)
             and other.precision == row.precision
             and table_key(other) == table_key(row)
             and is_measured(other)
@@ -391,14 +385,6 @@ def pixels(image_hw: str) -> int | None:
 
 
 # ---- Markdown -----------------------------------------------------------------------------
-
-
-def number(value: float | None, decimals: int) -> str:
-    return DASH if value is None else f"{value:.{decimals}f}"
-
-
-def cell(text: str) -> str:
-    return text.replace("|", "\\|")
 
 
 def distinct(rows: Iterable[Row], field: str) -> list[str]:
@@ -504,11 +490,7 @@ def table_row(row: Row, rows: Sequence[Row]) -> str:
         ]
     else:
         figures = [failure_text(row)] + [""] * (len(TABLE_COLUMNS) - 3)
-    return (
-        "| "
-        + " | ".join(cell(text) for text in [backend_label(row), row.precision, *figures])
-        + " |"
-    )
+    return markdown_row([backend_label(row), row.precision, *figures])
 
 
 def table_subtitle(row: Row) -> str:
@@ -537,8 +519,7 @@ def variant_table(rows: Sequence[Row], heading: str, level: int) -> str:
         "",
         table_subtitle(rows[0]),
         "",
-        "| " + " | ".join(TABLE_COLUMNS) + " |",
-        "|" + "|".join("---" if c in TEXT_COLUMNS else "---:" for c in TABLE_COLUMNS) + "|",
+        *markdown_header(TABLE_COLUMNS, TEXT_COLUMNS),
     ]
     lines += [table_row(row, rows) for row in rows]
     return "\n".join(lines)
@@ -655,7 +636,7 @@ def speedup_bars(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
     bars: dict[str, dict[str, float]] = {}
     for row in sort_rows(rows):
         ratio = speed_up(row, rows)
-        if row.backend != REFERENCE_BACKEND and ratio is not None and row.parity_pass:
+        if row.backend != REFERENCE_BACKEND and ratio is not None and record.passed(row):
             bars.setdefault(f"{labels[table_key(row)]} / {backend_label(row)}", {})[
                 row.precision
             ] = ratio
@@ -697,11 +678,12 @@ def plot_speedup(rows: Sequence[Row], path: Path) -> bool:
 
 
 def latency_lines(rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
-    """{"variant backend precision": [(pixels, median ms), ...]} for measured dynamic rows."""
+    """{"variant backend precision": [(pixels, median ms), ...]} for dynamic rows that pass
+    parity (a wrong answer gets no line)."""
     labels = plot_labels(rows)
     lines: dict[str, list[tuple[int, float]]] = {}
     for row in sort_rows(rows):
-        if row.shapes != "dynamic" or not is_measured(row):
+        if row.shapes != "dynamic" or not record.passed(row):
             continue
         sizes = [
             (row.image_hw_min, row.latency_ms_median_min_shape),
@@ -781,26 +763,12 @@ def latency_ratio(a: Row, b: Row) -> float | None:
     return b.latency_ms_median / a.latency_ms_median
 
 
-def ratio_text(ratio: float | None) -> str:
-    return DASH if ratio is None else f"{ratio:.2f}x"
-
-
 def side_cells(row: Row) -> tuple[str, str, str]:
     """(median ms, GPU busy ms, parity) of one side; its status instead of numbers where it did
     not run to a measurement."""
     if not is_measured(row):
         return row.status, DASH, DASH
     return number(row.latency_ms_median, 2), number(row.gpu_busy_ms, 2), parity_text(row)
-
-
-def markdown_row(texts: Iterable[str]) -> str:
-    return "| " + " | ".join(cell(text) for text in texts) + " |"
-
-
-def markdown_header(columns: Sequence[str]) -> list[str]:
-    """The header line and the alignment line (text left, numbers right)."""
-    aligned = ("---" if c in COMPARE_TEXT_COLUMNS else "---:" for c in columns)
-    return ["| " + " | ".join(columns) + " |", "|" + "|".join(aligned) + "|"]
 
 
 def pair_row(a: Row, b: Row) -> str:
@@ -842,7 +810,7 @@ def compare_tables(pairs: Sequence[tuple[Row, Row]], level: int) -> list[str]:
     for key, group in groups.items():
         heading = key[0] + (f" ({key[1]} shapes, {key[2]})" if tables_of[key[0]] > 1 else "")
         lines = [f"{'#' * level} {heading}", "", table_subtitle(group[0][0]), ""]
-        lines += markdown_header(COMPARE_COLUMNS)
+        lines += markdown_header(COMPARE_COLUMNS, COMPARE_TEXT_COLUMNS)
         lines += [pair_row(a, b) for a, b in group]
         labelled = [
             (f"{side} {backend_label(row)} {row.precision}", row)
@@ -863,7 +831,7 @@ def only_section(side: str, other: str, rows: Sequence[Row], names: dict[str, st
     with_machine = len(machines(rows)) > 1
     columns = (("Machine",) if with_machine else ()) + ONLY_COLUMNS
     lines.append(f"Rows of {side} (`{names[side]}`) with no row of the same identity in {other}:")
-    lines += ["", *markdown_header(columns)]
+    lines += ["", *markdown_header(columns, COMPARE_TEXT_COLUMNS)]
     for row in rows:
         machine = [machine_of(row)] if with_machine else []
         identity = [title_of(row), row.shapes, row.image_hw, backend_label(row), row.precision]

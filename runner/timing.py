@@ -88,8 +88,11 @@ def device_summary(events: Sequence[tuple[str, int, float]], top: int = 15) -> G
     return GpuProfile(total_us / 1000.0, sum(c for _, c, _ in active), "\n".join(lines) + "\n")
 
 
+PROFILED_CALLS = 5  # calls gpu_profile profiles; it reports the median one
+
+
 def gpu_profile(
-    call: Callable[[], object], synchronize: Callable[[], None], calls: int = 5
+    call: Callable[[], object], synchronize: Callable[[], None], calls: int = PROFILED_CALLS
 ) -> GpuProfile | None:
     """The GpuProfile of the median call (by busy time) of `calls` profiled calls, from the
     PyTorch profiler (CUPTI). None when the profiler cannot record CUDA activity here."""

@@ -300,3 +300,19 @@ def test_a_file_of_the_previous_version_reads_with_defaults_for_added_columns(tm
         )
     (row,) = read_rows(path)
     assert row == full_row(backend_options="", gpu_ops=None)
+
+
+@pytest.mark.parametrize(
+    "status, parity_pass, median, measured, passing",
+    [
+        ("ok", True, 10.0, True, True),
+        ("parity_fail", False, 10.0, True, False),
+        ("error", None, None, False, False),
+        ("unsupported", None, None, False, False),
+        ("ok", True, None, False, False),
+    ],
+)
+def test_measured_and_passed(status, parity_pass, median, measured, passing):
+    row = Row(model="m", status=status, parity_pass=parity_pass, latency_ms_median=median)
+    assert record.is_measured(row) is measured
+    assert record.passed(row) is passing
