@@ -271,6 +271,9 @@ def measure(cfg: Config) -> dict:
                 protocol.describe(),
             )
         _write_samples(out / "samples.csv", samples, images)
+        notes = getattr(fn, "notes", None)  # a backend may report on its own work (record.Row)
+        if callable(notes):
+            fields["backend_notes"] = notes()
     except backends.Unsupported as reason:
         log.warning("unsupported: %s", reason)
         return {**fields, "status": "unsupported", "error": str(reason)}

@@ -61,6 +61,9 @@ class Row:
     # cost of optimizing: backend.optimize() plus the first call at each size, in seconds
     optimize_s: float | None = None
     peak_mem_mb: float | None = None  # CUDA allocator peak during the timed calls
+    # what the backend reports about its own work ("key=value; ..."): for static_graph the graphs
+    # kept and their memory, and calls that fell back to eager to stay exact
+    backend_notes: str = ""
     # parity against eager fp32 on the same input (worst over the sizes)
     parity_pass: bool | None = None
     parity_match_f1: float | None = None
@@ -111,7 +114,7 @@ def passed(row: Row) -> bool:
 
 COLUMNS = [f.name for f in fields(Row)]
 # columns files of earlier versions lack; read from such a file they take their defaults
-ADDED_COLUMNS = ("backend_options", "gpu_ops")
+ADDED_COLUMNS = ("backend_options", "gpu_ops", "backend_notes")
 _TYPES = {f.name: f.type for f in fields(Row)}
 
 
