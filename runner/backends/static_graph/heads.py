@@ -118,9 +118,9 @@ def cascade_boxes(heads, features: dict, proposals: Proposals, sizes, options) -
     """CascadeROIHeads._forward_box at inference: each stage refines the previous stage's
     boxes; scores are the stages' mean, boxes the last stage's."""
     feats = [features[f] for f in heads.box_in_features]
-    proposal_boxes, probs_per_stage = proposals.boxes, []
+    proposal_boxes, boxes, probs_per_stage = proposals.boxes, None, []
     for stage in range(heads.num_cascade_stages):
-        if stage > 0:  # _create_proposals_from_boxes: clipped, nothing removed at inference
+        if boxes is not None:  # _create_proposals_from_boxes: clipped, none removed at inference
             proposal_boxes = clip(boxes.view(*boxes.shape[:2], 4), sizes)
         pooled = pool(heads.box_pooler, feats, proposal_boxes, options.half_roi_align)
         predictor = heads.box_predictor[stage]
