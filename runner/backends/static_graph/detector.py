@@ -17,7 +17,7 @@ from torch import nn
 
 from runner.backends import Unsupported
 from runner.backends.static_graph import heads as H  # noqa: N812
-from runner.backends.static_graph.proposals import image_sizes_tensor, rpn_proposals
+from runner.backends.static_graph.proposals import common_size, rpn_proposals
 
 
 @dataclass(frozen=True)
@@ -82,14 +82,14 @@ class StaticDetector(nn.Module):
         model = self.model
         batched = model.preprocess_image([{"image": im} for im in images])
         features = model.backbone(batched.tensor)
-        sizes = image_sizes_tensor(batched.image_sizes, batched.tensor.device)
+        size = common_size(batched.image_sizes)
         if self.kind == "retinanet":
             slots = H.retinanet_slots(
-                model, [features[f] for f in model.head_in_features], sizes, self.budgets
+                model, [features[f] for f in model.head_in_features], self.budgets
             )
         else:
-            proposals = rpn_proposals(model.proposal_generator, batched.image_sizes, features)
-            slots = self.box_slots(model.roi_heads, features, proposals, sizes, self.budgets)
+            proposals = rpn_proposals(model.proposal_generator, size, features)
+            slots = self.box_slots(model.roi_heads, features, proposals, size, self.budgets)
             slots = replace(slots, exact=slots.exact & proposals.exact)
             if self.mask_on:
                 slots = replace(

@@ -21,7 +21,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from runner.backends.static_graph.nms import batched_nms_topk
 from runner.backends.static_graph.pooling import paste_masks, pool
-from runner.backends.static_graph.proposals import Proposals, clip, image_sizes_tensor, nonempty
+from runner.backends.static_graph.proposals import Proposals, clip, nonempty
 
 
 @dataclass
@@ -70,7 +70,7 @@ def select(
     )
 
 
-def fast_rcnn_slots(predictor, boxes, probs, proposals_valid, sizes, max_candidates) -> Slots:
+def fast_rcnn_slots(predictor, boxes, probs, proposals_valid, size, max_candidates) -> Slots:
     """detectron2's `fast_rcnn_inference` on fixed shapes: boxes [N, P, R*4] (R = 1 or K
     regressed classes), probs [N, P, K+1] -> the best `test_topk_per_image` detections."""
     n, p = probs.shape[:2]
@@ -79,7 +79,7 @@ def fast_rcnn_slots(predictor, boxes, probs, proposals_valid, sizes, max_candida
     scores = probs[:, :, :-1]
     boxes = boxes.view(n, p, -1, 4)
     boxes = torch.where(rows_ok[..., None, None], boxes, torch.zeros((), device=boxes.device))
-    boxes = clip(boxes, sizes)
+    boxes = clip(boxes, size)
     if boxes.shape[2] == 1:
         boxes = boxes.expand(n, p, num_classes, 4)
     candidates = (scores > predictor.test_score_thresh) & rows_ok[..., None]
@@ -104,24 +104,24 @@ def _predict(predictor, features: torch.Tensor, proposal_boxes: torch.Tensor):
     return boxes.view(n, p, -1), probs.view(n, p, -1)
 
 
-def standard_boxes(heads, features: dict, proposals: Proposals, sizes, options) -> Slots:
+def standard_boxes(heads, features: dict, proposals: Proposals, size, options) -> Slots:
     """StandardROIHeads._forward_box at inference."""
     feats = [features[f] for f in heads.box_in_features]
     pooled = pool(heads.box_pooler, feats, proposals.boxes, options.half_roi_align)
     boxes, probs = _predict(heads.box_predictor, heads.box_head(pooled), proposals.boxes)
     return fast_rcnn_slots(
-        heads.box_predictor, boxes, probs, proposals.valid, sizes, options.max_candidates
+        heads.box_predictor, boxes, probs, proposals.valid, size, options.max_candidates
     )
 
 
-def cascade_boxes(heads, features: dict, proposals: Proposals, sizes, options) -> Slots:
+def cascade_boxes(heads, features: dict, proposals: Proposals, size, options) -> Slots:
     """CascadeROIHeads._forward_box at inference: each stage refines the previous stage's
     boxes; scores are the stages' mean, boxes the last stage's."""
     feats = [features[f] for f in heads.box_in_features]
     proposal_boxes, boxes, probs_per_stage = proposals.boxes, None, []
     for stage in range(heads.num_cascade_stages):
         if boxes is not None:  # _create_proposals_from_boxes: clipped, none removed at inference
-            proposal_boxes = clip(boxes.view(*boxes.shape[:2], 4), sizes)
+            proposal_boxes = clip(boxes.view(*boxes.shape[:2], 4), size)
         pooled = pool(heads.box_pooler, feats, proposal_boxes, options.half_roi_align)
         predictor = heads.box_predictor[stage]
         boxes, probs = _predict(predictor, heads.box_head[stage](pooled), proposal_boxes)
@@ -131,17 +131,17 @@ def cascade_boxes(heads, features: dict, proposals: Proposals, sizes, options) -
         total = total + probs
     mean = total * (1.0 / heads.num_cascade_stages)
     return fast_rcnn_slots(
-        heads.box_predictor[-1], boxes, mean, proposals.valid, sizes, options.max_candidates
+        heads.box_predictor[-1], boxes, mean, proposals.valid, size, options.max_candidates
     )
 
 
-def res5_boxes(heads, features: dict, proposals: Proposals, sizes, options) -> Slots:
+def res5_boxes(heads, features: dict, proposals: Proposals, size, options) -> Slots:
     """Res5ROIHeads.forward at inference (C4): pooled res4 features through res5 per box."""
     feats = [features[f] for f in heads.in_features]
     x = heads.res5(pool(heads.pooler, feats, proposals.boxes, options.half_roi_align))
     predictor = heads.box_predictor
     boxes, probs = _predict(predictor, x.mean(dim=[2, 3]), proposals.boxes)
-    return fast_rcnn_slots(predictor, boxes, probs, proposals.valid, sizes, options.max_candidates)
+    return fast_rcnn_slots(predictor, boxes, probs, proposals.valid, size, options.max_candidates)
 
 
 def masks(heads, features: dict, slots: Slots, options) -> torch.Tensor:
@@ -162,7 +162,7 @@ def masks(heads, features: dict, slots: Slots, options) -> torch.Tensor:
     return probs.view(n, d, *probs.shape[1:])
 
 
-def retinanet_slots(model, features: list, image_sizes, options) -> Slots:
+def retinanet_slots(model, features: list, options) -> Slots:
     """RetinaNet.forward_inference: per level the best `test_topk_candidates` (class, anchor)
     pairs above the score threshold, decoded; per-class NMS; the best
     `max_detections_per_image`."""
@@ -206,8 +206,7 @@ def retinanet_slots(model, features: list, image_sizes, options) -> Slots:
 def postprocess(slots: Slots, height: int, width: int, mask_threshold: float = 0.5) -> Slots:
     """detector_postprocess with the output size equal to the input size (the seed's pproc):
     boxes clipped, empty boxes masked, masks pasted into the image as bool [N, D, H, W]."""
-    sizes = image_sizes_tensor([(height, width)] * slots.boxes.shape[0], slots.boxes.device)
-    boxes = clip(slots.boxes, sizes)
+    boxes = clip(slots.boxes, (height, width))
     valid = slots.valid & nonempty(boxes)
     pasted = slots.masks
     if pasted is not None:

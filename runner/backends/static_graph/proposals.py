@@ -31,16 +31,14 @@ class Proposals:
     exact: torch.Tensor  # [N] bool
 
 
-def clip(boxes: torch.Tensor, sizes: torch.Tensor) -> torch.Tensor:
-    """detectron2's `Boxes.clip` on [N, ..., 4] boxes with per-image (h, w) in `sizes` [N, 2],
-    without its finiteness assert (a host sync): callers mask non-finite boxes instead."""
-    shape = (-1,) + (1,) * (boxes.dim() - 2)
-    h = sizes[:, 0].to(boxes.dtype).view(shape)
-    w = sizes[:, 1].to(boxes.dtype).view(shape)
-    x1 = torch.minimum(boxes[..., 0].clamp(min=0), w)
-    y1 = torch.minimum(boxes[..., 1].clamp(min=0), h)
-    x2 = torch.minimum(boxes[..., 2].clamp(min=0), w)
-    y2 = torch.minimum(boxes[..., 3].clamp(min=0), h)
+def clip(boxes: torch.Tensor, size: tuple[int, int]) -> torch.Tensor:
+    """detectron2's `Boxes.clip` on [..., 4] boxes of images of `size` (h, w), without its
+    finiteness assert (a host sync): callers mask non-finite boxes instead."""
+    h, w = size
+    x1 = boxes[..., 0].clamp(min=0, max=w)
+    y1 = boxes[..., 1].clamp(min=0, max=h)
+    x2 = boxes[..., 2].clamp(min=0, max=w)
+    y2 = boxes[..., 3].clamp(min=0, max=h)
     return torch.stack((x1, y1, x2, y2), dim=-1)
 
 
@@ -51,12 +49,15 @@ def nonempty(boxes: torch.Tensor, threshold: float = 0.0) -> torch.Tensor:
     )
 
 
-def image_sizes_tensor(image_sizes, device) -> torch.Tensor:
-    """[(h, w), ...] -> int64 [N, 2] on the device (a constant of the captured graph)."""
-    return torch.tensor([list(s) for s in image_sizes], dtype=torch.int64, device=device)
+def common_size(image_sizes) -> tuple[int, int]:
+    """The one (h, w) of a batch's images (a batch of one size is what a graph replays)."""
+    sizes = {(int(h), int(w)) for h, w in image_sizes}
+    if len(sizes) != 1:
+        raise ValueError(f"backend=static_graph: a batch's images differ in size: {sorted(sizes)}")
+    return sizes.pop()
 
 
-def rpn_proposals(rpn, image_sizes: list[tuple[int, int]], features: dict) -> Proposals:
+def rpn_proposals(rpn, size: tuple[int, int], features: dict) -> Proposals:
     """detectron2 `RPN` at inference, fixed-shape. `features`: the backbone's output dict."""
     feats = [features[f] for f in rpn.in_features]
     anchors = rpn.anchor_generator(feats)
@@ -96,8 +97,7 @@ def rpn_proposals(rpn, image_sizes: list[tuple[int, int]], features: dict) -> Pr
 
     valid = valid & torch.isfinite(boxes).all(-1) & torch.isfinite(scores)
     boxes = torch.where(valid[..., None], boxes, torch.zeros_like(boxes))
-    sizes = image_sizes_tensor(image_sizes, device)
-    boxes = clip(boxes, sizes)
+    boxes = clip(boxes, size)
     valid = valid & nonempty(boxes, rpn.min_box_size)
 
     # batched_nms with the level as category: torchvision offsets each level's boxes by
