@@ -62,6 +62,14 @@ def test_a_budget_too_small_to_vouch_falls_back_to_eager(make_config):
     assert parity.compare(reference, output, cfg.bench.match_iou).match_f1 == 1.0
 
 
+@pytest.mark.detectron2
+def test_half_weights_are_refused_at_fp32(make_config):
+    cfg = make_config("model=retinanet", *SMALL, "backend=static_graph")
+    exported, images, _ = bench.prepare(cfg, CPU)
+    with pytest.raises(ValueError, match="half_weights=true needs a reduced precision"):
+        _static(cfg, exported, images, half_weights=True)
+
+
 def test_torchvision_models_are_unsupported_with_the_reason(make_config):
     cfg = make_config(*SMALL_CPU_RUN, "backend=static_graph")
     exported, images, _ = bench.prepare(cfg, CPU)

@@ -34,6 +34,7 @@ OPTIONS = {
     "max_candidates": (int,),  # detection candidates entering the final NMS
     "half_roi_align": (bool,),  # ROIAlign in fp16 on fp16 features (autocast runs it in fp32)
     "fold_bn": (bool,),  # fold frozen batch norms into the convolutions before capture
+    "half_weights": (bool,),  # conv and linear weights stored in the autocast dtype
     **_parts.TUNING,
 }
 
@@ -44,6 +45,7 @@ def optimize(exported, inputs, precision, options):
     from runner.backends.static_graph.detector import (
         Budgets,
         StaticDetector,
+        cast_weights,
         fold_frozen_batchnorm,
     )
 
@@ -60,6 +62,16 @@ def optimize(exported, inputs, precision, options):
     if options.get("fold_bn"):
         log.info(
             "static_graph: folded %d frozen batch norms", fold_frozen_batchnorm(exported.model)
+        )
+    if options.get("half_weights"):
+        if not precision.autocast:
+            raise ValueError(
+                "backend=static_graph: options.half_weights=true needs a reduced precision "
+                f"(precision=fp16 or bf16), not precision={precision.name}"
+            )
+        dtype = getattr(torch, precision.dtype)
+        log.info(
+            "static_graph: %d layers hold %s weights", cast_weights(exported.model, dtype), dtype
         )
     _parts.tune(exported, options)
     budgets = Budgets(

@@ -120,3 +120,17 @@ def fold_frozen_batchnorm(model: nn.Module) -> int:
             module.norm = None
             folded += 1
     return folded
+
+
+def cast_weights(model: nn.Module, dtype: torch.dtype) -> int:
+    """Store the weights of every convolution and linear layer in `dtype`, so that autocast
+    finds them already cast (inside a CUDA graph autocast has no weight cache and would cast
+    every weight on every replay). Norms, anchors and pixel statistics stay fp32. Returns how
+    many layers were cast."""
+    layers = (nn.Conv2d, nn.ConvTranspose2d, nn.Linear)
+    cast = 0
+    for module in model.modules():
+        if isinstance(module, layers):
+            module.to(dtype)
+            cast += 1
+    return cast
