@@ -26,6 +26,7 @@ import triton.language as tl
 
 BITS = 32  # boxes per mask word and per scan tile
 ROWS_PER_PROGRAM = 64  # mask kernel: rows of one program (one 32-column word each)
+MAX_BOXES = 16384  # the scan holds one removed bit per box in registers: 512 words
 
 
 @triton.jit
@@ -129,6 +130,10 @@ def greedy_nms_triton(
     """boxes [B, C, 4] fp32 in score order (offset per category), valid [B, C] bool ->
     (position [B, k] int64 of the first k kept boxes in sorted order, count [B] int64)."""
     batch, c = valid.shape
+    if c > MAX_BOXES:
+        raise ValueError(
+            f"{c} NMS candidates: the Triton scan holds at most {MAX_BOXES}; pass max_candidates"
+        )
     words = triton.cdiv(c, BITS)
     boxes = boxes.contiguous()
     mask = torch.empty((batch, c, words), dtype=torch.int32, device=boxes.device)
@@ -159,6 +164,6 @@ def greedy_nms_triton(
         k,
         WORDS=triton.next_power_of_2(words),
         BITS=BITS,
-        num_warps=4,
+        num_warps=4 if words <= 128 else 8,  # the [32, WORDS] row tile stays in registers
     )
     return position, count
