@@ -4,6 +4,7 @@ latency the caller sees (host launch overhead included), as in the seed benchmar
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,32 @@ def measure(
         synchronize()
         samples.append((time.perf_counter() - start) * 1000.0)
     return samples
+
+
+def timed_block(
+    call: Callable[[], object],
+    iters: int,
+    rewarm: int,
+    synchronize: Callable[[], None],
+    gc_mode: str = "collect",
+) -> list[float]:
+    """One repeat: `rewarm` untimed calls (the process idled while others were timed), then
+    Python's GC as `gc_mode` says (keep: untouched; collect: a full collection now, so that
+    garbage of earlier work is not collected inside a timed call; pause: that, and no automatic
+    collection until the block ends), then `iters` timed calls. Returns ms."""
+    for _ in range(rewarm):
+        call()
+    synchronize()
+    paused = gc_mode == "pause" and gc.isenabled()
+    if gc_mode in ("collect", "pause"):
+        gc.collect()
+    if paused:
+        gc.disable()
+    try:
+        return measure(call, Protocol(0, iters), synchronize)
+    finally:
+        if paused:
+            gc.enable()
 
 
 def summarize(samples_ms: Sequence[float], batch: int) -> dict[str, float]:
