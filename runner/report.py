@@ -1197,7 +1197,8 @@ def summary(
     """One line: rows merged, duplicates dropped, files skipped by reason (paths logged above)."""
     text = (
         f"merged {counted(len(rows), 'row')} into {out}; "
-        f"dropped {len(dropped)} identical cop{'y' if len(dropped) == 1 else 'ies'}; skipped {counted(len(skipped), 'file')}"
+        f"dropped {len(dropped)} identical cop{'y' if len(dropped) == 1 else 'ies'}; "
+        f"skipped {counted(len(skipped), 'file')}"
     )
     reasons = collections.Counter(reason for _, reason in skipped)
     if not reasons:
