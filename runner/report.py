@@ -402,7 +402,7 @@ def speed_ups(rows: Iterable[Row]) -> dict[tuple, SpeedUp]:
     legacy: dict[tuple, tuple[tuple, list[float]]] = {}  # identity -> (place, medians)
     failed: set[tuple] = set()
     for row in rows:
-        if not is_measured(row):
+        if not is_measured(row) or is_baseline(row):
             continue
         key = identity_of(row)
         if not record.passed(row):
