@@ -23,8 +23,11 @@ def launched_jobs(log: str) -> list[dict[str, str]]:
     for line in log.splitlines():
         found = re.search(r"#(\d+) : (.*)$", line)
         if found:
-            job = dict(item.split("=", 1) for item in found.group(2).split())
-            members = job.pop("members", None)
+            text, members = found.group(2), None
+            listed = re.search(r" members=\[(.*)\]$", text)
+            if listed:
+                text, members = text[: listed.start()], listed.group(1)
+            job = dict(item.split("=", 1) for item in text.split())
             if members is None:
                 jobs.append(job)
                 continue
@@ -204,3 +207,33 @@ def test_local_gpus_with_two_parallel_jobs_measures_both(tmp_path):
         sessions[row.iters].add(row.session)
     assert all(len(found) == 1 for found in sessions.values())  # one session per job
     assert sessions[2] != sessions[3]
+
+
+def test_sweep_static_runs_each_variant_with_four_backend_points_in_one_session(tmp_path):
+    done = run_runner(
+        "sweep=static", "variant=RetinaNet", *NO_RUN, f"hydra.sweep.dir={tmp_path}", timeout=300
+    )
+    log = done.stdout + done.stderr
+    jobs = launched_jobs(log)
+    assert launched_sessions(log) == 2  # fp32 and fp16
+    assert sorted(
+        (j["precision"], j["backend"], j.get("backend.options.compile", "")) for j in jobs
+    ) == sorted(
+        (precision, backend, compiled)
+        for precision in ("fp32", "fp16")
+        for backend, compiled in (
+            ("eager", ""),
+            ("torchscript", ""),
+            ("static_graph", ""),
+            ("static_graph", "true"),
+        )
+    )
+    assert "sweep done: 8 runs: 8 invalid" in log
+
+
+def test_a_backend_on_the_command_line_clashes_with_the_sweeps_backends(tmp_path):
+    done = run_runner("sweep=static", "backend=eager", *NO_RUN, f"hydra.sweep.dir={tmp_path}")
+    assert done.returncode == 2
+    assert "backend set on the command line and by the sweep's backends" in done.stdout + (
+        done.stderr
+    )

@@ -5,6 +5,8 @@ exits non-zero if any run failed, so a sweep never hides a failure and never sto
 
     hydra.sweeper.variants: {Name: {key: value, ...}, ...}   # each job gets variant=Name too
     variant=A,B on the command line runs only those variants.
+    hydra.sweeper.backends: ["backend=X", "backend=Y backend.options.k=v", ...]
+                            # backend points (with options) every job is run with
 
 Jobs that differ only in their backend (`backend=...`, `backend.options.*`) form one session:
 the sweeper launches one job for them, the first one's overrides plus `members=[...]` (each
@@ -38,6 +40,7 @@ class D2benchSweeperConf:
     max_batch_size: Any = None
     params: Any = None
     variants: Any = None
+    backends: Any = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="d2bench", node=D2benchSweeperConf)
@@ -78,9 +81,13 @@ def session_job(members: list[list[str]]) -> list[str]:
 
 
 class D2benchSweeper(BasicSweeper):
-    def __init__(self, max_batch_size=None, params=None, variants=None) -> None:
-        super().__init__(max_batch_size=max_batch_size, params=params)
+    def __init__(self, max_batch_size=None, params=None, variants=None, backends=None) -> None:
+        params = dict(params or {})
+        if backends:  # the listed backend points replace a `backend` param
+            params.pop("backend", None)
+        super().__init__(max_batch_size=max_batch_size, params=params or None)
         self.variants = dict(variants or {})
+        self.backends = [str(spec) for spec in backends or []]
 
     def job_overrides(self, arguments: list[str]) -> list[list[str]]:
         """Every job's override list: variant points x the cartesian product of the rest."""
@@ -98,6 +105,13 @@ class D2benchSweeper(BasicSweeper):
             else:
                 rest.append(override)
         combos = self.split_arguments(rest, None)[0]
+        if self.backends:
+            if any(is_backend_override(o) for combo in combos for o in combo):
+                raise HydraException(
+                    "backend set on the command line and by the sweep's backends "
+                    f"{self.backends}; run without sweep=... to choose backends"
+                )
+            combos = [combo + spec.split() for combo in combos for spec in self.backends]
         if not self.variants:
             return combos
         unknown = sorted(set(chosen or []) - set(self.variants))
