@@ -9,10 +9,14 @@
 #   scripts/slurm/cluster.sh env     the exports a shell needs to use it (eval "$(... env)")
 #   scripts/slurm/cluster.sh down    stop every daemon this script started, by its own PID
 #   scripts/slurm/cluster.sh logs    print the daemons' logs
+#   scripts/slurm/cluster.sh status  exit status 0 when it is up and its node idle
 #
 # Everything lives in $D2BENCH_SLURM_DIR (default /tmp/d2bench-slurm): slurm.conf, state,
-# spool, logs, PID files, the job-completion log. Nothing under /etc is written; clients find
-# the cluster through SLURM_CONF. On failure `up` prints the daemon logs and exits non-zero.
+# spool, logs, PID files, the job-completion log, and a munged of its own (socket included),
+# so that two clusters with their own directory and port ($D2BENCH_SLURM_PORT, default 6817,
+# and the next one for slurmd) run side by side and neither stops the other's daemons. Nothing
+# under /etc is written; clients find the cluster through SLURM_CONF. On failure `up` prints
+# the daemon logs and exits non-zero.
 #
 # The cluster: one node named after `hostname -s` at 127.0.0.1, all its cores, select/cons_tres
 # with CR_Core (1-CPU jobs run side by side), no cgroups (proctrack/linuxproc, task/none), no
@@ -28,6 +32,7 @@ CTLD_PORT=${D2BENCH_SLURM_PORT:-6817}
 SLURMD_PORT=$((CTLD_PORT + 1))
 HERE=$(cd "$(dirname "${BASH_SOURCE[0]}")" && pwd)
 CONF=$DIR/slurm.conf
+MUNGE_SOCKET=$DIR/munge/munge.socket
 PACKAGES=(slurmctld slurmd slurm-client munge)
 READY_S=${D2BENCH_SLURM_READY_S:-45}
 
@@ -39,7 +44,7 @@ env_lines() {
 }
 
 logs() {
-    for f in /var/log/munge/munged.log "$DIR"/log/munged.out "$DIR"/log/slurmctld.log "$DIR"/log/slurmd.log \
+    for f in "$DIR"/munge/munged.log "$DIR"/log/munged.out "$DIR"/log/slurmctld.log "$DIR"/log/slurmd.log \
         "$DIR"/log/slurmctld.out "$DIR"/log/slurmd.out; do
         [ -s "$f" ] || continue
         echo "===== $f (last 60 lines) =====" >&2
@@ -93,6 +98,7 @@ SlurmdPort=$SLURMD_PORT
 SlurmUser=root
 SlurmdUser=root
 AuthType=auth/munge
+AuthInfo=socket=$MUNGE_SOCKET
 StateSaveLocation=$DIR/state
 SlurmdSpoolDir=$DIR/spool
 SlurmctldPidFile=$DIR/run/slurmctld.pid
@@ -125,24 +131,30 @@ Name=gpu File=$DIR/gpu/nvidia1
 EOF
 }
 
-start_munge() {
-    if munge -n 2>/dev/null | unmunge >/dev/null 2>&1; then
-        return 0 # a munged answers already (ours from an earlier `up`, or the machine's)
+munge_answers() {
+    munge -S "$MUNGE_SOCKET" -n 2>/dev/null | unmunge -S "$MUNGE_SOCKET" >/dev/null 2>&1
+}
+
+start_munge() { # a munged of this cluster's own: its socket, PID and log under $DIR/munge
+    if alive "$DIR/munged.pid" && munge_answers; then
+        return 0
     fi
-    mkdir -p /run/munge /var/lib/munge /var/log/munge
-    chown munge:munge /run/munge /var/lib/munge /var/log/munge
-    chmod 0755 /run/munge
     [ -s /etc/munge/munge.key ] || { say "no /etc/munge/munge.key"; return 1; }
+    mkdir -p "$DIR/munge"
+    chown munge:munge "$DIR/munge"
+    chmod 0755 "$DIR/munge" # clients (root here) reach the socket; munged wants no group write
     # -F: in the foreground of its own background job, so that its PID is ours to stop;
     # --force: a socket left by a munged that died is taken over
     setsid setpriv --reuid=munge --regid=munge --init-groups /usr/sbin/munged -F --force \
+        --socket="$MUNGE_SOCKET" --pid-file="$DIR/munge/munged.pid" \
+        --seed-file="$DIR/munge/munged.seed" --log-file="$DIR/munge/munged.log" \
         >"$DIR/log/munged.out" 2>&1 </dev/null &
     echo $! >"$DIR/munged.pid"
     for _ in $(seq 50); do
-        munge -n 2>/dev/null | unmunge >/dev/null 2>&1 && return 0
+        munge_answers && return 0
         sleep 0.1
     done
-    say "munged does not answer"
+    say "munged does not answer on $MUNGE_SOCKET"
     return 1
 }
 
@@ -156,9 +168,15 @@ start_daemon() { # start_daemon NAME: NAME -D in the background, its PID in $DIR
     echo $! >"$DIR/$name.pid"
 }
 
+is_up() {
+    [ -s "$CONF" ] && alive "$DIR/munged.pid" && alive "$DIR/slurmctld.pid" &&
+        alive "$DIR/slurmd.pid" && healthy
+}
+
 up() {
     mkdir -p "$DIR/log"
-    if [ -s "$CONF" ] && alive "$DIR/slurmctld.pid" && alive "$DIR/slurmd.pid" && healthy; then
+    chmod 0755 "$DIR"
+    if is_up; then
         say "already up ($CONF)"
         env_lines
         return 0
@@ -230,10 +248,11 @@ down() {
 case "${1:-}" in
 up) up ;;
 down) down ;;
+status) is_up ;;
 env) env_lines ;;
 logs) logs ;;
 *)
-    echo "usage: $0 up|down|env|logs" >&2
+    echo "usage: $0 up|down|status|env|logs" >&2
     exit 2
     ;;
 esac
