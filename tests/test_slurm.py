@@ -90,11 +90,17 @@ class Cluster:
             timeout=timeout,
         )  # fmt: skip
 
-    def start_sweep(self, *args: str, log: Path) -> subprocess.Popen:
+    def without_sacct_stand_in(self) -> dict[str, str]:
+        """The environment with Debian's own sacct, which fails: no accounting here."""
+        shim = str(SCRIPT.parent / "bin")
+        path = os.pathsep.join(p for p in self.env["PATH"].split(os.pathsep) if p != shim)
+        return {**self.env, "PATH": path}
+
+    def start_sweep(self, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
         handle = open(log, "w")
         return subprocess.Popen(
             [sys.executable, "-m", "runner", "--multirun", *SMALL_CPU_RUN, *SLURM, *args],
-            env=self.env,
+            env=env or self.env,
             cwd=REPO,
             stdout=handle,
             stderr=subprocess.STDOUT,
@@ -264,10 +270,20 @@ def job_pids(cluster: Cluster, job: str) -> dict[str, list[int]]:
 
 
 def test_a_job_whose_process_dies_by_a_signal_is_an_error_row(cluster, tmp_path):
+    """Its process, the one that would write the row, dies by SIGSEGV. The sweep runs with the
+    sacct that fails without accounting: the launcher falls back on slurmctld's job states."""
     sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
+    env = cluster.without_sacct_stand_in()
+    assert cluster.run("sacct", "-j", "1").returncode == 0  # the stand-in answers
+    no_accounting = subprocess.run(["sacct", "-j", "1"], env=env, capture_output=True, text=True)
+    assert no_accounting.returncode != 0, no_accounting.stdout  # the real one does not
     started = time.monotonic()
     process = cluster.start_sweep(
-        "bench.iters=1000000", "hydra.launcher.timeout_min=10", f"hydra.sweep.dir={sweep}", log=log
+        "bench.iters=1000000",
+        "hydra.launcher.timeout_min=10",
+        f"hydra.sweep.dir={sweep}",
+        log=log,
+        env=env,
     )
     # the run is measuring: its folder has the measuring child's log
     wait_for(lambda: list(sweep.glob("*/child.log")), 180, "the run to start measuring")
@@ -283,7 +299,7 @@ def test_a_job_whose_process_dies_by_a_signal_is_an_error_row(cluster, tmp_path)
     (row,) = rows(folder)
     assert row["status"] == "error"
     assert row["error"].startswith(f"slurm: job {job} failed (FAILED"), row["error"]
-    assert "SIGSEGV" in row["error"], row["error"]
+    assert "killed by SIGSEGV" in row["error"], row["error"]
     assert row["hostname"] == socket.gethostname().split(".")[0]  # the node, from SLURM
     left = [pid for pid in pids["all"] if not process_gone(pid, 10)]
     assert not left, f"processes of the crashed job still running: {left}"
@@ -329,6 +345,32 @@ def test_a_cancelled_array_resumes_when_the_same_command_runs_again(cluster, tmp
     (same,) = after[first.parent.name]
     assert same == kept, "the finished run was measured again instead of kept"
     print(f"cancel and resume: {took:.0f} s")
+
+
+SUBMITIT_CRASH = """
+import os, signal, sys, time
+import submitit
+executor = submitit.AutoExecutor(folder=sys.argv[1], cluster="slurm")
+executor.update_parameters(timeout_min=5, slurm_cpus_per_task=1)
+job = executor.submit(os.kill, 0, signal.SIGKILL)  # the job's process group dies at once
+started = time.monotonic()
+try:
+    job.result()
+except submitit.core.utils.UncompletedJobError as error:
+    print("state", job.state, "after", round(time.monotonic() - started), "s")
+    print(" ".join(str(error).split()))
+"""
+
+
+def test_submitit_itself_learns_a_hard_failure_from_the_sacct_stand_in(cluster, tmp_path):
+    """submitit's own `.result()` (no d2bench code) on a job killed by SIGKILL: with
+    scripts/slurm/bin/sacct on PATH it raises, naming the state, instead of waiting forever."""
+    done = cluster.run(
+        sys.executable, "-c", SUBMITIT_CRASH, str(tmp_path / "submitit"), timeout=120
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert "state FAILED" in done.stdout, done.stdout
+    assert "has not produced any output (state: FAILED)" in done.stdout, done.stdout
 
 
 GPU_PROBE = """

@@ -25,6 +25,7 @@ import copy
 import datetime
 import logging
 import os
+import re
 import signal
 import subprocess
 import time
@@ -63,8 +64,12 @@ def state_poll_s(elapsed_s: float) -> float:
     return min(60.0, max(5.0, elapsed_s / 10))
 
 
-def slurm_record(job_id: str) -> dict[str, str]:
-    """sacct's record of one job (State, ExitCode, NodeList, Start, End), {} if it has none."""
+INCOMPLETE = ("", "UNKNOWN", "PENDING", "RUNNING", "REQUEUED", "COMPLETING", "CONFIGURING")
+
+
+def sacct_record(job_id: str) -> dict[str, str]:
+    """sacct's record of one job (State, ExitCode, NodeList, Start, End), {} if it has none
+    (or sacct has no accounting to ask)."""
     fields = "JobID,State,ExitCode,NodeList,Start,End"
     try:
         done = subprocess.run(
@@ -84,6 +89,35 @@ def slurm_record(job_id: str) -> dict[str, str]:
         if record.get("JobID") == job_id:
             return record
     return {}
+
+
+def scontrol_records(base: str) -> dict[str, dict[str, str]]:
+    """Records of job `base` (an array: each task, as ARRAY_TASK) from slurmctld's memory
+    (`scontrol show job`: pending, running, and finished jobs for MinJobAge seconds)."""
+    try:
+        done = subprocess.run(
+            ["scontrol", "show", "job", "-o", base], capture_output=True, text=True, timeout=60
+        )
+    except (OSError, subprocess.SubprocessError):
+        return {}
+    records = {}
+    for line in done.stdout.splitlines():
+        pairs = dict(re.findall(r"(\S+?)=(\S*)", line))
+        task = pairs.get("ArrayTaskId", "")
+        key = f"{pairs.get('ArrayJobId')}_{task}" if task.isdigit() else pairs.get("JobId", "")
+        records[key] = {
+            "State": pairs.get("JobState", ""),
+            "ExitCode": pairs.get("ExitCode", ""),
+            "NodeList": pairs.get("NodeList", ""),
+            "Start": pairs.get("StartTime", ""),
+            "End": pairs.get("EndTime", ""),
+        }
+    return records
+
+
+def slurm_record(job_id: str) -> dict[str, str]:
+    """What SLURM knows of a job: sacct, else scontrol."""
+    return sacct_record(job_id) or scontrol_records(job_id.split("_")[0]).get(job_id, {})
 
 
 def exit_text(code: str) -> str:
@@ -207,16 +241,30 @@ class D2benchSlurmLauncher(SlurmLauncher):  # type: ignore[misc,valid-type]
         waiting = set(range(len(jobs)))
         started = last_query = time.monotonic()
         result_seen: dict[int, float] = {}
+        fallback: dict[int, str] = {}  # job states from scontrol where sacct has none
         watcher = jobs[0].watcher
         while waiting:
             now = time.monotonic()
             if now - last_query >= state_poll_s(now - started):
                 watcher.update()
                 last_query = now
+                # without accounting sacct knows nothing: ask slurmctld, so that a job that
+                # ended without its result is never waited for
+                unknown = [
+                    i for i in waiting if watcher.get_state(jobs[i].job_id, "cache") == "UNKNOWN"
+                ]
+                known: dict[str, dict[str, str]] = {}
+                for base in {jobs[i].job_id.split("_")[0] for i in unknown}:
+                    known.update(scontrol_records(base))
+                for i in unknown:
+                    state = known.get(jobs[i].job_id, {}).get("State", "")
+                    fallback[i] = state or fallback.get(i, "")
             for i in sorted(waiting):
                 job, overrides, idx = jobs[i], job_overrides[i], initial_job_idx + i
                 ended = watcher.is_done(job.job_id, mode="cache")
                 state = watcher.get_state(job.job_id, mode="cache") if ended else ""
+                if not ended and fallback.get(i, "") not in INCOMPLETE:
+                    ended, state = True, fallback[i]
                 if i not in results and job.paths.result_pickle.exists():
                     results[i] = self._returned(job, overrides, idx)
                     result_seen[i] = now
