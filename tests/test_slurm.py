@@ -97,15 +97,15 @@ class Cluster:
         return {**self.env, "PATH": path}
 
     def start_sweep(self, *args: str, log: Path, env: dict | None = None) -> subprocess.Popen:
-        handle = open(log, "w")
-        return subprocess.Popen(
-            [sys.executable, "-m", "runner", "--multirun", *SMALL_CPU_RUN, *SLURM, *args],
-            env=env or self.env,
-            cwd=REPO,
-            stdout=handle,
-            stderr=subprocess.STDOUT,
-            text=True,
-        )
+        with open(log, "w") as handle:  # the child keeps its own copy of the file
+            return subprocess.Popen(
+                [sys.executable, "-m", "runner", "--multirun", *SMALL_CPU_RUN, *SLURM, *args],
+                env=env or self.env,
+                cwd=REPO,
+                stdout=handle,
+                stderr=subprocess.STDOUT,
+                text=True,
+            )
 
     def records(self, job: str) -> dict[str, dict[str, str]]:
         """sacct's records of `job` (an array: every task), by job id."""
