@@ -38,7 +38,7 @@ from runner import backends, gpus, record, timing
 from runner.config import Config, ConfigError, options_text
 from runner.config import fingerprint as config_fingerprint
 from runner.isolate import ChildFailed
-from runner.measurement import Measurement
+from runner.measurement import Measurement, eager_detections, prepare_model
 from runner.record import Row
 from runner.workers import InlineWorker, Worker, cpu_shares
 
@@ -102,6 +102,10 @@ def describe(cfg: Config) -> str:
         f"{cfg.variant or cfg.model.name} export={cfg.export} batch={cfg.batch} "
         f"precision={cfg.precision.name} {backend} shapes={cfg.shapes.name}"
     )
+
+
+prepare = prepare_model  # (cfg, device) -> (Exported, InputSet, weights): tests build with it
+__all__ = ["eager_detections", "prepare", "run", "run_group"]
 
 
 def new_session() -> str:
@@ -219,10 +223,10 @@ class Member:
         record.write_rows(self.out / "result.csv", [self.final])
         self.close()
         log.warning(
-            "run: %s %s in %.0f s: %s",
-            describe(self.cfg),
+            "run: %s in %.0f s: %s: %s",
             self.final.status,
             time.monotonic() - self.started,
+            describe(self.cfg),
             (self.final.error.splitlines() or [""])[0],
         )
         return self.final
@@ -436,11 +440,11 @@ def _log_result(member: Member) -> None:
     medians = [r.latency_ms_median for r in rows]
     row = rows[-1]
     log.info(
-        "run: %s %s in %.0f s: median %.2f ms over %d repeats (%.2f-%.2f), parity %s, "
+        "run: %s in %.0f s: %s: median %.2f ms over %d repeats (%.2f-%.2f), parity %s, "
         "%s detections",
-        describe(member.cfg),
         row.status,
         time.monotonic() - member.started,
+        describe(member.cfg),
         statistics.median(medians),
         len(rows),
         min(medians),

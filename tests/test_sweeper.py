@@ -122,6 +122,8 @@ def test_a_seed_variant_runs_for_real(tmp_path):
         "device=cpu",
         "bench.warmup=0",
         "bench.iters=1",
+        "bench.repeats=1",
+        "bench.rewarm=0",
         "inputs.height=192",
         "inputs.width=256",
         f"hydra.sweep.dir={sweep}",
