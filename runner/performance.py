@@ -155,8 +155,15 @@ class TargetsError(ValueError):
 
 @dataclass(frozen=True)
 class Targets:
-    speed_up: dict[str, float]  # precision -> least speed-up of the best backend, every variant
-    latency: list[dict]  # {variant, precision, max_ms, max_over_gpu_busy}
+    # precision -> least speed-up of the best backend: one number for every variant, or
+    # {default: x, <variant>: y} where some variants have their own
+    speed_up: dict[str, dict[str, float]]
+    latency: list[dict]  # {variant, precision, max_ms, max_over_gpu_busy}; "*" matches any
+
+    def needed(self, precision: str, variant: str) -> float | None:
+        by_variant = self.speed_up.get(precision, {})
+        return by_variant.get(variant, by_variant.get("default"))
+
     optimize_s_max: float | None
     source: str
 
@@ -181,8 +188,18 @@ def load_targets(path: Path) -> Targets:
                 f"{path}: latency entries take variant, precision, max_ms, max_over_gpu_busy "
                 f"(got {sorted(item)})"
             )
+    speed_up = {}
+    for precision, value in (data.get("speed_up") or {}).items():
+        if isinstance(value, dict):
+            speed_up[str(precision)] = {str(v): float(x) for v, x in value.items()}
+        elif isinstance(value, (int, float)):
+            speed_up[str(precision)] = {"default": float(value)}
+        else:
+            raise TargetsError(
+                f"{path}: speed_up.{precision} is a number or {{default: x, <variant>: y}}"
+            )
     return Targets(
-        speed_up={str(k): float(v) for k, v in (data.get("speed_up") or {}).items()},
+        speed_up=speed_up,
         latency=latency,
         optimize_s_max=data.get("optimize_s_max"),
         source=str(data.get("source", "")),
@@ -215,9 +232,10 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label, spee
     """Markdown: each target, what was needed, what was measured, met or missed."""
     lines = markdown_header(TARGET_COLUMNS, ("Target", "Variant", "Precision", "Verdict"))
     bests = best_by_table(rows, key, label, speedup)
-    for precision, needed in targets.speed_up.items():
+    for precision in targets.speed_up:
         for _, row_precision, best in bests:
-            if row_precision != precision:
+            needed = targets.needed(precision, best.eager.variant or title(best.eager))
+            if row_precision != precision or needed is None:
                 continue
             by = f" ({label(best.best)})" if best.best is not None else ""
             lines.append(
@@ -235,7 +253,10 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label, spee
     for item in targets.latency:
         for _, row_precision, best in bests:
             variant = best.eager.variant or title(best.eager)
-            if variant != item["variant"] or row_precision != item["precision"]:
+            if item["variant"] not in ("*", variant) or item["precision"] not in (
+                "*",
+                row_precision,
+            ):
                 continue
             fastest = best.best or best.eager
             if "max_ms" in item:
@@ -244,7 +265,7 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label, spee
                     markdown_row(
                         [
                             "median latency",
-                            item["variant"],
+                            variant,
                             row_precision,
                             f"≤ {item['max_ms']:.2f} ms",
                             f"{fastest.latency_ms_median:.2f} ms ({label(fastest)})",
@@ -259,7 +280,7 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label, spee
                     markdown_row(
                         [
                             "median / GPU busy",
-                            item["variant"],
+                            variant,
                             row_precision,
                             f"≤ {ratio_text(item['max_over_gpu_busy'])}",
                             f"{ratio_text(ratio)} ({label(fastest)})",

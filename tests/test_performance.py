@@ -93,10 +93,30 @@ def test_targets_table_says_met_and_missed(tmp_path):
     assert text.startswith("Targets (test)")
 
 
+def test_targets_per_variant_and_for_every_variant(tmp_path):
+    """A variant can have its own speed-up target; "*" applies a latency target to all."""
+    path = write_targets(
+        tmp_path,
+        "speed_up: {fp16: {default: 3.0, RetinaNet: 2.0}}\n"
+        "latency:\n  - {variant: '*', precision: '*', max_over_gpu_busy: 1.5}\n",
+    )
+    targets = performance.load_targets(path)
+    text = performance.targets_table(
+        section_rows(), targets, report.table_key, report.title_of, label
+    )
+    assert "| speed-up over eager | RetinaNet | fp16 | 2.00x | 2.50x (cg [x=1]) | met |" in text
+    assert "| speed-up over eager | MaskRCNNFPN | fp16 | 3.00x | 5.00x (cg) | met |" in text
+    busy_lines = [line for line in text.splitlines() if "median / GPU busy" in line]
+    assert len(busy_lines) == len(
+        performance.best_by_table(section_rows(), report.table_key, label)
+    )  # one per variant and precision
+
+
 @pytest.mark.parametrize(
     "text, says",
     [
         ("speed_up: {fp16: 5}\nsped_up: 1\n", "unknown key(s) ['sped_up']"),
+        ("speed_up: {fp16: [5]}\n", "is a number or"),
         ("latency:\n  - {variant: A, max: 5}\n", "latency entries take"),
         ("speed_up: [\n", "targets.yaml"),
     ],
@@ -111,7 +131,9 @@ def test_the_committed_targets_file_loads():
     from pathlib import Path
 
     targets = performance.load_targets(Path(__file__).parents[1] / "results" / "targets.yaml")
-    assert targets.speed_up == {"fp16": 5.0, "fp32": 3.0}
+    assert targets.needed("fp16", "MaskRCNNFPN") == 5.0
+    assert targets.needed("fp16", "MaskRCNNC4") == 3.0
+    assert targets.needed("fp32", "MaskRCNNC4") == 2.0
     assert targets.optimize_s_max == 120
 
 
