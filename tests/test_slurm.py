@@ -270,8 +270,10 @@ def job_pids(cluster: Cluster, job: str) -> dict[str, list[int]]:
 
 
 def test_a_job_whose_process_dies_by_a_signal_is_an_error_row(cluster, tmp_path):
-    """Its process, the one that would write the row, dies by SIGSEGV. The sweep runs with the
-    sacct that fails without accounting: the launcher falls back on slurmctld's job states."""
+    """Its process, the one that would write the rows, dies by SIGSEGV. The job is a session
+    of two backends (the sweeper's one job for runs that differ only in their backend): each
+    gets its error row. The sweep runs with the sacct that fails without accounting: the
+    launcher falls back on slurmctld's job states."""
     sweep, log = tmp_path / "sweep", tmp_path / "sweep.log"
     env = cluster.without_sacct_stand_in()
     assert cluster.run("sacct", "-j", "1").returncode == 0  # the stand-in answers
@@ -279,28 +281,35 @@ def test_a_job_whose_process_dies_by_a_signal_is_an_error_row(cluster, tmp_path)
     assert no_accounting.returncode != 0, no_accounting.stdout  # the real one does not
     started = time.monotonic()
     process = cluster.start_sweep(
+        "backend=eager,torchscript",
         "bench.iters=1000000",
         "hydra.launcher.timeout_min=10",
         f"hydra.sweep.dir={sweep}",
         log=log,
         env=env,
     )
-    # the run is measuring: its folder has the measuring child's log
-    wait_for(lambda: list(sweep.glob("*/child.log")), 180, "the run to start measuring")
-    (job,) = array_jobs(sweep)
+    # the session is measuring: a member's folder has the measuring child's log
+    wait_for(lambda: list(sweep.glob("*/child.log")), 180, "the session to start measuring")
+    (job,) = array_jobs(sweep)  # one job for the session
     pids = wait_for(lambda: job_pids(cluster, job), 30, "the job's processes")
     (task,) = pids["task"]
     assert "submitit" in Path(f"/proc/{task}/cmdline").read_text()
-    os.kill(task, signal.SIGSEGV)  # the process that would write the row crashes
+    os.kill(task, signal.SIGSEGV)  # the process that would write the rows crashes
     text = finish(process, log, 120)
     took = time.monotonic() - started
     assert process.returncode == 1, text
-    (folder,) = run_folders(sweep)
-    (row,) = rows(folder)
-    assert row["status"] == "error"
-    assert row["error"].startswith(f"slurm: job {job} failed (FAILED"), row["error"]
-    assert "killed by SIGSEGV" in row["error"], row["error"]
-    assert row["hostname"] == socket.gethostname().split(".")[0]  # the node, from SLURM
+    assert "2 runs: 2 error" in text, text
+    folders = run_folders(sweep)
+    assert sorted(f.name.split("backend=")[1].split(",")[0] for f in folders) == [
+        "eager",
+        "torchscript",
+    ]
+    for folder in folders:
+        (row,) = rows(folder)
+        assert row["status"] == "error"
+        assert row["error"].startswith(f"slurm: job {job} failed (FAILED"), row["error"]
+        assert "killed by SIGSEGV" in row["error"], row["error"]
+        assert row["hostname"] == socket.gethostname().split(".")[0]  # the node, from SLURM
     left = [pid for pid in pids["all"] if not process_gone(pid, 10)]
     assert not left, f"processes of the crashed job still running: {left}"
     print(f"crash sweep: {took:.0f} s")

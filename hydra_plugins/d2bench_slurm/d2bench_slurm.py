@@ -22,6 +22,7 @@ do. What it adds to submitit_slurm:
 from __future__ import annotations
 
 import copy
+import csv
 import datetime
 import logging
 import os
@@ -320,8 +321,9 @@ class D2benchSlurmLauncher(SlurmLauncher):  # type: ignore[misc,valid-type]
     def _failed(
         self, overrides, idx: int, text: str, result: JobReturn | None = None, hostname: str = ""
     ):
-        """JobReturn whose value is an error row written into the run's folder (or the ok row
-        already there, if the run finished its measurement before its job was stopped)."""
+        """JobReturn whose value is what the job would have returned, its rows written into
+        the run's folder (each member's, for a session of backends): an error row, or the
+        finished rows already there if the run completed before its job was stopped."""
         assert self.hydra_context is not None and self.config is not None
         sweep_config = self.hydra_context.config_loader.load_sweep_config(
             self.config, list(overrides)
@@ -329,6 +331,8 @@ class D2benchSlurmLauncher(SlurmLauncher):  # type: ignore[misc,valid-type]
         with open_dict(sweep_config.hydra.job):
             sweep_config.hydra.job.num = idx
         out = Path(str(sweep_config.hydra.sweep.dir)) / str(sweep_config.hydra.sweep.subdir)
+        with read_write(sweep_config.hydra.runtime), open_dict(sweep_config.hydra.runtime):
+            sweep_config.hydra.runtime.output_dir = os.path.abspath(out)
         task_cfg = copy.deepcopy(sweep_config)
         with read_write(task_cfg), open_dict(task_cfg):
             del task_cfg["hydra"]
@@ -336,42 +340,75 @@ class D2benchSlurmLauncher(SlurmLauncher):  # type: ignore[misc,valid-type]
         ret = result or JobReturn()
         ret.overrides, ret.cfg, ret.working_dir = list(overrides), task_cfg, os.getcwd()
         try:
-            row = failure_row(task_cfg, out, text, hostname)
-        except Exception as error:  # noqa: BLE001 - a config no run can use: no row to write
+            value = failure_rows(sweep_config, task_cfg, text, hostname)
+        except Exception as error:  # noqa: BLE001 - e.g. a config no run can use: no row
+            log.error("slurm: no error row for %s: %s", " ".join(overrides), error)
             ret.status, ret.return_value = JobStatus.FAILED, error
             return ret
-        ret.status, ret.return_value = JobStatus.COMPLETED, row
+        ret.status, ret.return_value = JobStatus.COMPLETED, value
         return ret
 
 
+def _rows(value) -> list:
+    return value if isinstance(value, list) else [value]
+
+
 def erroneous(result: JobReturn) -> bool:
-    """The job raised, or returned no row or an error row."""
+    """The job raised, or returned no row or an error row (any member's, for a session)."""
     if result.status != JobStatus.COMPLETED:
         return True
-    row = result._return_value
-    return row is None or getattr(row, "status", "error") == "error"
+    value = result._return_value
+    if value is None:
+        return True
+    return any(row is not None and row.status == "error" for row in _rows(value))
 
 
 def reported(result: JobReturn) -> str:
     value = result._return_value
-    text = getattr(value, "error", None) or str(value)
+    texts = [getattr(row, "error", "") for row in _rows(value) if row is not None]
+    text = next((t for t in texts if t and t.strip()), "") or str(value)
     return text.strip().splitlines()[0] if text.strip() else repr(value)
 
 
-def failure_row(task_cfg: DictConfig, out: Path, text: str, hostname: str = ""):
-    """Write (and return) the error row of a run whose job ended without one; an ok row of
-    the same config and code already in `out` is kept instead."""
-    from runner import bench, record
-    from runner.config import fingerprint, to_config
+def failure_rows(sweep_config: DictConfig, task_cfg: DictConfig, text: str, hostname: str):
+    """What the stopped job would have returned (runner.bench.run): one row, or one per
+    member of a session of backends (None for a member whose config is refused)."""
+    from hydra.core.hydra_config import HydraConfig
+
+    from runner import bench
+    from runner.config import to_config
 
     cfg = to_config(task_cfg)
     cfg.command = os.environ.get("D2BENCH_COMMAND", "")
+    if not cfg.members:
+        return failure_row(cfg, text, hostname)
+    saved = HydraConfig.instance().cfg
+    HydraConfig.instance().set_config(sweep_config)  # as inside the job (member folders)
+    try:
+        members = bench.member_configs(cfg)
+    finally:
+        HydraConfig.instance().cfg = saved
+    return [None if m is None else failure_row(m, text, hostname) for m in members]
+
+
+def failure_row(cfg, text: str, hostname: str = ""):
+    """Write (and return) the error row of a run whose job ended without finishing it, as
+    runner.bench does for a run that failed (the row alone in result.csv). A run whose every
+    repeat is already measured, with this config and code, is kept: its last row."""
+    from runner import bench, record
+    from runner.config import fingerprint
+
+    out = Path(cfg.output_dir)
     code = fingerprint(cfg, record.git_sha())
     out.mkdir(parents=True, exist_ok=True)
     with record.locked(out / ".lock"):
-        kept = bench.finished_row(out, code)
-        if kept is not None:
-            return kept
+        try:
+            rows = [r for r in record.read_rows(out / "result.csv") if r.fingerprint == code]
+        except (OSError, ValueError, csv.Error):
+            rows = []
+        measured = [r for r in rows if r.status in record.MEASURED]
+        if measured and {r.repeat for r in measured} >= set(range(cfg.bench.repeats)):
+            return measured[-1]
         row = record.Row(
             **bench.identity(cfg),
             status="error",
