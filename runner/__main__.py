@@ -3,7 +3,8 @@
 Hydra composes conf/config.yaml with one file from each group; `run_job` validates it and hands
 it to runner.bench.run. In a single run the exit code is 0 for ok and unsupported rows, 1 for
 errors and parity failures, 2 for input no run can use. In --multirun the sweeper collects the
-rows and sets the exit code once every job has run.
+rows and sets the exit code once every job has run. Ctrl-C stops the run or the sweep with one
+line and exit code 130; the interrupted run's row says so, and the same command resumes.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import gpus, preflight
 from runner.bench import describe, run
-from runner.config import ConfigError, register_schema, to_config
+from runner.config import ConfigError, check_command_line, register_schema, to_config
 from runner.progress import Progress
 from runner.record import Row
 
@@ -53,6 +54,10 @@ def remove_if_only_hydra_wrote(folder: Path, job_name: str) -> None:
         folder.rmdir()  # only if empty
 
 
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C stopped a run; its row is recorded (status error, error `interrupted: ...`)."""
+
+
 def run_job(cfg: DictConfig) -> Row | None:
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode == RunMode.RUN
@@ -69,6 +74,8 @@ def run_job(cfg: DictConfig) -> Row | None:
     index = None if single else hydra_cfg.job.num
     with Progress(describe(config), index):
         row = run(config)
+        if row.error.startswith("interrupted:"):
+            raise Stopped(f"{describe(config)}: recorded as interrupted in {row.output_dir}")
     if single and row.status in ("error", "parity_fail"):
         raise SystemExit(1)
     return row
@@ -79,7 +86,26 @@ def main(cfg: DictConfig) -> Row | None:
     return run_job(cfg)
 
 
-if __name__ == "__main__":
+def refuse(message: str) -> None:
+    """Input no run can use: one line, exit code 2 (nothing has been written yet)."""
+    sys.stderr.write(f"invalid configuration: {message}\n")
+    raise SystemExit(2)
+
+
+def entry(argv: list[str]) -> None:
+    try:
+        check_command_line(argv)
+    except ConfigError as error:
+        refuse(str(error))
     register_schema()
     OmegaConf.register_new_resolver("d2bench_gpus", lambda: len(gpus.visible_gpus()))
     main()
+
+
+if __name__ == "__main__":
+    try:
+        entry(sys.argv[1:])
+    except KeyboardInterrupt as stop:  # Ctrl-C: one line, not tracebacks
+        where = str(stop) or "before a run was recorded"
+        sys.stderr.write(f"interrupted (Ctrl-C): {where}; the same command resumes\n")
+        raise SystemExit(130) from None
