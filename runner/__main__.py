@@ -9,7 +9,6 @@ line and exit code 130; the interrupted run's row says so, and the same command 
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shlex
 import shutil
@@ -44,14 +43,23 @@ HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 
 def remove_if_only_hydra_wrote(folder: Path, job_name: str) -> None:
     """Hydra makes the run folder (.hydra/ and the job's log) before the job starts; a job
-    refused for bad input removes what Hydra wrote, and the folder if nothing else is in it, so
-    that bad input leaves nothing behind and never takes anything else with it."""
+    refused for bad input removes what Hydra wrote, and the folder (and outputs/runs/ above it)
+    if nothing else is in it, so that bad input leaves nothing behind and never takes anything
+    else with it."""
     hydra_dir, job_log = folder / ".hydra", folder / f"{job_name}.log"
     if hydra_dir.is_dir() and {p.name for p in hydra_dir.iterdir()} <= HYDRA_FILES:
         shutil.rmtree(hydra_dir, ignore_errors=True)
     job_log.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        folder.rmdir()  # only if empty
+    # the folder, then the parents Hydra made for it (outputs/runs/), each only while empty and
+    # below the working directory
+    cwd = Path.cwd().resolve()
+    for path in (folder.resolve(), *folder.resolve().parents):
+        if path != folder.resolve() and (path == cwd or cwd not in path.parents):
+            break
+        try:
+            path.rmdir()  # only if empty
+        except OSError:
+            break
 
 
 class Stopped(KeyboardInterrupt):

@@ -312,10 +312,14 @@ def _composition_error(loader, error: BaseException) -> str:
     unknown = re.match(r"Could not override '([^']+)'", text)
     if unknown and cause is not None and "not in" in str(cause):
         key = unknown.group(1)
-        parent, _, leaf = key.rpartition(".")
+        parent = key.rpartition(".")[0]
         base = loader.load_configuration("config", [], run_mode=RunMode.MULTIRUN)
         node = OmegaConf.select(base, parent) if parent else base
-        if isinstance(node, DictConfig) and OmegaConf.get_type(node) is dict:
+        opened = parent  # the deepest part of the key that exists
+        while opened and OmegaConf.select(base, opened) is None:
+            opened = opened.rpartition(".")[0]
+        mapping = OmegaConf.select(base, opened) if opened else base
+        if isinstance(mapping, DictConfig) and OmegaConf.get_type(mapping) is dict:
             return f"{key}: not set in the config; add it with a leading +: +{key}=..."
         keys = sorted(k for k in node if k != "hydra") if isinstance(node, DictConfig) else []
         return f"{key}: no such key; keys{f' of {parent}' if parent else ''}: {', '.join(keys)}"

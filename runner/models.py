@@ -15,6 +15,7 @@ import logging
 import pickle
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,12 +24,39 @@ from runner.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
+# The README's Install commands, on one line (a refusal is one line).
 DETECTRON2_INSTALL = (
     "detectron2 is not installed. It is on no package registry; build it from source against "
-    "the installed torch:\n"
-    "  pip install 'setuptools<81' && "
+    "the installed torch: pip install 'setuptools<81' fvcore iopath pycocotools && "
     "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
 )
+
+
+# Warnings that libraries print on every run and that a user of d2bench cannot act on: tracing
+# and scripting are what the torchscript backend and the exports measure (their deprecation is
+# torch's news, not the run's); detectron2 and torchvision code converts tensors to Python values
+# while being traced (parity checks the traced answers); detectron2 imports pkg_resources, calls
+# meshgrid without `indexing`, and loads its own zoo configs with yaml.unsafe_load. Any other
+# warning, from user code (a backend module) or about the run's own values, is still shown.
+LIBRARY_NOISE = (
+    ("ignore", r"`torch\.jit\.[a-z_]+` is deprecated", FutureWarning, ""),
+    ("ignore", r"pkg_resources is deprecated", UserWarning, ""),
+    ("ignore", r"torch\.meshgrid: in an upcoming release", UserWarning, ""),
+    ("ignore", r"", "TracerWarning", r"(detectron2|torchvision)(\.|$)"),
+)
+
+
+def quiet_library_warnings() -> None:
+    """Hide LIBRARY_NOISE in this process (the measuring child, or a preflight that imports
+    detectron2); idempotent."""
+    import warnings
+
+    for action, message, category, module in LIBRARY_NOISE:
+        if category == "TracerWarning":
+            category = torch.jit.TracerWarning
+        warnings.filterwarnings(action, message=message, category=category, module=module)
+    # fvcore logs this for detectron2's own zoo files, which are not the user's to vet
+    logging.getLogger("fvcore.common.config").setLevel(logging.ERROR)
 
 
 class MissingDependency(RuntimeError):
@@ -45,6 +73,7 @@ def require_detectron2() -> None:
 
 def build(cfg: ModelConfig, device: torch.device, seed: int) -> tuple[nn.Module, str]:
     """Build the model, load weights or seed its init; return (eval-mode model, weights label)."""
+    quiet_library_warnings()
     torch.manual_seed(seed)
     if cfg.family == "detectron2":
         model = _build_detectron2(cfg, device)
@@ -59,20 +88,48 @@ def build(cfg: ModelConfig, device: torch.device, seed: int) -> tuple[nn.Module,
 
 
 def _build_detectron2(cfg: ModelConfig, device: torch.device) -> nn.Module:
-    require_detectron2()
-    from detectron2 import model_zoo
     from detectron2.modeling import build_model
 
+    return build_model(detectron2_config(cfg, str(device)))
+
+
+def flat_options(options: dict, prefix: str = "") -> dict[str, Any]:
+    """detectron2 keys as dotted names: `+model.arch_options.MODEL.RPN.X=1` on the command line
+    arrives nested ({MODEL: {RPN: {X: 1}}}), a YAML mapping may name MODEL.RPN.X directly."""
+    flat: dict[str, Any] = {}
+    for key, value in options.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_options(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def detectron2_config(cfg: ModelConfig, device: str = "cpu"):
+    """The model zoo's config for cfg.arch with the run's thresholds and `arch_options` merged.
+    Raises ValueError naming the option for a key detectron2 does not have or a wrong type."""
+    quiet_library_warnings()
+    require_detectron2()
+    from detectron2 import model_zoo
+
     d2cfg = model_zoo.get_config(cfg.arch, trained=False)
-    d2cfg.MODEL.DEVICE = str(device)
+    d2cfg.MODEL.DEVICE = device
     d2cfg.MODEL.WEIGHTS = ""
     for section in ("ROI_HEADS", "RETINANET"):
         getattr(d2cfg.MODEL, section).SCORE_THRESH_TEST = cfg.score_thresh
         getattr(d2cfg.MODEL, section).NMS_THRESH_TEST = cfg.nms_thresh
     d2cfg.TEST.DETECTIONS_PER_IMAGE = cfg.detections_per_image
-    for key, value in cfg.arch_options.items():
-        d2cfg.merge_from_list([key, value])
-    return build_model(d2cfg)
+    for key, value in flat_options(cfg.arch_options).items():
+        try:
+            d2cfg.merge_from_list([key, value])
+        except (AssertionError, KeyError, ValueError, TypeError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "refused"
+            raise ValueError(
+                f"model.arch_options.{key}={value!r}: not a detectron2 config option of this "
+                f"model ({reason})"
+            ) from None
+    return d2cfg
 
 
 def _build_torchvision(cfg: ModelConfig) -> nn.Module:

@@ -23,6 +23,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from runner.preflight import refusal, refused_sweep
+
 log = logging.getLogger(__name__)
 
 
@@ -99,7 +101,14 @@ class D2benchSweeper(BasicSweeper):
         except HydraException as error:  # a mistake in the sweep itself: one line, no traceback
             log.error("sweep: %s", error)
             raise SystemExit(2) from None
+        for number, overrides in enumerate(jobs):  # hydra.verbose=hydra_plugins shows them
+            log.debug("job #%d : %s", number, " ".join(overrides))
         jobs, invalid = self.legal(jobs)
+        if invalid and not jobs:  # nothing can run: one line, exit 2, nothing written
+            log.error("invalid configuration: %s", refused_sweep(invalid))
+            raise SystemExit(2)
+        for overrides, reason in invalid:
+            log.error("invalid job %s: %s", overrides, reason)
         os.environ["D2BENCH_SWEEP_TOTAL"] = str(len(jobs))  # for the jobs' progress lines
         os.environ["D2BENCH_SWEEP_STARTED"] = str(time.time())
         self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
@@ -117,18 +126,21 @@ class D2benchSweeper(BasicSweeper):
         return returns
 
     def legal(self, jobs: list[list[str]]) -> tuple[list[list[str]], list[tuple[str, str]]]:
-        """Jobs whose config composes, and (overrides, reason) for those that do not (a value
-        of the wrong type, an unknown key): these are reported, the others still run."""
+        """Jobs whose config composes and passes preflight, and (overrides, reason) for those
+        that do not (a value of the wrong type, an unknown key, input preflight refuses)."""
         legal, invalid = [], []
         for overrides in jobs:
             try:
-                self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                job = self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(overrides)
+                )
+                reason = refusal(job)
             except Exception as error:  # noqa: BLE001 - Hydra and OmegaConf raise many kinds
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-                log.error("invalid job %s: %s", " ".join(overrides), reason)
-                invalid.append((" ".join(overrides), reason))
-            else:
+            if reason is None:
                 legal.append(overrides)
+            else:
+                invalid.append((" ".join(overrides), reason))
         return legal, invalid
 
     @staticmethod
