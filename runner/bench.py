@@ -17,7 +17,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from runner import backends, gpus, isolate, record
+from runner import backends, gpus, isolate, provenance, record
 from runner.config import Config, options_text
 from runner.config import fingerprint as config_fingerprint
 from runner.record import Row
@@ -73,7 +73,7 @@ def run(cfg: Config) -> Row:
     """
     out = Path(cfg.output_dir)
     out.mkdir(parents=True, exist_ok=True)
-    fingerprint = config_fingerprint(cfg, record.git_sha())
+    fingerprint = config_fingerprint(cfg, provenance.code_digest())  # content, not commit
     with record.locked(out / ".lock"):
         kept = None if cfg.redo else finished_row(out, fingerprint)
         if kept is not None:
