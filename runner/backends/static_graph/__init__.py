@@ -1,5 +1,93 @@
-"""static_graph: the detector rewritten into fixed-shape, sync-free tensor code (proposals, NMS,
-ROI pooling, heads, post-processing) and replayed as one CUDA graph per input size and batch.
+"""static_graph: the detector rewritten into fixed-shape, sync-free tensor code and replayed as
+one CUDA graph per input size and batch (conf/backend/static_graph.yaml).
 
-Parts: nms (sync-free batched NMS), proposals, pooling, heads, capture.
+Where the other backends leave the detection tail (top-k, NMS and its host sync, ROI heads on
+a run-time box count, mask paste) running op by op, this one rewrites it: every tensor has a
+shape fixed by the config and the input size, what eager would remove is masked, and the
+detection count leaves the GPU once, at the end of the call. Parts, one file each:
+
+    nms.py        sync-free batched NMS (plain torch everywhere, Triton on CUDA)
+    proposals.py  the RPN: per-level top-k, decode, clip, masks, NMS, post-NMS top-k
+    pooling.py    multi-level ROIAlign without per-level nonzero; mask paste
+    heads.py      box heads (standard, Cascade, C4's res5), mask head, RetinaNet, postprocess
+    detector.py   the whole forward of a detectron2 detector from those parts
+    capture.py    CUDA graph capture and replay, output slicing, eager fallback, notes
+
+The export setting does not matter here: the rewrite replaces the exported module (traced or
+scripted) with its own forward over the same weights.
 """
+
+from __future__ import annotations
+
+import logging
+
+import torch
+
+from runner.backends import Unsupported, _parts, register
+
+log = logging.getLogger(__name__)
+
+OPTIONS = {
+    "compile": (bool,),  # torch.compile (Inductor) the rewritten forward inside the graph
+    "mode": ("default", "max-autotune-no-cudagraphs"),  # Inductor mode when compile=true
+    "graphs": (bool,),  # false: run the rewritten forward without CUDA graphs (debugging)
+    "max_candidates": (int,),  # detection candidates entering the final NMS
+    "half_roi_align": (bool,),  # ROIAlign in fp16 on fp16 features (autocast runs it in fp32)
+    "fold_bn": (bool,),  # fold frozen batch norms into the convolutions before capture
+    "half_weights": (bool,),  # conv and linear weights stored in the autocast dtype
+    **_parts.TUNING,
+}
+
+
+@register("static_graph", options=OPTIONS)
+def optimize(exported, inputs, precision, options):
+    from runner.backends.static_graph.capture import Replay
+    from runner.backends.static_graph.detector import (
+        Budgets,
+        StaticDetector,
+        cast_weights,
+        fold_frozen_batchnorm,
+    )
+
+    if exported.model.__class__.__module__.split(".")[0] != "detectron2":
+        raise Unsupported(
+            f"backend=static_graph rewrites detectron2 detectors; {type(exported.model).__name__}"
+            " is not one"
+        )
+    candidates = options.get("max_candidates", 2048)
+    if candidates < 1:
+        raise ValueError(f"backend=static_graph: options.max_candidates={candidates}; need >= 1")
+    on_cuda = exported.example[0].device.type == "cuda"
+    graphs = options.get("graphs", True) and on_cuda
+    if options.get("fold_bn"):
+        log.info(
+            "static_graph: folded %d frozen batch norms", fold_frozen_batchnorm(exported.model)
+        )
+    if options.get("half_weights"):
+        if not precision.autocast:
+            raise ValueError(
+                "backend=static_graph: options.half_weights=true needs a reduced precision "
+                f"(precision=fp16 or bf16), not precision={precision.name}"
+            )
+        dtype = getattr(torch, precision.dtype)
+        log.info(
+            "static_graph: %d layers hold %s weights", cast_weights(exported.model, dtype), dtype
+        )
+    _parts.tune(exported, options)
+    budgets = Budgets(
+        max_candidates=candidates, half_roi_align=options.get("half_roi_align", False)
+    )
+    detector = StaticDetector(exported.model, _postprocess(exported), budgets).eval()
+    forward = detector
+    if options.get("compile"):
+        forward = torch.compile(detector, mode=options.get("mode", "default"), dynamic=False)
+    return Replay(forward, fallback=exported.module, graphs=graphs)
+
+
+def _postprocess(exported) -> bool:
+    """Whether the exported module post-processes (resized boxes, pasted masks)."""
+    inner = getattr(exported.module, "postprocess", None)  # runner.export._D2ScriptPath
+    if inner is not None:
+        return bool(inner)
+    inference = getattr(exported.module, "inference_func", None)  # TracingAdapter
+    return bool(getattr(inference, "postprocess", False))

@@ -1,0 +1,283 @@
+"""Sync-free, fixed-shape batched NMS: torchvision's `batched_nms(...)[:k]` on padded inputs.
+
+    batched_nms_topk(boxes [..., N, 4], scores [..., N], idxs [..., N], valid [..., N],
+                     iou_threshold, k, max_candidates=None)
+        -> index [..., k] int64 into N, kept [..., k] bool, exact [...] bool
+
+For every leading index it gives what
+
+    keep = torchvision.ops.batched_nms(boxes[valid].float(), scores[valid], idxs[valid], thr)[:k]
+
+gives (detectron2's `batched_nms` is the same call with `.float()`): `index[..., :count]` are
+the kept boxes in batched_nms's order, `kept` marks those slots, padded slots hold index 0.
+Every shape is fixed by N, k and max_candidates, and nothing reads a value back to the host
+(no `.item()`, `nonzero`, boolean-mask indexing), so the call can sit inside a CUDA graph.
+
+What is mirrored, bit for bit:
+- torchvision's coordinate trick (`_batched_nms_coordinate_trick`, the path it takes on CUDA below
+  25000 boxes and under tracing): boxes + idxs * (max coordinate of the valid boxes + 1), in fp32;
+- its sort: scores descending, stable (ties keep the lower input index first; torchvision >= 0.15
+  sorts stably on CPU and CUDA); invalid entries sort last as -inf and never suppress or get kept;
+- its IoU: no +1, `inter / (area_a + area_b - inter) > threshold` in fp32, IEEE rounding.
+
+Two paths give the same answers (`method=`):
+- "torch", the reference, on CPU and GPU. Its greedy solve (`solver=`) is either
+  "scan": tiles of 64 boxes in score order, each resolved box by box against the removals of
+  the earlier tiles; exact always; ~3 small ops per box, so the CPU's choice (tens of ms at
+  5000 boxes) but launch-bound on a GPU; or
+  "fixpoint": the full upper-triangular suppression matrix M, then
+  `keep <- valid & ~any_{j<i}(keep_j & M[j, i])` run `rounds` times (a few large ops each). Its
+  fixed point is unique and equals greedy NMS; the iterates bracket it (odd ones below, even
+  ones above), so wherever two successive iterates agree the answer is proven. `exact` is True
+  when they agree on every box up to the k-th kept one, False when `rounds` was too few (never
+  wrong in silence); real RPN and box-head inputs settle in about 10 rounds. The GPU's choice.
+- "triton" (CUDA): `nms_triton.py`, an IoU bitmask kernel and one program per batch element
+  that scans 32-box tiles in score order, stopping once k boxes are kept. Exact in one pass.
+"auto" takes Triton for CUDA tensors when triton imports, the torch path otherwise.
+
+`max_candidates` C: only the top-C valid boxes by score enter NMS (cost ~ C^2). Greedy NMS is
+prefix-consistent (a box's fate depends only on higher-scored boxes), so the answer is still
+exact when num_valid <= C or at least k boxes were kept among the candidates; `exact` says so,
+computed on the device.
+"""
+
+from __future__ import annotations
+
+import functools
+import logging
+import os
+
+import torch
+
+log = logging.getLogger(__name__)
+
+METHODS = ("auto", "torch", "triton")
+SOLVERS = ("auto", "scan", "fixpoint")
+DEFAULT_ROUNDS = 24
+SCAN_TILE = 64
+
+
+@torch.compiler.disable  # compiled callers (static_graph compile=true) run it as it is, in the graph
+def batched_nms_topk(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    idxs: torch.Tensor,
+    valid: torch.Tensor,
+    iou_threshold: float,
+    k: int,
+    max_candidates: int | None = None,
+    *,
+    method: str = "auto",
+    solver: str = "auto",
+    rounds: int = DEFAULT_ROUNDS,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Fixed-shape, sync-free equivalent of
+         keep = torchvision.ops.batched_nms(boxes[valid], scores[valid], idxs[valid], thr)[:k]
+    for every leading batch index. boxes [..., N, 4] (any float dtype; computed in fp32),
+    scores [..., N], idxs [..., N] integer categories, valid [..., N] bool.
+
+    Returns (index [..., k] int64 into N, kept [..., k] bool, exact [...] bool):
+      index[..., j] for j < count are the kept boxes in batched_nms's order (descending score);
+      kept marks those slots (count = kept.sum(-1)); padded slots have kept=False and index 0.
+      exact is True where the result is provably identical to batched_nms's first k.
+
+    max_candidates: only the top-`max_candidates` valid boxes by score enter NMS (cost ~
+      max_candidates^2); exact stays True when num_valid <= max_candidates or at least k boxes
+      were kept among the candidates (greedy NMS is prefix-consistent).
+    method: "auto" (Triton for CUDA tensors when triton imports, else torch), "torch", "triton".
+    solver: the torch path's greedy solve: "scan" (exact, ~3 small ops per box: the CPU's
+      choice), "fixpoint" (`rounds` large ops, exact=False where too few: the GPU's), "auto".
+    rounds: fixed-point rounds of the "fixpoint" solver.
+    """
+    if method not in METHODS:
+        raise ValueError(f"method={method!r}: allowed values are {METHODS}")
+    if solver not in SOLVERS:
+        raise ValueError(f"solver={solver!r}: allowed values are {SOLVERS}")
+    if rounds < 1:
+        raise ValueError(f"rounds={rounds}: must be at least 1")
+    lead, n = scores.shape[:-1], scores.shape[-1]
+    if boxes.shape != (*lead, n, 4) or idxs.shape != scores.shape or valid.shape != scores.shape:
+        raise ValueError(
+            f"shapes: boxes {tuple(boxes.shape)} must be [..., N, 4] and scores "
+            f"{tuple(scores.shape)}, idxs {tuple(idxs.shape)}, valid {tuple(valid.shape)} [..., N]"
+        )
+    device = scores.device
+    c = n if max_candidates is None else max(0, min(n, max_candidates))
+    if c == 0 or k == 0:  # shapes alone decide: nothing can be kept, nothing is lost
+        exact = torch.ones(lead, dtype=torch.bool, device=device)
+        if k > 0 and n > 0:  # no candidates at all: exact only where nothing was valid
+            exact = ~valid.any(-1)
+        return (
+            torch.zeros((*lead, k), dtype=torch.int64, device=device),
+            torch.zeros((*lead, k), dtype=torch.bool, device=device),
+            exact,
+        )
+    use_triton = method == "triton" or (
+        method == "auto" and device.type == "cuda" and triton_available()
+    )
+    if method == "triton" and not (triton_runs_on(device) and triton_available()):
+        raise RuntimeError(
+            f"method='triton' needs CUDA tensors (or TRITON_INTERPRET=1) and triton; got {device}"
+        )
+
+    flat = int(torch.Size(lead).numel())
+    cand = sorted_candidates(
+        boxes.reshape(flat, n, 4),
+        scores.reshape(flat, n),
+        idxs.reshape(flat, n),
+        valid.reshape(flat, n),
+        c,
+    )
+    if use_triton:
+        from runner.backends.static_graph.nms_triton import greedy_nms_triton
+
+        position, count = greedy_nms_triton(cand.boxes, cand.valid, iou_threshold, k)
+        exact = (cand.num_valid <= c) | (count >= k)
+    else:
+        if solver == "scan" or (solver == "auto" and device.type != "cuda"):
+            keep = greedy_nms_scan(cand.boxes, cand.valid, iou_threshold)
+            exact = torch.ones_like(cand.num_valid, dtype=torch.bool)
+        else:
+            keep, exact = greedy_nms_fixpoint(cand.boxes, cand.valid, iou_threshold, k, rounds)
+        exact = exact & ((cand.num_valid <= c) | (keep.sum(-1) >= k))
+        position, count = first_k_positions(keep, k)
+    index = cand.order.gather(1, position)
+    kept = torch.arange(k, device=device) < count[:, None]
+    index = torch.where(kept, index, torch.zeros_like(index))
+    return index.reshape(*lead, k), kept.reshape(*lead, k), exact.reshape(lead)
+
+
+@functools.cache
+def triton_available() -> bool:
+    """True where `import triton` works (the GPU machine); decided once per process."""
+    try:
+        import triton  # noqa: F401
+    except Exception as error:  # ImportError, or a broken install
+        log.info("triton not importable (%s): static_graph NMS uses the torch path", error)
+        return False
+    return True
+
+
+def triton_runs_on(device: torch.device) -> bool:
+    """CUDA, or any device under Triton's interpreter (TRITON_INTERPRET=1, set before triton
+    is imported): how the CPU tests run the Triton kernels for real."""
+    return device.type == "cuda" or os.environ.get("TRITON_INTERPRET") == "1"
+
+
+class Candidates:
+    """The top-C entries of each row in torchvision's order: `order` [B, C] input indices,
+    `boxes` [B, C, 4] fp32 offset boxes (coordinate trick), `valid` [B, C] bool,
+    `num_valid` [B] int64 (valid entries of the whole row, candidates or not)."""
+
+    def __init__(self, order, boxes, valid, num_valid):
+        self.order, self.boxes, self.valid, self.num_valid = order, boxes, valid, num_valid
+
+
+def sorted_candidates(
+    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, valid: torch.Tensor, c: int
+) -> Candidates:
+    """boxes [B, N, 4], scores/idxs/valid [B, N] -> the top-c of each row, sorted as torchvision's
+    nms sorts (stable, descending; invalid last), with boxes offset per category exactly as
+    `_batched_nms_coordinate_trick` offsets them (max over the row's valid boxes, in fp32)."""
+    boxes = boxes.float()
+    valid = valid.bool()
+    masked = scores.masked_fill(~valid, float("-inf"))
+    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[:, :c]
+    any_valid = valid.any(-1)
+    top = boxes.masked_fill(~valid[..., None], float("-inf")).amax(dim=(-2, -1))
+    top = torch.where(any_valid, top, torch.zeros_like(top))  # no valid box: any finite value
+    offsets = idxs.to(boxes.dtype) * (top[:, None] + 1)
+    shifted = boxes + offsets[..., None]
+    return Candidates(
+        order=order,
+        boxes=shifted.gather(1, order[..., None].expand(-1, -1, 4)),
+        valid=valid.gather(1, order),
+        num_valid=valid.sum(-1),
+    )
+
+
+def iou_above(rows: torch.Tensor, cols: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """rows [B, R, 4], cols [B, S, 4] -> [B, R, S] bool, IoU > threshold with torchvision's kernel
+    formula in fp32: no +1, inter / (area_row + area_col - inter), each op rounded on its own."""
+    ax1, ay1, ax2, ay2 = (t[:, :, None] for t in rows.unbind(-1))
+    bx1, by1, bx2, by2 = (t[:, None, :] for t in cols.unbind(-1))
+    area_rows = (ax2 - ax1) * (ay2 - ay1)
+    area_cols = (bx2 - bx1) * (by2 - by1)
+    width = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_min_(0)
+    height = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_min_(0)
+    inter = width.mul_(height)
+    return inter / ((area_rows + area_cols) - inter) > iou_threshold
+
+
+def suppression_matrix(boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
+    """boxes [B, C, 4] in score order -> M [B, C, C] bool, M[b, i, j] = j > i and
+    IoU(box i, box j) > threshold (`iou_above`)."""
+    c = boxes.shape[1]
+    later = torch.ones(c, c, dtype=torch.bool, device=boxes.device).triu_(1)
+    return iou_above(boxes, boxes, iou_threshold) & later
+
+
+def greedy_nms_fixpoint(
+    boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float, k: int, rounds: int
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Greedy NMS over boxes [B, C, 4] already in score order -> (keep [B, C] bool, proven [B]).
+
+    keep <- valid & ~any_{j<i}(keep_j & M[j, i]), `rounds` times from keep = valid. The map is
+    antitone and its fixed point (greedy NMS) unique, so successive iterates lie on either side of
+    it; where two agree, that box is decided. `proven`: they agree on every box up to and
+    including the k-th kept one (or on all boxes), so keep's first k are greedy's first k.
+    A few large ops per round: the GPU's torch path (real RPN and box-head inputs settle in
+    about 10 rounds).
+    """
+    m = suppression_matrix(boxes, iou_threshold)  # rows of invalid boxes never count: keep <= valid
+    # 0/1 products summed: fp16 counts exactly up to 2048 and stays > 0 beyond; CPU lacks fast fp16
+    weights = m.to(torch.float16 if boxes.is_cuda else torch.float32)
+    keep, previous = valid, valid
+    for _ in range(rounds):
+        previous = keep
+        hit = torch.bmm(keep[:, None, :].to(weights.dtype), weights)[:, 0] > 0
+        keep = valid & ~hit
+    agreed = torch.cumprod((keep == previous).to(torch.int32), dim=-1).bool()  # decided prefix
+    proven = agreed[:, -1] | ((keep & agreed).sum(-1) >= k)
+    return keep, proven
+
+
+def greedy_nms_scan(
+    boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float, tile: int = SCAN_TILE
+) -> torch.Tensor:
+    """Greedy NMS over boxes [B, C, 4] already in score order -> keep [B, C] bool, exact.
+
+    Tiles of `tile` boxes in score order: the tile's IoU rows against itself and every later box
+    (never the C x C matrix), its own block resolved box by box, then its kept boxes' rows remove
+    later boxes in one product. The same walk as the Triton kernel, in ~3 small ops per box: the
+    CPU's torch path (tens of ms at C = 5000), slow on a GPU (one launch per op).
+    """
+    c = valid.shape[1]
+    removed = torch.zeros_like(valid)
+    kept = []
+    for start in range(0, c, tile):
+        stop = min(start + tile, c)
+        size = stop - start
+        m = iou_above(boxes[:, start:stop], boxes[:, start:], iou_threshold)
+        later = torch.ones(size, c - start, dtype=torch.bool, device=valid.device).triu_(1)
+        m &= later
+        open_ = valid[:, start:stop] & ~removed[:, start:stop]
+        spared = ~m[:, :, :size]
+        for row in range(size):  # a box still open at its turn is kept and closes what it hits
+            open_ = open_ & (spared[:, row] | ~open_[:, row : row + 1])
+        kept.append(open_)
+        if stop < c:
+            hit = torch.bmm(open_[:, None, :].to(torch.float32), m[:, :, size:].to(torch.float32))
+            removed[:, stop:] |= hit[:, 0] > 0
+    return torch.cat(kept, 1)
+
+
+def first_k_positions(keep: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
+    """keep [B, C] bool -> (position [B, k] int64 of the first k True entries, 0 past the end;
+    count [B] int64 = min(keep.sum, k)). A search in the running count: no data-dependent shape."""
+    running = keep.cumsum(-1)
+    wanted = torch.arange(1, k + 1, device=keep.device).expand(keep.shape[0], k).contiguous()
+    position = torch.searchsorted(running, wanted)
+    count = running[:, -1].clamp(max=k)
+    position = torch.where(position < keep.shape[1], position, torch.zeros_like(position))
+    return position, count
