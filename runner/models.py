@@ -13,6 +13,7 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -162,6 +163,14 @@ def _sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+class _Refused(pickle.UnpicklingError):
+    """The file is a readable pickle that names a global beyond arrays: unsafe, not corrupt."""
+
+    def __init__(self, name: str):
+        super().__init__(f"refusing to load {name}")
+        self.name = name
+
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists and numpy arrays; refuses every other global, so no code runs."""
 
@@ -181,32 +190,51 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        raise _Refused(f"{module}.{name}")
+
+
+UNSAFE = (
+    "model.weights={path}: the file holds {name}, more than tensors and arrays; loading it "
+    "means unpickling, which can run code from the file. If you trust the file, set "
+    "model.allow_pickle=true (it applies to .pth/.pt and .pkl checkpoints alike)"
+)
+CORRUPT = (
+    "model.weights={path}: not a readable {kind} checkpoint, the file is damaged or of another "
+    "format ({reason}); model.allow_pickle does not change that"
+)
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def load_checkpoint(path: Path, allow_pickle: bool) -> dict:
     """A state dict from a local checkpoint, loaded without running code from the file.
 
     .pth/.pt go through torch.load(weights_only=True); detectron2's .pkl files through an
-    unpickler that accepts only arrays and containers. `allow_pickle` lifts that restriction
-    for .pkl files that need more (they can then run arbitrary code: trust the file first).
+    unpickler that accepts only arrays and containers. A file that is a sound pickle but holds
+    more (objects whose unpickling could run code) is refused as unsafe unless `allow_pickle`,
+    which then unpickles it in full (trust the file first); a file that cannot be read at all is
+    refused as corrupt, whatever `allow_pickle` says.
     """
     if not path.is_file():
         raise ValueError(f"model.weights={path}: no such file")
+    kind = "detectron2 .pkl" if path.suffix == ".pkl" else "torch"
     try:
         if path.suffix == ".pkl":
             with open(path, "rb") as f:
                 unpickler = pickle.Unpickler if allow_pickle else _ArraysOnlyUnpickler
                 data = unpickler(f, encoding="latin1").load()
         else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"model.weights={path}: {error}. The file holds more than arrays; if you trust it, "
-            "set model.allow_pickle=true (unpickling can run code from the file)"
-        ) from error
+            data = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except _Refused as error:
+        raise ValueError(UNSAFE.format(path=path, name=error.name)) from error
     except Exception as error:  # torch and pickle raise many kinds for a corrupt file
-        raise ValueError(f"model.weights={path}: not a readable checkpoint ({error})") from error
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsafe and not allow_pickle:  # torch's weights-only unpickler met an object
+            raise ValueError(UNSAFE.format(path=path, name=unsafe.group(1))) from error
+        raise ValueError(CORRUPT.format(path=path, kind=kind, reason=_reason(error))) from error
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict) or not data:
