@@ -35,15 +35,17 @@ DETECTRON2_INSTALL = (
 
 # Warnings that libraries print on every run and that a user of d2bench cannot act on: tracing
 # and scripting are what the torchscript backend and the exports measure (their deprecation is
-# torch's news, not the run's); detectron2 and torchvision code converts tensors to Python values
-# while being traced (parity checks the traced answers); detectron2 imports pkg_resources, calls
-# meshgrid without `indexing`, and loads its own zoo configs with yaml.unsafe_load. Any other
-# warning, from user code (a backend module) or about the run's own values, is still shown.
+# torch's news, not the run's); torch, torchvision and detectron2 code converts tensors to Python
+# values and copy-constructs tensors while being traced (parity checks the traced answers);
+# detectron2 imports pkg_resources, calls meshgrid without `indexing` and loads its own zoo
+# configs with yaml.unsafe_load. Any other warning, from user code (a backend module) or about
+# the run's own values, is still shown.
 LIBRARY_NOISE = (
     ("ignore", r"`torch\.jit\.[a-z_]+` is deprecated", FutureWarning, ""),
     ("ignore", r"pkg_resources is deprecated", UserWarning, ""),
     ("ignore", r"torch\.meshgrid: in an upcoming release", UserWarning, ""),
-    ("ignore", r"", "TracerWarning", r"(detectron2|torchvision)(\.|$)"),
+    ("ignore", r"", "TracerWarning", r"(torch|detectron2|torchvision)(\.|$)"),
+    ("ignore", r"To copy construct from a tensor", UserWarning, r"(torch|torchvision)(\.|$)"),
 )
 
 
