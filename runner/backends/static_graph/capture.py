@@ -61,14 +61,14 @@ class Replay:
 
     def _capture(self, images):
         static_in = tuple(im.clone() for im in images)
+        torch.cuda.synchronize()
+        before = torch.cuda.memory_reserved()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
         with torch.cuda.stream(side), _autocast_without_cache():
             for _ in range(self.warmup):
                 self.forward(*static_in)
         torch.cuda.current_stream().wait_stream(side)
-        torch.cuda.synchronize()
-        before = torch.cuda.memory_reserved()
         graph = torch.cuda.CUDAGraph()
         with torch.cuda.graph(graph, pool=self.pool), _autocast_without_cache():
             static_out = self.forward(*static_in)

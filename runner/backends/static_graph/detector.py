@@ -17,7 +17,7 @@ from torch import nn
 
 from runner.backends import Unsupported
 from runner.backends.static_graph import heads as H  # noqa: N812
-from runner.backends.static_graph.proposals import common_size, rpn_proposals
+from runner.backends.static_graph.proposals import Anchors, common_size, rpn_proposals
 
 
 @dataclass(frozen=True)
@@ -65,6 +65,7 @@ class StaticDetector(nn.Module):
         self.model = model
         self.postprocess = postprocess
         self.budgets = budgets
+        self.anchors = Anchors()
         if isinstance(model, RetinaNet):
             self.kind = "retinanet"
         elif isinstance(model, GeneralizedRCNN):
@@ -85,10 +86,10 @@ class StaticDetector(nn.Module):
         size = common_size(batched.image_sizes)
         if self.kind == "retinanet":
             slots = H.retinanet_slots(
-                model, [features[f] for f in model.head_in_features], self.budgets
+                model, [features[f] for f in model.head_in_features], self.anchors, self.budgets
             )
         else:
-            proposals = rpn_proposals(model.proposal_generator, size, features)
+            proposals = rpn_proposals(model.proposal_generator, size, features, self.anchors)
             slots = self.box_slots(model.roi_heads, features, proposals, size, self.budgets)
             slots = replace(slots, exact=slots.exact & proposals.exact)
             if self.mask_on:

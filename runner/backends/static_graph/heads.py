@@ -162,14 +162,14 @@ def masks(heads, features: dict, slots: Slots, options) -> torch.Tensor:
     return probs.view(n, d, *probs.shape[1:])
 
 
-def retinanet_slots(model, features: list, options) -> Slots:
+def retinanet_slots(model, features: list, anchors, options) -> Slots:
     """RetinaNet.forward_inference: per level the best `test_topk_candidates` (class, anchor)
     pairs above the score threshold, decoded; per-class NMS; the best
     `max_detections_per_image`."""
     logits, deltas = model._transpose_dense_predictions(
         model.head(features), [model.num_classes, 4]
     )
-    anchors = model.anchor_generator(features)
+    anchors = anchors(model.anchor_generator, features)
     k_classes = model.num_classes
     level_boxes, level_scores, level_classes, level_valid = [], [], [], []
     for logits_l, deltas_l, anchors_l in zip(logits, deltas, anchors, strict=True):

@@ -57,7 +57,7 @@ DEFAULT_ROUNDS = 24
 SCAN_TILE = 64
 
 
-@torch.compiler.disable  # compiled callers (static_graph compile=true) run it as it is, in the graph
+@torch.compiler.disable  # compiled callers (static_graph compile=true) run it as it is
 def batched_nms_topk(
     boxes: torch.Tensor,
     scores: torch.Tensor,

@@ -57,10 +57,27 @@ def common_size(image_sizes) -> tuple[int, int]:
     return sizes.pop()
 
 
-def rpn_proposals(rpn, size: tuple[int, int], features: dict) -> Proposals:
+class Anchors:
+    """An anchor generator's anchors per feature-map shapes, made once outside any graph:
+    detectron2 builds their grid on the CPU and copies it to the GPU, which a graph cannot
+    hold. They depend on the feature maps' sizes only."""
+
+    def __init__(self):
+        self.made: dict = {}
+
+    def __call__(self, generator, features: list[torch.Tensor]):
+        key = (id(generator), tuple(tuple(f.shape[-2:]) for f in features), features[0].device)
+        if key not in self.made:
+            if torch.cuda.is_available() and torch.cuda.is_current_stream_capturing():
+                raise RuntimeError("static_graph: anchors must be made before graph capture")
+            self.made[key] = generator(features)
+        return self.made[key]
+
+
+def rpn_proposals(rpn, size: tuple[int, int], features: dict, anchors: Anchors) -> Proposals:
     """detectron2 `RPN` at inference, fixed-shape. `features`: the backbone's output dict."""
     feats = [features[f] for f in rpn.in_features]
-    anchors = rpn.anchor_generator(feats)
+    anchors = anchors(rpn.anchor_generator, feats)
     logits, deltas = rpn.rpn_head(feats)
     logits = [score.permute(0, 2, 3, 1).flatten(1) for score in logits]
     box_dim = rpn.anchor_generator.box_dim
