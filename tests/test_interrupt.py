@@ -6,6 +6,7 @@ interrupted, the sweep must stop with one line and exit code 130, and the same c
 
 from __future__ import annotations
 
+import contextlib
 import os
 import signal
 import subprocess
@@ -32,10 +33,41 @@ except isolate.Interrupted as stop:
 """
 
 
+STARTED: list[subprocess.Popen] = []  # what a failing test leaves running is killed after it
+
+
+@pytest.fixture(autouse=True)
+def kill_leftovers():
+    yield
+    while STARTED:
+        process = STARTED.pop()
+        if process.poll() is None:
+            for child in own_session_children(process.pid):  # measuring children first
+                with contextlib.suppress(ProcessLookupError, PermissionError):
+                    os.killpg(child, signal.SIGKILL)
+            with contextlib.suppress(ProcessLookupError, PermissionError):
+                os.killpg(process.pid, signal.SIGKILL)
+            process.wait(timeout=30)
+
+
+def own_session_children(pid: int) -> list[int]:
+    """Children of `pid` that lead their own session (the runner's measuring children)."""
+    found = []
+    for stat in Path("/proc").glob("[0-9]*/stat"):
+        try:
+            parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
+            child = int(stat.parent.name)
+            if parent == pid and os.getsid(child) == child:
+                found.append(child)
+        except (OSError, ValueError, IndexError):
+            continue
+    return found
+
+
 def start(args: list[str], log: Path) -> subprocess.Popen:
     """A process in its own process group (as a shell's foreground job), output to `log`."""
     with open(log, "w") as out:
-        return subprocess.Popen(
+        process = subprocess.Popen(
             args,
             cwd=REPO,
             env=clean_environment(),
@@ -44,6 +76,8 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
             text=True,
             start_new_session=True,
         )
+    STARTED.append(process)
+    return process
 
 
 def wait_for(condition, timeout_s: float, what: str):
@@ -58,19 +92,7 @@ def wait_for(condition, timeout_s: float, what: str):
 
 def measuring_child(runner: subprocess.Popen) -> int:
     """The runner's measuring child: the child process that leads its own session."""
-
-    def find():
-        for stat in Path("/proc").glob("[0-9]*/stat"):
-            try:
-                parent = int(stat.read_text().rsplit(")", 1)[1].split()[1])
-                pid = int(stat.parent.name)
-                if parent == runner.pid and os.getsid(pid) == pid:
-                    return pid
-            except (OSError, ValueError, IndexError):
-                continue
-        return None
-
-    return wait_for(find, 60, "the measuring child")
+    return wait_for(lambda: next(iter(own_session_children(runner.pid)), None), 60, "the child")
 
 
 def ctrl_c(process: subprocess.Popen, child: int) -> float:
