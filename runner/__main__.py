@@ -63,7 +63,8 @@ def remove_if_only_hydra_wrote(folder: Path, job_name: str) -> None:
 
 
 class Stopped(KeyboardInterrupt):
-    """Ctrl-C stopped a run; its row is recorded (status error, error `interrupted: ...`)."""
+    """Ctrl-C stopped a run; what it measured is recorded (a run that measured nothing yet has
+    a row with error `interrupted: ...`)."""
 
 
 def run_job(cfg: DictConfig) -> Row | None:
@@ -81,9 +82,11 @@ def run_job(cfg: DictConfig) -> Row | None:
     config.command = command_line()
     index = None if single else hydra_cfg.job.num
     with Progress(describe(config), index):
-        row = run(config)
-        if row.error.startswith("interrupted:"):
-            raise Stopped(f"{describe(config)}: recorded as interrupted in {row.output_dir}")
+        try:
+            row = run(config)
+        except KeyboardInterrupt:  # the children are dead and the rows written (runner.bench)
+            where = f"{describe(config)}: stopped; its rows are in {config.output_dir}"
+            raise Stopped(where) from None
     if single and row.status in ("error", "parity_fail"):
         raise SystemExit(1)
     return row

@@ -18,6 +18,7 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 FAMILIES = ("detectron2", "torchvision")
 EXPORTS = ("trace", "script")
 DTYPES = ("float32", "float16", "bfloat16")
+GC_MODES = ("keep", "collect", "pause")  # Python's GC around a timed block (conf/config.yaml)
 
 
 class ConfigError(ValueError):
@@ -90,6 +91,10 @@ class BenchConfig:  # values and their meaning: conf/config.yaml
     timeout_s: float
     isolate: bool
     match_iou: float
+    repeats: int = 5
+    rewarm: int = 10
+    gc: str = "collect"
+    pin_cpus: bool = False
 
 
 @dataclass
@@ -109,6 +114,9 @@ class Config:
     output_dir: str
     command: str
     redo: bool
+    # set by the sweeper: the backends of one session ("backend=X [backend.options.k=v ...]"
+    # each), built in parallel children and timed in turn (runner.bench.run_group)
+    members: list[str] = field(default_factory=list)
 
 
 def register_schema() -> None:
@@ -166,6 +174,9 @@ def validate(cfg: Config) -> None:
     _check(isinstance(cfg.batch, int) and cfg.batch >= 1, f"batch={cfg.batch!r}; must be >= 1")
     _check(b.warmup >= 0, f"bench.warmup={b.warmup}; must be >= 0")
     _check(b.iters >= 1, f"bench.iters={b.iters}; must be >= 1")
+    _check(b.repeats >= 1, f"bench.repeats={b.repeats}; must be >= 1")
+    _check(b.rewarm >= 0, f"bench.rewarm={b.rewarm}; must be >= 0")
+    _check(b.gc in GC_MODES, f"bench.gc={b.gc!r}; allowed: {list(GC_MODES)}")
     _check(b.timeout_s > 0, f"bench.timeout_s={b.timeout_s}; must be > 0")
     _check(0 < b.match_iou <= 1, f"bench.match_iou={b.match_iou}; must be in (0, 1]")
     _check(i.height >= 32 and i.width >= 32, f"inputs {i.height}x{i.width}; each side >= 32")

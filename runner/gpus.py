@@ -4,6 +4,14 @@ A run on `device=cuda` claims a free GPU with an exclusive lock file (one per ph
 shared by every d2bench process on the host), so parallel jobs of a sweep, or two sweeps, never
 time two runs on one GPU; a run waits while every GPU is busy. The child sees only its GPU
 (CUDA_VISIBLE_DEVICES), and the row records the physical index. Locks die with their process.
+
+On a cluster SLURM owns GPU assignment: inside a SLURM job that was given GPUs (gres, e.g.
+hydra/launcher=slurm's gpus_per_node), those GPUs are the job's alone, as CUDA_VISIBLE_DEVICES
+names them. The pool then only keeps the runs of that one job apart: its locks live in a folder
+of the job's own, so a job never waits on another job's lock for a GPU SLURM gave to it (with
+device cgroups every job on a node numbers its first GPU 0), and the row's gpu_index is the
+index as SLURM set it. Anywhere else (a workstation, a SLURM job given no GPUs) the lock files
+are shared by every d2bench process of the host.
 """
 
 from __future__ import annotations
@@ -21,8 +29,19 @@ from pathlib import Path
 log = logging.getLogger(__name__)
 
 
+def slurm_job_with_gpus() -> str | None:
+    """This process's SLURM job id where SLURM gave the job GPUs, else None."""
+    job = os.environ.get("SLURM_JOB_ID")
+    given = os.environ.get("SLURM_STEP_GPUS") or os.environ.get("SLURM_JOB_GPUS")
+    return job if job and given and "CUDA_VISIBLE_DEVICES" in os.environ else None
+
+
 def lock_dir() -> Path:
-    return Path(os.environ.get("D2BENCH_LOCK_DIR", Path(tempfile.gettempdir()) / "d2bench-gpus"))
+    """Where the GPU locks live: shared by the host's d2bench processes, or (in a SLURM job
+    given GPUs) by the runs of that job only."""
+    shared = Path(os.environ.get("D2BENCH_LOCK_DIR", Path(tempfile.gettempdir()) / "d2bench-gpus"))
+    job = slurm_job_with_gpus()
+    return shared / f"slurm-job-{job}" if job else shared
 
 
 def visible_gpus() -> list[str]:

@@ -11,9 +11,10 @@ figures.
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 from runner.markdown import DASH, markdown_header, markdown_row, number, ratio_text
 from runner.record import Row, is_measured, passed
@@ -23,16 +24,26 @@ REFERENCE_BACKEND = "eager"  # the baseline every speed-up is measured against
 
 @dataclass(frozen=True)
 class Best:
-    """The eager row and the fastest parity-passing other row of one table and precision."""
+    """The eager row and the fastest parity-passing other row of one table and precision.
+    `paired`: the best row's paired speed-up (runner.report.SpeedUp: ratio, low, high, text())
+    where the caller pairs rows; without it the speed-up is the ratio of the two medians."""
 
     eager: Row
     best: Row | None
+    paired: Any = None
 
     @property
     def speed_up(self) -> float | None:
         if self.best is None:
             return None
+        if self.paired is not None:
+            return self.paired.ratio
         return self.eager.latency_ms_median / self.best.latency_ms_median
+
+    def speed_up_text(self) -> str:
+        if self.paired is not None:
+            return self.paired.text()
+        return ratio_text(self.speed_up)
 
     @property
     def ceiling(self) -> float | None:
@@ -52,9 +63,13 @@ def over_busy(row: Row) -> float | None:
     return row.latency_ms_median / row.gpu_busy_ms if row.gpu_busy_ms else None
 
 
-def best_by_table(rows: Sequence[Row], key, label) -> list[tuple[tuple, str, Best]]:
+def best_by_table(
+    rows: Sequence[Row], key, label, speedup: Callable[[Row], Any] | None = None
+) -> list[tuple[tuple, str, Best]]:
     """(table key, precision, Best) for every table and precision that has an eager row, in
-    the order of `rows`. `key(row)` names a row's table; `label(row)` its backend."""
+    the order of `rows`. `key(row)` names a row's table; `label(row)` its backend. With
+    `speedup(row)` (a paired speed-up or None), the best row is the one with the highest
+    paired speed-up, and rows without one are not candidates."""
     found: dict[tuple, Best] = {}
     for row in rows:
         if is_baseline(row) and is_measured(row):
@@ -63,9 +78,13 @@ def best_by_table(rows: Sequence[Row], key, label) -> list[tuple[tuple, str, Bes
         place = (key(row), row.precision)
         if place not in found or row.backend == REFERENCE_BACKEND or not passed(row):
             continue
-        current = found[place].best
-        if current is None or row.latency_ms_median < current.latency_ms_median:
-            found[place] = Best(found[place].eager, row)
+        current = found[place]
+        if speedup is not None:
+            paired = speedup(row)
+            if paired is not None and (current.best is None or paired.ratio > current.speed_up):
+                found[place] = Best(current.eager, row, paired)
+        elif current.best is None or row.latency_ms_median < current.best.latency_ms_median:
+            found[place] = Best(current.eager, row)
     return [(place[0], place[1], best) for place, best in found.items()]
 
 
@@ -89,19 +108,20 @@ TIME_COLUMNS = (
     "Optimize (s)",
 )
 TIME_LEGEND = """\
-Per variant and precision: eager, then the fastest other backend whose answers pass parity.
-**GPU busy**: kernels and copies of one call (profiler); **GPU waits**: median minus GPU busy,
-time the GPU spends waiting for the host (Python, kernel launches, host syncs);
+Per variant and precision: eager, then the backend whose answers pass parity with the highest
+speed-up. **GPU busy**: kernels and copies of one call (profiler); **GPU waits**: median minus
+GPU busy, time the GPU spends waiting for the host (Python, kernel launches, host syncs);
 **GPU ops / call**: kernels and copies one call launches; **Speed-up**: eager median over this
-median; **Ceiling**: eager median over this row's GPU busy, the speed-up if no host time were
-left; **Optimize**: backend.optimize() plus the first call at each size. The kernels behind each
-GPU busy figure are in the run's `profile.txt`."""
+median, paired by repeat, with its 95% interval (as in the tables above); **Ceiling**: eager
+median over this row's GPU busy, the speed-up if no host time were left; **Optimize**:
+backend.optimize() plus the first call at each size. The kernels behind each GPU busy figure
+are in the run's `profile.txt`."""
 
 
-def time_table(rows: Sequence[Row], key, title, label) -> str:
+def time_table(rows: Sequence[Row], key, title, label, speedup=None) -> str:
     """Markdown: where one call's time goes, eager against the best backend."""
     lines = markdown_header(TIME_COLUMNS, TIME_COLUMNS[:3])
-    for _, precision, best in best_by_table(rows, key, label):
+    for _, precision, best in best_by_table(rows, key, label, speedup):
         for row, is_best in ((best.eager, False), (best.best, True)):
             if row is None:
                 cells = [title(best.eager), precision, "no other backend passed parity"]
@@ -117,7 +137,7 @@ def time_table(rows: Sequence[Row], key, title, label) -> str:
                         number(row.gpu_busy_ms, 2),
                         number(_waits_ms(row), 2),
                         DASH if row.gpu_ops is None else str(row.gpu_ops),
-                        ratio_text(best.speed_up if is_best else 1.0),
+                        best.speed_up_text() if is_best else ratio_text(1.0),
                         ratio_text(best.ceiling if is_best else over_busy(row)),
                         number(row.optimize_s, 1),
                     ]
@@ -173,20 +193,33 @@ def _verdict(ok: bool | None) -> str:
     return DASH if ok is None else ("met" if ok else "**missed**")
 
 
+def speed_up_verdict(best: Best, needed: float) -> str:
+    """met / missed; with an interval: met only when its low end clears the target, missed
+    when its high end falls short, else the interval spans the target."""
+    if best.speed_up is None:
+        return DASH
+    paired = best.paired
+    if paired is None or getattr(paired, "low", None) is None:
+        return _verdict(best.speed_up >= needed)
+    if paired.low >= needed:
+        return "met"
+    if paired.high < needed:
+        return "**missed**"
+    return "within noise of the target"
+
+
 TARGET_COLUMNS = ("Target", "Variant", "Precision", "Needed", "Measured", "Verdict")
 
 
-def targets_table(rows: Sequence[Row], targets: Targets, key, title, label) -> str:
+def targets_table(rows: Sequence[Row], targets: Targets, key, title, label, speedup=None) -> str:
     """Markdown: each target, what was needed, what was measured, met or missed."""
     lines = markdown_header(TARGET_COLUMNS, ("Target", "Variant", "Precision", "Verdict"))
-    bests = best_by_table(rows, key, label)
+    bests = best_by_table(rows, key, label, speedup)
     for precision, needed in targets.speed_up.items():
         for _, row_precision, best in bests:
             if row_precision != precision:
                 continue
-            measured = best.speed_up
             by = f" ({label(best.best)})" if best.best is not None else ""
-            ok = None if measured is None else measured >= needed
             lines.append(
                 markdown_row(
                     [
@@ -194,8 +227,8 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label) -> s
                         title(best.eager),
                         precision,
                         ratio_text(needed),
-                        ratio_text(measured) + by,
-                        _verdict(ok),
+                        (best.speed_up_text() if best.best is not None else DASH) + by,
+                        speed_up_verdict(best, needed),
                     ]
                 )
             )
@@ -263,11 +296,16 @@ def section(
     targets: Targets | None = None,
     level: int = 3,
     machine: str = "",
+    speedup: Callable[[Row], Any] | None = None,
 ) -> str:
     """The performance section: the time table, then the targets table where targets given;
-    headings at `level`, naming `machine` where given (one section per machine)."""
+    headings at `level`, naming `machine` where given (one section per machine). `speedup`:
+    see best_by_table."""
     hashes, on = "#" * level, f": {machine}" if machine else ""
-    parts = [f"{hashes} Where the time goes{on}", time_table(rows, key, title, label)]
+    parts = [f"{hashes} Where the time goes{on}", time_table(rows, key, title, label, speedup)]
     if targets is not None:
-        parts += [f"{hashes} Targets{on}", targets_table(rows, targets, key, title, label)]
+        parts += [
+            f"{hashes} Targets{on}",
+            targets_table(rows, targets, key, title, label, speedup),
+        ]
     return "\n\n".join(parts)

@@ -37,6 +37,11 @@ class Row:
     backend_options: str = ""
     shapes: str = ""
     image_hw: str = ""
+    # what else decides what is measured (the report never merges rows that differ here)
+    image: str = ""  # the input photo's path; "": the default sample photo
+    arch_options: str = ""  # model.arch_options, "KEY=value ..." sorted by key
+    thresholds: str = ""  # "score=0.05 nms=0.5 detections=100" (model.*)
+    seed: int | None = None
     device: str = ""
     gpu_index: str = ""  # physical GPU (CUDA_VISIBLE_DEVICES applied)
     # outcome: ok | parity_fail (measured, but answers differ) | unsupported | error
@@ -78,8 +83,16 @@ class Row:
     num_detections: int | None = None  # produced by the timed model at the opt size, all images
     num_detections_ref: int | None = None
     weights: str = ""
+    # protocol: `warmup` calls once, then `repeats` blocks of `rewarm` untimed and `iters` timed
+    # calls; this row is block `repeat` (0-based) of `session`, one parent's backends timed in
+    # turn on one host (speed-ups pair rows of one session by repeat)
     warmup: int | None = None
     iters: int | None = None
+    rewarm: int | None = None
+    timing_options: str = ""  # "gc=collect pin_cpus=false"
+    repeats: int | None = None
+    repeat: int | None = None
+    session: str = ""
     # environment
     gpu_name: str = ""
     gpu_driver: str = ""
@@ -114,7 +127,20 @@ def passed(row: Row) -> bool:
 
 COLUMNS = [f.name for f in fields(Row)]
 # columns files of earlier versions lack; read from such a file they take their defaults
-ADDED_COLUMNS = ("backend_options", "gpu_ops", "backend_notes")
+ADDED_COLUMNS = (
+    "backend_options",
+    "gpu_ops",
+    "backend_notes",
+    "image",
+    "arch_options",
+    "thresholds",
+    "seed",
+    "rewarm",
+    "timing_options",
+    "repeats",
+    "repeat",
+    "session",
+)
 _TYPES = {f.name: f.type for f in fields(Row)}
 
 

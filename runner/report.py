@@ -35,6 +35,7 @@ from __future__ import annotations
 import argparse
 import collections
 import csv
+import dataclasses
 import datetime
 import functools
 import io
@@ -42,11 +43,12 @@ import logging
 import os
 import re
 import shlex
+import statistics
 import sys
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from runner import performance, record
+from runner import performance, record, timing
 from runner.markdown import DASH, markdown_header, markdown_row, number, ratio_text
 from runner.performance import REFERENCE_BACKEND, is_baseline
 from runner.record import Row, is_measured
@@ -76,7 +78,25 @@ IDENTITY = (
     "backend_options",
     "shapes",
     "image_hw",
+    # what else decides what is measured: rows that differ here are never merged
+    "image",
+    "arch_options",
+    "thresholds",
+    "seed",
+    "weights",
+    "warmup",
+    "iters",
+    "rewarm",
+    "timing_options",
 )
+# what --compare pairs rows of two machines by: what the model computes, not the protocol
+COMPARE_FIELDS = tuple(
+    name
+    for name in IDENTITY
+    if name not in ("weights", "warmup", "iters", "rewarm", "timing_options")
+)
+# what pairs a row with its baseline: the identity without the backend
+PAIR_FIELDS = tuple(name for name in IDENTITY if name not in ("backend", "backend_options"))
 OLDEST = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 ERROR_CHARS = 100
 BEGIN_MARKER = "<!-- d2bench:results:begin -->"
@@ -84,12 +104,11 @@ END_MARKER = "<!-- d2bench:results:end -->"
 TABLE_COLUMNS = (
     "Backend",
     "Precision",
-    "Median (FPS)",
-    "Mean (FPS)",
+    "Repeats",
     "Median (ms)",
-    "Mean (ms)",
+    "Spread (ms)",
+    "Median (FPS)",
     "p99 (ms)",
-    "std (ms)",
     "GPU busy (ms)",
     "Speed-up",
     "Parity",
@@ -99,13 +118,19 @@ TEXT_COLUMNS = ("Backend", "Precision", "Parity")  # left-aligned; the rest are 
 LEGEND = """\
 Columns:
 
-- **Median / Mean (FPS)**: throughput in images per second (`batch` images per call).
-- **Median / Mean / p99 / std (ms)**: latency in milliseconds per call of `batch` images, over the
-  timed calls at the table's input size.
+- **Repeats**: timed blocks behind the figures (each of `iters` calls; one row each in the
+  results CSV), and in how many sessions they were measured where more than one.
+- **Median (ms)**: latency per call of `batch` images at the table's input size: the median of
+  the repeats' medians. **Spread (ms)**: the lowest and highest repeat median.
+- **Median (FPS)**: images per second at that median. **p99 (ms)**: the median of the
+  repeats' 99th percentiles.
 - **GPU busy (ms)**: the profiler's kernel (and copy) time of one call; the rest of a call's
   latency is host work and waiting.
-- **Speed-up**: median latency of eager at the same precision divided by this row's median
-  (higher is faster; eager itself is 1.00x; — where there is no eager row to compare with).
+- **Speed-up**: eager's median latency at the same precision over this row's, from repeats
+  paired in time: only rows of one session (the backends timed in turn by one parent on one
+  host) and the same repeat pair up. [low, high] is the 95% bootstrap interval over the pairs;
+  "within noise" where it includes 1.00x. "(1 run)": rows from before repeats, one run each on
+  the same host, no interval. — where there is no partner, and for rows that fail parity.
 - **Parity**: outputs against eager fp32 on the same input: pass or FAIL against the tolerances,
   with the F1 of matched detections (1.00: the same detections).
 - **Detections**: detections of the timed model at the table's input size, all images of the
@@ -220,12 +245,13 @@ def machine_of(row: Row) -> str:
 
 
 def pair_key(row: Row) -> tuple:
-    """The row's identity without the machine: what --compare pairs rows of two files by."""
-    return tuple(getattr(row, name) for name in IDENTITY)
+    """What --compare pairs rows of two files by: COMPARE_FIELDS (no machine, no protocol)."""
+    return tuple(getattr(row, name) for name in COMPARE_FIELDS)
 
 
 def identity_of(row: Row) -> tuple:
-    return (*pair_key(row), machine_of(row))
+    """What a row measured: IDENTITY and the machine. Rows that differ here never merge."""
+    return (*(getattr(row, name) for name in IDENTITY), machine_of(row))
 
 
 def backend_label(row: Row) -> str:
@@ -250,35 +276,157 @@ def moment(row: Row) -> datetime.datetime:
 
 
 def drop_duplicates(rows: Iterable[Row]) -> tuple[list[Row], list[Row]]:
-    """Keep the newest row of each identity. Returns (kept, dropped); logs every drop."""
-    newest: dict[tuple, Row] = {}
+    """Drop copies: a row equal in every column to one already seen (the same file read twice,
+    or a results CSV next to the run folders it came from). Rows that differ anywhere are kept:
+    two measurements of one identity are repeats, shown as spread. Returns (kept, dropped)."""
+    seen: set[tuple] = set()
+    kept: list[Row] = []
     dropped: list[Row] = []
     for row in rows:
-        key = identity_of(row)
-        held = newest.setdefault(key, row)
-        if held is row:
+        key = tuple(getattr(row, name) for name in record.COLUMNS)
+        if key in seen:
+            dropped.append(row)
+            log.info("copy of %s from %s dropped", describe(row), row.output_dir or "(no dir)")
             continue
-        keep, drop = (row, held) if moment(row) >= moment(held) else (held, row)
-        newest[key] = keep
-        dropped.append(drop)
-        report_drop(drop, keep)
-    return list(newest.values()), dropped
+        seen.add(key)
+        kept.append(row)
+    return kept, dropped
 
 
-def report_drop(drop: Row, keep: Row) -> None:
-    where = f"{drop.output_dir or '(no output_dir)'} ({drop.timestamp or 'no timestamp'})"
-    if drop == keep:
-        log.info("duplicate %s: dropped an identical copy from %s", describe(drop), where)
-        return
-    tie = "; same timestamp, kept the one read last" if moment(drop) == moment(keep) else ""
-    log.warning(
-        "duplicate %s: dropped %s, kept %s (%s)%s",
-        describe(drop),
-        where,
-        keep.output_dir or "(no output_dir)",
-        keep.timestamp or "no timestamp",
-        tie,
+# ---- repeats and speed-ups ------------------------------------------------------------------
+
+
+@dataclasses.dataclass(frozen=True)
+class Repeats:
+    """The rows of one identity on one machine: `row` stands for them (figures are medians
+    over the measured repeats), `count` repeats in `sessions` sessions, `low`-`high` the
+    lowest and highest repeat median."""
+
+    row: Row
+    count: int
+    sessions: int
+    low: float | None
+    high: float | None
+
+
+def _median(values: Iterable[float | None]) -> float | None:
+    present = [v for v in values if v is not None]
+    return statistics.median(present) if present else None
+
+
+def summarize_repeats(rows: Sequence[Row]) -> Repeats:
+    """One identity's rows as one Repeats. A parity failure in any repeat makes it fail."""
+    timed = [r for r in rows if is_measured(r)]
+    if not timed:
+        newest = max(rows, key=moment)
+        return Repeats(newest, 0, 0, None, None)
+    medians = [r.latency_ms_median for r in timed]
+    median = statistics.median(medians)
+    failing = [r for r in timed if not record.passed(r)]
+    base = failing[0] if failing else max(timed, key=moment)
+    row = record.replace(
+        base,
+        latency_ms_median=median,
+        latency_ms_mean=_median(r.latency_ms_mean for r in timed),
+        latency_ms_p99=_median(r.latency_ms_p99 for r in timed),
+        latency_ms_std=_median(r.latency_ms_std for r in timed),
+        latency_ms_min=min(r.latency_ms_min for r in timed if r.latency_ms_min is not None)
+        if any(r.latency_ms_min is not None for r in timed)
+        else None,
+        fps_median=base.batch * 1000.0 / median,
+        fps_mean=_median(r.fps_mean for r in timed),
+        latency_ms_median_min_shape=_median(r.latency_ms_median_min_shape for r in timed),
+        latency_ms_median_max_shape=_median(r.latency_ms_median_max_shape for r in timed),
+        gpu_busy_ms=_median(r.gpu_busy_ms for r in timed),
+        optimize_s=_median(r.optimize_s for r in timed),
+        repeat=None,
     )
+    sessions = len({r.session or r.timestamp for r in timed})
+    return Repeats(row, len(timed), sessions, min(medians), max(medians))
+
+
+def merge_repeats(rows: Iterable[Row]) -> dict[tuple, Repeats]:
+    """identity_of -> Repeats, in first-seen order."""
+    groups: dict[tuple, list[Row]] = {}
+    for row in rows:
+        groups.setdefault(identity_of(row), []).append(row)
+    return {key: summarize_repeats(group) for key, group in groups.items()}
+
+
+@dataclasses.dataclass(frozen=True)
+class SpeedUp:
+    """Eager's median over a row's, from `pairs` paired repeats; low-high the 95% bootstrap
+    interval (None: fewer than MIN_PAIRS pairs, or rows from before sessions)."""
+
+    ratio: float
+    low: float | None = None
+    high: float | None = None
+    pairs: int = 0
+
+    @property
+    def within_noise(self) -> bool:
+        return self.low is not None and self.low <= 1.0 <= self.high
+
+    def text(self) -> str:
+        if self.low is None:
+            note = "1 run" if self.pairs == 0 else counted(self.pairs, "pair")
+            return f"{self.ratio:.2f}x ({note})"
+        interval = f"{self.ratio:.2f}x [{self.low:.2f}, {self.high:.2f}]"
+        return interval + (" within noise" if self.within_noise else "")
+
+
+MIN_PAIRS = 3  # fewer paired repeats give a ratio without an interval
+
+
+def _pair_place(row: Row) -> tuple:
+    return (*(getattr(row, name) for name in PAIR_FIELDS), machine_of(row), row.hostname)
+
+
+def speed_ups(rows: Iterable[Row]) -> dict[tuple, SpeedUp]:
+    """identity_of -> SpeedUp over the eager baseline, for rows that pass parity.
+
+    Rows of a session pair with the baseline's row of the same session and repeat (same host,
+    same identity but the backend). Rows without a session (written before repeats existed)
+    pair only with baseline rows without one, on the same host: a ratio, no interval.
+    """
+    rows = list(rows)
+    baselines: dict[tuple, Row] = {}
+    legacy_baselines: dict[tuple, list[float]] = {}
+    for row in rows:
+        if is_baseline(row) and is_measured(row):
+            if row.session:
+                baselines[(*_pair_place(row), row.session, row.repeat)] = row
+            else:
+                legacy_baselines.setdefault(_pair_place(row), []).append(row.latency_ms_median)
+    pairs: dict[tuple, list[tuple[float, float]]] = {}
+    legacy: dict[tuple, tuple[tuple, list[float]]] = {}  # identity -> (place, medians)
+    failed: set[tuple] = set()
+    for row in rows:
+        if not is_measured(row) or is_baseline(row):
+            continue
+        key = identity_of(row)
+        if not record.passed(row):
+            failed.add(key)  # a fast wrong answer gets no speed-up, whatever its repeats did
+            continue
+        if row.session:
+            partner = baselines.get((*_pair_place(row), row.session, row.repeat))
+            if partner is not None:
+                pairs.setdefault(key, []).append((partner.latency_ms_median, row.latency_ms_median))
+        elif _pair_place(row) in legacy_baselines:
+            legacy.setdefault(key, (_pair_place(row), []))[1].append(row.latency_ms_median)
+    found: dict[tuple, SpeedUp] = {}
+    for key, paired in pairs.items():
+        base, other = zip(*paired, strict=True)
+        ratio = timing.ratio_of_medians(base, other)
+        if len(paired) >= MIN_PAIRS:
+            low, high = timing.paired_interval(base, other)
+            found[key] = SpeedUp(ratio, low, high, len(paired))
+        else:
+            found[key] = SpeedUp(ratio, pairs=len(paired))
+    for key, (place, medians) in legacy.items():
+        if key not in found:
+            found[key] = SpeedUp(timing.ratio_of_medians(legacy_baselines[place], medians))
+    return {key: value for key, value in found.items() if key not in failed}
 
 
 class MixedMachines(ValueError):
@@ -358,24 +506,26 @@ def title_of(row: Row) -> str:
     return f"{row.model} ({', '.join(details)})"
 
 
-def table_key(row: Row) -> tuple[str, str, str, str]:
-    """Rows that share one table: machine, variant, shapes and input size."""
-    return (machine_of(row), title_of(row), row.shapes, row.image_hw)
+SETUP_FIELDS = ("image", "arch_options", "thresholds", "seed", "warmup", "iters", "rewarm")
+
+
+def setup_of(row: Row) -> tuple:
+    """What else a table holds fixed: input photo, arch options, thresholds, seed, protocol."""
+    return tuple(getattr(row, name) for name in SETUP_FIELDS)
+
+
+def table_key(row: Row) -> tuple:
+    """Rows that share one table: machine, variant, shapes, input size and setup_of."""
+    return (machine_of(row), title_of(row), row.shapes, row.image_hw, setup_of(row))
 
 
 def speed_up(row: Row, rows: Iterable[Row]) -> float | None:
-    """Eager's median latency (same table, same precision) over this row's; None without one."""
-    if not is_measured(row) or not row.latency_ms_median:
-        return None
-    for other in rows:
-        if (
-            is_baseline(other)
-            and other.precision == row.precision
-            and table_key(other) == table_key(row)
-            and is_measured(other)
-        ):
-            return other.latency_ms_median / row.latency_ms_median
-    return None
+    """The row's speed-up over eager (runner.report.speed_ups; 1.0 for an eager row itself),
+    None where it has none: no partner, or its answers fail parity."""
+    if is_baseline(row) and is_measured(row):
+        return 1.0
+    found = speed_ups(rows).get(identity_of(row))
+    return None if found is None else found.ratio
 
 
 def pixels(image_hw: str) -> int | None:
@@ -408,8 +558,14 @@ def bullet(label: str, values: Sequence[str]) -> str:
     return "\n".join([f"- **{label}:**", *(f"  - {value}" for value in values)])
 
 
-def protocol(warmup: int, iters: int) -> str:
-    return f"{warmup} warm-up + {iters} timed calls, device synchronized around each; median"
+def protocol(warmup: int, iters: int, rewarm: int | None = None, repeats: str = "") -> str:
+    if rewarm is None:  # rows from before repeats
+        return f"{warmup} warm-up + {iters} timed calls, device synchronized around each; median"
+    return (
+        f"{warmup} warm-up calls, then {repeats or 'repeated'} blocks of {rewarm} untimed + "
+        f"{iters} timed calls, device synchronized around each; backends of a session take "
+        "turns block by block; median of the blocks' medians"
+    )
 
 
 def machine_text(rows: Sequence[Row]) -> str:
@@ -431,9 +587,16 @@ def software_text(rows: Sequence[Row]) -> str:
 
 
 def protocol_texts(rows: Sequence[Row]) -> list[str]:
-    """One protocol() text per (warmup, iters) that the rows used."""
-    protocols = sorted({(r.warmup, r.iters) for r in rows if None not in (r.warmup, r.iters)})
-    return [protocol(w, i) for w, i in protocols]
+    """One protocol() text per (warmup, iters, rewarm) that the rows used."""
+    found: dict[tuple, set] = {}
+    for r in rows:
+        if None not in (r.warmup, r.iters):
+            found.setdefault((r.warmup, r.iters, r.rewarm), set()).add(r.repeats)
+    texts = []
+    for (warmup, iters, rewarm), repeats in sorted(found.items(), key=lambda i: str(i[0])):
+        counts = "/".join(str(n) for n in sorted(n for n in repeats if n is not None))
+        texts.append(protocol(warmup, iters, rewarm, counts))
+    return texts
 
 
 def provenance(rows: Sequence[Row]) -> str:
@@ -473,18 +636,35 @@ def failure_text(row: Row) -> str:
     return f"{row.status}: {first}" if first else row.status
 
 
-def table_row(row: Row, rows: Sequence[Row]) -> str:
+def repeats_text(entry: Repeats) -> str:
+    if entry.sessions > 1:
+        return f"{entry.count} ({entry.sessions} sessions)"
+    return str(entry.count)
+
+
+def spread_text(entry: Repeats) -> str:
+    if entry.count < 2 or entry.low is None:
+        return DASH
+    return f"{entry.low:.2f}–{entry.high:.2f}"
+
+
+def speed_up_text(row: Row, found: SpeedUp | None) -> str:
+    if is_baseline(row):
+        return "1.00x"
+    return DASH if found is None else found.text()
+
+
+def table_row(entry: Repeats, found: SpeedUp | None) -> str:
+    row = entry.row
     if is_measured(row):
-        ratio = speed_up(row, rows)
         figures = [
-            number(row.fps_median, 1),
-            number(row.fps_mean, 1),
+            repeats_text(entry),
             number(row.latency_ms_median, 2),
-            number(row.latency_ms_mean, 2),
+            spread_text(entry),
+            number(row.fps_median, 1),
             number(row.latency_ms_p99, 2),
-            number(row.latency_ms_std, 2),
             number(row.gpu_busy_ms, 2),
-            DASH if ratio is None else f"{ratio:.2f}x",
+            speed_up_text(row, found),
             parity_text(row),
             detections_text(row),
         ]
@@ -503,34 +683,52 @@ def table_subtitle(row: Row) -> str:
 
 def table_headings(rows: Iterable[Row]) -> dict[tuple, str]:
     """A heading per table_key: the variant's title, with its shapes and input size where one
-    variant has several tables on one machine."""
+    variant has several tables on one machine, and the setup fields that differ between them."""
     keys = list(dict.fromkeys(table_key(row) for row in sort_rows(rows)))
     tables_of = collections.Counter(key[:2] for key in keys)
-    return {
-        key: key[1] + (f" ({key[2]} shapes, {key[3]})" if tables_of[key[:2]] > 1 else "")
-        for key in keys
-    }
+    headings = {}
+    for key in keys:
+        heading = key[1]
+        if tables_of[key[:2]] > 1:
+            siblings = [other[4] for other in keys if other[:2] == key[:2]]
+            differ = [
+                f"{name} {_setup_value(key[4][i])}"
+                for i, name in enumerate(SETUP_FIELDS)
+                if len({setup[i] for setup in siblings}) > 1
+            ]
+            heading += f" ({', '.join([f'{key[2]} shapes', key[3], *differ])})"
+        headings[key] = heading
+    return headings
 
 
-def variant_table(rows: Sequence[Row], heading: str, level: int) -> str:
-    """One table: rows that share a table_key, already sorted."""
+def _setup_value(value) -> str:
+    return DASH if value in ("", None) else str(value)
+
+
+def variant_table(
+    entries: Sequence[Repeats], found: dict[tuple, SpeedUp], heading: str, level: int
+) -> str:
+    """One table: the entries of one table_key, already sorted."""
     lines = [
         f"{'#' * level} {heading}",
         "",
-        table_subtitle(rows[0]),
+        table_subtitle(entries[0].row),
         "",
         *markdown_header(TABLE_COLUMNS, TEXT_COLUMNS),
     ]
-    lines += [table_row(row, rows) for row in rows]
+    lines += [table_row(entry, found.get(identity_of(entry.row))) for entry in entries]
     return "\n".join(lines)
 
 
 def variant_tables(rows: Sequence[Row], level: int) -> list[str]:
-    groups: dict[tuple, list[Row]] = {}
-    for row in sort_rows(rows):
-        groups.setdefault(table_key(row), []).append(row)
+    """One table per table_key of the rows (every repeat; they are merged here)."""
+    entries = {identity_of(e.row): e for e in merge_repeats(rows).values()}
+    found = speed_ups(rows)
+    groups: dict[tuple, list[Repeats]] = {}
+    for row in sort_rows(e.row for e in entries.values()):
+        groups.setdefault(table_key(row), []).append(entries[identity_of(row)])
     headings = table_headings(rows)
-    return [variant_table(group, headings[key], level) for key, group in groups.items()]
+    return [variant_table(group, found, headings[key], level) for key, group in groups.items()]
 
 
 def plot_links(plots: Sequence[str]) -> str:
@@ -549,7 +747,9 @@ def tables(
     for row in sort_rows(rows):
         by_machine.setdefault(machine_of(row), []).append(row)
     mixed = len(by_machine) > 1
-    parts = [f"Results CSV: `{results_csv}` ({len(rows)} rows)."] if results_csv else []
+    parts = [f"Results CSV: `{results_csv}` ({counted(len(rows), 'row')}, one per repeat)."]
+    if not results_csv:
+        parts = []
     for machine in sorted(by_machine):
         if mixed:
             parts.append(f"### {machine}")
@@ -560,14 +760,17 @@ def tables(
     parts.append(LEGEND)
     for machine in sorted(by_machine):
         headings = table_headings(by_machine[machine])
+        found = speed_ups(by_machine[machine])
+        merged = sort_rows(e.row for e in merge_repeats(by_machine[machine]).values())
         section = performance.section(
-            by_machine[machine],
+            merged,
             table_key,
             lambda row, headings=headings: headings[table_key(row)],
             backend_label,
             targets,
             level=4 if mixed else 3,
             machine=machine if mixed else "",
+            speedup=lambda row, found=found: found.get(identity_of(row)),
         )
         parts.append(section)
     return "\n\n".join(parts) + "\n"
@@ -629,17 +832,23 @@ def plot_labels(rows: Sequence[Row]) -> dict[tuple, str]:
     }
 
 
-def speedup_bars(rows: Sequence[Row]) -> dict[str, dict[str, float]]:
+def merged_rows(rows: Iterable[Row]) -> list[Row]:
+    """One row per identity (its repeats merged, runner.report.summarize_repeats), sorted."""
+    return sort_rows(entry.row for entry in merge_repeats(rows).values())
+
+
+def speedup_bars(rows: Sequence[Row]) -> dict[str, dict[str, SpeedUp]]:
     """{"variant / backend": {precision: speed-up}} for rows of non-eager backends that were
     measured and pass parity (a fast wrong answer gets no bar)."""
     labels = plot_labels(rows)
+    found = speed_ups(rows)
     bars: dict[str, dict[str, float]] = {}
-    for row in sort_rows(rows):
-        ratio = speed_up(row, rows)
-        if row.backend != REFERENCE_BACKEND and ratio is not None and record.passed(row):
+    for row in merged_rows(rows):
+        paired = found.get(identity_of(row))
+        if row.backend != REFERENCE_BACKEND and paired is not None and record.passed(row):
             bars.setdefault(f"{labels[table_key(row)]} / {backend_label(row)}", {})[
                 row.precision
-            ] = ratio
+            ] = paired
     return bars
 
 
@@ -660,10 +869,16 @@ def plot_speedup(rows: Sequence[Row], path: Path) -> bool:
         slots = [
             (n, group[precision]) for n, group in enumerate(bars.values()) if precision in group
         ]
+        errors = [
+            [v.ratio - v.low if v.low is not None else 0.0 for _, v in slots],
+            [v.high - v.ratio if v.high is not None else 0.0 for _, v in slots],
+        ]
         axes.bar(
             [n + offset for n, _ in slots],
-            [value for _, value in slots],
+            [value.ratio for _, value in slots],
             width,
+            yerr=errors,
+            capsize=2,
             label=precision,
             color=f"C{i}",
         )
@@ -671,7 +886,9 @@ def plot_speedup(rows: Sequence[Row], path: Path) -> bool:
     ticks = [label.replace(" / ", "\n") for label in bars]
     axes.set_xticks(range(len(bars)), ticks, fontsize=7, rotation=30, ha="right")
     axes.set_ylabel("speed-up over eager (median latency ratio)")
-    axes.set_title("Speed-up over eager at the same precision (runs that pass parity)")
+    axes.set_title(
+        "Speed-up over eager at the same precision (runs that pass parity; 95% interval)"
+    )
     axes.legend(title="precision")
     save_figure(figure, path)
     return True
@@ -682,7 +899,7 @@ def latency_lines(rows: Sequence[Row]) -> dict[str, list[tuple[int, float]]]:
     parity (a wrong answer gets no line)."""
     labels = plot_labels(rows)
     lines: dict[str, list[tuple[int, float]]] = {}
-    for row in sort_rows(rows):
+    for row in merged_rows(rows):
         if row.shapes != "dynamic" or not record.passed(row):
             continue
         sizes = [
@@ -865,7 +1082,7 @@ def comparison(a_rows: Sequence[Row], b_rows: Sequence[Row], a_name: str, b_name
     parts = [
         f"## Comparison: A `{a_name}`, B `{b_name}`",
         side_summary("A", a_name, a_rows) + "\n" + side_summary("B", b_name, b_rows),
-        f"Rows paired by identity without the machine ({', '.join(IDENTITY)}): "
+        f"Rows paired by identity without the machine ({', '.join(COMPARE_FIELDS)}): "
         f"{counted(len(pairs), 'pair')}; {len(only_a)} only in A, {len(only_b)} only in B.",
     ]
     sections: dict[tuple[str, str], list[tuple[Row, Row]]] = {}
@@ -982,7 +1199,8 @@ def summary(
     """One line: rows merged, duplicates dropped, files skipped by reason (paths logged above)."""
     text = (
         f"merged {counted(len(rows), 'row')} into {out}; "
-        f"dropped {counted(len(dropped), 'duplicate')}; skipped {counted(len(skipped), 'file')}"
+        f"dropped {len(dropped)} identical cop{'y' if len(dropped) == 1 else 'ies'}; "
+        f"skipped {counted(len(skipped), 'file')}"
     )
     reasons = collections.Counter(reason for _, reason in skipped)
     if not reasons:
@@ -1044,6 +1262,7 @@ def compare_side(path: Path, allow_mixed: bool) -> list[Row]:
         raise ValueError(f"no such input: {path}")
     found, skipped = collect([path])
     rows, dropped = drop_duplicates(found)
+    rows = merged_rows(rows)  # repeats: their medians' median
     if not rows:
         raise ValueError(f"{path}: no rows to compare ({counted(len(skipped), 'file')} skipped)")
     try:
@@ -1054,7 +1273,7 @@ def compare_side(path: Path, allow_mixed: bool) -> list[Row]:
         "read %s from %s; dropped %s; skipped %s",
         counted(len(rows), "row"),
         path,
-        counted(len(dropped), "duplicate"),
+        f"{len(dropped)} identical cop{'y' if len(dropped) == 1 else 'ies'}",
         counted(len(skipped), "file"),
     )
     return rows

@@ -4,6 +4,7 @@ latency the caller sees (host launch overhead included), as in the seed benchmar
 
 from __future__ import annotations
 
+import gc
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
@@ -36,6 +37,32 @@ def measure(
         synchronize()
         samples.append((time.perf_counter() - start) * 1000.0)
     return samples
+
+
+def timed_block(
+    call: Callable[[], object],
+    iters: int,
+    rewarm: int,
+    synchronize: Callable[[], None],
+    gc_mode: str = "collect",
+) -> list[float]:
+    """One repeat: `rewarm` untimed calls (the process idled while others were timed), then
+    Python's GC as `gc_mode` says (keep: untouched; collect: a full collection now, so that
+    garbage of earlier work is not collected inside a timed call; pause: that, and no automatic
+    collection until the block ends), then `iters` timed calls. Returns ms."""
+    for _ in range(rewarm):
+        call()
+    synchronize()
+    paused = gc_mode == "pause" and gc.isenabled()
+    if gc_mode in ("collect", "pause"):
+        gc.collect()
+    if paused:
+        gc.disable()
+    try:
+        return measure(call, Protocol(0, iters), synchronize)
+    finally:
+        if paused:
+            gc.enable()
 
 
 def summarize(samples_ms: Sequence[float], batch: int) -> dict[str, float]:
@@ -126,3 +153,37 @@ def gpu_profile(
     profiles.sort(key=lambda p: p.busy_ms)
     median = profiles[len(profiles) // 2]
     return median if median.busy_ms > 0 else None
+
+
+# ---- repeats and pairs ------------------------------------------------------------------
+
+BOOTSTRAP_RESAMPLES = 4000
+BOOTSTRAP_SEED = 0  # fixed: the same rows give the same interval
+
+
+def ratio_of_medians(baseline_ms: Sequence[float], other_ms: Sequence[float]) -> float:
+    """median(baseline) / median(other): the speed-up of `other` over the baseline."""
+    return float(np.median(baseline_ms) / np.median(other_ms))
+
+
+def paired_interval(
+    baseline_ms: Sequence[float],
+    other_ms: Sequence[float],
+    confidence: float = 0.95,
+    resamples: int = BOOTSTRAP_RESAMPLES,
+    seed: int = BOOTSTRAP_SEED,
+) -> tuple[float, float]:
+    """Percentile bootstrap interval of ratio_of_medians over paired repeats: pair i is
+    (baseline_ms[i], other_ms[i]), measured in one round of one session; pairs are resampled
+    whole, so what drifted between rounds stays in each pair."""
+    a = np.asarray(baseline_ms, dtype=np.float64)
+    b = np.asarray(other_ms, dtype=np.float64)
+    if a.shape != b.shape or a.ndim != 1 or len(a) == 0:
+        raise ValueError(f"need equally many paired repeats, got {a.shape} and {b.shape}")
+    if np.any(a <= 0) or np.any(b <= 0) or not (np.all(np.isfinite(a)) and np.all(np.isfinite(b))):
+        raise ValueError("latencies must be finite and positive")
+    index = np.random.default_rng(seed).integers(0, len(a), size=(resamples, len(a)))
+    ratios = np.median(a[index], axis=1) / np.median(b[index], axis=1)
+    tail = (1.0 - confidence) / 2.0 * 100.0
+    low, high = np.percentile(ratios, [tail, 100.0 - tail])
+    return float(low), float(high)

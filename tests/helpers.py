@@ -17,11 +17,14 @@ CONF = REPO / "conf"
 
 DETECTRON2_MISSING = "detectron2 is not installed (README: Install)"
 # a whole run small enough for two CPU cores: torchvision's MobileNet Faster R-CNN, 3 timed calls
+# in one repeat (tests of repeats ask for more)
 SMALL_CPU_RUN = (
     "model=tv_fasterrcnn_mobilenet",
     "device=cpu",
     "bench.warmup=1",
     "bench.iters=3",
+    "bench.repeats=1",
+    "bench.rewarm=0",
     "inputs.height=160",
     "inputs.width=224",
 )

@@ -27,27 +27,36 @@ def variant_overrides(name: str) -> list[str]:
     return [f"{k}={v}" for k, v in values.items()] + [f"variant={name}"]
 
 
-@pytest.mark.slow
-@pytest.mark.parametrize("name", list(seed_variants()))
-def test_seed_variant_torchscript_matches_eager_fp32(make_config, name):
-    cfg = make_config(*variant_overrides(name), *SMALL, "backend=torchscript")
+def backend_against_eager(make_config, name: str, backend: str, **options):
+    """A seed variant, small, on the CPU at fp32: (reference, output, figures, optimized fn) of
+    `backend` (with `options` over its file's) against the eager module on the opt input."""
+    cfg = make_config(*variant_overrides(name), *SMALL, f"backend={backend}")
     cfg.model.arch_options = {**cfg.model.arch_options, **FEWER_PROPOSALS}
     exported, images, _ = bench.prepare(cfg, CPU)
     opt = images.images["opt"]
     with torch.no_grad():
         reference = exported.decode(exported.module(*opt), cfg.batch)
-        options = backends.validate_options("torchscript", cfg.backend.options)
-        fn = backends.get("torchscript")(exported, images, cfg.precision, options)
-        assert isinstance(fn, torch.nn.Module)
+        checked = backends.validate_options(backend, {**cfg.backend.options, **options})
+        fn = backends.get(backend)(exported, images, cfg.precision, checked)
         output = exported.decode(fn(*opt), cfg.batch)
     assert len(reference) == cfg.batch
     assert all(len(d) > 0 for d in reference), "no detections: parity would prove nothing"
-    figures = parity.compare(reference, output, cfg.bench.match_iou)
+    return reference, output, parity.compare(reference, output, cfg.bench.match_iou), fn
+
+
+def assert_same_detections(reference, figures) -> None:
     assert figures.match_f1 == 1.0, figures
     assert figures.box_iou > 0.999 and figures.score_max_diff < 1e-4, figures
     if reference[0].masks is not None:
         assert figures.mask_iou > 0.99, figures
-    assert parity.verdict(figures, cfg.precision) == []
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", list(seed_variants()))
+def test_seed_variant_torchscript_matches_eager_fp32(make_config, name):
+    reference, _, figures, fn = backend_against_eager(make_config, name, "torchscript")
+    assert isinstance(fn, torch.nn.Module)
+    assert_same_detections(reference, figures)
 
 
 def test_scripting_cascade_rcnn_is_unsupported(make_config):

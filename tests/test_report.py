@@ -222,16 +222,15 @@ def test_speed_up_and_figures_are_formatted_in_the_table():
     rows = [measured("RetinaNet", "fp32", "eager", 20.0), measured("RetinaNet", "fp32", "ts", 8.0)]
     line = report.tables(rows).split("| ts | fp32 |")[1].splitlines()[0]
     cells = [c.strip() for c in line.strip(" |").split("|")]
-    # FPS 1000/8, mean 1000/8.24; ms 8, 8.24, 8.8, 0.16; busy 6.4; 20/8
+    # 1 repeat (no spread); median 8 ms, FPS 1000/8, p99 8.8, busy 6.4; 20/8 from single runs
     assert cells == [
-        "125.0",
-        "121.4",
+        "1",
         "8.00",
-        "8.24",
+        "—",
+        "125.0",
         "8.80",
-        "0.16",
         "6.40",
-        "2.50x",
+        "2.50x (1 run)",
         "pass (F1 1.00)",
         "37",
     ]
@@ -317,7 +316,7 @@ def test_missing_input_is_skipped_with_its_reason(tmp_path):
 # ---- duplicates ---------------------------------------------------------------------------
 
 
-def test_duplicates_keep_the_newest_and_report_the_drop(tmp_path, caplog):
+def test_rows_of_one_identity_are_all_kept_and_only_identical_copies_dropped(tmp_path, caplog):
     old = measured(
         "RetinaNet",
         "fp32",
@@ -335,15 +334,18 @@ def test_duplicates_keep_the_newest_and_report_the_drop(tmp_path, caplog):
         output_dir="outputs/new_run",
     )
     other = measured("RetinaNet", "fp16", "eager", 12.0)
-    record.write_rows(tmp_path / "b" / "result.csv", [old])  # read after the newer one
+    record.write_rows(tmp_path / "b" / "result.csv", [old])
     record.write_rows(tmp_path / "a" / "result.csv", [new, other])
+    record.write_rows(tmp_path / "c" / "result.csv", [new])  # the same row read twice
     rows, _ = report.collect([tmp_path])
     with caplog.at_level(logging.INFO, logger="runner.report"):
         kept, dropped = report.drop_duplicates(rows)
-    assert kept == [new, other]
-    assert dropped == [old]
-    assert "outputs/old_run" in caplog.text
-    assert "2026-11-27T09:00:00+00:00" in caplog.text
+    assert kept == [new, other, old] and dropped == [new]
+    assert "outputs/new_run" in caplog.text
+    # the two measurements of one identity are repeats: 2 of them, their spread shown
+    line = report.tables(kept).split("| eager | fp32 |")[1].splitlines()[0]
+    cells = [c.strip() for c in line.strip(" |").split("|")]
+    assert cells[:3] == ["2 (2 sessions)", "22.50", "20.00–25.00"]
 
 
 def test_rows_that_differ_only_in_gpu_are_not_duplicates():
@@ -377,8 +379,8 @@ def test_mixed_gpus_when_allowed_get_one_section_each():
     text = report.tables(rows)
     assert text.count("\n### ") + text.startswith("### ") == 2
     a100_section, h200_section = text.split(f"### {A100}")[1].split(f"### {H200}")
-    assert "driver 535.104.05" in a100_section and "| 1.50x |" in a100_section
-    assert "driver 570.86.15" in h200_section and "| 2.00x |" in h200_section
+    assert "driver 535.104.05" in a100_section and "| 1.50x (1 run) |" in a100_section
+    assert "driver 570.86.15" in h200_section and "| 2.00x (1 run) |" in h200_section
     check_golden("tables_mixed.md", text)
 
 
@@ -435,8 +437,12 @@ def test_plots_are_pngs_and_latency_plot_needs_dynamic_rows(tmp_path):
     assert not (tmp_path / "static" / "latency_vs_size.png").exists()
 
 
+def ratios(bars: dict) -> dict:
+    return {label: {p: s.ratio for p, s in group.items()} for label, group in bars.items()}
+
+
 def test_speedup_bars_keep_each_table_apart():
-    bars = report.speedup_bars(fixture_rows())
+    bars = ratios(report.speedup_bars(fixture_rows()))
     assert bars == {
         "RetinaNet / torchscript": {
             "fp32": pytest.approx(20.0 / 8.66),
@@ -455,7 +461,7 @@ def test_speedup_bars_leave_out_runs_that_fail_parity():
         measured("RetinaNet", "fp16", "cg", 10.0),
         measured("RetinaNet", "fp16", "fast", 2.0, status="parity_fail", parity_pass=False),
     ]
-    assert report.speedup_bars(rows) == {"RetinaNet / cg": {"fp16": 2.0}}
+    assert ratios(report.speedup_bars(rows)) == {"RetinaNet / cg": {"fp16": 2.0}}
 
 
 def test_latency_lines_are_pixels_against_median_ms():

@@ -179,8 +179,12 @@ def test_each_identity_field_separates_pairs():
         backend_options="mode=max-autotune",
         shapes="dynamic",
         image_hw="512x512",
+        image="street.jpg",
+        arch_options="MODEL.RPN.POST_NMS_TOPK_TEST=50",
+        thresholds="score=0.3 nms=0.5 detections=100",
+        seed=1,
     )
-    assert set(changes) == set(report.IDENTITY)
+    assert set(changes) == set(report.COMPARE_FIELDS)
     for field, value in changes.items():
         other = record.replace(base, gpu_name=A100, **{field: value})
         assert report.pair_rows([base], [other]) == ([], [base], [other]), field
@@ -345,19 +349,19 @@ def test_cli_writes_out_md(tmp_path):
     assert out.read_text() == (GOLDEN / "compare.md").read_text()
 
 
-def test_cli_reports_skips_and_duplicates_of_each_side(tmp_path, caplog):
+def test_cli_reports_skips_and_copies_of_each_side(tmp_path, caplog):
     a_path, b_path = write_pair(tmp_path)
-    old = record.replace(b_rows()[1], timestamp="2026-01-01T00:00:00+00:00", output_dir="old_run")
+    copy = b_rows()[1]  # the same row read twice (a results CSV next to its run folder)
     folder = tmp_path / "b_runs"
     record.write_rows(folder / "new" / "result.csv", b_rows())
-    record.write_rows(folder / "old" / "result.csv", [old])
+    record.write_rows(folder / "copy" / "result.csv", [copy])
     (folder / "broken").mkdir()
     (folder / "broken" / "result.csv").write_text("not,a,result\n")
     out = tmp_path / "compare.md"
     with caplog.at_level(logging.INFO, logger="runner.report"):
         assert report.main(["--compare", str(a_path), str(folder), "--out-md", str(out)]) == 0
-    assert "old_run" in caplog.text and "broken/result.csv" in caplog.text
-    assert "dropped 1 duplicate; skipped 1 file" in caplog.text
+    assert "broken/result.csv" in caplog.text
+    assert "dropped 1 identical copy; skipped 1 file" in caplog.text
     assert out.read_text() == report.comparison(a_rows(), b_rows(), str(a_path), str(folder))
 
 

@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 SCRIPT = Path(__file__).parents[1] / "scripts" / "sweep_times.py"
 
 LOG = """\
@@ -43,3 +45,34 @@ def test_each_finished_command_with_its_seconds_and_sweep_summary(tmp_path):
 def test_missing_log_and_no_arguments_exit_2(tmp_path):
     assert run(str(tmp_path / "nope.log")).returncode == 2
     assert run().returncode == 2
+
+
+SPREAD = Path(__file__).parents[1] / "scripts" / "spread.py"
+
+
+@pytest.mark.slow
+def test_spread_measures_blocks_in_fresh_processes_and_writes_csv(tmp_path):
+    """scripts/spread.py for real on the CPU (one process, one call per block): every block
+    is a CSV row with its GC and context-switch counts, every call a row of the calls CSV."""
+    import csv
+
+    done = subprocess.run(
+        [sys.executable, str(SPREAD), "--processes", "1", "--iters", "1", "--rewarm", "0"]
+        + ["--idle-s", "0", "--out", str(tmp_path), "--"]
+        + ["model=tv_fasterrcnn_mobilenet", "device=cpu", "bench.warmup=0"]
+        + ["inputs.height=160", "inputs.width=224"],
+        capture_output=True,
+        text=True,
+        timeout=600,
+        cwd=SPREAD.parents[1],
+    )
+    assert done.returncode == 0, done.stdout + done.stderr
+    with open(tmp_path / "spread_blocks.csv", newline="") as f:
+        blocks = list(csv.DictReader(f))
+    assert [b["gc_mode"] for b in blocks] == ["keep", "collect", "pause"] * 3
+    assert [b["after_profiler"] for b in blocks] == ["False"] * 6 + ["True"] * 3
+    assert all(float(b["median_ms"]) > 0 and int(b["gc_gen2"]) >= 0 for b in blocks)
+    with open(tmp_path / "spread_calls.csv", newline="") as f:
+        assert len(list(csv.DictReader(f))) == 9
+    summary = (tmp_path / "spread_summary.txt").read_text()
+    assert "across processes" in summary and "gc=pause" in summary

@@ -13,7 +13,12 @@ import torch
 
 from runner import backends, bench, parity
 from tests.helpers import CUDA_MISSING, SMALL_CPU_RUN, seed_variants
-from tests.test_detectron2 import FEWER_PROPOSALS, SMALL, variant_overrides
+from tests.test_detectron2 import (
+    SMALL,
+    assert_same_detections,
+    backend_against_eager,
+    variant_overrides,
+)
 
 CPU = torch.device("cpu")
 
@@ -27,21 +32,9 @@ def _static(cfg, exported, images, **options):
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(seed_variants()))
 def test_rewritten_forward_answers_as_eager_fp32(make_config, name):
-    cfg = make_config(*variant_overrides(name), *SMALL, "backend=static_graph")
-    cfg.model.arch_options = {**cfg.model.arch_options, **FEWER_PROPOSALS}
-    exported, images, _ = bench.prepare(cfg, CPU)
-    opt = images.images["opt"]
-    with torch.no_grad():
-        reference = exported.decode(exported.module(*opt), cfg.batch)
-        fn = _static(cfg, exported, images)
-        output = exported.decode(fn(*opt), cfg.batch)
-    assert all(len(d) > 0 for d in reference), "no detections: parity would prove nothing"
+    reference, output, figures, fn = backend_against_eager(make_config, name, "static_graph")
     assert fn.notes().endswith("fallback_calls=0/1"), fn.notes()  # the rewrite answered itself
-    figures = parity.compare(reference, output, cfg.bench.match_iou)
-    assert figures.match_f1 == 1.0, figures
-    assert figures.box_iou > 0.999 and figures.score_max_diff < 1e-4, figures
-    if reference[0].masks is not None:
-        assert figures.mask_iou > 0.99, figures
+    assert_same_detections(reference, figures)
     for ref, out in zip(reference, output, strict=True):  # same detections in the same order
         assert torch.equal(ref.classes, out.classes)
 

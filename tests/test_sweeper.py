@@ -19,13 +19,28 @@ REFUSED = "invalid configuration: bench.iters=-1; must be >= 1 (all {} jobs of t
 
 
 def launched_jobs(log: str) -> list[dict[str, str]]:
-    """The override lists of the jobs the sweeper made ('job #3 : a=1 b=2')."""
+    """The runs of the jobs Hydra's launcher logged ('#3 : a=1 b=2', or the sweeper's plan
+    before it refused them all: 'session #3 : a=1 b=2'): a session's job (its
+    `members=['backend=A','backend=B']`) stands for one run per member."""
     jobs = []
     for line in log.splitlines():
         found = re.search(r"#(\d+) : (.*)$", line)
         if found:
-            jobs.append(dict(item.split("=", 1) for item in found.group(2).split()))
+            text, members = found.group(2), None
+            listed = re.search(r" members=\[(.*)\]$", text)
+            if listed:
+                text, members = text[: listed.start()], listed.group(1)
+            job = dict(item.split("=", 1) for item in text.split())
+            if members is None:
+                jobs.append(job)
+                continue
+            for spec in re.findall(r"'([^']*)'", members):
+                jobs.append({**job, **dict(item.split("=", 1) for item in spec.split())})
     return jobs
+
+
+def launched_sessions(log: str) -> int:
+    return len(re.findall(r"#(\d+) : ", log))
 
 
 def _text(value) -> str:
@@ -44,12 +59,14 @@ def test_sweep_seed_runs_every_variant_at_every_precision_and_backend(tmp_path):
         )
     }
     assert len(jobs) == 28 == len(expected)
+    assert launched_sessions(log) == 14  # eager and torchscript of a variant and precision
     assert {(j["variant"], j["precision"], j["backend"]) for j in jobs} == expected
     for job in jobs:
         for key, value in variants[job["variant"]].items():
             assert job[key] == _text(value), job
     assert REFUSED.format(28) in log  # once, not once per job; and exit code 2
-    assert done.returncode == 2 and "multirun.yaml" not in {p.name for p in tmp_path.iterdir()}
+    assert "multirun.yaml" not in {p.name for p in tmp_path.iterdir()}
+    assert done.returncode != 0  # every job was refused
 
 
 def test_command_line_values_replace_params_and_variant_picks(tmp_path):
@@ -109,6 +126,8 @@ def test_a_seed_variant_runs_for_real(tmp_path):
         "device=cpu",
         "bench.warmup=0",
         "bench.iters=1",
+        "bench.repeats=1",
+        "bench.rewarm=0",
         "inputs.height=192",
         "inputs.width=256",
         f"hydra.sweep.dir={sweep}",
@@ -133,6 +152,8 @@ SMALL = (
     "device=cpu",
     "bench.warmup=1",
     "bench.iters=2",
+    "bench.repeats=1",
+    "bench.rewarm=0",
     "inputs.height=160",
     "inputs.width=224",
 )
@@ -161,9 +182,10 @@ def test_other_launchers_run_the_jobs_and_report_failures(tmp_path, launcher):
 
 @pytest.mark.slow
 def test_local_gpus_with_two_parallel_jobs_measures_both(tmp_path):
-    """Two joblib (loky) workers at once: each worker spawns its own measuring child. A loky
-    worker's start method is 'loky', which a plainly spawned child cannot resolve; this is the
-    path a 2-GPU host takes and one job per worker (the default on a GPU-less CI) never does."""
+    """Two joblib (loky) workers at once, each running a session of two backends: each worker
+    composes its members' configs and spawns their measuring children. A loky worker's start
+    method is 'loky', which a plainly spawned child cannot resolve; this is the path a 2-GPU
+    host takes and one job per worker (the default on a GPU-less CI) never does."""
     sweep = tmp_path / "sweep"
     done = run_runner(
         "--multirun",
@@ -171,11 +193,53 @@ def test_local_gpus_with_two_parallel_jobs_measures_both(tmp_path):
         "hydra/launcher=local_gpus",
         "hydra.launcher.n_jobs=2",
         "backend=eager,torchscript",
+        "bench.iters=2,3",
         f"hydra.sweep.dir={sweep}",
+        timeout=900,
     )
     log = done.stdout + done.stderr
     assert done.returncode == 0, log
-    assert "sweep done: 2 runs: 2 ok" in log, log
+    assert "sweep done: 4 runs: 4 ok" in log, log
     rows = [read_rows(path)[0] for path in sorted(sweep.rglob("result.csv"))]
-    assert sorted(row.backend for row in rows) == ["eager", "torchscript"]
+    assert sorted((row.iters, row.backend) for row in rows) == [
+        (2, "eager"),
+        (2, "torchscript"),
+        (3, "eager"),
+        (3, "torchscript"),
+    ]
     assert all(row.status == "ok" for row in rows)
+    sessions = {row.iters: set() for row in rows}
+    for row in rows:
+        sessions[row.iters].add(row.session)
+    assert all(len(found) == 1 for found in sessions.values())  # one session per job
+    assert sessions[2] != sessions[3]
+
+
+def test_sweep_static_runs_each_variant_with_four_backend_points_in_one_session(tmp_path):
+    done = run_runner(
+        "sweep=static", "variant=RetinaNet", *NO_RUN, f"hydra.sweep.dir={tmp_path}", timeout=300
+    )
+    log = done.stdout + done.stderr
+    jobs = launched_jobs(log)
+    assert launched_sessions(log) == 2  # fp32 and fp16
+    assert sorted(
+        (j["precision"], j["backend"], j.get("backend.options.compile", "")) for j in jobs
+    ) == sorted(
+        (precision, backend, compiled)
+        for precision in ("fp32", "fp16")
+        for backend, compiled in (
+            ("eager", ""),
+            ("torchscript", ""),
+            ("static_graph", ""),
+            ("static_graph", "true"),
+        )
+    )
+    assert REFUSED.format(8) in log
+
+
+def test_a_backend_on_the_command_line_clashes_with_the_sweeps_backends(tmp_path):
+    done = run_runner("sweep=static", "backend=eager", *NO_RUN, f"hydra.sweep.dir={tmp_path}")
+    assert done.returncode == 2
+    assert "backend set on the command line and by the sweep's backends" in done.stdout + (
+        done.stderr
+    )

@@ -5,6 +5,14 @@ exits non-zero if any run failed, so a sweep never hides a failure and never sto
 
     hydra.sweeper.variants: {Name: {key: value, ...}, ...}   # each job gets variant=Name too
     variant=A,B on the command line runs only those variants.
+    hydra.sweeper.backends: ["backend=X", "backend=Y backend.options.k=v", ...]
+                            # backend points (with options) every job is run with
+
+Jobs that differ only in their backend (`backend=...`, `backend.options.*`) form one session:
+the sweeper launches one job for them, the first one's overrides plus `members=[...]` (each
+member's backend overrides), and that job measures them together, backends taking turns block
+by block (runner.bench), each in its own folder as if launched alone. A launcher therefore
+runs sessions: local_gpus one session per GPU, slurm one job per session.
 """
 
 import collections
@@ -34,6 +42,7 @@ class D2benchSweeperConf:
     max_batch_size: Any = None
     params: Any = None
     variants: Any = None
+    backends: Any = None
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="d2bench", node=D2benchSweeperConf)
@@ -49,10 +58,38 @@ def _key(override: str) -> str:
     return override.split("=", 1)[0].lstrip("+~")
 
 
+def is_backend_override(override: str) -> bool:
+    key = _key(override)
+    return key == "backend" or key.startswith("backend.")
+
+
+def sessions(jobs: list[list[str]]) -> list[list[list[str]]]:
+    """Jobs grouped by everything but their backend overrides, in first-seen order."""
+    groups: dict[tuple, list[list[str]]] = {}
+    for job in jobs:
+        shared = tuple(sorted(o for o in job if not is_backend_override(o)))
+        groups.setdefault(shared, []).append(job)
+    return list(groups.values())
+
+
+def session_job(members: list[list[str]]) -> list[str]:
+    """The one job launched for a session: the first member's overrides, plus every member's
+    backend overrides under `members` (a job alone is launched as it is)."""
+    if len(members) == 1:
+        return list(members[0])
+    specs = [" ".join(o for o in job if is_backend_override(o)) for job in members]
+    listed = ",".join(f"'{spec}'" for spec in specs)  # quotes: values may hold spaces
+    return [*members[0], f"members=[{listed}]"]
+
+
 class D2benchSweeper(BasicSweeper):
-    def __init__(self, max_batch_size=None, params=None, variants=None) -> None:
-        super().__init__(max_batch_size=max_batch_size, params=params)
+    def __init__(self, max_batch_size=None, params=None, variants=None, backends=None) -> None:
+        params = dict(params or {})
+        if backends:  # the listed backend points replace a `backend` param
+            params.pop("backend", None)
+        super().__init__(max_batch_size=max_batch_size, params=params or None)
         self.variants = dict(variants or {})
+        self.backends = [str(spec) for spec in backends or []]
 
     def job_overrides(self, arguments: list[str]) -> list[list[str]]:
         """Every job's override list: variant points x the cartesian product of the rest."""
@@ -70,6 +107,13 @@ class D2benchSweeper(BasicSweeper):
             else:
                 rest.append(override)
         combos = self.split_arguments(rest, None)[0]
+        if self.backends:
+            if any(is_backend_override(o) for combo in combos for o in combo):
+                raise HydraException(
+                    "backend set on the command line and by the sweep's backends "
+                    f"{self.backends}; run without sweep=... to choose backends"
+                )
+            combos = [combo + spec.split() for combo in combos for spec in self.backends]
         if not self.variants:
             return combos
         unknown = sorted(set(chosen or []) - set(self.variants))
@@ -101,28 +145,31 @@ class D2benchSweeper(BasicSweeper):
         except HydraException as error:  # a mistake in the sweep itself: one line, no traceback
             log.error("sweep: %s", error)
             raise SystemExit(2) from None
-        for number, overrides in enumerate(jobs):  # hydra.verbose=hydra_plugins shows them
-            log.debug("job #%d : %s", number, " ".join(overrides))
+        for number, group in enumerate(sessions(jobs)):  # hydra.verbose=hydra_plugins: the
+            log.debug("session #%d : %s", number, " ".join(session_job(group)))  # whole plan
         jobs, invalid = self.legal(jobs)
         if invalid and not jobs:  # nothing can run: one line, exit 2, nothing written
             log.error("invalid configuration: %s", refused_sweep(invalid))
             raise SystemExit(2)
         for overrides, reason in invalid:
             log.error("invalid job %s: %s", overrides, reason)
-        os.environ["D2BENCH_SWEEP_TOTAL"] = str(len(jobs))  # for the jobs' progress lines
+        groups = sessions(jobs)
+        launched = [session_job(group) for group in groups]
+        os.environ["D2BENCH_SWEEP_TOTAL"] = str(len(launched))  # for the jobs' progress lines
         os.environ["D2BENCH_SWEEP_STARTED"] = str(time.time())
-        self.overrides = list(self.split_overrides_to_chunks(jobs, self.max_batch_size))
+        self.overrides = list(self.split_overrides_to_chunks(launched, self.max_batch_size))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
-        log.info("sweep: %d runs -> %s", len(jobs), sweep_dir)
+        log.info("sweep: %d runs in %d sessions -> %s", len(jobs), len(groups), sweep_dir)
 
         returns, first = [], 0
-        while jobs and not self.is_done():
+        while launched and not self.is_done():
             batch = self.get_job_batch()
             returns.append(self.launcher.launch(batch, initial_job_idx=first))
             first += len(batch)
-        self._summarize([r for batch in returns for r in batch], invalid)
+        results = [r for batch in returns for r in batch]
+        self._summarize(results, invalid, [len(group) for group in groups])
         return returns
 
     def legal(self, jobs: list[list[str]]) -> tuple[list[list[str]], list[tuple[str, str]]]:
@@ -144,26 +191,29 @@ class D2benchSweeper(BasicSweeper):
         return legal, invalid
 
     @staticmethod
-    def _summarize(results, invalid: list[tuple[str, str]]) -> None:
+    def _summarize(results, invalid: list[tuple[str, str]], sizes: list[int]) -> None:
+        """Count every run's outcome; a session job returns one row (or None) per member."""
         counts = collections.Counter(invalid=len(invalid))
         failures = [
             f"{overrides}: invalid configuration: {reason}" for overrides, reason in invalid
         ]
-        for result in results:
+        for result, size in zip(results, sizes, strict=False):
             try:
-                row = result.return_value
+                value = result.return_value
             except Exception as error:  # the job itself raised
-                counts["error"] += 1
+                counts["error"] += size
                 failures.append(f"{result.overrides}: {type(error).__name__}: {error}")
                 continue
-            if row is None:  # invalid configuration, already reported by the job
-                counts["invalid"] += 1
-                failures.append(f"{result.overrides}: invalid configuration")
-                continue
-            counts[row.status] += 1
-            if row.status in ("error", "parity_fail"):
-                first_line = (row.error or "").splitlines()[0] if row.error else ""
-                failures.append(f"{row.output_dir}: {row.status}: {first_line}")
+            rows = value if isinstance(value, list) else [value] * (1 if value else size)
+            for row in rows:
+                if row is None:  # invalid configuration, already reported by the job
+                    counts["invalid"] += 1
+                    failures.append(f"{result.overrides}: invalid configuration")
+                    continue
+                counts[row.status] += 1
+                if row.status in ("error", "parity_fail"):
+                    first_line = (row.error or "").splitlines()[0] if row.error else ""
+                    failures.append(f"{row.output_dir}: {row.status}: {first_line}")
         failed = counts["error"] + counts["parity_fail"] + counts["invalid"]
         summary = ", ".join(f"{n} {status}" for status, n in sorted(counts.items()) if n)
         log.info("sweep done: %d runs: %s", sum(counts.values()), summary)

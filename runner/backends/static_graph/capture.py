@@ -61,7 +61,9 @@ class Replay:
 
     def _capture(self, images):
         static_in = tuple(im.clone() for im in images)
+        # the graph's own memory: what stays reserved once every freed block is released
         torch.cuda.synchronize()
+        torch.cuda.empty_cache()
         before = torch.cuda.memory_reserved()
         side = torch.cuda.Stream()
         side.wait_stream(torch.cuda.current_stream())
@@ -74,6 +76,7 @@ class Replay:
             static_out = self.forward(*static_in)
         torch.cuda.synchronize()
         self.pool = graph.pool()
+        torch.cuda.empty_cache()  # the warm-up's freed blocks; the graph's pool stays
         self.graph_bytes += max(torch.cuda.memory_reserved() - before, 0)
         log.info("static_graph: captured one graph for %s", _key(images))
         return graph, static_in, static_out
