@@ -3,12 +3,12 @@
 Hydra composes conf/config.yaml with one file from each group; `run_job` validates it and hands
 it to runner.bench.run. In a single run the exit code is 0 for ok and unsupported rows, 1 for
 errors and parity failures, 2 for input no run can use. In --multirun the sweeper collects the
-rows and sets the exit code once every job has run.
+rows and sets the exit code once every job has run. Ctrl-C stops the run or the sweep with one
+line and exit code 130; the interrupted run's row says so, and the same command resumes.
 """
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import shlex
 import shutil
@@ -22,7 +22,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner import gpus, preflight
 from runner.bench import describe, run
-from runner.config import ConfigError, register_schema, to_config
+from runner.config import ConfigError, check_command_line, register_schema, to_config
 from runner.progress import Progress
 from runner.record import Row
 
@@ -43,14 +43,28 @@ HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
 
 def remove_if_only_hydra_wrote(folder: Path, job_name: str) -> None:
     """Hydra makes the run folder (.hydra/ and the job's log) before the job starts; a job
-    refused for bad input removes what Hydra wrote, and the folder if nothing else is in it, so
-    that bad input leaves nothing behind and never takes anything else with it."""
+    refused for bad input removes what Hydra wrote, and the folder (and outputs/runs/ above it)
+    if nothing else is in it, so that bad input leaves nothing behind and never takes anything
+    else with it."""
     hydra_dir, job_log = folder / ".hydra", folder / f"{job_name}.log"
     if hydra_dir.is_dir() and {p.name for p in hydra_dir.iterdir()} <= HYDRA_FILES:
         shutil.rmtree(hydra_dir, ignore_errors=True)
     job_log.unlink(missing_ok=True)
-    with contextlib.suppress(OSError):
-        folder.rmdir()  # only if empty
+    # the folder, then the parents Hydra made for it (outputs/runs/), each only while empty and
+    # below the working directory
+    cwd = Path.cwd().resolve()
+    for path in (folder.resolve(), *folder.resolve().parents):
+        if path != folder.resolve() and (path == cwd or cwd not in path.parents):
+            break
+        try:
+            path.rmdir()  # only if empty
+        except OSError:
+            break
+
+
+class Stopped(KeyboardInterrupt):
+    """Ctrl-C stopped a run; what it measured is recorded (a run that measured nothing yet has
+    a row with error `interrupted: ...`)."""
 
 
 def run_job(cfg: DictConfig) -> Row | None:
@@ -68,7 +82,11 @@ def run_job(cfg: DictConfig) -> Row | None:
     config.command = command_line()
     index = None if single else hydra_cfg.job.num
     with Progress(describe(config), index):
-        row = run(config)
+        try:
+            row = run(config)
+        except KeyboardInterrupt:  # the children are dead and the rows written (runner.bench)
+            where = f"{describe(config)}: stopped; its rows are in {config.output_dir}"
+            raise Stopped(where) from None
     if single and row.status in ("error", "parity_fail"):
         raise SystemExit(1)
     return row
@@ -79,7 +97,26 @@ def main(cfg: DictConfig) -> Row | None:
     return run_job(cfg)
 
 
-if __name__ == "__main__":
+def refuse(message: str) -> None:
+    """Input no run can use: one line, exit code 2 (nothing has been written yet)."""
+    sys.stderr.write(f"invalid configuration: {message}\n")
+    raise SystemExit(2)
+
+
+def entry(argv: list[str]) -> None:
+    try:
+        check_command_line(argv)
+    except ConfigError as error:
+        refuse(str(error))
     register_schema()
     OmegaConf.register_new_resolver("d2bench_gpus", lambda: len(gpus.visible_gpus()))
     main()
+
+
+if __name__ == "__main__":
+    try:
+        entry(sys.argv[1:])
+    except KeyboardInterrupt as stop:  # Ctrl-C: one line, not tracebacks
+        where = str(stop) or "before a run was recorded"
+        sys.stderr.write(f"interrupted (Ctrl-C): {where}; the same command resumes\n")
+        raise SystemExit(130) from None

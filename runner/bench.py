@@ -34,7 +34,7 @@ import statistics
 import time
 from pathlib import Path
 
-from runner import backends, gpus, record, timing
+from runner import backends, gpus, provenance, record, timing
 from runner.config import Config, ConfigError, options_text
 from runner.config import fingerprint as config_fingerprint
 from runner.isolate import ChildFailed
@@ -184,7 +184,7 @@ class Member:
     def __init__(self, cfg: Config):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.fingerprint = config_fingerprint(cfg, record.git_sha())
+        self.fingerprint = config_fingerprint(cfg, provenance.code_digest())  # content
         self.kept: dict[int, Row] = {}  # measured rows of this fingerprint, by repeat
         self.kept_unsupported: Row | None = None
         self.new: dict[int, Row] = {}
@@ -279,6 +279,21 @@ class Member:
         if self.worker is not None:
             self.worker.close()
 
+    def interrupt(self) -> None:
+        """Ctrl-C: kill the child now; a run that has measured nothing gets a row saying it was
+        interrupted (measured repeats are in result.csv already; the same command adds the rest)."""
+        if self.worker is not None and hasattr(self.worker, "kill"):
+            self.worker.kill()
+        if self.final is None and not self.rows():
+            took = time.monotonic() - self.started
+            self.end(
+                {
+                    "status": "error",
+                    "error": f"interrupted: Ctrl-C (SIGINT) after {took:.0f} s; "
+                    "child and its workers killed",
+                }
+            )
+
 
 def _sample_lines(path: Path) -> list[str]:
     """The data lines of a samples.csv with a repeat column (older files have none: [])."""
@@ -309,6 +324,10 @@ def run_group(cfgs: list[Config | None]) -> list[Row | None]:
             locks.enter_context(record.locked(member.out / ".lock"))
         try:
             _session(present)
+        except KeyboardInterrupt:
+            for member in present:
+                member.interrupt()
+            raise
         finally:
             for member in present:
                 member.close()

@@ -243,3 +243,95 @@ def fingerprint(cfg: Config, code_version: str) -> str:
     payload = {k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "command", "redo")}
     text = json.dumps(payload, sort_keys=True, default=str) + code_version
     return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+
+# ---- the command line, before Hydra runs -----------------------------------------------------
+
+
+def check_command_line(argv: list[str]) -> None:
+    """Raise ConfigError, with one line naming the choices, for a command line no run can use:
+    an unknown group option (also inside a sweep list), an unknown key, a value of the wrong
+    type, a sweep list without --multirun. Hydra would say so itself, in 7 to 15 lines with exit
+    code 1, and for a sweep only once per job; this check runs before Hydra writes anything."""
+    from hydra import initialize_config_dir
+    from hydra._internal.utils import get_args_parser
+    from hydra.core.global_hydra import GlobalHydra
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+    from hydra.errors import HydraException
+    from hydra.types import RunMode
+    from omegaconf.errors import OmegaConfBaseException
+
+    try:
+        args = get_args_parser().parse_args(argv)
+    except SystemExit:  # Hydra's own usage error: let Hydra report it
+        return
+    asks_hydra = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
+    if asks_hydra or args.config_path or args.config_name or args.config_dir:
+        return
+    register_schema()
+    with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
+        loader = GlobalHydra.instance().config_loader()
+        try:
+            overrides = OverridesParser.create().parse_overrides(args.overrides)
+        except HydraException as error:
+            raise ConfigError(_first_line(error)) from None
+        for override in overrides:
+            _check_group_option(loader, override)
+        try:
+            cfg = loader.load_configuration(
+                "config", args.overrides, run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False
+            )
+            if not args.multirun and cfg.hydra.mode != RunMode.MULTIRUN:
+                loader.load_configuration("config", args.overrides, run_mode=RunMode.RUN)
+        except (HydraException, OmegaConfBaseException) as error:
+            raise ConfigError(_composition_error(loader, error)) from None
+
+
+def _first_line(error: BaseException | None) -> str:
+    text = str(error or "").strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def _check_group_option(loader, override) -> None:
+    """`group=option` (or a sweep list of options) names files of the group."""
+    group = override.get_key_element().lstrip("+~")
+    if override.is_delete() or override.value() is None:
+        return
+    choices = loader.get_group_options(group)
+    if not choices:
+        return  # not a config group: a key
+    values = (
+        list(override.sweep_string_iterator())
+        if override.is_sweep_override()
+        else [override.get_value_element_as_str()]
+    )
+    unknown = [v for v in values if v not in choices and v != "null"]
+    if unknown:
+        raise ConfigError(
+            f"{group}={','.join(unknown)}: no such option; choices: {', '.join(choices)}"
+        )
+
+
+def _composition_error(loader, error: BaseException) -> str:
+    """One line for a composition error, with the keys that exist where a key was unknown."""
+    from hydra.types import RunMode
+
+    text, cause = _first_line(error), error.__cause__
+    ambiguous = re.match(r"Ambiguous value for argument '([^']+)'", text)
+    if ambiguous:
+        return f"{ambiguous.group(1)}: a list of values sweeps only with --multirun"
+    unknown = re.match(r"Could not override '([^']+)'", text)
+    if unknown and cause is not None and "not in" in str(cause):
+        key = unknown.group(1)
+        parent = key.rpartition(".")[0]
+        base = loader.load_configuration("config", [], run_mode=RunMode.MULTIRUN)
+        node = OmegaConf.select(base, parent) if parent else base
+        opened = parent  # the deepest part of the key that exists
+        while opened and OmegaConf.select(base, opened) is None:
+            opened = opened.rpartition(".")[0]
+        mapping = OmegaConf.select(base, opened) if opened else base
+        if isinstance(mapping, DictConfig) and OmegaConf.get_type(mapping) is dict:
+            return f"{key}: not set in the config; add it with a leading +: +{key}=..."
+        keys = sorted(k for k in node if k != "hydra") if isinstance(node, DictConfig) else []
+        return f"{key}: no such key; keys{f' of {parent}' if parent else ''}: {', '.join(keys)}"
+    return f"{text}: {_first_line(cause)}" if cause is not None else text

@@ -5,6 +5,10 @@ A fresh process per run keeps compile caches, CUDA state and crashes of one run 
 (TorchScript re-specialises a module that already ran at another precision, so a shared process
 measures the wrong thing). The child leads its own process group, so a timeout kills it together
 with any workers it started (compiler pools), and the driver frees its GPU memory.
+
+Ctrl-C: the child leads its own session, so a terminal's SIGINT reaches only the parent. The
+parent then kills the child's process group at once (its GPU memory goes with it) and raises
+`Interrupted`, a ChildFailed with cause `interrupted`, for the caller to record before it stops.
 """
 
 from __future__ import annotations
@@ -25,6 +29,15 @@ class ChildFailed(RuntimeError):
         super().__init__(message)
         self.cause = cause
         self.detail = detail
+
+
+class Interrupted(ChildFailed):
+    """The parent was interrupted (SIGINT, Ctrl-C) while the child worked; the child is dead."""
+
+    def __init__(self, elapsed_s: float):
+        super().__init__(
+            "interrupted", f"Ctrl-C (SIGINT) after {elapsed_s:.0f} s; child and its workers killed"
+        )
 
 
 def _die_with_parent() -> None:
@@ -71,6 +84,8 @@ def _child_main(fn: Callable, args: tuple, conn) -> None:
 def _kill_group(process) -> None:
     """Kill the child and everything in its process group. Before the child has made its own
     group (it is still starting), only the child itself exists to be killed."""
+    if process.pid is None:  # never started
+        return
     try:
         os.killpg(process.pid, signal.SIGKILL)
     except (ProcessLookupError, PermissionError):
@@ -91,8 +106,26 @@ def call(fn: Callable, *args: Any, timeout_s: float, env: dict[str, str] | None 
     context = multiprocessing.get_context("spawn")
     receive, send = context.Pipe(duplex=False)
     process = context.Process(target=_child_main, args=(fn, args, send), daemon=False)
-    saved = {key: os.environ.get(key) for key in env or {}}
-    os.environ.update(env or {})
+    started = time.monotonic()
+    try:
+        _start(process, env or {})
+        send.close()
+        message = _wait(process, receive, started + timeout_s, timeout_s)
+    except KeyboardInterrupt:
+        # Ctrl-C reached this process, not the child (its own session): kill it now rather than
+        # wait for its timed calls to end, and let the caller record the run as interrupted.
+        _kill_group(process)
+        raise Interrupted(time.monotonic() - started) from None
+    if message[0] == "ok":
+        return message[1]
+    _, kind, text, trace = message
+    raise ChildFailed("exception", f"{kind}: {text}", trace)
+
+
+def _start(process, env: dict[str, str]) -> None:
+    """Start the child with this process's environment plus `env` (this process keeps its own)."""
+    saved = {key: os.environ.get(key) for key in env}
+    os.environ.update(env)
     try:
         process.start()  # the child copies this process's environment now
     finally:
@@ -101,8 +134,10 @@ def call(fn: Callable, *args: Any, timeout_s: float, env: dict[str, str] | None 
                 os.environ.pop(key, None)
             else:
                 os.environ[key] = value
-    send.close()
-    deadline = time.monotonic() + timeout_s
+
+
+def _wait(process, receive, deadline: float, timeout_s: float) -> tuple:
+    """The child's message; ChildFailed when it times out or ends without one."""
     message = None
     try:
         while message is None:
@@ -129,7 +164,4 @@ def call(fn: Callable, *args: Any, timeout_s: float, env: dict[str, str] | None 
             name = signal.Signals(-code).name
             raise ChildFailed("signal", f"child killed by {name} (signal {-code})")
         raise ChildFailed("exit", f"child exited with code {code} without a result")
-    if message[0] == "ok":
-        return message[1]
-    _, kind, text, trace = message
-    raise ChildFailed("exception", f"{kind}: {text}", trace)
+    return message

@@ -13,8 +13,10 @@ from __future__ import annotations
 import hashlib
 import logging
 import pickle
+import re
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -23,12 +25,41 @@ from runner.config import ModelConfig
 
 log = logging.getLogger(__name__)
 
+# The README's Install commands, on one line (a refusal is one line).
 DETECTRON2_INSTALL = (
     "detectron2 is not installed. It is on no package registry; build it from source against "
-    "the installed torch:\n"
-    "  pip install 'setuptools<81' && "
+    "the installed torch: pip install 'setuptools<81' fvcore iopath pycocotools && "
     "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
 )
+
+
+# Warnings that libraries print on every run and that a user of d2bench cannot act on: tracing
+# and scripting are what the torchscript backend and the exports measure (their deprecation is
+# torch's news, not the run's); torch, torchvision and detectron2 code converts tensors to Python
+# values and copy-constructs tensors while being traced (parity checks the traced answers);
+# detectron2 imports pkg_resources, calls meshgrid without `indexing` and loads its own zoo
+# configs with yaml.unsafe_load. Any other warning, from user code (a backend module) or about
+# the run's own values, is still shown.
+LIBRARY_NOISE = (
+    ("ignore", r"`torch\.jit\.[a-z_]+` is deprecated", FutureWarning, ""),
+    ("ignore", r"pkg_resources is deprecated", UserWarning, ""),
+    ("ignore", r"torch\.meshgrid: in an upcoming release", UserWarning, ""),
+    ("ignore", r"", "TracerWarning", r"(torch|detectron2|torchvision)(\.|$)"),
+    ("ignore", r"To copy construct from a tensor", UserWarning, r"(torch|torchvision)(\.|$)"),
+)
+
+
+def quiet_library_warnings() -> None:
+    """Hide LIBRARY_NOISE in this process (the measuring child, or a preflight that imports
+    detectron2); idempotent."""
+    import warnings
+
+    for action, message, category, module in LIBRARY_NOISE:
+        if category == "TracerWarning":
+            category = torch.jit.TracerWarning
+        warnings.filterwarnings(action, message=message, category=category, module=module)
+    # fvcore logs this for detectron2's own zoo files, which are not the user's to vet
+    logging.getLogger("fvcore.common.config").setLevel(logging.ERROR)
 
 
 class MissingDependency(RuntimeError):
@@ -45,6 +76,7 @@ def require_detectron2() -> None:
 
 def build(cfg: ModelConfig, device: torch.device, seed: int) -> tuple[nn.Module, str]:
     """Build the model, load weights or seed its init; return (eval-mode model, weights label)."""
+    quiet_library_warnings()
     torch.manual_seed(seed)
     if cfg.family == "detectron2":
         model = _build_detectron2(cfg, device)
@@ -59,20 +91,48 @@ def build(cfg: ModelConfig, device: torch.device, seed: int) -> tuple[nn.Module,
 
 
 def _build_detectron2(cfg: ModelConfig, device: torch.device) -> nn.Module:
-    require_detectron2()
-    from detectron2 import model_zoo
     from detectron2.modeling import build_model
 
+    return build_model(detectron2_config(cfg, str(device)))
+
+
+def flat_options(options: dict, prefix: str = "") -> dict[str, Any]:
+    """detectron2 keys as dotted names: `+model.arch_options.MODEL.RPN.X=1` on the command line
+    arrives nested ({MODEL: {RPN: {X: 1}}}), a YAML mapping may name MODEL.RPN.X directly."""
+    flat: dict[str, Any] = {}
+    for key, value in options.items():
+        name = f"{prefix}{key}"
+        if isinstance(value, dict):
+            flat.update(flat_options(value, f"{name}."))
+        else:
+            flat[name] = value
+    return flat
+
+
+def detectron2_config(cfg: ModelConfig, device: str = "cpu"):
+    """The model zoo's config for cfg.arch with the run's thresholds and `arch_options` merged.
+    Raises ValueError naming the option for a key detectron2 does not have or a wrong type."""
+    quiet_library_warnings()
+    require_detectron2()
+    from detectron2 import model_zoo
+
     d2cfg = model_zoo.get_config(cfg.arch, trained=False)
-    d2cfg.MODEL.DEVICE = str(device)
+    d2cfg.MODEL.DEVICE = device
     d2cfg.MODEL.WEIGHTS = ""
     for section in ("ROI_HEADS", "RETINANET"):
         getattr(d2cfg.MODEL, section).SCORE_THRESH_TEST = cfg.score_thresh
         getattr(d2cfg.MODEL, section).NMS_THRESH_TEST = cfg.nms_thresh
     d2cfg.TEST.DETECTIONS_PER_IMAGE = cfg.detections_per_image
-    for key, value in cfg.arch_options.items():
-        d2cfg.merge_from_list([key, value])
-    return build_model(d2cfg)
+    for key, value in flat_options(cfg.arch_options).items():
+        try:
+            d2cfg.merge_from_list([key, value])
+        except (AssertionError, KeyError, ValueError, TypeError) as error:
+            reason = str(error).strip().splitlines()[0] if str(error).strip() else "refused"
+            raise ValueError(
+                f"model.arch_options.{key}={value!r}: not a detectron2 config option of this "
+                f"model ({reason})"
+            ) from None
+    return d2cfg
 
 
 def _build_torchvision(cfg: ModelConfig) -> nn.Module:
@@ -105,6 +165,14 @@ def _sha256(path: str | Path) -> str:
     return digest.hexdigest()
 
 
+class _Refused(pickle.UnpicklingError):
+    """The file is a readable pickle that names a global beyond arrays: unsafe, not corrupt."""
+
+    def __init__(self, name: str):
+        super().__init__(f"refusing to load {name}")
+        self.name = name
+
+
 class _ArraysOnlyUnpickler(pickle.Unpickler):
     """Unpickles dicts, lists and numpy arrays; refuses every other global, so no code runs."""
 
@@ -124,32 +192,51 @@ class _ArraysOnlyUnpickler(pickle.Unpickler):
     def find_class(self, module: str, name: str):
         if (module, name) in self.ALLOWED:
             return super().find_class(module, name)
-        raise pickle.UnpicklingError(f"refusing to load {module}.{name}")
+        raise _Refused(f"{module}.{name}")
+
+
+UNSAFE = (
+    "model.weights={path}: the file holds {name}, more than tensors and arrays; loading it "
+    "means unpickling, which can run code from the file. If you trust the file, set "
+    "model.allow_pickle=true (it applies to .pth/.pt and .pkl checkpoints alike)"
+)
+CORRUPT = (
+    "model.weights={path}: not a readable {kind} checkpoint, the file is damaged or of another "
+    "format ({reason}); model.allow_pickle does not change that"
+)
+
+
+def _reason(error: BaseException) -> str:
+    text = " ".join(str(error).split()) or type(error).__name__
+    return text if len(text) <= 160 else text[:157] + "..."
 
 
 def load_checkpoint(path: Path, allow_pickle: bool) -> dict:
     """A state dict from a local checkpoint, loaded without running code from the file.
 
     .pth/.pt go through torch.load(weights_only=True); detectron2's .pkl files through an
-    unpickler that accepts only arrays and containers. `allow_pickle` lifts that restriction
-    for .pkl files that need more (they can then run arbitrary code: trust the file first).
+    unpickler that accepts only arrays and containers. A file that is a sound pickle but holds
+    more (objects whose unpickling could run code) is refused as unsafe unless `allow_pickle`,
+    which then unpickles it in full (trust the file first); a file that cannot be read at all is
+    refused as corrupt, whatever `allow_pickle` says.
     """
     if not path.is_file():
         raise ValueError(f"model.weights={path}: no such file")
+    kind = "detectron2 .pkl" if path.suffix == ".pkl" else "torch"
     try:
         if path.suffix == ".pkl":
             with open(path, "rb") as f:
                 unpickler = pickle.Unpickler if allow_pickle else _ArraysOnlyUnpickler
                 data = unpickler(f, encoding="latin1").load()
         else:
-            data = torch.load(path, map_location="cpu", weights_only=True)
-    except pickle.UnpicklingError as error:
-        raise ValueError(
-            f"model.weights={path}: {error}. The file holds more than arrays; if you trust it, "
-            "set model.allow_pickle=true (unpickling can run code from the file)"
-        ) from error
+            data = torch.load(path, map_location="cpu", weights_only=not allow_pickle)
+    except _Refused as error:
+        raise ValueError(UNSAFE.format(path=path, name=error.name)) from error
     except Exception as error:  # torch and pickle raise many kinds for a corrupt file
-        raise ValueError(f"model.weights={path}: not a readable checkpoint ({error})") from error
+        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        if unsafe and not allow_pickle:  # torch's weights-only unpickler met an object
+            raise ValueError(UNSAFE.format(path=path, name=unsafe.group(1))) from error
+        raise ValueError(CORRUPT.format(path=path, kind=kind, reason=_reason(error))) from error
     if isinstance(data, dict) and isinstance(data.get("model"), dict):
         data = data["model"]
     if not isinstance(data, dict) or not data:

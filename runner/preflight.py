@@ -1,13 +1,19 @@
 """Preflight: takes a validated Config and raises ConfigError for what this machine cannot run,
 before any child is started or any output written: a device torch cannot see, detectron2
-absent, an unreadable image or checkpoint, backend options the backend rejects."""
+absent, a detectron2 config key it does not have, an unreadable image or checkpoint, backend
+options the backend rejects. `refusal` asks the same of a sweep's job before the sweep starts."""
 
 from __future__ import annotations
 
+import dataclasses
+import functools
 import importlib.util
+import json
 from pathlib import Path
 
-from runner.config import Config, ConfigError
+from omegaconf import DictConfig, open_dict
+
+from runner.config import Config, ConfigError, to_config
 
 
 def check(cfg: Config) -> None:
@@ -15,7 +21,9 @@ def check(cfg: Config) -> None:
     if cfg.model.family == "detectron2" and importlib.util.find_spec("detectron2") is None:
         from runner.models import DETECTRON2_INSTALL
 
-        raise ConfigError(f"model={cfg.model.name} needs detectron2. {DETECTRON2_INSTALL}")
+        raise ConfigError(f"the detectron2 models need detectron2. {DETECTRON2_INSTALL}")
+    if cfg.model.family == "detectron2" and cfg.model.arch_options:
+        _check_detectron2_options(cfg)
     if cfg.inputs.image is not None:
         _check_image(Path(cfg.inputs.image))
     if cfg.model.weights is not None:
@@ -26,6 +34,28 @@ def check(cfg: Config) -> None:
         except ValueError as error:
             raise ConfigError(str(error)) from None
     _check_backend(cfg)
+
+
+def _check_detectron2_options(cfg: Config) -> None:
+    """A misspelt detectron2 key (or a value of the wrong type) is refused here, not reported
+    as an error row after a child has started and built half a model."""
+    error = _detectron2_options_error(json.dumps(dataclasses.asdict(cfg.model), sort_keys=True))
+    if error:
+        raise ConfigError(error)
+
+
+@functools.lru_cache(maxsize=64)
+def _detectron2_options_error(model_json: str) -> str:
+    """The refusal for a ModelConfig given as JSON (a sweep asks once per model and options,
+    not once per job), or ''."""
+    from runner.config import ModelConfig
+    from runner.models import detectron2_config
+
+    try:
+        detectron2_config(ModelConfig(**json.loads(model_json)))
+    except ValueError as error:
+        return str(error)
+    return ""
 
 
 def _check_device(device: str) -> None:
@@ -64,3 +94,34 @@ def _check_backend(cfg: Config) -> None:
         raise ConfigError(str(error.args[0])) from None
     except ValueError as error:
         raise ConfigError(str(error)) from None
+
+
+def refusal(job: DictConfig) -> str | None:
+    """Why the sweep's job `job` (its composed config, Hydra's node included) cannot run, in one
+    line; None when it can. The sweep asks before it writes anything, so that a sweep whose
+    every job is refused is one message and exit code 2, not one failure per job."""
+    cfg = job.copy()
+    with open_dict(cfg):
+        cfg.pop("hydra", None)
+    cfg.output_dir = ""  # Hydra's runtime fills it per job; not needed to judge the input
+    try:
+        check(to_config(cfg))
+    except ConfigError as error:
+        return str(error)
+    return None
+
+
+def refused_sweep(invalid: list[tuple[str, str]]) -> str:
+    """One line for a sweep whose every job was refused: each distinct reason once, with the
+    jobs it applies to counted ("... (all 28 jobs)") or, for a reason of one job, named."""
+    by_reason: dict[str, list[str]] = {}
+    for overrides, reason in invalid:
+        by_reason.setdefault(reason, []).append(overrides)
+    if len(by_reason) == 1:
+        (reason,) = by_reason
+        return f"{reason} (all {len(invalid)} jobs of the sweep)"
+    parts = [
+        f"{reason} ({len(jobs)} jobs)" if len(jobs) > 1 else f"{jobs[0]}: {reason}"
+        for reason, jobs in by_reason.items()
+    ]
+    return "; ".join(parts)

@@ -64,10 +64,12 @@ class Progress:
             log.info("%s", self.line())
         return self
 
-    def __exit__(self, *exc) -> None:
+    def __exit__(self, kind, *exc) -> None:
         self._stop.set()
         if self._thread is not None:
             self._thread.join()
             self.stream.write("\r\033[K")
             self.stream.flush()
+        if kind is not None and issubclass(kind, KeyboardInterrupt):
+            return  # Ctrl-C: the entry point says it, once
         log.info("%sdone in %s", self.prefix, _clock(time.time() - self._started))

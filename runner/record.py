@@ -260,17 +260,10 @@ def _run(command: list[str], cwd: Path | None = None) -> str:
 
 
 def git_sha() -> str:
-    """The d2bench commit: $D2BENCH_GIT_SHA where set (a copy of the code whose .git is not
-    the code's own, as on a lent GPU machine), else git's HEAD, '-dirty' when tracked files
-    differ from it; 'unknown' without either."""
-    if os.environ.get("D2BENCH_GIT_SHA"):
-        return os.environ["D2BENCH_GIT_SHA"]
-    root = Path(__file__).resolve().parents[1]
-    sha = _run(["git", "rev-parse", "HEAD"], cwd=root)
-    if not sha:
-        return "unknown"
-    dirty = _run(["git", "status", "--porcelain", "--untracked-files=no"], cwd=root)
-    return sha + ("-dirty" if dirty else "")
+    """The commit the code is, with what differs from it: runner.provenance.git_sha."""
+    from runner import provenance
+
+    return provenance.git_sha()
 
 
 def physical_gpu(index: int | None) -> str:
@@ -314,7 +307,7 @@ def environment(device: str, cuda_ready: bool = False) -> dict[str, str]:
         "hostname": socket.gethostname(),
         "git_sha": git_sha(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cuda_version": torch.version.cuda or "",
+        "cuda_version": (torch.version.cuda or "") if device.startswith("cuda") else "",
         "gpu_name": "",
         "gpu_driver": "",
         "cudnn_version": "",

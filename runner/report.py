@@ -1117,7 +1117,9 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         type=Path,
         help="merge mode: folders (searched for result.csv) or results CSV files",
     )
-    parser.add_argument("--out", type=Path, help="merge mode (required): results CSV to write")
+    parser.add_argument(
+        "--out", type=Path, help="merge mode: results CSV to write (without it: print the tables)"
+    )
     parser.add_argument(
         "--readme", type=Path, help="merge mode: README whose results block to rewrite"
     )
@@ -1172,13 +1174,13 @@ def check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         return
     if args.out_md is not None:
         parser.error("--out-md belongs to compare mode: --compare A.csv B.csv --out-md FILE")
-    absent = {"inputs": not args.inputs, "--out": args.out is None}
-    missing = [name for name, is_absent in absent.items() if is_absent]
-    if missing:
+    if not args.inputs:
         parser.error(
-            f"the following arguments are required: {', '.join(missing)} "
+            "the following arguments are required: inputs "
             "(or --compare A.csv B.csv to compare two results files)"
         )
+    if args.readme is not None and args.out is None:
+        parser.error("--readme needs --out: the README's tables name the results CSV they show")
 
 
 def relative_link(path: Path, readme: Path | None) -> str:
@@ -1240,15 +1242,16 @@ def report(args: argparse.Namespace, command: str) -> int:
     except ValueError as error:
         log.error("%s", error)
         return 2
-    rows = write(rows, args.out)
+    rows = write(rows, args.out) if args.out else sort_rows(rows)  # no --out: print only
     plots = plot(rows, args.plots) if args.plots else []
     links = [relative_link(p, args.readme) for p in plots] if args.readme else []
-    block = tables(rows, relative_link(args.out, args.readme), links, targets)
+    csv_link = relative_link(args.out, args.readme) if args.out else ""
+    block = tables(rows, csv_link, links, targets)
     if readme_text is None:
         sys.stdout.write(block)
     else:
         record.write_atomic(args.readme, update_readme(readme_text, block, command))
-    log.info("%s", summary(rows, dropped, skipped, args.out))
+    log.info("%s", summary(rows, dropped, skipped, args.out or "the tables above"))
     return 0
 
 

@@ -104,7 +104,22 @@ class Worker:
             pass  # the child is gone; receive() says how it ended
 
     def receive(self, timeout_s: float) -> Any:
-        """The answer to the last request; ChildFailed where there is none."""
+        """The answer to the last request; ChildFailed where there is none. Ctrl-C reaches only
+        this process (the child leads its own session): the child is killed at once."""
+        try:
+            return self._receive(timeout_s)
+        except KeyboardInterrupt:
+            self.kill()
+            raise
+
+    def kill(self) -> None:
+        """Kill the child's process group now (its GPU memory goes with it)."""
+        if not self.closed:
+            self.closed = True
+            self._conn.close()
+            _kill_group(self.process)
+
+    def _receive(self, timeout_s: float) -> Any:
         deadline = time.monotonic() + timeout_s
         while True:
             remaining = deadline - time.monotonic()

@@ -117,9 +117,10 @@ def process_gone(pid: int, wait_s: float = 5.0) -> bool:
 
 def clean_environment() -> dict[str, str]:
     """This process's environment without what the runner itself sets for its jobs (D2BENCH_*,
-    HYDRA_*), with the repository importable from any working directory."""
+    HYDRA_*), with the repository importable from any working directory: put in front of any
+    PYTHONPATH already set (a machine whose packages come in through it keeps them)."""
     env = {k: v for k, v in os.environ.items() if not k.startswith(("D2BENCH_", "HYDRA_"))}
-    env["PYTHONPATH"] = str(REPO)
+    env["PYTHONPATH"] = os.pathsep.join([str(REPO), *filter(None, [env.get("PYTHONPATH")])])
     env["PYTHONUNBUFFERED"] = "1"
     return env
 

@@ -219,3 +219,46 @@ def test_build_with_weights_of_another_model_is_refused(mobilenet_cfg, tmp_path)
     torch.save({"unrelated.weight": torch.zeros(3)}, path)
     with pytest.raises(ValueError, match="no tensor matches"):
         models.build(dataclasses.replace(mobilenet_cfg, weights=str(path)), CPU, 0)
+
+
+# ---- corrupt is not unsafe (issue 14, item 6) ------------------------------------------------
+
+
+def _corrupt_files(tmp_path) -> list:
+    good = tmp_path / "good.pth"
+    torch.save({"w": torch.zeros(4)}, good)
+    data = good.read_bytes()
+    files = {
+        "noise.pth": bytes(range(256)) * 2,
+        "truncated.pth": data[: len(data) // 2],
+        "noise.pkl": b"\x80\x04this is not a checkpoint" * 10,
+        "truncated.pkl": pickle.dumps(_arrays())[:40],
+    }
+    for name, content in files.items():
+        (tmp_path / name).write_bytes(content)
+    return [tmp_path / name for name in files]
+
+
+@pytest.mark.parametrize("allow_pickle", [False, True])
+def test_a_corrupt_checkpoint_is_called_corrupt_and_allow_pickle_is_not_advised(
+    tmp_path, allow_pickle
+):
+    for path in _corrupt_files(tmp_path):
+        with pytest.raises(ValueError) as error:
+            models.load_checkpoint(path, allow_pickle=allow_pickle)
+        message = str(error.value)
+        assert "not a readable" in message and "damaged" in message, (path.name, message)
+        assert "model.allow_pickle does not change that" in message, message
+        assert "set model.allow_pickle=true" not in message, message
+
+
+def test_a_pth_holding_objects_is_called_unsafe_and_allow_pickle_loads_it(tmp_path):
+    path = tmp_path / "model.pth"
+    torch.save({"w": torch.zeros(1), "obj": NotAnArray()}, path)
+    with pytest.raises(ValueError) as error:
+        models.load_checkpoint(path, allow_pickle=False)
+    message = str(error.value)
+    assert "NotAnArray" in message and "set model.allow_pickle=true" in message, message
+    assert ".pth/.pt and .pkl" in message
+    loaded = models.load_checkpoint(path, allow_pickle=True)
+    assert isinstance(loaded["obj"], NotAnArray)

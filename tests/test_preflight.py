@@ -115,5 +115,5 @@ def test_a_detectron2_model_without_detectron2_is_refused_with_the_install_comma
     monkeypatch.setitem(sys.modules, "detectron2", None)  # as if it were not installed
     with pytest.raises(ConfigError) as error:
         preflight.check(make_config("model=mask_rcnn_fpn", "device=cpu"))
-    assert "model=mask_rcnn_fpn needs detectron2" in str(error.value)
+    assert "the detectron2 models need detectron2" in str(error.value)
     assert "pip install" in str(error.value)

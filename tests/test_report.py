@@ -530,5 +530,15 @@ def test_cli_exit_code_two_for_no_rows_missing_markers_and_usage(tmp_path):
     assert report.main(arguments) == 2
     assert not (tmp_path / "x.csv").exists()
     with pytest.raises(SystemExit) as usage:
-        report.main([str(runs)])  # --out is required
+        report.main([str(runs), "--readme", str(tmp_path / "README.md")])  # --readme needs --out
     assert usage.value.code == 2
+
+
+def test_cli_without_out_prints_the_tables_and_writes_nothing(tmp_path):
+    runs = write_result_files(tmp_path / "runs", fixture_rows())
+    before = sorted(tmp_path.rglob("*"))
+    done = run_cli(str(runs))
+    assert done.returncode == 0, done.stderr
+    assert "| Backend | Precision |" in done.stdout
+    assert "Results CSV" not in done.stdout
+    assert sorted(tmp_path.rglob("*")) == before

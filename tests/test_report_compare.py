@@ -390,8 +390,8 @@ def test_cli_mixed_gpus_across_files_are_fine_but_not_within_one(tmp_path):
         (["runs/", "--out", "x.csv", "--out-md", "x.md"], "--out-md belongs to compare mode"),
         (["--compare", "a.csv"], "expected 2 arguments"),
         (["--out-md", "x.md"], "--out-md belongs to compare mode"),
-        ([], "required: inputs, --out"),
-        (["runs/"], "required: --out"),
+        ([], "required: inputs"),
+        (["runs/", "--readme", "README.md"], "--readme needs --out"),
     ],
 )
 def test_usage_errors_exit_two_with_a_clear_message(arguments, message, capsys):

@@ -13,11 +13,14 @@ import pytest
 from runner.record import read_rows
 from tests.helpers import run_runner, seed_variants
 
-NO_RUN = ("bench.iters=-1", "device=cpu")  # every job refused by validation: nothing measured
+# every job refused by validation: nothing measured; the sweeper lists the jobs it made (debug)
+NO_RUN = ("bench.iters=-1", "device=cpu", "hydra.verbose=hydra_plugins")
+REFUSED = "invalid configuration: bench.iters=-1; must be >= 1 (all {} jobs of the sweep)"
 
 
 def launched_jobs(log: str) -> list[dict[str, str]]:
-    """The runs of the jobs Hydra's launcher logged ('#3 : a=1 b=2'): a session's job (its
+    """The runs of the jobs Hydra's launcher logged ('#3 : a=1 b=2', or the sweeper's plan
+    before it refused them all: 'session #3 : a=1 b=2'): a session's job (its
     `members=['backend=A','backend=B']`) stands for one run per member."""
     jobs = []
     for line in log.splitlines():
@@ -61,7 +64,8 @@ def test_sweep_seed_runs_every_variant_at_every_precision_and_backend(tmp_path):
     for job in jobs:
         for key, value in variants[job["variant"]].items():
             assert job[key] == _text(value), job
-    assert "sweep: 28 runs in 14 sessions" in log and "sweep done: 28 runs: 28 invalid" in log
+    assert REFUSED.format(28) in log  # once, not once per job; and exit code 2
+    assert "multirun.yaml" not in {p.name for p in tmp_path.iterdir()}
     assert done.returncode != 0  # every job was refused
 
 
@@ -230,7 +234,7 @@ def test_sweep_static_runs_each_variant_with_four_backend_points_in_one_session(
             ("static_graph", "true"),
         )
     )
-    assert "sweep done: 8 runs: 8 invalid" in log
+    assert REFUSED.format(8) in log
 
 
 def test_a_backend_on_the_command_line_clashes_with_the_sweeps_backends(tmp_path):

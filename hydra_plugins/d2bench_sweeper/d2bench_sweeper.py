@@ -31,6 +31,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from runner.preflight import refusal, refused_sweep
+
 log = logging.getLogger(__name__)
 
 
@@ -143,7 +145,14 @@ class D2benchSweeper(BasicSweeper):
         except HydraException as error:  # a mistake in the sweep itself: one line, no traceback
             log.error("sweep: %s", error)
             raise SystemExit(2) from None
+        for number, group in enumerate(sessions(jobs)):  # hydra.verbose=hydra_plugins: the
+            log.debug("session #%d : %s", number, " ".join(session_job(group)))  # whole plan
         jobs, invalid = self.legal(jobs)
+        if invalid and not jobs:  # nothing can run: one line, exit 2, nothing written
+            log.error("invalid configuration: %s", refused_sweep(invalid))
+            raise SystemExit(2)
+        for overrides, reason in invalid:
+            log.error("invalid job %s: %s", overrides, reason)
         groups = sessions(jobs)
         launched = [session_job(group) for group in groups]
         os.environ["D2BENCH_SWEEP_TOTAL"] = str(len(launched))  # for the jobs' progress lines
@@ -164,18 +173,21 @@ class D2benchSweeper(BasicSweeper):
         return returns
 
     def legal(self, jobs: list[list[str]]) -> tuple[list[list[str]], list[tuple[str, str]]]:
-        """Jobs whose config composes, and (overrides, reason) for those that do not (a value
-        of the wrong type, an unknown key): these are reported, the others still run."""
+        """Jobs whose config composes and passes preflight, and (overrides, reason) for those
+        that do not (a value of the wrong type, an unknown key, input preflight refuses)."""
         legal, invalid = [], []
         for overrides in jobs:
             try:
-                self.hydra_context.config_loader.load_sweep_config(self.config, list(overrides))
+                job = self.hydra_context.config_loader.load_sweep_config(
+                    self.config, list(overrides)
+                )
+                reason = refusal(job)
             except Exception as error:  # noqa: BLE001 - Hydra and OmegaConf raise many kinds
                 reason = str(error).strip().splitlines()[0] if str(error).strip() else repr(error)
-                log.error("invalid job %s: %s", " ".join(overrides), reason)
-                invalid.append((" ".join(overrides), reason))
-            else:
+            if reason is None:
                 legal.append(overrides)
+            else:
+                invalid.append((" ".join(overrides), reason))
         return legal, invalid
 
     @staticmethod

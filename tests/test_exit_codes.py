@@ -1,0 +1,147 @@
+"""The README's rule, through `python -m runner` in real processes: input no run can use gives
+exit code 2, one line naming what is wrong and the choices, no traceback, and nothing written:
+Hydra's own composition errors (unknown group option, unknown key, wrong type), a sweep whose
+every job is refused, and a refused single run with Hydra's default output folder."""
+
+from __future__ import annotations
+
+import subprocess
+import sys
+
+import pytest
+
+from tests.helpers import (
+    REPO,
+    SMALL_CPU_RUN,
+    clean_environment,
+    option_files,
+    run_runner,
+)
+
+
+def lines(done: subprocess.CompletedProcess) -> list[str]:
+    return [line for line in (done.stdout + done.stderr).splitlines() if line.strip()]
+
+
+def assert_refused_in_one_line(done: subprocess.CompletedProcess, *expected: str) -> str:
+    output = lines(done)
+    assert done.returncode == 2, output
+    assert len(output) == 1, "\n".join(output)
+    assert "invalid configuration: " in output[0], output[0]
+    for text in expected:
+        assert text in output[0], output[0]
+    return output[0]
+
+
+def choices(group: str) -> list[str]:
+    return [path.stem for path in option_files(group)]
+
+
+HYDRA_MISTAKES = [
+    (["model=nope"], ["model=nope", *choices("model")]),
+    (["precision=fp8"], ["precision=fp8", *choices("precision")]),
+    (["shapes=dynamc"], ["shapes=dynamc", *choices("shapes")]),
+    (["sweep=nope"], ["sweep=nope", *choices("sweep")]),
+    (["--multirun", "backend=eager,nope"], ["backend=nope", *choices("backend")]),
+    (["hydra/launcher=nope"], ["hydra/launcher=nope", "basic", "local_gpus", "slurm"]),
+    (["foo=1"], ["foo: no such key", "batch", "bench", "model"]),
+    (["bench.nope=2"], ["bench.nope: no such key", "warmup", "iters"]),
+    (["batch=abc"], ["batch=abc", "could not be converted to Integer"]),
+    (["backend=eager,torchscript"], ["backend=eager,torchscript", "--multirun"]),
+    (["model.arch_options.MODEL.X=1"], ["+model.arch_options.MODEL.X="]),
+]
+
+
+@pytest.mark.parametrize(
+    "arguments, expected", HYDRA_MISTAKES, ids=[" ".join(a) for a, _ in HYDRA_MISTAKES]
+)
+def test_composition_errors_are_one_line_with_the_choices_and_exit_2(tmp_path, arguments, expected):
+    run_dir, sweep_dir = tmp_path / "run", tmp_path / "sweep"
+    done = run_runner(
+        *arguments, f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={sweep_dir}", timeout=120
+    )
+    assert_refused_in_one_line(done, *expected)
+    assert not run_dir.exists() and not sweep_dir.exists()
+
+
+def test_a_sweep_whose_every_job_is_refused_says_it_once_and_writes_nothing(tmp_path):
+    sweep = tmp_path / "sweep"
+    done = run_runner(
+        "--multirun",
+        *SMALL_CPU_RUN,
+        "inputs.image=/no/such/photo.jpg",
+        "backend=eager,torchscript",
+        "seed=0,1",
+        f"hydra.sweep.dir={sweep}",
+        timeout=180,
+    )
+    line = assert_refused_in_one_line(done, "inputs.image=/no/such/photo.jpg: no such file")
+    assert "(all 4 jobs of the sweep)" in line
+    assert not sweep.exists(), "a refused sweep wrote its folder (multirun.yaml)"
+
+
+def test_the_seed_sweep_without_detectron2_is_one_line_with_the_install_commands(tmp_path):
+    """As on a machine without detectron2: the module is hidden from the runner's process."""
+    hide = (
+        "import runpy, sys; sys.modules['detectron2'] = None; "
+        "sys.argv = ['runner', *sys.argv[1:]]; runpy.run_module('runner', run_name='__main__')"
+    )
+    sweep = tmp_path / "seed"
+    done = subprocess.run(
+        [sys.executable, "-c", hide, "sweep=seed", "device=cpu", f"hydra.sweep.dir={sweep}"],
+        cwd=REPO,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=300,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 2, output
+    assert output.count("the detectron2 models need detectron2") == 1, output
+    assert "(all 28 jobs of the sweep)" in output
+    assert "pip install" in output and "Traceback" not in output
+    assert not sweep.exists()
+
+
+def test_a_refused_single_run_leaves_no_empty_outputs_folder(tmp_path):
+    """Hydra makes outputs/runs/<time>_.../ before the job is refused; all of it goes."""
+    done = subprocess.run(
+        [sys.executable, "-m", "runner", *SMALL_CPU_RUN, "batch=0"],
+        cwd=tmp_path,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "batch=0" in done.stdout + done.stderr
+    assert list(tmp_path.iterdir()) == [], sorted(tmp_path.rglob("*"))
+
+
+@pytest.mark.detectron2
+def test_a_misspelt_detectron2_key_is_refused_before_any_child(tmp_path):
+    run = tmp_path / "run"
+    done = run_runner(
+        "model=retinanet",
+        "device=cpu",
+        "+model.arch_options.MODEL.RETINANET.TOPK_CANDIDATES_TSET=10",
+        f"hydra.run.dir={run}",
+        timeout=180,
+    )
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert "Non-existent key: MODEL.RETINANET.TOPK_CANDIDATES_TSET" in done.stdout + done.stderr
+    assert "Traceback" not in done.stdout + done.stderr
+    assert not run.exists()
+
+
+def test_the_detectron2_install_commands_printed_are_the_readmes():
+    """What a run prints when detectron2 is missing is what the README says to run."""
+    from runner.models import DETECTRON2_INSTALL
+
+    readme = (REPO / "README.md").read_text()
+    block = readme.split("**detectron2** is on no package registry", 1)[1]
+    block = block.split("```bash", 1)[1].split("```", 1)[0]
+    commands = [line.split("#", 1)[0].strip() for line in block.splitlines() if line.strip()]
+    assert len(commands) == 2, commands
+    for command in commands:
+        assert command in DETECTRON2_INSTALL, command

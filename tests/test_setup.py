@@ -1,0 +1,95 @@
+"""What a new user meets before the first run: the tests' own subprocess environment, `make
+setup` choosing the torch build for the machine, and the library warnings a run prints."""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+from tests.helpers import REPO, SMALL_CPU_RUN, clean_environment, run_module, run_runner
+
+
+def test_subprocesses_keep_packages_that_come_in_through_pythonpath(tmp_path, monkeypatch):
+    """As on the GPU machine's wheel install: a package importable only through PYTHONPATH."""
+    site = tmp_path / "site"
+    (site / "only_on_pythonpath").mkdir(parents=True)
+    (site / "only_on_pythonpath" / "__main__.py").write_text("print('found')\n")
+    monkeypatch.setenv("PYTHONPATH", str(site))
+    done = run_module("only_on_pythonpath", timeout=60)  # python -m only_on_pythonpath
+    assert done.returncode == 0 and done.stdout == "found\n", done.stderr
+    paths = clean_environment()["PYTHONPATH"].split(os.pathsep)
+    assert paths == [str(REPO), str(site)]
+
+
+def make_setup_commands(tmp_path: Path, with_nvidia_smi: bool) -> str:
+    """`make -n setup` (what it would run, nothing installed) with or without nvidia-smi."""
+    make = shutil.which("make")
+    if make is None:
+        pytest.skip("make is not installed")
+    bin_dir = tmp_path / "bin"
+    bin_dir.mkdir()
+    if with_nvidia_smi:
+        tool = bin_dir / "nvidia-smi"
+        tool.write_text("#!/bin/sh\necho 'GPU 0: a GPU'\n")
+        tool.chmod(0o755)
+    env = {**os.environ, "PATH": str(bin_dir)}  # make runs its recipes through /bin/sh
+    done = subprocess.run(
+        [make, "-n", "-B", "setup", f"VENV={tmp_path / 'venv'}"],
+        cwd=REPO,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert done.returncode == 0, done.stderr
+    return done.stdout
+
+
+def test_make_setup_installs_the_cpu_build_of_torch_on_a_machine_without_a_gpu(tmp_path):
+    commands = make_setup_commands(tmp_path, with_nvidia_smi=False)
+    (torch_line,) = [line for line in commands.splitlines() if "torch==" in line]
+    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_line
+
+
+def test_make_setup_keeps_the_default_build_of_torch_where_there_is_a_gpu(tmp_path):
+    commands = make_setup_commands(tmp_path, with_nvidia_smi=True)
+    (torch_line,) = [line for line in commands.splitlines() if "torch==" in line]
+    assert "download.pytorch.org/whl/cpu" not in torch_line
+
+
+@pytest.mark.slow
+def test_a_torchscript_run_prints_no_library_warnings_a_user_cannot_act_on(tmp_path):
+    done = run_runner(
+        *SMALL_CPU_RUN, "backend=torchscript", f"hydra.run.dir={tmp_path / 'run'}", timeout=300
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    for noise in ("TracerWarning", "is deprecated", "warnings.warn(", "meshgrid"):
+        assert noise not in output, output
+
+
+def test_warnings_a_user_can_act_on_are_still_shown():
+    script = (
+        "import warnings\n"
+        "from runner.models import quiet_library_warnings\n"
+        "quiet_library_warnings()\n"
+        "warnings.warn('a warning about the run itself')\n"
+        "import torch\n"
+        "warnings.warn('`torch.jit.trace` is deprecated', FutureWarning)\n"
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", script],
+        cwd=REPO,
+        env=clean_environment(),
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert done.returncode == 0, done.stderr
+    assert "a warning about the run itself" in done.stderr
+    assert "torch.jit.trace" not in done.stderr
