@@ -3,11 +3,13 @@
 #   make demo    set up .venv and run a whole benchmark on the CPU (torchvision detector)
 PYTHON ?= python3
 VENV   ?= .venv
-# torch: on a machine without an NVIDIA GPU (no nvidia-smi) the CPU build from PyTorch's CPU
-# index (PyPI's default Linux build carries CUDA: a 5.7 GB venv for nothing); with a GPU, PyPI's
-# build. To keep a torch built for your CUDA that you installed first, set TORCH= (empty).
+# torch from the package index pip is configured with (PyPI: its Linux build carries CUDA
+# libraries). On a CPU-only box that can reach PyTorch's own index, the much smaller CPU build:
+#   make setup TORCH_INDEX="--index-url https://download.pytorch.org/whl/cpu"
+# CI reaches PyPI only, so that is not the default. To keep a torch built for your CUDA that you
+# installed first, set TORCH= (empty).
 TORCH  ?= torch==2.14.1 torchvision==0.29.1
-TORCH_INDEX ?= $(if $(shell command -v nvidia-smi),,--index-url https://download.pytorch.org/whl/cpu)
+TORCH_INDEX ?=
 
 $(VENV)/.installed: pyproject.toml
 	$(PYTHON) -m venv $(VENV)

@@ -1,5 +1,5 @@
 """What a new user meets before the first run: the tests' own subprocess environment, `make
-setup` choosing the torch build for the machine, and the library warnings a run prints."""
+setup` choosing the torch build, and the library warnings a run prints."""
 
 from __future__ import annotations
 
@@ -26,22 +26,14 @@ def test_subprocesses_keep_packages_that_come_in_through_pythonpath(tmp_path, mo
     assert paths == [str(REPO), str(site)]
 
 
-def make_setup_commands(tmp_path: Path, with_nvidia_smi: bool) -> str:
-    """`make -n setup` (what it would run, nothing installed) with or without nvidia-smi."""
+def make_setup_commands(tmp_path: Path, *make_args: str) -> str:
+    """`make -n setup` (what it would run, nothing installed)."""
     make = shutil.which("make")
     if make is None:
         pytest.skip("make is not installed")
-    bin_dir = tmp_path / "bin"
-    bin_dir.mkdir()
-    if with_nvidia_smi:
-        tool = bin_dir / "nvidia-smi"
-        tool.write_text("#!/bin/sh\necho 'GPU 0: a GPU'\n")
-        tool.chmod(0o755)
-    env = {**os.environ, "PATH": str(bin_dir)}  # make runs its recipes through /bin/sh
     done = subprocess.run(
-        [make, "-n", "-B", "setup", f"VENV={tmp_path / 'venv'}"],
+        [make, "-n", "-B", "setup", f"VENV={tmp_path / 'venv'}", *make_args],
         cwd=REPO,
-        env=env,
         capture_output=True,
         text=True,
         timeout=60,
@@ -50,16 +42,20 @@ def make_setup_commands(tmp_path: Path, with_nvidia_smi: bool) -> str:
     return done.stdout
 
 
-def test_make_setup_installs_the_cpu_build_of_torch_on_a_machine_without_a_gpu(tmp_path):
-    commands = make_setup_commands(tmp_path, with_nvidia_smi=False)
-    (torch_line,) = [line for line in commands.splitlines() if "torch==" in line]
-    assert "--index-url https://download.pytorch.org/whl/cpu" in torch_line
+def torch_line(commands: str) -> str:
+    (line,) = [line for line in commands.splitlines() if "torch==" in line]
+    return line
 
 
-def test_make_setup_keeps_the_default_build_of_torch_where_there_is_a_gpu(tmp_path):
-    commands = make_setup_commands(tmp_path, with_nvidia_smi=True)
-    (torch_line,) = [line for line in commands.splitlines() if "torch==" in line]
-    assert "download.pytorch.org/whl/cpu" not in torch_line
+def test_make_setup_installs_the_pinned_torch_from_the_configured_index(tmp_path):
+    """CI and this project's machines reach PyPI only: no other index by default."""
+    line = torch_line(make_setup_commands(tmp_path))
+    assert "torch==2.14.1 torchvision==0.29.1" in line and "--index-url" not in line
+
+
+def test_make_setup_takes_pytorchs_cpu_index_when_asked(tmp_path):
+    cpu = "--index-url https://download.pytorch.org/whl/cpu"
+    assert cpu in torch_line(make_setup_commands(tmp_path, f"TORCH_INDEX={cpu}"))
 
 
 @pytest.mark.slow
