@@ -395,11 +395,11 @@ def failure_row(cfg, text: str, hostname: str = ""):
     """Write (and return) the error row of a run whose job ended without finishing it, as
     runner.bench does for a run that failed (the row alone in result.csv). A run whose every
     repeat is already measured, with this config and code, is kept: its last row."""
-    from runner import bench, record
+    from runner import bench, provenance, record
     from runner.config import fingerprint
 
     out = Path(cfg.output_dir)
-    code = fingerprint(cfg, record.git_sha())
+    code = fingerprint(cfg, provenance.code_digest())  # as runner.bench: the code's content
     out.mkdir(parents=True, exist_ok=True)
     with record.locked(out / ".lock"):
         try:
