@@ -157,12 +157,14 @@ class TargetsError(ValueError):
 class Targets:
     # precision -> least speed-up of the best backend: one number for every variant, or
     # {default: x, <variant>: y} where some variants have their own
-    speed_up: dict[str, dict[str, float]]
+    speed_up: dict[str, float | dict[str, float]]
     latency: list[dict]  # {variant, precision, max_ms, max_over_gpu_busy}; "*" matches any
 
     def needed(self, precision: str, variant: str) -> float | None:
-        by_variant = self.speed_up.get(precision, {})
-        return by_variant.get(variant, by_variant.get("default"))
+        value = self.speed_up.get(precision)
+        if not isinstance(value, dict):
+            return value
+        return value.get(variant, value.get("default"))
 
     optimize_s_max: float | None
     source: str
