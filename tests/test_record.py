@@ -316,3 +316,13 @@ def test_measured_and_passed(status, parity_pass, median, measured, passing):
     row = Row(model="m", status=status, parity_pass=parity_pass, latency_ms_median=median)
     assert record.is_measured(row) is measured
     assert record.passed(row) is passing
+
+
+def test_a_cpu_row_names_no_cuda_version():
+    """torch's CUDA build runs CPU rows too: its CUDA version is not what measured them."""
+    import torch
+
+    env = record.environment("cpu")
+    assert env["cuda_version"] == ""
+    assert env["torch_version"] == torch.__version__
+    assert record.environment("cuda")["cuda_version"] == (torch.version.cuda or "")
