@@ -54,21 +54,23 @@ def _die_with_parent() -> None:
         os._exit(1)
 
 
-def _child_main(fn: Callable, args: tuple, conn) -> None:
-    os.setsid()  # own process group: the parent can kill it with everything it started
-    _die_with_parent()
+def send_outcome(conn, call: Callable[[], Any]) -> None:
+    """Run `call` and send ("ok", result) or ("raised", type, message, traceback) on `conn`;
+    everything, a result that cannot be pickled too, reaches the parent."""
     try:
-        result = ("ok", fn(*args))
+        result = ("ok", call())
     except BaseException as error:  # noqa: BLE001 - everything must reach the parent
         result = ("raised", type(error).__name__, str(error).strip(), traceback.format_exc())
     try:
         conn.send(result)
     except Exception as error:  # the result itself could not be pickled
         conn.send(("raised", type(error).__name__, f"result not transferable: {error}", ""))
-    conn.close()
-    # The result is in the pipe and the run's files are written: skip the interpreter's
-    # teardown (CUDA context, compiler worker pools, atexit hooks), which takes seconds per run
-    # and can hang; the parent kills whatever the child started with its process group.
+
+
+def exit_without_teardown() -> None:
+    """The result is in the pipe and the run's files are written: skip the interpreter's
+    teardown (CUDA context, compiler worker pools, atexit hooks), which takes seconds per run
+    and can hang; the parent kills whatever the child started with its process group."""
     import logging
     import sys
 
@@ -79,6 +81,14 @@ def _child_main(fn: Callable, args: tuple, conn) -> None:
         except (OSError, ValueError, AttributeError):
             pass
     os._exit(0)
+
+
+def _child_main(fn: Callable, args: tuple, conn) -> None:
+    os.setsid()  # own process group: the parent can kill it with everything it started
+    _die_with_parent()
+    send_outcome(conn, lambda: fn(*args))
+    conn.close()
+    exit_without_teardown()
 
 
 def _kill_group(process) -> None:

@@ -14,11 +14,16 @@ from __future__ import annotations
 import multiprocessing
 import os
 import time
-import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from runner.isolate import ChildFailed, _die_with_parent, _kill_group
+from runner.isolate import (
+    ChildFailed,
+    _die_with_parent,
+    _kill_group,
+    exit_without_teardown,
+    send_outcome,
+)
 
 
 def _serve(factory: Callable, args: tuple, conn, cpus: Sequence[int] | None) -> None:
@@ -26,7 +31,13 @@ def _serve(factory: Callable, args: tuple, conn, cpus: Sequence[int] | None) -> 
     _die_with_parent()
     if cpus:
         os.sched_setaffinity(0, cpus)
-    handler = None
+    built: list = []  # the handler, made at the first request (its failure is that reply)
+
+    def answer(method: str, payload: tuple) -> Any:
+        if not built:
+            built.append(factory(*args))
+        return getattr(built[0], method)(*payload)
+
     while True:
         try:
             method, payload = conn.recv()
@@ -34,29 +45,9 @@ def _serve(factory: Callable, args: tuple, conn, cpus: Sequence[int] | None) -> 
             break
         if method is None:
             break
-        try:
-            if handler is None:
-                handler = factory(*args)
-            result = ("ok", getattr(handler, method)(*payload))
-        except BaseException as error:  # noqa: BLE001 - everything must reach the parent
-            result = ("raised", type(error).__name__, str(error).strip(), traceback.format_exc())
-        try:
-            conn.send(result)
-        except Exception as error:  # the result itself could not be pickled
-            conn.send(("raised", type(error).__name__, f"result not transferable: {error}", ""))
+        send_outcome(conn, lambda method=method, payload=payload: answer(method, payload))
     conn.close()
-    # As in runner.isolate: skip the interpreter's teardown (CUDA context, compiler pools),
-    # which takes seconds and can hang; the parent kills the process group.
-    import logging
-    import sys
-
-    logging.shutdown()
-    for stream in (sys.stdout, sys.stderr):
-        try:
-            stream.flush()
-        except (OSError, ValueError, AttributeError):
-            pass
-    os._exit(0)
+    exit_without_teardown()
 
 
 def _unpack(message) -> Any:
