@@ -21,6 +21,7 @@ from runner.isolate import (
     ChildFailed,
     _die_with_parent,
     _kill_group,
+    _start,
     exit_without_teardown,
     send_outcome,
 )
@@ -75,16 +76,7 @@ class Worker:
         self.process = context.Process(
             target=_serve, args=(factory, args, child_conn, list(cpus or [])), daemon=False
         )
-        saved = {key: os.environ.get(key) for key in env or {}}
-        os.environ.update(env or {})
-        try:
-            self.process.start()  # the child copies this process's environment now
-        finally:
-            for key, value in saved.items():
-                if value is None:
-                    os.environ.pop(key, None)
-                else:
-                    os.environ[key] = value
+        _start(self.process, env or {})
         child_conn.close()
         self.closed = False
 

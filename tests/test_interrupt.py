@@ -18,6 +18,7 @@ import pytest
 
 from runner.record import read_rows
 from tests.helpers import REPO, SMALL_CPU_RUN, clean_environment, process_gone
+from tests.test_faults import wait_for
 
 pytestmark = pytest.mark.slow
 
@@ -78,16 +79,6 @@ def start(args: list[str], log: Path) -> subprocess.Popen:
         )
     STARTED.append(process)
     return process
-
-
-def wait_for(condition, timeout_s: float, what: str):
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        value = condition()
-        if value:
-            return value
-        time.sleep(0.1)
-    raise AssertionError(f"timed out waiting for {what}")
 
 
 def measuring_child(runner: subprocess.Popen) -> int:
