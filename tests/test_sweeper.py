@@ -215,7 +215,7 @@ def test_local_gpus_with_two_parallel_jobs_measures_both(tmp_path):
     assert sessions[2] != sessions[3]
 
 
-def test_sweep_static_runs_each_variant_with_four_backend_points_in_one_session(tmp_path):
+def test_sweep_static_runs_each_variant_with_five_backend_points_in_one_session(tmp_path):
     done = run_runner(
         "sweep=static", "variant=RetinaNet", *NO_RUN, f"hydra.sweep.dir={tmp_path}", timeout=300
     )
@@ -223,18 +223,25 @@ def test_sweep_static_runs_each_variant_with_four_backend_points_in_one_session(
     jobs = launched_jobs(log)
     assert launched_sessions(log) == 2  # fp32 and fp16
     assert sorted(
-        (j["precision"], j["backend"], j.get("backend.options.compile", "")) for j in jobs
+        (
+            j["precision"],
+            j["backend"],
+            j.get("backend.options.compile", ""),
+            j.get("backend.options.fold_bn", ""),
+        )
+        for j in jobs
     ) == sorted(
-        (precision, backend, compiled)
+        (precision, backend, compiled, plain)
         for precision in ("fp32", "fp16")
-        for backend, compiled in (
-            ("eager", ""),
-            ("torchscript", ""),
-            ("static_graph", ""),
-            ("static_graph", "true"),
+        for backend, compiled, plain in (
+            ("eager", "", ""),
+            ("torchscript", "", ""),
+            ("static_graph", "", ""),
+            ("static_graph", "true", ""),
+            ("static_graph", "", "false"),
         )
     )
-    assert REFUSED.format(8) in log
+    assert REFUSED.format(10) in log
 
 
 def test_a_backend_on_the_command_line_clashes_with_the_sweeps_backends(tmp_path):

@@ -35,11 +35,11 @@ TUNING = {
 }
 
 
-def tune(exported, options: dict) -> None:
-    """Apply the TUNING options a run asked for. cudnn_benchmark is process-wide: each run has
-    its own process (runner.isolate), so it reaches no other run."""
+def tune(model: nn.Module, options: dict) -> None:
+    """Apply the TUNING options a run asked for to `model`. cudnn_benchmark is process-wide:
+    each run has its own process (runner.isolate), so it reaches no other run."""
     if options.get("channels_last"):
-        exported.model.to(memory_format=torch.channels_last)
+        model.to(memory_format=torch.channels_last)
     if options.get("cudnn_benchmark"):
         torch.backends.cudnn.benchmark = True
 

@@ -16,7 +16,7 @@ OPTIONS = {
 @register("compiled_graphs", options=OPTIONS)
 def optimize(exported, inputs, precision, options):
     _parts.require_cuda(exported, "compiled_graphs")
-    _parts.tune(exported, options)
+    _parts.tune(exported.model, options)
     mode = options.get("mode", "default")
     _parts.replace_parts(
         exported.model,

@@ -11,7 +11,7 @@ OPTIONS = {"scope": _parts.SCOPES, **_parts.TUNING}
 @register("cudagraphs", options=OPTIONS)
 def optimize(exported, inputs, precision, options):
     _parts.require_cuda(exported, "cudagraphs")
-    _parts.tune(exported, options)
+    _parts.tune(exported.model, options)
     _parts.replace_parts(
         exported.model, options.get("scope", "backbone+heads"), _parts.GraphedByShape
     )

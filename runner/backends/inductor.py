@@ -23,7 +23,7 @@ def optimize(exported, inputs, precision, options):
     mode = options.get("mode", "default")
     dynamic = options.get("dynamic")
     scope = options.get("scope", "backbone+heads")
-    _parts.tune(exported, options)
+    _parts.tune(exported.model, options)
     if scope == "model":
         return torch.compile(exported.module, mode=mode, dynamic=dynamic)
     _parts.replace_parts(

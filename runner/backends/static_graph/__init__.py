@@ -19,6 +19,7 @@ scripted) with its own forward over the same weights.
 
 from __future__ import annotations
 
+import copy
 import logging
 
 import torch
@@ -34,7 +35,7 @@ OPTIONS = {
     "max_candidates": (int,),  # detection candidates entering the final NMS
     "half_roi_align": (bool,),  # ROIAlign in fp16 on fp16 features (autocast runs it in fp32)
     "fold_bn": (bool,),  # fold frozen batch norms into the convolutions before capture
-    "half_weights": (bool,),  # conv and linear weights stored in the autocast dtype
+    "half_weights": (bool,),  # conv and linear weights in the autocast dtype (fp16/bf16 runs)
     **_parts.TUNING,
 }
 
@@ -59,29 +60,48 @@ def optimize(exported, inputs, precision, options):
         raise ValueError(f"backend=static_graph: options.max_candidates={candidates}; need >= 1")
     on_cuda = exported.example[0].device.type == "cuda"
     graphs = options.get("graphs", True) and on_cuda
+    notes = []
+    model = exported.model
+    if options.get("fold_bn") or options.get("half_weights"):
+        # the rewrites change weights in place, and the eager fallback (the exported module)
+        # shares them: the rewritten forward gets a copy of its own
+        model = copy.deepcopy(model)
     if options.get("fold_bn"):
-        log.info(
-            "static_graph: folded %d frozen batch norms", fold_frozen_batchnorm(exported.model)
-        )
+        notes.append(f"fold_bn={fold_frozen_batchnorm(model)}")
     if options.get("half_weights"):
-        if not precision.autocast:
-            raise ValueError(
-                "backend=static_graph: options.half_weights=true needs a reduced precision "
-                f"(precision=fp16 or bf16), not precision={precision.name}"
-            )
-        dtype = getattr(torch, precision.dtype)
-        log.info(
-            "static_graph: %d layers hold %s weights", cast_weights(exported.model, dtype), dtype
-        )
-    _parts.tune(exported, options)
+        if precision.autocast:
+            dtype = getattr(torch, precision.dtype)
+            notes.append(f"half_weights={cast_weights(model, dtype)}")
+        else:  # the option means "in the reduced precision"; fp32 has none to cast to
+            notes.append(f"half_weights=n/a at {precision.name}")
+    log.info("static_graph: %s", "; ".join(notes) or "no weight rewrites")
+    _parts.tune(model, options)
     budgets = Budgets(
         max_candidates=candidates, half_roi_align=options.get("half_roi_align", False)
     )
-    detector = StaticDetector(exported.model, _postprocess(exported), budgets).eval()
+    detector = StaticDetector(model, _postprocess(exported), budgets).eval()
     forward = detector
     if options.get("compile"):
         forward = torch.compile(detector, mode=options.get("mode", "default"), dynamic=False)
-    return Replay(forward, fallback=exported.module, graphs=graphs)
+        notes.append(_CompileCache())
+    return Replay(forward, fallback=exported.module, graphs=graphs, notes=notes)
+
+
+class _CompileCache:
+    """Inductor's on-disk caches as this process met them (read when the row is written, after
+    the lazy compile): a warm cache makes optimize_s the cost of a compile whose kernels and
+    graphs another process already built."""
+
+    def __str__(self) -> str:
+        from torch._dynamo.utils import counters
+
+        inductor, aot = counters["inductor"], counters["aot_autograd"]
+        return (
+            f"fx_graph_cache hit={inductor['fxgraph_cache_hit']} "
+            f"miss={inductor['fxgraph_cache_miss']}; "
+            f"aot_autograd_cache hit={aot['autograd_cache_hit']} "
+            f"miss={aot['autograd_cache_miss']}"
+        )
 
 
 def _postprocess(exported) -> bool:

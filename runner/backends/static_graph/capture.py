@@ -48,6 +48,7 @@ class Replay:
         fallback: Callable[..., tuple],
         graphs: bool,
         warmup: int = 3,
+        notes: list | None = None,
     ):
         self.forward = forward
         self.fallback = fallback
@@ -58,6 +59,7 @@ class Replay:
         self.graph_bytes = 0
         self.calls = 0
         self.fallbacks = 0
+        self.extra_notes = notes or []  # the backend's own (strings, or objects read late)
 
     def _capture(self, images):
         static_in = tuple(im.clone() for im in images)
@@ -115,4 +117,5 @@ class Replay:
             if self.graphs_on
             else "graphs=0 (rewritten forward without CUDA graphs)"
         )
-        return f"{graphs}; fallback_calls={self.fallbacks}/{self.calls}"
+        extra = "".join(f"; {note}" for note in self.extra_notes)
+        return f"{graphs}; fallback_calls={self.fallbacks}/{self.calls}{extra}"

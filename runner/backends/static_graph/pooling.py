@@ -2,9 +2,16 @@
 returns the pooled features [N * P, C, S, S] with no per-level `nonzero` and no host sync.
 
 detectron2 assigns each box to one FPN level by its size, gathers each level's boxes with
-`nonzero` (a sync and a run-time shape) and pools them. Here every level's ROIAlign sees all
-N * P boxes, with the boxes of other levels replaced by an empty box, and each box takes the
-result of its own level (`torch.where`), so the values are those of detectron2's pooler.
+`nonzero` (a sync and a run-time shape) and pools them, one ROIAlign per level. Here the levels
+are stacked into one batch of feature maps (each padded at its bottom and right edge to the
+largest level's size by repeating its last row and column), each box is scaled to its own level
+and points at that level's entry, and one ROIAlign pools all N * P boxes: each box does the work
+it does in detectron2, nothing more, and no per-level `nonzero`, `where` or host sync is needed.
+
+Samples never fall past a level's own edge (boxes are clipped to the image, so a sample lies
+below height - 0.5 of its level), and inside the last row and column the repeated edge gives
+the value of torchvision's edge clamp; the two sum the same bilinear terms in a different order,
+so a value on that edge can differ from detectron2's in its last bit (fp32), nowhere else.
 
 `half=True` runs ROIAlign itself in fp16 on fp16 features (autocast would cast it to fp32):
 torchvision's kernel then reads and interpolates half values. detectron2 already rounds the
@@ -13,7 +20,10 @@ boxes to the features' dtype before pooling, so the boxes are the same either wa
 
 from __future__ import annotations
 
+import math
+
 import torch
+from torch.nn import functional as F  # noqa: N812
 
 
 def pooler_rois(boxes: torch.Tensor) -> torch.Tensor:
@@ -34,20 +44,32 @@ def box_levels(pooler, boxes: torch.Tensor) -> torch.Tensor:
     return levels.to(torch.int64) - pooler.min_level
 
 
-def _align(level_pooler, feature: torch.Tensor, rois: torch.Tensor, half: bool) -> torch.Tensor:
-    if not half or feature.dtype != torch.float16:
-        return level_pooler(feature, rois)
+def _align(level_pooler, feature, rois, half: bool, spatial_scale: float | None = None):
+    """detectron2's ROIAlign.forward (boxes rounded to the features' dtype), at `spatial_scale`
+    if given; with `half` on fp16 features, in fp16 (autocast would run it in fp32)."""
     from torchvision.ops import roi_align
 
+    p = level_pooler
+    scale = p.spatial_scale if spatial_scale is None else spatial_scale
+    args = (p.output_size, scale, p.sampling_ratio, p.aligned)
+    if not half or feature.dtype != torch.float16:
+        return roi_align(feature, rois.to(feature.dtype), *args)
     with torch.autocast(feature.device.type, enabled=False):
-        return roi_align(
-            feature,
-            rois.to(torch.float16),
-            level_pooler.output_size,
-            level_pooler.spatial_scale,
-            level_pooler.sampling_ratio,
-            level_pooler.aligned,
-        )
+        return roi_align(feature, rois.to(torch.float16), *args)
+
+
+def stack_levels(features: list[torch.Tensor]) -> torch.Tensor:
+    """[N, C, H_l, W_l] per level -> [L * N, C, H_0, W_0]: level l's images at l * N + i, each
+    padded at the bottom and right by repeating its last row and column."""
+    height = max(f.shape[-2] for f in features)
+    width = max(f.shape[-1] for f in features)
+    padded = [
+        F.pad(f, (0, width - f.shape[-1], 0, height - f.shape[-2]), mode="replicate")
+        if f.shape[-2:] != (height, width)
+        else f
+        for f in features
+    ]
+    return torch.cat(padded, dim=0)
 
 
 def pool(pooler, features: list[torch.Tensor], boxes: torch.Tensor, half: bool = False):
@@ -56,15 +78,17 @@ def pool(pooler, features: list[torch.Tensor], boxes: torch.Tensor, half: bool =
     poolers = pooler.level_poolers
     if len(poolers) == 1:
         return _align(poolers[0], features[0], rois, half)  # as detectron2: no cast here
+    n = boxes.shape[0]
     levels = box_levels(pooler, rois[:, 1:])
-    empty = torch.zeros_like(rois)
-    out = None
-    for level, (level_pooler, feature) in enumerate(zip(poolers, features, strict=True)):
-        mine = (levels == level)[:, None]
-        pooled = _align(level_pooler, feature, torch.where(mine, rois, empty), half)
-        out = pooled if out is None else torch.where(mine[:, :, None, None], pooled, out)
+    # each box scaled to its level here (scales are powers of two: exact), so one ROIAlign at
+    # scale 1 pools them all; level l's maps are at l * n in the stacked batch
+    first = -math.log2(poolers[0].spatial_scale)
+    scales = torch.exp2(-(levels.to(rois.dtype) + first))
+    index = (levels * n).to(rois.dtype)[:, None] + rois[:, :1]
+    scaled = torch.cat([index, rois[:, 1:] * scales[:, None]], dim=1)
+    pooled = _align(poolers[0], stack_levels(features), scaled, half, spatial_scale=1.0)
     # detectron2 writes each level's result into a buffer of the features' dtype
-    return out.to(features[0].dtype)
+    return pooled.to(features[0].dtype)
 
 
 def paste_masks(masks: torch.Tensor, boxes: torch.Tensor, height: int, width: int, threshold):
