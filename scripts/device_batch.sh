@@ -3,9 +3,13 @@
 #   batch.log      every command with its output and exit code, plus the machine's description
 #   pytest.log     the GPU and detectron2 tests (RUN_TESTS=0 skips them)
 #   outputs.tgz    outputs/ (every run's result.csv, samples.csv, logs)
-# Usage: scripts/device_batch.sh scripts/batches/NAME.txt
+# Usage: [BATCH_SECONDS=N] scripts/device_batch.sh scripts/batches/NAME.txt
 #   The batch file holds one shell command per line (usually `python -m runner ...`);
 #   blank lines and lines starting with # are skipped. A failing command does not stop the batch.
+#   BATCH_SECONDS: every command must end within N s of the batch's start (a GPU call has a hard
+#   limit): a command is interrupted (SIGINT, as Ctrl-C: a sweep keeps its finished rows, and
+#   running it again resumes) when the time is up, and later commands are skipped, so that
+#   outputs.tgz is always written.
 # It assumes d2bench's dependencies, detectron2 included, are importable (README: Install).
 set -u
 batch=${1:?usage: scripts/device_batch.sh BATCH_FILE}
@@ -29,11 +33,21 @@ if [ "${RUN_TESTS:-1}" = 1 ]; then
   echo "# pytest: rc=${PIPESTATUS[0]} in $(( $(date +%s) - start )) s" | tee -a "$log"
 fi
 
+began=$(date +%s)
 while IFS= read -r command || [ -n "$command" ]; do
   case "$command" in ''|'#'*) continue ;; esac
   start=$(date +%s)
+  limit=()
+  if [ -n "${BATCH_SECONDS:-}" ]; then
+    left=$(( began + BATCH_SECONDS - start - 20 ))   # 20 s kept for the archive below
+    if [ "$left" -lt 30 ]; then
+      echo "# skipped (only $left s left of BATCH_SECONDS=$BATCH_SECONDS): $command" | tee -a "$log"
+      continue
+    fi
+    limit=(timeout --signal=INT --kill-after=15 "$left")
+  fi
   echo "# >>> $command" | tee -a "$log"
-  bash -c "$command" 2>&1 | tee -a "$log"
+  "${limit[@]}" bash -c "$command" 2>&1 | tee -a "$log"
   echo "# <<< rc=${PIPESTATUS[0]} in $(( $(date +%s) - start )) s" | tee -a "$log"
 done < "$batch"
 
