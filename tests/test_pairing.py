@@ -10,8 +10,8 @@ import pytest
 from runner import record, timing
 from runner.reporting import performance
 from runner.reporting.identity import identity_of
-from runner.reporting.plots import speedup_bars
 from runner.reporting.repeats import merge_repeats, merged_rows, speed_ups
+from runner.reporting.speedup_plot import draw_speedup
 from runner.reporting.tables import tables
 from tests.report_fixtures import H200_ENVIRONMENT
 from tests.test_report import check_golden, measured
@@ -164,7 +164,8 @@ def test_a_parity_failure_in_any_repeat_takes_the_speed_up_away_everywhere(tmp_p
     targets = performance.Targets({"fp16": 1.5}, [], None, "test")
     table = performance.targets_table(merged, targets, found)
     assert "(fast)" not in table and "(ts)" in table and "| met |" in table
-    assert set(speedup_bars(rows)) == {"RetinaNet / ts"}
+    bars = draw_speedup(rows).drawn
+    assert [(bar.backend, bar.precision) for bar in bars] == [("ts", "fp16")]
 
 
 # ---- identity ---------------------------------------------------------------------------

@@ -15,7 +15,7 @@ from runner import record
 from runner.record import Row
 from runner.reporting.cli import main
 from runner.reporting.identity import identity_of, machine_of, title_of
-from runner.reporting.plots import latency_lines, plot, speedup_bars
+from runner.reporting.plots import FIGURES
 from runner.reporting.readme import BEGIN_MARKER, END_MARKER, update_readme
 from runner.reporting.repeats import speed_ups
 from runner.reporting.rows import (
@@ -173,7 +173,8 @@ def test_tables_match_golden(tmp_path):
 
 def test_readme_block_matches_golden(tmp_path):
     rows, _ = collect([write_result_files(tmp_path, fixture_rows())])
-    block = tables(rows, "results/h200_seed.csv", ["results/plots/speedup.png"])
+    plots = {name: f"results/plots/{name}.png" for name in ("speedup", "where_time_goes")}
+    block = tables(rows, "results/h200_seed.csv", plots)
     check_golden("readme.md", update_readme(readme_text(), block, "python -m runner.report"))
 
 
@@ -459,56 +460,6 @@ def test_update_readme_raises_without_one_pair_of_markers_in_order(text):
         update_readme(text, "block")
 
 
-# ---- plots --------------------------------------------------------------------------------
-
-
-def test_plots_are_pngs_and_latency_plot_needs_dynamic_rows(tmp_path):
-    written = plot(fixture_rows(), tmp_path / "all")
-    assert [p.name for p in written] == ["speedup.png", "latency_vs_size.png"]
-    for path in written:
-        assert path.read_bytes()[:8] == PNG_MAGIC
-    static = [r for r in fixture_rows() if r.shapes == "static"]
-    assert [p.name for p in plot(static, tmp_path / "static")] == ["speedup.png"]
-    assert not (tmp_path / "static" / "latency_vs_size.png").exists()
-
-
-def ratios(bars: dict) -> dict:
-    return {label: {p: s.ratio for p, s in group.items()} for label, group in bars.items()}
-
-
-def test_speedup_bars_keep_each_table_apart():
-    bars = ratios(speedup_bars(fixture_rows()))
-    assert bars == {
-        "RetinaNet / torchscript": {
-            "fp32": pytest.approx(20.0 / 8.66),
-            "fp16": pytest.approx(12 / 9),
-        },
-        # its fp16 row failed parity: no bar
-        "MaskRCNNFPN (static shapes, 800x1333) / torchscript": {"fp32": 1.6},
-        "MaskRCNNFPN (dynamic shapes, 800x1333) / torchscript": {"fp32": 1.5},
-        "mask_rcnn_fpn (trace, batch 2, postprocess) / torchscript": {"fp32": 1.25},
-    }
-
-
-def test_speedup_bars_leave_out_runs_that_fail_parity():
-    rows = [
-        measured("RetinaNet", "fp16", "eager", 20.0),
-        measured("RetinaNet", "fp16", "cg", 10.0),
-        measured("RetinaNet", "fp16", "fast", 2.0, status="parity_fail", parity_pass=False),
-    ]
-    assert ratios(speedup_bars(rows)) == {"RetinaNet / cg": {"fp16": 2.0}}
-
-
-def test_latency_lines_are_pixels_against_median_ms():
-    lines = latency_lines(fixture_rows())
-    assert lines["MaskRCNNFPN (dynamic shapes, 800x1333) torchscript fp32"] == [
-        (480 * 640, 14.0),
-        (800 * 1333, 28.0),
-        (1024 * 1706, 28.0 * 1.6),
-    ]
-    assert len(lines) == 2
-
-
 # ---- command line -------------------------------------------------------------------------
 
 
@@ -528,10 +479,9 @@ def test_cli_writes_csv_readme_and_plots(tmp_path):
     text = readme.read_text()
     assert "stale table" not in text and "Tail stays." in text
     assert "Results CSV: `results/seed.csv`" in text
-    assert "![speedup](plots/speedup.png)" in text
-    assert "![latency vs size](plots/latency_vs_size.png)" in text
-    for name in ("speedup.png", "latency_vs_size.png"):
-        assert (plots / name).read_bytes()[:8] == PNG_MAGIC
+    for name in ("speedup", "where_time_goes", "latency_vs_size"):
+        assert f"![{FIGURES[name]}](plots/{name}.png)" in text
+        assert (plots / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     summary = done.stderr.strip().splitlines()[-1]
     assert f"merged {len(fixture_rows())} rows" in summary and "skipped 5 files" in summary
 

@@ -80,7 +80,9 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         "--readme", type=Path, help="merge mode: README whose results block to rewrite"
     )
     parser.add_argument(
-        "--plots", type=Path, help="merge mode: folder for speedup.png, latency_vs_size.png"
+        "--plots",
+        type=Path,
+        help="merge mode: folder for speedup.png, where_time_goes.png, latency_vs_size.png",
     )
     parser.add_argument(
         "--targets",
@@ -176,8 +178,9 @@ def report(args: argparse.Namespace, command: str) -> int:
         log.error("%s", error)
         return 2
     rows = write(rows, args.out) if args.out else sort_rows(rows)  # no --out: print only
-    plots = plot(rows, args.plots) if args.plots else []
-    links = [relative_link(p, args.readme) for p in plots] if args.readme else []
+    plots = plot(rows, args.plots, targets) if args.plots else {}
+    links = {name: relative_link(path, args.readme) for name, path in plots.items()}
+    links = links if args.readme else {}
     csv_link = relative_link(args.out, args.readme) if args.out else ""
     block = tables(rows, csv_link, links, targets)
     if readme_text is None:

@@ -329,12 +329,16 @@ def section(
     level: int = 3,
     machine: str = "",
     paired: Paired | None = None,
+    figure: str = "",
 ) -> str:
-    """The performance section of one machine's rows (repeats merged): the time table, then the
-    targets table where targets given; headings at `level`, naming `machine` where given (one
-    section per machine). `paired`: see best_by_table."""
+    """The performance section of one machine's rows (repeats merged): the time table (and
+    `figure`, Markdown of its picture, where given), then the targets table where targets
+    given; headings at `level`, naming `machine` where given (one section per machine).
+    `paired`: see best_by_table."""
     hashes, on = "#" * level, f": {machine}" if machine else ""
     parts = [f"{hashes} Where the time goes{on}", time_table(rows, paired)]
+    if figure:
+        parts.append(figure)
     if targets is not None:
         parts += [f"{hashes} Targets{on}", targets_table(rows, targets, paired)]
     return "\n\n".join(parts)

@@ -208,3 +208,13 @@ def table_headings(rows: Iterable[Row]) -> dict[tuple, str]:
             heading += f" ({', '.join([f'{key[2]} shapes', key[3], *differ])})"
         headings[key] = heading
     return headings
+
+
+def panel_titles(rows: Iterable[Row]) -> dict[tuple, str]:
+    """A figure panel's title per table_key: its table's heading, and the machine where the
+    rows come from several."""
+    mixed = len(machines(rows := list(rows))) > 1
+    return {
+        key: f"{heading} ({key[0]})" if mixed else heading
+        for key, heading in table_headings(rows).items()
+    }

@@ -5,8 +5,7 @@ links, a legend, then where the time goes and the targets (runner.reporting.perf
 
 from __future__ import annotations
 
-from collections.abc import Iterable, Sequence
-from pathlib import Path
+from collections.abc import Iterable, Mapping, Sequence
 
 from runner.record import Row, is_measured
 from runner.reporting import performance
@@ -21,6 +20,7 @@ from runner.reporting.markdown import (
     markdown_row,
     number,
 )
+from runner.reporting.plots import FIGURES
 from runner.reporting.repeats import Repeats, SpeedUp, merge_repeats, merged_rows, speed_ups
 from runner.reporting.rows import sort_rows, table_headings
 
@@ -223,18 +223,21 @@ def variant_tables(rows: Sequence[Row], level: int) -> list[str]:
     return [variant_table(group, found, headings[key], level) for key, group in groups.items()]
 
 
-def plot_links(plots: Sequence[str]) -> str:
-    return "\n\n".join(f"![{Path(p).stem.replace('_', ' ')}]({p})" for p in plots)
+def figure_link(plots: Mapping[str, str], name: str) -> str:
+    """The Markdown image of figure `name` (runner.reporting.plots.FIGURES), "" where absent."""
+    return f"![{FIGURES[name]}]({plots[name]})" if name in plots else ""
 
 
 def tables(
     rows: Sequence[Row],
     results_csv: str = "",
-    plots: Sequence[str] = (),
+    plots: Mapping[str, str] | None = None,
     targets: performance.Targets | None = None,
 ) -> str:
     """Markdown: provenance, one table per variant (a section per machine where several), the
-    plots (links as given), a legend, then where the time goes (and the targets, where given)."""
+    speed-up and input-size figures, a legend, then where the time goes with its figure (and the
+    targets, where given). `plots`: figure name -> link, as runner.reporting.plots names them."""
+    plots = plots or {}
     by_machine: dict[str, list[Row]] = {}
     for row in sort_rows(rows):
         by_machine.setdefault(machine_of(row), []).append(row)
@@ -247,16 +250,15 @@ def tables(
             parts.append(f"### {machine}")
         parts.append(provenance(by_machine[machine]))
         parts.extend(variant_tables(by_machine[machine], level=4 if mixed else 3))
-    if plots:
-        parts.append(plot_links(plots))
-    parts.append(LEGEND)
-    for machine in sorted(by_machine):
+    parts += [figure_link(plots, "speedup"), figure_link(plots, "latency_vs_size"), LEGEND]
+    for index, machine in enumerate(sorted(by_machine)):
         section = performance.section(
             merged_rows(by_machine[machine]),
             targets,
             level=4 if mixed else 3,
             machine=machine if mixed else "",
             paired=speed_ups(by_machine[machine]),
+            figure=figure_link(plots, "where_time_goes") if index == 0 else "",
         )
         parts.append(section)
-    return "\n\n".join(parts) + "\n"
+    return "\n\n".join(part for part in parts if part) + "\n"
