@@ -45,19 +45,11 @@ def why_left_out(row: Row) -> str:
     return "no eager row in its session"
 
 
-def slot_text(reason: str) -> tuple[str, str]:
-    """The mark in an empty slot, and its colour."""
-    if reason.startswith("parity"):
-        return "✗ parity", PARITY_COLOUR
-    return ("no pair" if reason.startswith("no eager") else reason), LEFT_OUT_COLOUR
-
-
 def draw_speedup(rows: Sequence[Row], targets: Targets | None = None) -> Drawing | None:
     """The figure, or None where no row of another backend than eager exists."""
     merged = [row for row in merged_rows(rows) if not is_baseline(row)]
     if not merged:
         return None
-    found = speed_ups(rows)
     titles = panel_titles(rows)
     panels: dict[str, list[Row]] = {}
     for row in merged:
@@ -66,17 +58,17 @@ def draw_speedup(rows: Sequence[Row], targets: Targets | None = None) -> Drawing
     labels = list(dict.fromkeys(backend_label(row) for row in merged))
     colours = backend_colours(labels)
     shorts, notes = short_labels(labels)
-    columns = COLUMNS  # panels keep their width however many there are
-    grid = math.ceil(len(panels) / columns)
+    grid = math.ceil(len(panels) / COLUMNS)  # panels keep their width however many there are
     with font():
         figure = new_figure(height=2.3 * grid + 1.1)
-        axes_grid = figure.subplots(grid, columns, sharey=True, squeeze=False)
+        axes_grid = figure.subplots(grid, COLUMNS, sharey=True, squeeze=False)
         drawing = Drawing("speedup", figure, notes=notes)
-        width = 0.8 / len(precisions)
+        found = speed_ups(rows)
         top = 1.0
         for axes, (title, panel) in zip(axes_grid.flat, panels.items(), strict=False):
             panel_labels = list(dict.fromkeys(backend_label(row) for row in panel))
             by_slot = {(backend_label(r), r.precision): r for r in panel}
+            width = 0.8 / len(precisions)
             for i, label in enumerate(panel_labels):
                 for j, precision in enumerate(precisions):
                     row = by_slot.get((label, precision))
@@ -87,62 +79,15 @@ def draw_speedup(rows: Sequence[Row], targets: Targets | None = None) -> Drawing
                     if paired is None:
                         reason = why_left_out(row)
                         drawing.marks.append(Mark(title, label, precision, x=x, left_out=reason))
-                        text, colour = slot_text(reason)
-                        axes.text(
-                            x,
-                            0.03,
-                            text,
-                            transform=axes.get_xaxis_transform(),
-                            ha="center",
-                            va="bottom",
-                            fontsize=6.5,
-                            color=colour,
-                            rotation=90,
-                        )
+                        mark_left_out(axes, x, reason)
                         continue
-                    low, high = paired.low, paired.high
-                    error = None
-                    if low is not None:
-                        error = [[paired.ratio - low], [high - paired.ratio]]
-                    axes.bar(
-                        x,
-                        paired.ratio,
-                        width * 0.92,
-                        yerr=error,
-                        capsize=2,
-                        color=colours[label],
-                        hatch=PRECISION_HATCH.get(precision, ""),
-                        edgecolor="white",
-                        linewidth=0,
-                        error_kw={"elinewidth": 1, "ecolor": "black"},
-                    )
-                    peak = high if high is not None else paired.ratio
-                    if len(panel_labels) <= 3:  # room for the figure above each bar
-                        axes.annotate(
-                            f"{paired.ratio:.1f}x",
-                            (x, peak),
-                            xytext=(0, 2),
-                            textcoords="offset points",
-                            ha="center",
-                            va="bottom",
-                            fontsize=7,
-                        )
-                    top = max(top, peak)
-                    drawing.marks.append(
-                        Mark(title, label, precision, x, paired.ratio, low, high, "")
-                    )
-            axes.axhline(1.0, color="black", linewidth=0.8)
-            drawing.lines.append((title, "eager 1x", 1.0))
+                    bar = Mark(title, label, precision, x, paired.ratio, paired.low, paired.high)
+                    drawing.marks.append(bar)
+                    top = max(top, draw_bar(axes, bar, width, colours, len(panel_labels) <= 3))
             variant = panel[0].variant or panel[0].model
-            for precision in precisions:
-                needed = targets.needed(precision, variant) if targets else None
-                if needed is None:
-                    continue
-                top = max(top, needed)
-                axes.axhline(
-                    needed, color="black", linewidth=1, linestyle=TARGET_LINE.get(precision, ":")
-                )
-                drawing.lines.append((title, f"target {precision}", needed))
+            needed = {p: targets.needed(p, variant) if targets else None for p in precisions}
+            top = max([top, *(n for n in needed.values() if n is not None)])
+            drawing.lines += reference_lines(axes, title, needed)
             axes.set_title(title, fontsize=9)
             axes.set_xticks(range(len(panel_labels)), [shorts[lb] for lb in panel_labels])
             axes.set_xlim(-0.6, len(panel_labels) - 0.4)
@@ -154,15 +99,76 @@ def draw_speedup(rows: Sequence[Row], targets: Targets | None = None) -> Drawing
         for axes in axes_grid[:, 0]:
             axes.set_ylabel("speed-up (x)")
         legend(figure, axes_grid, labels, colours, shorts, precisions, bool(targets))
-        footnote = "; ".join(notes)
         figure.suptitle(
             f"{TITLE}: paired repeats' median ratio, 95% interval; "
             "bars only for answers that pass parity",
             fontsize=10,
         )
-        if footnote:
-            figure.supxlabel(footnote, fontsize=7.5)
+        if notes:
+            figure.supxlabel("; ".join(notes), fontsize=7.5)
     return drawing
+
+
+def draw_bar(axes, bar: Mark, width: float, colours: dict[str, str], annotate: bool) -> float:
+    """One bar with its interval as error bar (where it has one), its value above where
+    `annotate`. Returns its top."""
+    error = None if bar.low is None else [[bar.y - bar.low], [bar.high - bar.y]]
+    axes.bar(
+        bar.x,
+        bar.y,
+        width * 0.92,
+        yerr=error,
+        capsize=2,
+        color=colours[bar.backend],
+        hatch=PRECISION_HATCH.get(bar.precision, ""),
+        edgecolor="white",
+        linewidth=0,
+        error_kw={"elinewidth": 1, "ecolor": "black"},
+    )
+    peak = bar.y if bar.high is None else bar.high
+    if annotate:
+        axes.annotate(
+            f"{bar.y:.1f}x",
+            (bar.x, peak),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    return peak
+
+
+def mark_left_out(axes, x: float, reason: str) -> None:
+    """The mark in a slot without a bar, saying why."""
+    if reason.startswith("parity"):
+        text, colour = "✗ parity", PARITY_COLOUR
+    else:
+        text, colour = ("no pair" if reason.startswith("no eager") else reason), LEFT_OUT_COLOUR
+    axes.text(
+        x,
+        0.03,
+        text,
+        transform=axes.get_xaxis_transform(),
+        ha="center",
+        va="bottom",
+        fontsize=6.5,
+        color=colour,
+        rotation=90,
+    )
+
+
+def reference_lines(axes, title: str, needed: dict[str, float | None]) -> list:
+    """The line at 1x and one at each precision's target. Returns them as (panel, what, y)."""
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    lines = [(title, "eager 1x", 1.0)]
+    for precision, value in needed.items():
+        if value is not None:
+            axes.axhline(
+                value, color="black", linewidth=1, linestyle=TARGET_LINE.get(precision, ":")
+            )
+            lines.append((title, f"target {precision}", value))
+    return lines
 
 
 def legend(figure, axes_grid, labels, colours, shorts, precisions, with_targets: bool) -> None:
