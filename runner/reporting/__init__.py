@@ -9,7 +9,8 @@ Data flows one way, each module one step:
     tables       Markdown: provenance, one table per variant, legend
     performance  where one call's time goes, and the targets (results/targets.yaml)
     readme       the README block between the markers
-    plots        PNG figures
+    plots        which PNG figures, written where: speedup_plot, time_plot, size_plot draw
+                 one each and return a Drawing of what they drew (style: colours, sizes)
     compare      two results files side by side
     cli          the command line
 """
