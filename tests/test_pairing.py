@@ -7,7 +7,12 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runner import performance, record, report, timing
+from runner import record, timing
+from runner.reporting import performance
+from runner.reporting.identity import identity_of
+from runner.reporting.repeats import merge_repeats, merged_rows, speed_ups
+from runner.reporting.speedup_plot import draw_speedup
+from runner.reporting.tables import tables
 from tests.report_fixtures import H200_ENVIRONMENT
 from tests.test_report import check_golden, measured
 
@@ -80,10 +85,10 @@ def test_rows_pair_by_session_and_repeat_into_a_speed_up_with_its_interval():
     rows = repeats("eager", [20.0, 30.0, 16.0, 25.0, 18.0]) + repeats(
         "ts", [10.0, 15.0, 8.0, 12.5, 9.0]
     )
-    found = report.speed_ups(rows)[report.identity_of(rows[-1])]
+    found = speed_ups(rows)[identity_of(rows[-1])]
     assert (found.ratio, found.low, found.high, found.pairs) == pytest.approx((2.0, 2.0, 2.0, 5))
     assert found.text() == "2.00x [2.00, 2.00]"
-    line = report.tables(rows).split("| ts | fp16 |")[1].splitlines()[0]
+    line = tables(rows).split("| ts | fp16 |")[1].splitlines()[0]
     cells = [c.strip() for c in line.strip(" |").split("|")]
     assert cells[:3] == ["5", "10.00", "8.00–15.00"]
     assert cells[6] == "2.00x [2.00, 2.00]"
@@ -93,10 +98,10 @@ def test_rows_of_other_sessions_or_hosts_never_pair():
     eager = repeats("eager", [20.0, 20.0, 20.0])
     other_session = repeats("ts", [10.0, 10.0, 10.0], session="20261129T110000Z-2-ffff")
     other_host = repeats("ts", [10.0, 10.0, 10.0], hostname="bench-99")
-    assert report.speed_ups(eager + other_session) == {}
-    assert report.speed_ups(eager + other_host) == {}
+    assert speed_ups(eager + other_session) == {}
+    assert speed_ups(eager + other_host) == {}
     # a table still shows the rows, with no speed-up
-    line = report.tables(eager + other_host).split("| ts | fp16 |")[1].splitlines()[0]
+    line = tables(eager + other_host).split("| ts | fp16 |")[1].splitlines()[0]
     assert [c.strip() for c in line.strip(" |").split("|")][6] == "—"
 
 
@@ -106,7 +111,7 @@ def test_pairs_from_several_sessions_pool_and_unpaired_repeats_are_left_out():
     second = repeats("eager", [30.0, 30.0, 30.0], session=later) + repeats(
         "ts", [15.0, 15.0], session=later
     )  # the third eager repeat has no partner
-    found = report.speed_ups(first + second)[report.identity_of(first[-1])]
+    found = speed_ups(first + second)[identity_of(first[-1])]
     assert found.pairs == 4 and found.ratio == pytest.approx(2.0)
 
 
@@ -114,24 +119,24 @@ def test_an_interval_that_spans_one_is_within_noise():
     rows = repeats("eager", [10.0, 10.5, 9.8, 10.2, 10.0]) + repeats(
         "cg", [9.6, 10.9, 10.1, 9.9, 10.3]
     )
-    found = report.speed_ups(rows)[report.identity_of(rows[-1])]
+    found = speed_ups(rows)[identity_of(rows[-1])]
     assert found.low < 1.0 < found.high and found.within_noise
     assert found.text().endswith("within noise")
 
 
 def test_fewer_than_three_pairs_give_a_ratio_without_an_interval():
     rows = repeats("eager", [20.0, 20.0]) + repeats("ts", [10.0, 10.0])
-    found = report.speed_ups(rows)[report.identity_of(rows[-1])]
+    found = speed_ups(rows)[identity_of(rows[-1])]
     assert found.low is None and found.text() == "2.00x (2 pairs)"
 
 
 def test_old_rows_without_a_session_render_as_one_run_without_an_interval():
     rows = [measured("RetinaNet", "fp16", "eager", 20.0), measured("RetinaNet", "fp16", "ts", 8.0)]
-    found = report.speed_ups(rows)[report.identity_of(rows[1])]
+    found = speed_ups(rows)[identity_of(rows[1])]
     assert found.ratio == pytest.approx(2.5) and found.low is None
     assert found.text() == "2.50x (1 run)"
     other_host = [rows[0], record.replace(rows[1], hostname="bench-99")]
-    assert report.speed_ups(other_host) == {}
+    assert speed_ups(other_host) == {}
 
 
 # ---- parity failures get no speed-up anywhere ------------------------------------------
@@ -148,27 +153,19 @@ def failing_session() -> list[record.Row]:
 def test_a_parity_failure_in_any_repeat_takes_the_speed_up_away_everywhere(tmp_path):
     rows = failing_session()
     fast = rows[4]
-    assert report.identity_of(fast) not in report.speed_ups(rows)
-    text = report.tables(rows)
+    assert identity_of(fast) not in speed_ups(rows)
+    text = tables(rows)
     fast_line = text.split("| fast | fp16 |")[1].splitlines()[0]
     assert "FAIL (F1 0.80)" in fast_line and "x" not in fast_line.split("|")[7]
-    merged = report.merged_rows(rows)
-    found = report.speed_ups(rows)
-    bests = performance.best_by_table(
-        merged, report.table_key, report.backend_label, lambda r: found.get(report.identity_of(r))
-    )
+    merged = merged_rows(rows)
+    found = speed_ups(rows)
+    bests = performance.best_by_table(merged, found)
     assert [b.best.backend for _, _, b in bests] == ["ts"]
     targets = performance.Targets({"fp16": 1.5}, [], None, "test")
-    table = performance.targets_table(
-        merged,
-        targets,
-        report.table_key,
-        report.title_of,
-        report.backend_label,
-        lambda r: found.get(report.identity_of(r)),
-    )
+    table = performance.targets_table(merged, targets, found)
     assert "(fast)" not in table and "(ts)" in table and "| met |" in table
-    assert set(report.speedup_bars(rows)) == {"RetinaNet / ts"}
+    bars = draw_speedup(rows).drawn
+    assert [(bar.backend, bar.precision) for bar in bars] == [("ts", "fp16")]
 
 
 # ---- identity ---------------------------------------------------------------------------
@@ -191,7 +188,7 @@ def test_a_parity_failure_in_any_repeat_takes_the_speed_up_away_everywhere(tmp_p
 def test_rows_that_differ_in_what_is_measured_are_never_merged(field, value):
     base = repeats("eager", [20.0, 20.0, 20.0])
     changed = [record.replace(r, **{field: value}, latency_ms_median=30.0) for r in base]
-    merged = report.merge_repeats(base + changed)
+    merged = merge_repeats(base + changed)
     assert len(merged) == 2
     assert sorted(e.row.latency_ms_median for e in merged.values()) == [20.0, 30.0]
     assert all(e.count == 3 for e in merged.values())
@@ -203,7 +200,7 @@ def test_arch_options_give_their_own_table_named_by_them():
         record.replace(r, arch_options="MODEL.RPN.POST_NMS_TOPK_TEST=50", latency_ms_median=15.0)
         for r in plain
     ]
-    text = report.tables(plain + topk)
+    text = tables(plain + topk)
     assert "### RetinaNet (static shapes, 800x1333, arch_options —)" in text
     assert (
         "### RetinaNet (static shapes, 800x1333, arch_options MODEL.RPN.POST_NMS_TOPK_TEST=50)"
@@ -226,4 +223,4 @@ def test_tables_with_repeats_match_golden():
         )
     )
     rows = [record.replace(r, **{k: H200_ENVIRONMENT[k] for k in ("gpu_name",)}) for r in rows]
-    check_golden("tables_repeats.md", report.tables(rows, results_csv="results/h200_seed.csv"))
+    check_golden("tables_repeats.md", tables(rows, results_csv="results/h200_seed.csv"))

@@ -5,12 +5,9 @@ from __future__ import annotations
 
 import pytest
 
-from runner import performance, report
+from runner.reporting import performance
+from runner.reporting.identity import title_of
 from tests.test_report import measured
-
-
-def label(row):
-    return report.backend_label(row)
 
 
 def section_rows():
@@ -30,10 +27,7 @@ def section_rows():
 
 
 def bests(rows):
-    return {
-        (report.title_of(b.eager), p): b
-        for _, p, b in performance.best_by_table(rows, report.table_key, label)
-    }
+    return {(title_of(b.eager), p): b for _, p, b in performance.best_by_table(rows)}
 
 
 def test_best_is_the_fastest_row_that_passes_parity():
@@ -47,7 +41,7 @@ def test_best_is_the_fastest_row_that_passes_parity():
 
 
 def test_time_table_rows_and_figures():
-    text = performance.time_table(section_rows(), report.table_key, report.title_of, label)
+    text = performance.time_table(section_rows())
     lines = [line for line in text.splitlines() if line.startswith("| RetinaNet | fp16")]
     assert lines[0].split(" | ")[2:] == [
         "eager", "20.00", "4.00", "16.00", "1000", "1.00x", "5.00x", "0.0 |"
@@ -79,9 +73,7 @@ def test_targets_table_says_met_and_missed(tmp_path):
         "optimize_s_max: 120\n",
     )
     targets = performance.load_targets(path)
-    text = performance.targets_table(
-        section_rows(), targets, report.table_key, report.title_of, label
-    )
+    text = performance.targets_table(section_rows(), targets)
     assert (
         "| speed-up over eager | RetinaNet | fp16 | 3.00x | 2.50x (cg [x=1]) | **missed** |" in text
     )
@@ -101,14 +93,12 @@ def test_targets_per_variant_and_for_every_variant(tmp_path):
         "latency:\n  - {variant: '*', precision: '*', max_over_gpu_busy: 1.5}\n",
     )
     targets = performance.load_targets(path)
-    text = performance.targets_table(
-        section_rows(), targets, report.table_key, report.title_of, label
-    )
+    text = performance.targets_table(section_rows(), targets)
     assert "| speed-up over eager | RetinaNet | fp16 | 2.00x | 2.50x (cg [x=1]) | met |" in text
     assert "| speed-up over eager | MaskRCNNFPN | fp16 | 3.00x | 5.00x (cg) | met |" in text
     busy_lines = [line for line in text.splitlines() if "median / GPU busy" in line]
     assert len(busy_lines) == len(
-        performance.best_by_table(section_rows(), report.table_key, label)
+        performance.best_by_table(section_rows())
     )  # one per variant and precision
 
 

@@ -11,8 +11,24 @@ from pathlib import Path
 
 import pytest
 
-from runner import record, report
+from runner import record
 from runner.record import Row
+from runner.reporting.cli import main
+from runner.reporting.identity import identity_of, machine_of, title_of
+from runner.reporting.plots import FIGURES
+from runner.reporting.readme import BEGIN_MARKER, END_MARKER, update_readme
+from runner.reporting.repeats import speed_ups
+from runner.reporting.rows import (
+    MixedMachines,
+    SeedOrderError,
+    collect,
+    drop_duplicates,
+    require_one_machine,
+    seed_variant_order,
+    sort_rows,
+    write,
+)
+from runner.reporting.tables import ERROR_CHARS, tables
 from tests.helpers import run_module
 from tests.report_fixtures import A100, H200, VARIANTS
 from tests.report_fixtures import H200_ENVIRONMENT as ENVIRONMENT
@@ -141,7 +157,7 @@ def check_golden(name: str, text: str) -> None:
 def readme_text() -> str:
     return (
         "# d2bench\n\nIntro stays.\n\n## Results\n\n"
-        f"{report.BEGIN_MARKER}\nstale table\n{report.END_MARKER}\n\n## Install\n\nTail stays.\n"
+        f"{BEGIN_MARKER}\nstale table\n{END_MARKER}\n\n## Install\n\nTail stays.\n"
     )
 
 
@@ -149,16 +165,17 @@ def readme_text() -> str:
 
 
 def test_tables_match_golden(tmp_path):
-    rows, skipped = report.collect([write_result_files(tmp_path, fixture_rows())])
+    rows, skipped = collect([write_result_files(tmp_path, fixture_rows())])
     assert skipped == []
     assert len(rows) == len(fixture_rows())
-    check_golden("tables.md", report.tables(rows, results_csv="results/h200_seed.csv"))
+    check_golden("tables.md", tables(rows, results_csv="results/h200_seed.csv"))
 
 
 def test_readme_block_matches_golden(tmp_path):
-    rows, _ = report.collect([write_result_files(tmp_path, fixture_rows())])
-    block = report.tables(rows, "results/h200_seed.csv", ["results/plots/speedup.png"])
-    check_golden("readme.md", report.update_readme(readme_text(), block, "python -m runner.report"))
+    rows, _ = collect([write_result_files(tmp_path, fixture_rows())])
+    plots = {name: f"results/plots/{name}.png" for name in ("speedup", "where_time_goes")}
+    block = tables(rows, "results/h200_seed.csv", plots)
+    check_golden("readme.md", update_readme(readme_text(), block, "python -m runner.report"))
 
 
 def test_rows_sort_in_seed_variant_then_precision_then_backend_order():
@@ -166,7 +183,7 @@ def test_rows_sort_in_seed_variant_then_precision_then_backend_order():
         measured("RetinaNet", "bf16", "inductor", 7.0),
         measured("RetinaNet", "fp32", "a", 9.0),
     ]
-    rows = report.sort_rows(extra + fixture_rows())
+    rows = sort_rows(extra + fixture_rows())
     order = [(r.variant, r.shapes, r.precision, r.backend) for r in rows]
     assert order[:7] == [
         ("RetinaNet", "static", "fp32", "eager"),  # eager first, then alphabetical
@@ -184,23 +201,44 @@ def test_rows_sort_in_seed_variant_then_precision_then_backend_order():
 
 
 def test_seed_variant_order_is_read_from_the_sweep_file(tmp_path):
-    assert report.seed_variant_order() == report.SEED_VARIANTS  # conf/sweep/seed.yaml
+    assert seed_variant_order() == (  # conf/sweep/seed.yaml
+        "RetinaNet",
+        "RetinaNet_scripted",
+        "MaskRCNNC4",
+        "MaskRCNNFPN",
+        "MaskRCNNFPN_b2",
+        "MaskRCNNFPN_pproc",
+        "CascadeRCNN",
+    )
     sweep = tmp_path / "seed.yaml"
     sweep.write_text(
         "hydra:\n  sweeper:\n    variants:\n      B: {batch: 2}\n      A: {batch: 1}\n"
     )
-    assert report.seed_variant_order(sweep) == ("B", "A")
-    assert report.seed_variant_order(tmp_path / "absent.yaml") == report.SEED_VARIANTS
+    assert seed_variant_order(sweep) == ("B", "A")
+    with pytest.raises(SeedOrderError, match="absent.yaml: cannot read the seed's variants"):
+        seed_variant_order(tmp_path / "absent.yaml")
+    reshaped = tmp_path / "reshaped.yaml"
+    reshaped.write_text("hydra:\n  sweeper:\n    params: {}\n")
+    with pytest.raises(SeedOrderError, match="hydra.sweeper.variants"):
+        seed_variant_order(reshaped)
 
 
 def test_variant_title_is_built_where_no_variant_is_set():
-    assert report.title_of(measured("", "fp32", "eager", 1.0)) == (
+    assert title_of(measured("", "fp32", "eager", 1.0)) == (
         "mask_rcnn_fpn (trace, batch 2, postprocess)"
     )
-    assert report.title_of(measured("RetinaNet", "fp32", "eager", 1.0)) == "RetinaNet"
+    assert title_of(measured("RetinaNet", "fp32", "eager", 1.0)) == "RetinaNet"
 
 
 # ---- speed-up -----------------------------------------------------------------------------
+
+
+def speed_up(row: Row, rows: list[Row]) -> float | None:
+    """The row's paired speed-up over eager (1.0 for an eager row), None where it has none."""
+    if row.backend == "eager" and row.status == "ok":
+        return 1.0
+    found = speed_ups(rows).get(identity_of(row))
+    return None if found is None else found.ratio
 
 
 def test_speed_up_is_eager_median_over_this_median_at_the_same_precision():
@@ -208,19 +246,19 @@ def test_speed_up_is_eager_median_over_this_median_at_the_same_precision():
     by_key = {(r.variant, r.shapes, r.precision, r.backend): r for r in rows}
     ts32 = by_key["RetinaNet", "static", "fp32", "torchscript"]
     ts16 = by_key["RetinaNet", "static", "fp16", "torchscript"]
-    assert report.speed_up(ts32, rows) == pytest.approx(20.0 / 8.66)
-    assert report.speed_up(ts16, rows) == pytest.approx(12.0 / 9.0)  # fp16 eager, not fp32
-    assert report.speed_up(by_key["RetinaNet", "static", "fp32", "eager"], rows) == 1.0
+    assert speed_up(ts32, rows) == pytest.approx(20.0 / 8.66)
+    assert speed_up(ts16, rows) == pytest.approx(12.0 / 9.0)  # fp16 eager, not fp32
+    assert speed_up(by_key["RetinaNet", "static", "fp32", "eager"], rows) == 1.0
     dynamic_ts = by_key["MaskRCNNFPN", "dynamic", "fp32", "torchscript"]
-    assert report.speed_up(dynamic_ts, rows) == pytest.approx(42.0 / 28.0)  # not static eager
-    assert report.speed_up(by_key["CascadeRCNN", "static", "fp16", "torchscript"], rows) is None
+    assert speed_up(dynamic_ts, rows) == pytest.approx(42.0 / 28.0)  # not static eager
+    assert speed_up(by_key["CascadeRCNN", "static", "fp16", "torchscript"], rows) is None
     unsupported = by_key["RetinaNet_scripted", "static", "fp32", "torchscript"]
-    assert report.speed_up(unsupported, rows) is None
+    assert speed_up(unsupported, rows) is None
 
 
 def test_speed_up_and_figures_are_formatted_in_the_table():
     rows = [measured("RetinaNet", "fp32", "eager", 20.0), measured("RetinaNet", "fp32", "ts", 8.0)]
-    line = report.tables(rows).split("| ts | fp32 |")[1].splitlines()[0]
+    line = tables(rows).split("| ts | fp32 |")[1].splitlines()[0]
     cells = [c.strip() for c in line.strip(" |").split("|")]
     # 1 repeat (no spread); median 8 ms, FPS 1000/8, p99 8.8, busy 6.4; 20/8 from single runs
     assert cells == [
@@ -242,21 +280,21 @@ def test_backend_options_make_their_own_row_labelled_with_them():
     eager = measured("RetinaNet", "fp16", "eager", 12.0)
     odd_eager = measured("RetinaNet", "fp16", "eager", 1.0, backend_options="x=1")
     rows = [plain, tuned, eager, odd_eager]
-    assert report.identity_of(plain) != report.identity_of(tuned)
-    kept, dropped = report.drop_duplicates(rows)
+    assert identity_of(plain) != identity_of(tuned)
+    kept, dropped = drop_duplicates(rows)
     assert len(kept) == 4 and not dropped
-    assert report.speed_up(tuned, rows) == pytest.approx(3.0)  # against plain eager only
-    text = report.tables(rows)
+    assert speed_up(tuned, rows) == pytest.approx(3.0)  # against plain eager only
+    text = tables(rows)
     assert "| cg [channels_last=true] | fp16 |" in text and "| cg | fp16 |" in text
 
 
 def test_failed_rows_show_status_and_first_line_of_error():
-    text = report.tables(fixture_rows())
+    text = tables(fixture_rows())
     assert "| unsupported: torchscript: RetinaNet \\| scripting needs the scriptable head |" in text
     assert "install the scripting extra" not in text
     error_line = next(line for line in text.splitlines() if "| error: timeout" in line)
     shown = error_line.split("| error: ")[1].split(" |")[0]
-    assert len(shown) == report.ERROR_CHARS and shown.endswith("…")
+    assert len(shown) == ERROR_CHARS and shown.endswith("…")
 
 
 # ---- skipped files ------------------------------------------------------------------------
@@ -288,8 +326,8 @@ def bad_files(folder: Path) -> dict[str, str]:
 def test_broken_files_are_skipped_with_a_reason_and_good_rows_still_merge(tmp_path, caplog):
     good = write_result_files(tmp_path / "good", fixture_rows()[:3])
     expected = bad_files(tmp_path / "bad")
-    with caplog.at_level(logging.WARNING, logger="runner.report"):
-        rows, skipped = report.collect([good, tmp_path / "bad"])
+    with caplog.at_level(logging.WARNING, logger="runner.reporting"):
+        rows, skipped = collect([good, tmp_path / "bad"])
     assert len(rows) == 3
     reasons = {Path(path).parent.name: reason for path, reason in skipped}
     assert set(reasons) == set(expected)
@@ -301,14 +339,14 @@ def test_broken_files_are_skipped_with_a_reason_and_good_rows_still_merge(tmp_pa
 
 def test_a_merged_results_csv_is_a_valid_input(tmp_path):
     rows = fixture_rows()
-    report.write(rows, tmp_path / "results" / "h200.csv")
-    again, skipped = report.collect([tmp_path / "results" / "h200.csv"])
+    write(rows, tmp_path / "results" / "h200.csv")
+    again, skipped = collect([tmp_path / "results" / "h200.csv"])
     assert skipped == []
-    assert again == report.sort_rows(rows)
+    assert again == sort_rows(rows)
 
 
 def test_missing_input_is_skipped_with_its_reason(tmp_path):
-    rows, skipped = report.collect([tmp_path / "absent.csv"])
+    rows, skipped = collect([tmp_path / "absent.csv"])
     assert rows == []
     assert skipped == [(str(tmp_path / "absent.csv"), "No such file or directory")]
 
@@ -337,13 +375,13 @@ def test_rows_of_one_identity_are_all_kept_and_only_identical_copies_dropped(tmp
     record.write_rows(tmp_path / "b" / "result.csv", [old])
     record.write_rows(tmp_path / "a" / "result.csv", [new, other])
     record.write_rows(tmp_path / "c" / "result.csv", [new])  # the same row read twice
-    rows, _ = report.collect([tmp_path])
-    with caplog.at_level(logging.INFO, logger="runner.report"):
-        kept, dropped = report.drop_duplicates(rows)
+    rows, _ = collect([tmp_path])
+    with caplog.at_level(logging.INFO, logger="runner.reporting"):
+        kept, dropped = drop_duplicates(rows)
     assert kept == [new, other, old] and dropped == [new]
     assert "outputs/new_run" in caplog.text
     # the two measurements of one identity are repeats: 2 of them, their spread shown
-    line = report.tables(kept).split("| eager | fp32 |")[1].splitlines()[0]
+    line = tables(kept).split("| eager | fp32 |")[1].splitlines()[0]
     cells = [c.strip() for c in line.strip(" |").split("|")]
     assert cells[:3] == ["2 (2 sessions)", "22.50", "20.00–25.00"]
 
@@ -351,7 +389,7 @@ def test_rows_of_one_identity_are_all_kept_and_only_identical_copies_dropped(tmp
 def test_rows_that_differ_only_in_gpu_are_not_duplicates():
     h200 = measured("RetinaNet", "fp32", "eager", 20.0)
     a100 = measured("RetinaNet", "fp32", "eager", 30.0, gpu_name=A100)
-    assert report.drop_duplicates([h200, a100]) == ([h200, a100], [])
+    assert drop_duplicates([h200, a100]) == ([h200, a100], [])
 
 
 # ---- machines -----------------------------------------------------------------------------
@@ -367,16 +405,16 @@ def mixed_rows() -> list[Row]:
 
 
 def test_mixed_gpus_are_refused_naming_both_machines():
-    with pytest.raises(report.MixedMachines) as refused:
-        report.require_one_machine(mixed_rows())
+    with pytest.raises(MixedMachines) as refused:
+        require_one_machine(mixed_rows())
     assert H200 in str(refused.value) and A100 in str(refused.value)
-    report.require_one_machine(mixed_rows()[:2])  # one machine: fine
+    require_one_machine(mixed_rows()[:2])  # one machine: fine
 
 
 def test_mixed_gpus_when_allowed_get_one_section_each():
     rows = mixed_rows()
-    report.require_one_machine(rows, allow_mixed=True)
-    text = report.tables(rows)
+    require_one_machine(rows, allow_mixed=True)
+    text = tables(rows)
     assert text.count("\n### ") + text.startswith("### ") == 2
     a100_section, h200_section = text.split(f"### {A100}")[1].split(f"### {H200}")
     assert "driver 535.104.05" in a100_section and "| 1.50x (1 run) |" in a100_section
@@ -386,9 +424,9 @@ def test_mixed_gpus_when_allowed_get_one_section_each():
 
 def test_cpu_rows_are_named_by_their_cpu():
     row = measured("RetinaNet", "fp32", "eager", 20.0, gpu_name="", device="cpu")
-    assert report.machine_of(row) == "CPU Intel(R) Xeon(R) Platinum 8468"
-    with pytest.raises(report.MixedMachines, match="CPU Intel"):
-        report.require_one_machine([row, measured("RetinaNet", "fp32", "eager", 20.0)])
+    assert machine_of(row) == "CPU Intel(R) Xeon(R) Platinum 8468"
+    with pytest.raises(MixedMachines, match="CPU Intel"):
+        require_one_machine([row, measured("RetinaNet", "fp32", "eager", 20.0)])
 
 
 # ---- README -------------------------------------------------------------------------------
@@ -396,82 +434,30 @@ def test_cpu_rows_are_named_by_their_cpu():
 
 def test_update_readme_replaces_only_between_the_markers():
     text = readme_text()
-    updated = report.update_readme(text, "| new | table |\n", "python -m runner.report x")
-    before, rest = text.split(report.BEGIN_MARKER + "\n")
-    after = text.split(report.END_MARKER)[1]
-    assert updated.startswith(before + report.BEGIN_MARKER + "\n")
-    assert updated.endswith(report.END_MARKER + after)
-    inside = updated.split(report.BEGIN_MARKER)[1].split(report.END_MARKER)[0]
+    updated = update_readme(text, "| new | table |\n", "python -m runner.report x")
+    before, rest = text.split(BEGIN_MARKER + "\n")
+    after = text.split(END_MARKER)[1]
+    assert updated.startswith(before + BEGIN_MARKER + "\n")
+    assert updated.endswith(END_MARKER + after)
+    inside = updated.split(BEGIN_MARKER)[1].split(END_MARKER)[0]
     assert "stale table" not in inside
     assert "| new | table |" in inside
     assert "Generated by `python -m runner.report x`; do not edit by hand." in inside
-    assert (
-        report.update_readme(updated, "| new | table |\n", "python -m runner.report x") == updated
-    )
+    assert update_readme(updated, "| new | table |\n", "python -m runner.report x") == updated
 
 
 @pytest.mark.parametrize(
     "text",
     [
         "# no markers\n",
-        f"{report.BEGIN_MARKER}\nonly the beginning\n",
-        f"{report.END_MARKER}\nreversed\n{report.BEGIN_MARKER}\n",
-        f"{report.BEGIN_MARKER}\n{report.END_MARKER}\n{report.BEGIN_MARKER}\n{report.END_MARKER}\n",
+        f"{BEGIN_MARKER}\nonly the beginning\n",
+        f"{END_MARKER}\nreversed\n{BEGIN_MARKER}\n",
+        f"{BEGIN_MARKER}\n{END_MARKER}\n{BEGIN_MARKER}\n{END_MARKER}\n",
     ],
 )
 def test_update_readme_raises_without_one_pair_of_markers_in_order(text):
     with pytest.raises(ValueError, match="d2bench:results"):
-        report.update_readme(text, "block")
-
-
-# ---- plots --------------------------------------------------------------------------------
-
-
-def test_plots_are_pngs_and_latency_plot_needs_dynamic_rows(tmp_path):
-    written = report.plot(fixture_rows(), tmp_path / "all")
-    assert [p.name for p in written] == ["speedup.png", "latency_vs_size.png"]
-    for path in written:
-        assert path.read_bytes()[:8] == PNG_MAGIC
-    static = [r for r in fixture_rows() if r.shapes == "static"]
-    assert [p.name for p in report.plot(static, tmp_path / "static")] == ["speedup.png"]
-    assert not (tmp_path / "static" / "latency_vs_size.png").exists()
-
-
-def ratios(bars: dict) -> dict:
-    return {label: {p: s.ratio for p, s in group.items()} for label, group in bars.items()}
-
-
-def test_speedup_bars_keep_each_table_apart():
-    bars = ratios(report.speedup_bars(fixture_rows()))
-    assert bars == {
-        "RetinaNet / torchscript": {
-            "fp32": pytest.approx(20.0 / 8.66),
-            "fp16": pytest.approx(12 / 9),
-        },
-        # its fp16 row failed parity: no bar
-        "MaskRCNNFPN (static shapes, 800x1333) / torchscript": {"fp32": 1.6},
-        "MaskRCNNFPN (dynamic shapes, 800x1333) / torchscript": {"fp32": 1.5},
-        "mask_rcnn_fpn (trace, batch 2, postprocess) / torchscript": {"fp32": 1.25},
-    }
-
-
-def test_speedup_bars_leave_out_runs_that_fail_parity():
-    rows = [
-        measured("RetinaNet", "fp16", "eager", 20.0),
-        measured("RetinaNet", "fp16", "cg", 10.0),
-        measured("RetinaNet", "fp16", "fast", 2.0, status="parity_fail", parity_pass=False),
-    ]
-    assert ratios(report.speedup_bars(rows)) == {"RetinaNet / cg": {"fp16": 2.0}}
-
-
-def test_latency_lines_are_pixels_against_median_ms():
-    lines = report.latency_lines(fixture_rows())
-    assert lines["MaskRCNNFPN (dynamic shapes, 800x1333) torchscript fp32"] == [
-        (480 * 640, 14.0),
-        (800 * 1333, 28.0),
-        (1024 * 1706, 28.0 * 1.6),
-    ]
-    assert len(lines) == 2
+        update_readme(text, "block")
 
 
 # ---- command line -------------------------------------------------------------------------
@@ -489,14 +475,13 @@ def test_cli_writes_csv_readme_and_plots(tmp_path):
     out, plots = tmp_path / "results" / "seed.csv", tmp_path / "plots"
     done = run_cli(str(runs), "--out", str(out), "--readme", str(readme), "--plots", str(plots))
     assert done.returncode == 0, done.stderr
-    assert record.read_rows(out) == report.sort_rows(fixture_rows())
+    assert record.read_rows(out) == sort_rows(fixture_rows())
     text = readme.read_text()
     assert "stale table" not in text and "Tail stays." in text
     assert "Results CSV: `results/seed.csv`" in text
-    assert "![speedup](plots/speedup.png)" in text
-    assert "![latency vs size](plots/latency_vs_size.png)" in text
-    for name in ("speedup.png", "latency_vs_size.png"):
-        assert (plots / name).read_bytes()[:8] == PNG_MAGIC
+    for name in ("speedup", "where_time_goes", "latency_vs_size"):
+        assert f"![{FIGURES[name]}](plots/{name}.png)" in text
+        assert (plots / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     summary = done.stderr.strip().splitlines()[-1]
     assert f"merged {len(fixture_rows())} rows" in summary and "skipped 5 files" in summary
 
@@ -516,8 +501,8 @@ def test_cli_refuses_mixed_gpus_unless_allowed(tmp_path):
 
 def test_cli_exit_code_two_for_no_rows_missing_markers_and_usage(tmp_path):
     bad_files(tmp_path / "bad")
-    assert report.main([str(tmp_path / "bad"), "--out", str(tmp_path / "x.csv")]) == 2
-    assert report.main([str(tmp_path / "absent"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert main([str(tmp_path / "bad"), "--out", str(tmp_path / "x.csv")]) == 2
+    assert main([str(tmp_path / "absent"), "--out", str(tmp_path / "x.csv")]) == 2
     runs = write_result_files(tmp_path / "runs", fixture_rows()[:2])
     (tmp_path / "README.md").write_text("# no markers\n")
     arguments = [
@@ -527,10 +512,10 @@ def test_cli_exit_code_two_for_no_rows_missing_markers_and_usage(tmp_path):
         "--readme",
         str(tmp_path / "README.md"),
     ]
-    assert report.main(arguments) == 2
+    assert main(arguments) == 2
     assert not (tmp_path / "x.csv").exists()
     with pytest.raises(SystemExit) as usage:
-        report.main([str(runs), "--readme", str(tmp_path / "README.md")])  # --readme needs --out
+        main([str(runs), "--readme", str(tmp_path / "README.md")])  # --readme needs --out
     assert usage.value.code == 2
 
 

@@ -11,8 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from runner import record, report
+from runner import record
 from runner.record import Row
+from runner.reporting.cli import main
+from runner.reporting.compare import comparison, latency_ratio, pair_rows
+from runner.reporting.identity import COMPARE_FIELDS, pair_key
+from runner.reporting.markdown import DASH, ratio_text
+from runner.reporting.rows import sort_rows, write
 from tests.helpers import run_module
 from tests.report_fixtures import A100, H200, H200_ENVIRONMENT, VARIANTS
 
@@ -125,8 +130,8 @@ def check_golden(name: str, text: str) -> None:
 def write_pair(folder: Path) -> tuple[Path, Path]:
     """Both fixture sides as results CSVs, at A_NAME and B_NAME under `folder`."""
     a_path, b_path = folder / A_NAME, folder / B_NAME
-    report.write(a_rows(), a_path)
-    report.write(b_rows(), b_path)
+    write(a_rows(), a_path)
+    write(b_rows(), b_path)
     return a_path, b_path
 
 
@@ -141,10 +146,10 @@ def table_line(text: str, heading: str, backend: str, precision: str) -> list[st
 
 
 def test_pairs_match_identity_without_the_machine():
-    pairs, only_a, only_b = report.pair_rows(a_rows(), b_rows())
+    pairs, only_a, only_b = pair_rows(a_rows(), b_rows())
     assert len(pairs) == 7
     for a, b in pairs:
-        assert report.pair_key(a) == report.pair_key(b)
+        assert pair_key(a) == pair_key(b)
         assert (a.gpu_name, b.gpu_name) == (H200, A100)
     assert [(r.variant, r.precision, r.backend) for r in only_a] == [
         ("MaskRCNNFPN", "fp16", "torchscript")
@@ -152,16 +157,16 @@ def test_pairs_match_identity_without_the_machine():
     assert [(r.variant, r.precision, r.backend) for r in only_b] == [
         ("CascadeRCNN", "fp32", "eager")
     ]
-    assert [a for a, _ in pairs] == report.sort_rows(a for a, _ in pairs)  # seed order
+    assert [a for a, _ in pairs] == sort_rows(a for a, _ in pairs)  # seed order
 
 
 def test_no_row_is_lost_and_pairing_is_symmetric():
-    pairs, only_a, only_b = report.pair_rows(a_rows(), b_rows())
+    pairs, only_a, only_b = pair_rows(a_rows(), b_rows())
     assert len(pairs) + len(only_a) == len(a_rows())
     assert len(pairs) + len(only_b) == len(b_rows())
-    back, only_b_first, only_a_second = report.pair_rows(b_rows(), a_rows())
-    assert sorted(map(report.pair_key, (b for b, _ in back))) == sorted(
-        map(report.pair_key, (b for _, b in pairs))
+    back, only_b_first, only_a_second = pair_rows(b_rows(), a_rows())
+    assert sorted(map(pair_key, (b for b, _ in back))) == sorted(
+        map(pair_key, (b for _, b in pairs))
     )
     assert (only_b_first, only_a_second) == (only_b, only_a)
 
@@ -184,25 +189,25 @@ def test_each_identity_field_separates_pairs():
         thresholds="score=0.3 nms=0.5 detections=100",
         seed=1,
     )
-    assert set(changes) == set(report.COMPARE_FIELDS)
+    assert set(changes) == set(COMPARE_FIELDS)
     for field, value in changes.items():
         other = record.replace(base, gpu_name=A100, **{field: value})
-        assert report.pair_rows([base], [other]) == ([], [base], [other]), field
+        assert pair_rows([base], [other]) == ([], [base], [other]), field
     same = record.replace(base, gpu_name=A100, hostname="x", timestamp="", warmup=1, git_sha="y")
-    assert report.pair_rows([base], [same]) == ([(base, same)], [], [])
+    assert pair_rows([base], [same]) == ([(base, same)], [], [])
 
 
 def test_a_side_with_several_machines_pairs_each_of_them():
     a_h200 = measured(H200_ENVIRONMENT, "RetinaNet", "fp32", "eager", 20.0)
     a_a100 = measured(A100_ENVIRONMENT, "RetinaNet", "fp32", "eager", 30.0)
     b = measured(dict(H200_ENVIRONMENT, gpu_name="NVIDIA L4"), "RetinaNet", "fp32", "eager", 60.0)
-    pairs, only_a, only_b = report.pair_rows([a_h200, a_a100], [b])
+    pairs, only_a, only_b = pair_rows([a_h200, a_a100], [b])
     assert {(x.gpu_name, y.gpu_name) for x, y in pairs} == {
         (H200, "NVIDIA L4"),
         (A100, "NVIDIA L4"),
     }
     assert only_a == only_b == []
-    text = report.comparison([a_h200, a_a100], [b], "a.csv", "b.csv")
+    text = comparison([a_h200, a_a100], [b], "a.csv", "b.csv")
     assert f"### {A100} (A) against NVIDIA L4 (B)" in text
     assert f"### {H200} (A) against NVIDIA L4 (B)" in text
     assert "| eager | fp32 | 30.00 | 60.00 | 2.00x |" in text
@@ -226,26 +231,26 @@ def test_a_side_with_several_machines_pairs_each_of_them():
 def test_ratio_is_b_median_over_a_median_with_two_decimals(a_ms, b_ms, ratio, text):
     a = measured(H200_ENVIRONMENT, "RetinaNet", "fp32", "eager", a_ms)
     b = measured(A100_ENVIRONMENT, "RetinaNet", "fp32", "eager", b_ms)
-    assert report.latency_ratio(a, b) == pytest.approx(ratio)
-    assert report.ratio_text(report.latency_ratio(a, b)) == text
+    assert latency_ratio(a, b) == pytest.approx(ratio)
+    assert ratio_text(latency_ratio(a, b)) == text
 
 
 def test_ratio_is_a_dash_where_a_side_has_no_measurement():
     ok = measured(H200_ENVIRONMENT, "RetinaNet", "fp32", "eager", 20.0)
     failed = unsupported(A100_ENVIRONMENT, "RetinaNet", "fp32", "eager")
     zero = record.replace(ok, latency_ms_median=0.0)
-    assert report.latency_ratio(ok, failed) is None
-    assert report.latency_ratio(failed, ok) is None
-    assert report.latency_ratio(zero, ok) is None
-    assert report.ratio_text(None) == report.DASH
+    assert latency_ratio(ok, failed) is None
+    assert latency_ratio(failed, ok) is None
+    assert latency_ratio(zero, ok) is None
+    assert ratio_text(None) == DASH
     parity_fail = record.replace(
         ok, status="parity_fail", parity_pass=False, latency_ms_median=30.0
     )
-    assert report.latency_ratio(ok, parity_fail) == pytest.approx(1.5)  # measured: compared
+    assert latency_ratio(ok, parity_fail) == pytest.approx(1.5)  # measured: compared
 
 
 def test_ratios_and_cells_in_the_fixture_tables():
-    text = report.comparison(a_rows(), b_rows(), A_NAME, B_NAME)
+    text = comparison(a_rows(), b_rows(), A_NAME, B_NAME)
     assert table_line(text, "RetinaNet", "torchscript", "fp32") == [
         "torchscript",
         "fp32",
@@ -265,10 +270,10 @@ def test_ratios_and_cells_in_the_fixture_tables():
         "fp32",
         "unsupported",
         "25.00",
-        report.DASH,
-        report.DASH,
+        DASH,
+        DASH,
         "20.00",
-        report.DASH,
+        DASH,
         "pass (F1 1.00)",
     ]
     static = table_line(text, "MaskRCNNFPN (static shapes, 800x1333)", "eager", "fp32")
@@ -280,11 +285,11 @@ def test_ratios_and_cells_in_the_fixture_tables():
 
 
 def test_comparison_matches_golden():
-    check_golden("compare.md", report.comparison(a_rows(), b_rows(), A_NAME, B_NAME))
+    check_golden("compare.md", comparison(a_rows(), b_rows(), A_NAME, B_NAME))
 
 
 def test_comparison_header_names_files_machines_software_and_protocol():
-    text = report.comparison(a_rows(), b_rows(), A_NAME, B_NAME)
+    text = comparison(a_rows(), b_rows(), A_NAME, B_NAME)
     header = text.split("\n### ")[0]
     a_part, b_part = header.split("- **B:**")
     assert f"`{A_NAME}`: {H200} (8 rows)" in a_part
@@ -296,7 +301,7 @@ def test_comparison_header_names_files_machines_software_and_protocol():
 
 
 def test_rows_only_in_one_file_are_listed_with_the_reasons_of_failures():
-    text = report.comparison(a_rows(), b_rows(), A_NAME, B_NAME)
+    text = comparison(a_rows(), b_rows(), A_NAME, B_NAME)
     only_a = text.split("### Only in A\n")[1].split("\n### ")[0]
     only_b = text.split("### Only in B\n")[1].split("\n### ")[0]
     assert "| MaskRCNNFPN | static | 800x1333 | torchscript | fp16 | 16.00 | 12.80 |" in only_a
@@ -310,7 +315,7 @@ def test_rows_only_in_one_file_are_listed_with_the_reasons_of_failures():
 
 def test_empty_only_sections_say_so():
     rows = a_rows()
-    text = report.comparison(rows, rows, "a.csv", "a.csv")
+    text = comparison(rows, rows, "a.csv", "a.csv")
     assert "None: every row of A has a partner in B." in text
     assert "None: every row of B has a partner in A." in text
     assert "| eager | fp32 | 20.00 | 20.00 | 1.00x |" in text
@@ -319,7 +324,7 @@ def test_empty_only_sections_say_so():
 def test_no_pairs_at_all_still_lists_both_sides():
     a = [measured(H200_ENVIRONMENT, "RetinaNet", "fp32", "eager", 20.0)]
     b = [measured(A100_ENVIRONMENT, "CascadeRCNN", "fp32", "eager", 50.0)]
-    text = report.comparison(a, b, "a.csv", "b.csv")
+    text = comparison(a, b, "a.csv", "b.csv")
     assert "No row of A has a row of the same identity in B." in text
     assert "| RetinaNet | static |" in text.split("### Only in A")[1].split("### Only in B")[0]
     assert "| CascadeRCNN | static |" in text.split("### Only in B")[1]
@@ -358,19 +363,17 @@ def test_cli_reports_skips_and_copies_of_each_side(tmp_path, caplog):
     (folder / "broken").mkdir()
     (folder / "broken" / "result.csv").write_text("not,a,result\n")
     out = tmp_path / "compare.md"
-    with caplog.at_level(logging.INFO, logger="runner.report"):
-        assert report.main(["--compare", str(a_path), str(folder), "--out-md", str(out)]) == 0
+    with caplog.at_level(logging.INFO, logger="runner.reporting"):
+        assert main(["--compare", str(a_path), str(folder), "--out-md", str(out)]) == 0
     assert "broken/result.csv" in caplog.text
     assert "dropped 1 identical copy; skipped 1 file" in caplog.text
-    assert out.read_text() == report.comparison(a_rows(), b_rows(), str(a_path), str(folder))
+    assert out.read_text() == comparison(a_rows(), b_rows(), str(a_path), str(folder))
 
 
 def test_cli_mixed_gpus_across_files_are_fine_but_not_within_one(tmp_path):
     a_path, b_path = write_pair(tmp_path)
     mixed = tmp_path / "mixed.csv"
-    report.write(
-        a_rows() + [measured(A100_ENVIRONMENT, "CascadeRCNN", "fp32", "eager", 5.0)], mixed
-    )
+    write(a_rows() + [measured(A100_ENVIRONMENT, "CascadeRCNN", "fp32", "eager", 5.0)], mixed)
     refused = run_cli(tmp_path, "--compare", str(mixed), str(b_path))
     assert refused.returncode == 2
     assert str(mixed) in refused.stderr and H200 in refused.stderr and A100 in refused.stderr
@@ -396,7 +399,7 @@ def test_cli_mixed_gpus_across_files_are_fine_but_not_within_one(tmp_path):
 )
 def test_usage_errors_exit_two_with_a_clear_message(arguments, message, capsys):
     with pytest.raises(SystemExit) as usage:
-        report.main(arguments)
+        main(arguments)
     assert usage.value.code == 2
     assert message in capsys.readouterr().err
 
@@ -419,7 +422,7 @@ def test_cli_exit_two_when_either_file_has_no_rows(tmp_path):
     broken.write_text("not a results file\n")
     out = tmp_path / "out.md"
     for a, b in [(a_path, empty), (empty, b_path), (broken, b_path), (a_path, tmp_path / "no.csv")]:
-        assert report.main(["--compare", str(a), str(b), "--out-md", str(out)]) == 2, (a, b)
+        assert main(["--compare", str(a), str(b), "--out-md", str(out)]) == 2, (a, b)
     assert not out.exists()
     done = run_cli(tmp_path, "--compare", str(empty), str(broken))
     assert done.returncode == 2

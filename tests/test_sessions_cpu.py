@@ -10,8 +10,10 @@ import datetime
 
 import pytest
 
-from runner import record, report
+from runner import record
 from runner.record import read_rows
+from runner.reporting.identity import identity_of
+from runner.reporting.repeats import speed_ups
 from tests.helpers import run_runner
 
 pytestmark = pytest.mark.slow
@@ -65,7 +67,7 @@ def test_a_sweep_session_pairs_its_backends_and_a_resume_keeps_one_row_per_repea
     # turns: each round's blocks run one after the other, rounds in order
     times = sorted((datetime.datetime.fromisoformat(r.timestamp), r.repeat) for r in eager + ts)
     assert [repeat for _, repeat in times] == [0, 0, 1, 1, 2, 2]
-    found = report.speed_ups(eager + ts)[report.identity_of(ts[0])]
+    found = speed_ups(eager + ts)[identity_of(ts[0])]
     assert found.pairs == 3 and found.low is not None and found.low <= found.ratio <= found.high
 
     # repeat 1 of eager is lost (a sweep stopped mid-round): the resume measures repeat 1 for

@@ -1,5 +1,5 @@
-"""Markdown cells and rows shared by the report's tables (runner.report, runner.performance):
-takes numbers and texts, returns table text. No knowledge of rows or runs."""
+"""Markdown cells, rows and phrases shared by the report's tables: takes numbers and texts,
+returns table text. No knowledge of rows or runs."""
 
 from __future__ import annotations
 
@@ -29,3 +29,23 @@ def markdown_header(columns: Sequence[str], text_columns: Iterable[str]) -> list
     text = set(text_columns)
     aligned = ("---" if c in text else "---:" for c in columns)
     return ["| " + " | ".join(columns) + " |", "|" + "|".join(aligned) + "|"]
+
+
+def counted(count: int, noun: str) -> str:
+    """'1 row', '3 rows'."""
+    return f"{count} {noun}" + ("" if count == 1 else "s")
+
+
+def joined(values: Sequence[str]) -> str:
+    return ", ".join(values) if values else DASH
+
+
+def as_code(values: Sequence[str]) -> str:
+    return joined([f"`{value}`" for value in values])
+
+
+def bullet(label: str, values: Sequence[str]) -> str:
+    """One bullet; several values (commands, protocols) become sub-bullets of it."""
+    if len(values) <= 1:
+        return f"- **{label}:** {values[0] if values else DASH}"
+    return "\n".join([f"- **{label}:**", *(f"  - {value}" for value in values)])

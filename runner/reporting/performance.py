@@ -11,26 +11,32 @@ figures.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
-from runner.markdown import DASH, markdown_header, markdown_row, number, ratio_text
 from runner.record import Row, is_measured, passed
-
-REFERENCE_BACKEND = "eager"  # the baseline every speed-up is measured against
+from runner.reporting.identity import (
+    REFERENCE_BACKEND,
+    backend_label,
+    identity_of,
+    is_baseline,
+    table_key,
+)
+from runner.reporting.markdown import DASH, markdown_header, markdown_row, number, ratio_text
+from runner.reporting.repeats import SpeedUp
+from runner.reporting.rows import table_headings
 
 
 @dataclass(frozen=True)
 class Best:
     """The eager row and the fastest parity-passing other row of one table and precision.
-    `paired`: the best row's paired speed-up (runner.report.SpeedUp: ratio, low, high, text())
-    where the caller pairs rows; without it the speed-up is the ratio of the two medians."""
+    `paired`: the best row's paired speed-up where the caller pairs rows; without it the
+    speed-up is the ratio of the two medians."""
 
     eager: Row
     best: Row | None
-    paired: Any = None
+    paired: SpeedUp | None = None
 
     @property
     def speed_up(self) -> float | None:
@@ -53,39 +59,43 @@ class Best:
         return self.eager.latency_ms_median / self.best.gpu_busy_ms
 
 
-def is_baseline(row: Row) -> bool:
-    """A row of the reference backend with its file's options: what speed-ups divide."""
-    return row.backend == REFERENCE_BACKEND and not row.backend_options
-
-
 def over_busy(row: Row) -> float | None:
     """The row's median latency over its own GPU busy time (1.0: the GPU never waits)."""
     return row.latency_ms_median / row.gpu_busy_ms if row.gpu_busy_ms else None
 
 
+Paired = Mapping[tuple, SpeedUp]  # identity_of -> paired speed-up (repeats.speed_ups)
+
+
 def best_by_table(
-    rows: Sequence[Row], key, label, speedup: Callable[[Row], Any] | None = None
+    rows: Sequence[Row], paired: Paired | None = None
 ) -> list[tuple[tuple, str, Best]]:
-    """(table key, precision, Best) for every table and precision that has an eager row, in
-    the order of `rows`. `key(row)` names a row's table; `label(row)` its backend. With
-    `speedup(row)` (a paired speed-up or None), the best row is the one with the highest
-    paired speed-up, and rows without one are not candidates."""
+    """(table_key, precision, Best) for every table and precision that has an eager row, in
+    the order of `rows` (one row per identity: repeats merged). With `paired`, the best row is
+    the one with the highest paired speed-up, and rows without one are not candidates; without
+    it, the fastest."""
     found: dict[tuple, Best] = {}
     for row in rows:
         if is_baseline(row) and is_measured(row):
-            found.setdefault((key(row), row.precision), Best(row, None))
+            found.setdefault((table_key(row), row.precision), Best(row, None))
     for row in rows:
-        place = (key(row), row.precision)
+        place = (table_key(row), row.precision)
         if place not in found or row.backend == REFERENCE_BACKEND or not passed(row):
             continue
         current = found[place]
-        if speedup is not None:
-            paired = speedup(row)
-            if paired is not None and (current.best is None or paired.ratio > current.speed_up):
-                found[place] = Best(current.eager, row, paired)
+        if paired is not None:
+            speed_up = paired.get(identity_of(row))
+            if speed_up is not None and (current.best is None or speed_up.ratio > current.speed_up):
+                found[place] = Best(current.eager, row, speed_up)
         elif current.best is None or row.latency_ms_median < current.best.latency_ms_median:
             found[place] = Best(current.eager, row)
     return [(place[0], place[1], best) for place, best in found.items()]
+
+
+def titles(rows: Sequence[Row]):
+    """row -> the heading of its table in the report (runner.reporting.rows.table_headings)."""
+    headings = table_headings(rows)
+    return lambda row: headings[table_key(row)]
 
 
 def _waits_ms(row: Row) -> float | None:
@@ -118,10 +128,11 @@ backend.optimize() plus the first call at each size. The kernels behind each GPU
 are in the run's `profile.txt`."""
 
 
-def time_table(rows: Sequence[Row], key, title, label, speedup=None) -> str:
+def time_table(rows: Sequence[Row], paired: Paired | None = None) -> str:
     """Markdown: where one call's time goes, eager against the best backend."""
+    title = titles(rows)
     lines = markdown_header(TIME_COLUMNS, TIME_COLUMNS[:3])
-    for _, precision, best in best_by_table(rows, key, label, speedup):
+    for _, precision, best in best_by_table(rows, paired):
         for row, is_best in ((best.eager, False), (best.best, True)):
             if row is None:
                 cells = [title(best.eager), precision, "no other backend passed parity"]
@@ -132,7 +143,7 @@ def time_table(rows: Sequence[Row], key, title, label, speedup=None) -> str:
                     [
                         title(row),
                         precision,
-                        label(row),
+                        backend_label(row),
                         number(row.latency_ms_median, 2),
                         number(row.gpu_busy_ms, 2),
                         number(_waits_ms(row), 2),
@@ -230,16 +241,17 @@ def speed_up_verdict(best: Best, needed: float) -> str:
 TARGET_COLUMNS = ("Target", "Variant", "Precision", "Needed", "Measured", "Verdict")
 
 
-def targets_table(rows: Sequence[Row], targets: Targets, key, title, label, speedup=None) -> str:
+def targets_table(rows: Sequence[Row], targets: Targets, paired: Paired | None = None) -> str:
     """Markdown: each target, what was needed, what was measured, met or missed."""
+    title = titles(rows)
     lines = markdown_header(TARGET_COLUMNS, ("Target", "Variant", "Precision", "Verdict"))
-    bests = best_by_table(rows, key, label, speedup)
+    bests = best_by_table(rows, paired)
     for precision in targets.speed_up:
         for _, row_precision, best in bests:
             needed = targets.needed(precision, best.eager.variant or title(best.eager))
             if row_precision != precision or needed is None:
                 continue
-            by = f" ({label(best.best)})" if best.best is not None else ""
+            by = f" ({backend_label(best.best)})" if best.best is not None else ""
             lines.append(
                 markdown_row(
                     [
@@ -270,7 +282,7 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label, spee
                             variant,
                             row_precision,
                             f"≤ {item['max_ms']:.2f} ms",
-                            f"{fastest.latency_ms_median:.2f} ms ({label(fastest)})",
+                            f"{fastest.latency_ms_median:.2f} ms ({backend_label(fastest)})",
                             _verdict(ok),
                         ]
                     )
@@ -285,7 +297,7 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label, spee
                             variant,
                             row_precision,
                             f"≤ {ratio_text(item['max_over_gpu_busy'])}",
-                            f"{ratio_text(ratio)} ({label(fastest)})",
+                            f"{ratio_text(ratio)} ({backend_label(fastest)})",
                             _verdict(ok),
                         ]
                     )
@@ -302,7 +314,7 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label, spee
                         title(slowest),
                         slowest.precision,
                         f"≤ {targets.optimize_s_max:.0f} s",
-                        f"{slowest.optimize_s:.1f} s ({label(slowest)})",
+                        f"{slowest.optimize_s:.1f} s ({backend_label(slowest)})",
                         _verdict(ok),
                     ]
                 )
@@ -313,22 +325,20 @@ def targets_table(rows: Sequence[Row], targets: Targets, key, title, label, spee
 
 def section(
     rows: Sequence[Row],
-    key,
-    title,
-    label,
     targets: Targets | None = None,
     level: int = 3,
     machine: str = "",
-    speedup: Callable[[Row], Any] | None = None,
+    paired: Paired | None = None,
+    figure: str = "",
 ) -> str:
-    """The performance section: the time table, then the targets table where targets given;
-    headings at `level`, naming `machine` where given (one section per machine). `speedup`:
-    see best_by_table."""
+    """The performance section of one machine's rows (repeats merged): the time table (and
+    `figure`, Markdown of its picture, where given), then the targets table where targets
+    given; headings at `level`, naming `machine` where given (one section per machine).
+    `paired`: see best_by_table."""
     hashes, on = "#" * level, f": {machine}" if machine else ""
-    parts = [f"{hashes} Where the time goes{on}", time_table(rows, key, title, label, speedup)]
+    parts = [f"{hashes} Where the time goes{on}", time_table(rows, paired)]
+    if figure:
+        parts.append(figure)
     if targets is not None:
-        parts += [
-            f"{hashes} Targets{on}",
-            targets_table(rows, targets, key, title, label, speedup),
-        ]
+        parts += [f"{hashes} Targets{on}", targets_table(rows, targets, paired)]
     return "\n\n".join(parts)

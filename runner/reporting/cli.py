@@ -1,0 +1,231 @@
+"""The report's command line (`python -m runner.report`): merges the rows of many runs into one
+results CSV, Markdown tables, a README block and plots.
+
+Takes result.csv files: folders are searched recursively for `result.csv`, and CSV files named on
+the command line are read as they are (a results CSV written by this tool is one). Returns:
+
+- the merged rows, one per repeat (identical copies dropped, each logged), refused when they
+  come from more than one machine unless mixed machines are allowed;
+- the results CSV (`--out`), sorted in the seed's variant order, then precision, then backend;
+- Markdown: a provenance header and one table per variant, with a legend (`tables`);
+- the README block between `<!-- d2bench:results:begin -->` and `<!-- d2bench:results:end -->`;
+- PNG plots: speed-up over eager, and latency against image size for dynamic-shape rows.
+
+    python -m runner.report outputs/ results/old.csv --out results/h200_seed.csv \\
+        --readme README.md --plots results/plots
+
+Compare mode sets two results files (or run folders) side by side, to compare machines:
+
+    python -m runner.report --compare results/h200_seed.csv results/a100_seed.csv \\
+        [--out-md results/h200_vs_a100.md]
+
+Each side is read as above (skips and duplicates reported; one machine per file unless mixed
+machines are allowed), and rows are paired by identity without the machine. Markdown (stdout, or
+`--out-md`): each side's file, machine, software and protocol, then one table per variant with
+both medians, B/A latency, GPU busy and parity of each side, and the rows only in A and only in B.
+The two modes' arguments cannot be mixed.
+
+Files that cannot be read are skipped with their reason and reported; the exit code is 0 then.
+It is 2 for usage errors, refused mixed machines, a README without markers, and no rows at all
+(in compare mode: no rows in either file).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+from runner import record
+from runner.record import Row
+from runner.reporting import performance
+from runner.reporting.compare import compare_side, comparison, pair_rows
+from runner.reporting.markdown import counted
+from runner.reporting.plots import plot
+from runner.reporting.readme import read_readme, relative_link, update_readme
+from runner.reporting.rows import (
+    collect,
+    drop_duplicates,
+    require_one_machine,
+    seed_variant_order,
+    sort_rows,
+    write,
+)
+from runner.reporting.tables import tables
+
+log = logging.getLogger(__name__)
+
+
+def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
+    parser = argparse.ArgumentParser(
+        prog="python -m runner.report",
+        description="Merge result.csv rows into a results CSV, README tables and plots "
+        "(INPUTS... --out FILE), or compare two results files side by side "
+        "(--compare A.csv B.csv [--out-md FILE]).",
+    )
+    parser.add_argument(
+        "inputs",
+        nargs="*",
+        type=Path,
+        help="merge mode: folders (searched for result.csv) or results CSV files",
+    )
+    parser.add_argument(
+        "--out", type=Path, help="merge mode: results CSV to write (without it: print the tables)"
+    )
+    parser.add_argument(
+        "--readme", type=Path, help="merge mode: README whose results block to rewrite"
+    )
+    parser.add_argument(
+        "--plots",
+        type=Path,
+        help="merge mode: folder for speedup.png, where_time_goes.png, latency_vs_size.png",
+    )
+    parser.add_argument(
+        "--targets",
+        type=Path,
+        help="merge mode: YAML of speed-up, latency and optimize-time targets to check "
+        "(results/targets.yaml)",
+    )
+    parser.add_argument(
+        "--compare",
+        nargs=2,
+        type=Path,
+        metavar=("A", "B"),
+        help="compare mode: two results files (or run folders), rows paired by identity "
+        "without the machine; Markdown to stdout, or to --out-md",
+    )
+    parser.add_argument("--out-md", type=Path, help="compare mode: write the Markdown here")
+    parser.add_argument(
+        "--allow-mixed-gpus",
+        action="store_true",
+        help="accept rows from several machines (in compare mode: within one file): "
+        "one section per machine",
+    )
+    args = parser.parse_args(argv)
+    check_mode(parser, args)
+    return args
+
+
+def check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
+    """Refuse (exit 2, with the usage) arguments of the two modes mixed, or a mode incomplete."""
+    if args.compare:
+        merge_only = [
+            label
+            for label, given in (
+                (f"inputs ({' '.join(map(str, args.inputs))})", args.inputs),
+                ("--out", args.out),
+                ("--readme", args.readme),
+                ("--plots", args.plots),
+                ("--targets", args.targets),
+            )
+            if given
+        ]
+        if merge_only:
+            parser.error(
+                f"--compare cannot be mixed with merge mode's {', '.join(merge_only)}: compare "
+                "with --compare A.csv B.csv [--out-md FILE], or merge with INPUTS... --out FILE"
+            )
+        return
+    if args.out_md is not None:
+        parser.error("--out-md belongs to compare mode: --compare A.csv B.csv --out-md FILE")
+    if not args.inputs:
+        parser.error(
+            "the following arguments are required: inputs "
+            "(or --compare A.csv B.csv to compare two results files)"
+        )
+    if args.readme is not None and args.out is None:
+        parser.error("--readme needs --out: the README's tables name the results CSV they show")
+
+
+def summary(
+    rows: Sequence[Row], dropped: Sequence[Row], skipped: Sequence[tuple[str, str]], out: Path
+) -> str:
+    """One line: rows merged, duplicates dropped, files skipped by reason (paths logged above)."""
+    text = (
+        f"merged {counted(len(rows), 'row')} into {out}; "
+        f"dropped {len(dropped)} identical cop{'y' if len(dropped) == 1 else 'ies'}; "
+        f"skipped {counted(len(skipped), 'file')}"
+    )
+    reasons = collections.Counter(reason for _, reason in skipped)
+    if not reasons:
+        return text
+    return (
+        text + " — " + "; ".join(f"{counted(n, 'file')}: {reason}" for reason, n in reasons.items())
+    )
+
+
+def report(args: argparse.Namespace, command: str) -> int:
+    """Collect, merge, check, then write the CSV, plots and README (or print the tables)."""
+    missing = [str(path) for path in args.inputs if not path.exists()]
+    if missing:
+        log.error("no such input: %s", ", ".join(missing))
+        return 2
+    found, skipped = collect(args.inputs)
+    rows, dropped = drop_duplicates(found)
+    if not rows:
+        log.error("no rows to report (%d files skipped)", len(skipped))
+        return 2
+    try:
+        require_one_machine(rows, args.allow_mixed_gpus)
+        seed_variant_order()  # the tables' order: refused here, before anything is written
+        readme_text = read_readme(args.readme) if args.readme else None
+        targets = performance.load_targets(args.targets) if args.targets else None
+    except ValueError as error:
+        log.error("%s", error)
+        return 2
+    rows = write(rows, args.out) if args.out else sort_rows(rows)  # no --out: print only
+    plots = plot(rows, args.plots, targets) if args.plots else {}
+    links = {name: relative_link(path, args.readme) for name, path in plots.items()}
+    links = links if args.readme else {}
+    csv_link = relative_link(args.out, args.readme) if args.out else ""
+    block = tables(rows, csv_link, links, targets)
+    if readme_text is None:
+        sys.stdout.write(block)
+    else:
+        record.write_atomic(args.readme, update_readme(readme_text, block, command))
+    log.info("%s", summary(rows, dropped, skipped, args.out or "the tables above"))
+    return 0
+
+
+def compare(args: argparse.Namespace) -> int:
+    """Read both files, then print the comparison or write it to --out-md."""
+    sides: list[list[Row]] = []
+    failed = False
+    for path in args.compare:
+        try:
+            sides.append(compare_side(path, args.allow_mixed_gpus))
+        except ValueError as error:
+            log.error("%s", error)
+            failed = True
+    if failed:
+        return 2
+    a_path, b_path = args.compare
+    text = comparison(sides[0], sides[1], str(a_path), str(b_path))
+    if args.out_md is None:
+        sys.stdout.write(text)
+    else:
+        record.write_atomic(args.out_md, text)
+    pairs, only_a, only_b = pair_rows(*sides)
+    log.info(
+        "compared %s with %s: %s, %d only in A, %d only in B%s",
+        a_path,
+        b_path,
+        counted(len(pairs), "pair"),
+        len(only_a),
+        len(only_b),
+        f"; wrote {args.out_md}" if args.out_md else "",
+    )
+    return 0
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    argv = list(sys.argv[1:] if argv is None else argv)
+    logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
+    args = parse_arguments(argv)
+    if args.compare:
+        return compare(args)
+    return report(args, shlex.join(["python", "-m", "runner.report", *argv]))

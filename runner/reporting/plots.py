@@ -1,0 +1,59 @@
+"""Plots: takes the rows of one results file (and the targets), writes the report's PNG figures
+into a folder and returns what it wrote, by name, for the README to embed each figure next to
+the table it summarises:
+
+    speedup          speed-up over eager per variant   (runner.reporting.speedup_plot)
+    where_time_goes  median latency against GPU busy   (runner.reporting.time_plot)
+    latency_vs_size  latency against input size        (runner.reporting.size_plot)
+
+A figure with nothing to draw (no other backend than eager, no GPU busy times, no dynamic
+shapes) is not written, and an old file of that name is left as it is.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from pathlib import Path
+
+from runner.record import Row
+from runner.reporting.performance import Targets
+from runner.reporting.size_plot import draw_sizes
+from runner.reporting.speedup_plot import draw_speedup
+from runner.reporting.style import Drawing, save_figure
+from runner.reporting.time_plot import draw_time
+
+log = logging.getLogger(__name__)
+
+# name -> what the README's image says it shows (its alt text)
+FIGURES = {
+    "speedup": "Speed-up over eager per variant, fp32 and fp16, with 95% intervals",
+    "where_time_goes": "Median latency against GPU busy time per variant and backend",
+    "latency_vs_size": "Median latency against input size, shapes=dynamic",
+}
+
+
+def drawings(rows: Sequence[Row], targets: Targets | None = None) -> dict[str, Drawing]:
+    """Each figure that has something to draw, by name, in FIGURES order."""
+    drawn = {
+        "speedup": draw_speedup(rows, targets),
+        "where_time_goes": draw_time(rows),
+        "latency_vs_size": draw_sizes(rows),
+    }
+    for name, drawing in drawn.items():
+        if drawing is None:
+            log.info("nothing to draw for %s.png; not written", name)
+    return {name: drawing for name, drawing in drawn.items() if drawing is not None}
+
+
+def plot(
+    rows: Sequence[Row], folder: str | Path, targets: Targets | None = None
+) -> dict[str, Path]:
+    """Write <name>.png in `folder` for each figure with something to draw. Returns name ->
+    path written."""
+    written = {}
+    for name, drawing in drawings(rows, targets).items():
+        path = Path(folder) / f"{name}.png"
+        save_figure(drawing.figure, path)
+        written[name] = path
+    return written

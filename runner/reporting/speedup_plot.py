@@ -1,0 +1,198 @@
+"""The speed-up figure: takes the rows of one results file (one per repeat) and the targets,
+returns a Drawing: one small panel per variant (per table where a variant has several) in a
+grid, all on one speed-up axis; in each, a bar per backend and precision (fp32 and fp16 side by
+side) at its paired speed-up over eager with the 95% bootstrap interval as error bar, a line at
+1x and one at each precision's target. A slot without a bar says why: parity failed,
+unsupported, error, or no eager row of its session to pair with.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+from runner import record
+from runner.record import Row
+from runner.reporting.identity import backend_label, identity_of, is_baseline, table_key
+from runner.reporting.performance import Targets
+from runner.reporting.repeats import merged_rows, speed_ups
+from runner.reporting.rows import PRECISION_ORDER, panel_titles, rank
+from runner.reporting.style import (
+    LEFT_OUT_COLOUR,
+    PARITY_COLOUR,
+    PRECISION_HATCH,
+    TARGET_LINE,
+    Drawing,
+    Mark,
+    backend_colours,
+    font,
+    legend_name,
+    new_figure,
+    short_labels,
+)
+
+COLUMNS = 4  # panels per row of the grid
+TITLE = "Speed-up over eager at the same precision"
+
+
+def why_left_out(row: Row) -> str:
+    """Why a row that has no speed-up gets no bar."""
+    if not record.is_measured(row):
+        return row.status  # unsupported | error
+    if not record.passed(row):
+        f1 = f" (F1 {row.parity_match_f1:.2f})" if row.parity_match_f1 is not None else ""
+        return f"parity FAIL{f1}"
+    return "no eager row in its session"
+
+
+def draw_speedup(rows: Sequence[Row], targets: Targets | None = None) -> Drawing | None:
+    """The figure, or None where no row of another backend than eager exists."""
+    merged = [row for row in merged_rows(rows) if not is_baseline(row)]
+    if not merged:
+        return None
+    titles = panel_titles(rows)
+    panels: dict[str, list[Row]] = {}
+    for row in merged:
+        panels.setdefault(titles[table_key(row)], []).append(row)
+    precisions = sorted({r.precision for r in merged}, key=lambda p: rank(p, PRECISION_ORDER))
+    labels = list(dict.fromkeys(backend_label(row) for row in merged))
+    colours = backend_colours(labels)
+    shorts, notes = short_labels(labels)
+    grid = math.ceil(len(panels) / COLUMNS)  # panels keep their width however many there are
+    with font():
+        figure = new_figure(height=2.3 * grid + 1.1)
+        axes_grid = figure.subplots(grid, COLUMNS, sharey=True, squeeze=False)
+        drawing = Drawing("speedup", figure, notes=notes)
+        found = speed_ups(rows)
+        top = 1.0
+        for axes, (title, panel) in zip(axes_grid.flat, panels.items(), strict=False):
+            panel_labels = list(dict.fromkeys(backend_label(row) for row in panel))
+            by_slot = {(backend_label(r), r.precision): r for r in panel}
+            width = 0.8 / len(precisions)
+            for i, label in enumerate(panel_labels):
+                for j, precision in enumerate(precisions):
+                    row = by_slot.get((label, precision))
+                    if row is None:
+                        continue
+                    x = i + (j - (len(precisions) - 1) / 2) * width
+                    paired = found.get(identity_of(row))
+                    if paired is None:
+                        reason = why_left_out(row)
+                        drawing.marks.append(Mark(title, label, precision, x=x, left_out=reason))
+                        mark_left_out(axes, x, reason)
+                        continue
+                    bar = Mark(title, label, precision, x, paired.ratio, paired.low, paired.high)
+                    drawing.marks.append(bar)
+                    top = max(top, draw_bar(axes, bar, width, colours, len(panel_labels) <= 3))
+            variant = panel[0].variant or panel[0].model
+            needed = {p: targets.needed(p, variant) if targets else None for p in precisions}
+            top = max([top, *(n for n in needed.values() if n is not None)])
+            drawing.lines += reference_lines(axes, title, needed)
+            axes.set_title(title, fontsize=9)
+            axes.set_xticks(range(len(panel_labels)), [shorts[lb] for lb in panel_labels])
+            axes.set_xlim(-0.6, len(panel_labels) - 0.4)
+            axes.grid(axis="y", linewidth=0.4, alpha=0.5)
+            axes.set_axisbelow(True)
+        for axes in axes_grid.flat[len(panels) :]:
+            axes.set_visible(False)
+        axes_grid[0][0].set_ylim(0, top * 1.15)
+        for axes in axes_grid[:, 0]:
+            axes.set_ylabel("speed-up (x)")
+        legend(figure, axes_grid, labels, colours, shorts, precisions, bool(targets))
+        figure.suptitle(
+            f"{TITLE}: paired repeats' median ratio, 95% interval; "
+            "bars only for answers that pass parity",
+            fontsize=10,
+        )
+        if notes:
+            figure.supxlabel("; ".join(notes), fontsize=7.5)
+    return drawing
+
+
+def draw_bar(axes, bar: Mark, width: float, colours: dict[str, str], annotate: bool) -> float:
+    """One bar with its interval as error bar (where it has one), its value above where
+    `annotate`. Returns its top."""
+    error = None if bar.low is None else [[bar.y - bar.low], [bar.high - bar.y]]
+    axes.bar(
+        bar.x,
+        bar.y,
+        width * 0.92,
+        yerr=error,
+        capsize=2,
+        color=colours[bar.backend],
+        hatch=PRECISION_HATCH.get(bar.precision, ""),
+        edgecolor="white",
+        linewidth=0,
+        error_kw={"elinewidth": 1, "ecolor": "black"},
+    )
+    peak = bar.y if bar.high is None else bar.high
+    if annotate:
+        axes.annotate(
+            f"{bar.y:.1f}x",
+            (bar.x, peak),
+            xytext=(0, 2),
+            textcoords="offset points",
+            ha="center",
+            va="bottom",
+            fontsize=7,
+        )
+    return peak
+
+
+def mark_left_out(axes, x: float, reason: str) -> None:
+    """The mark in a slot without a bar, saying why."""
+    if reason.startswith("parity"):
+        text, colour = "✗ parity", PARITY_COLOUR
+    else:
+        text, colour = ("no pair" if reason.startswith("no eager") else reason), LEFT_OUT_COLOUR
+    axes.text(
+        x,
+        0.03,
+        text,
+        transform=axes.get_xaxis_transform(),
+        ha="center",
+        va="bottom",
+        fontsize=6.5,
+        color=colour,
+        rotation=90,
+    )
+
+
+def reference_lines(axes, title: str, needed: dict[str, float | None]) -> list:
+    """The line at 1x and one at each precision's target. Returns them as (panel, what, y)."""
+    axes.axhline(1.0, color="black", linewidth=0.8)
+    lines = [(title, "eager 1x", 1.0)]
+    for precision, value in needed.items():
+        if value is not None:
+            axes.axhline(
+                value, color="black", linewidth=1, linestyle=TARGET_LINE.get(precision, ":")
+            )
+            lines.append((title, f"target {precision}", value))
+    return lines
+
+
+def legend(figure, axes_grid, labels, colours, shorts, precisions, with_targets: bool) -> None:
+    """One legend for the figure: backend colours, precision hatches, the lines."""
+    from matplotlib.lines import Line2D
+    from matplotlib.patches import Patch
+
+    handles = [
+        Patch(color=colours[label], label=legend_name(label, shorts[label])) for label in labels
+    ]
+    handles += [
+        Patch(facecolor="white", edgecolor="grey", hatch=PRECISION_HATCH.get(p, ""), label=p)
+        for p in precisions
+    ]
+    handles.append(Line2D([], [], color="black", linewidth=0.8, label="eager (1x)"))
+    if with_targets:
+        handles += [
+            Line2D([], [], color="black", linestyle=TARGET_LINE.get(p, ":"), label=f"target {p}")
+            for p in precisions
+        ]
+    spare = [axes for axes in axes_grid.flat if not axes.get_visible()]
+    if spare:
+        spare[-1].set_visible(True)
+        spare[-1].axis("off")
+        spare[-1].legend(handles=handles, loc="center", frameon=False)
+    else:
+        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
