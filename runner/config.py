@@ -54,13 +54,19 @@ class PrecisionConfig:
     name: str
     dtype: str = "float32"
     autocast: bool = False
-    # parity tolerances against eager fp32 on the same input
+    # parity tolerances against the reference: eager fp32, TF32 off, on the same input
     min_match: float = 0.99  # F1 of detections matched by class and IoU
     min_box_iou: float = 0.99  # mean IoU of matched boxes
     max_score_diff: float = 1e-3  # largest score difference of a matched pair
     min_mask_iou: float = 0.99  # mean IoU of matched masks, binarised at 0.5
-    # reduced precisions: a bound is loosened to eager-at-this-precision's figure minus this
+    # largest distance of a matched pair's keypoints, over sqrt(reference box area)
+    max_keypoint_dist: float = 0.05
+    # a bound is loosened to the floor's figure (eager at this precision against the strict
+    # reference) minus this, where the floor is further off than the bound allows
     floor_margin: float = 0.1
+    # true: TF32 off (matmuls and convolutions) for the whole run, backend and eager alike;
+    # false: PyTorch's flags as they are (TF32 convolutions on CUDA by default)
+    strict: bool = False
 
 
 @dataclass

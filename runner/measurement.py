@@ -2,9 +2,11 @@
 then answers the parent's requests (runner.workers) with Row fields and latency samples.
 
     prepare()         models.build -> inputs.make -> export.wrap -> calibrate (random weights)
-                      -> eager fp32 reference (+ floor at reduced precision) -> optimize and
-                      first call at each size -> bench.warmup calls -> parity on the timed
-                      executable. Returns Row fields (status ok | parity_fail | unsupported).
+                      -> reference: eager fp32, TF32 off (+ the floor: runner.fidelity)
+                      -> optimize and first call at each size -> bench.warmup calls -> parity
+                      on the timed executable. Returns Row fields (status ok | parity_fail |
+                      unsupported). Every call and the optimize step run at the precision
+                      (runner.precision.at_precision: autocast, strict fp32 where asked).
     time_block(r)     gc as bench.gc says, then at each size bench.rewarm untimed and
                       bench.iters timed calls; returns {"samples": {shape: [ms, ...]}, ...}.
     finish()          the profiler pass (GPU: busy time and kernels of one call, profile.txt)
@@ -23,6 +25,9 @@ from pathlib import Path
 
 from runner import record
 from runner.config import Config
+from runner.fidelity import eager_detections
+
+__all__ = ["Measurement", "eager_detections", "prepare_model"]
 
 log = logging.getLogger("runner.bench")
 
@@ -65,17 +70,6 @@ def prepare_model(cfg: Config, device):
     return exported, images, weights
 
 
-def eager_detections(exported, images, batch: int) -> dict:
-    """Detections of the eager module at every input size (under the caller's autocast)."""
-    import torch
-
-    with torch.no_grad():
-        return {
-            shape: exported.decode(exported.module(*images.images[shape]), batch)
-            for shape in images.shapes
-        }
-
-
 class Measurement:
     """One configuration, built once in this process; see the module docstring."""
 
@@ -98,9 +92,9 @@ class Measurement:
     def _call(self, batch):
         import torch
 
-        from runner.precision import autocast
+        from runner.precision import at_precision
 
-        with torch.no_grad(), autocast(self.cfg.precision, self.device):
+        with torch.no_grad(), at_precision(self.cfg.precision, self.device):
             return self.fn(*batch)
 
     def _stage(self, name: str, started: float) -> float:
@@ -113,8 +107,8 @@ class Measurement:
     def prepare(self) -> dict:
         import torch
 
-        from runner import backends, parity, timing
-        from runner.precision import autocast
+        from runner import backends, fidelity, parity, timing
+        from runner.precision import strict_if_asked
 
         cfg = self.cfg
         if self.log_to_folder:
@@ -136,20 +130,12 @@ class Measurement:
             exported, images, fields["weights"] = prepare_model(cfg, device)
             self.exported, self.images = exported, images
             clock = self._stage("build", clock)
-            reference = eager_detections(exported, images, cfg.batch)
-            floor = None
-            if cfg.precision.autocast:
-                with autocast(cfg.precision, device):
-                    at_precision = eager_detections(exported, images, cfg.batch)
-                floor = parity.worst(
-                    [
-                        parity.compare(reference[shape], at_precision[shape], cfg.bench.match_iou)
-                        for shape in images.shapes
-                    ]
-                )
-                log.info("floor (eager %s vs eager fp32): %s", cfg.precision.name, asdict(floor))
+            reference, floor = fidelity.reference_and_floor(
+                exported, images, cfg.batch, cfg.precision, device, cfg.bench.match_iou
+            )
             log.info(
-                "reference (eager fp32): %s detections at %s",
+                "reference (%s): %s detections at %s",
+                fidelity.REFERENCE,
                 sum(len(d) for d in reference["opt"]),
                 images.hw("opt"),
             )
@@ -159,7 +145,8 @@ class Measurement:
             self._synchronize()
             started = time.perf_counter()
             options = backends.validate_options(cfg.backend.name, cfg.backend.options)
-            self.fn = optimize(exported, images, cfg.precision, options)
+            with strict_if_asked(cfg.precision):
+                self.fn = optimize(exported, images, cfg.precision, options)
             for batch in images.images.values():  # lazy compilers compile on the first call
                 self._call(batch)
             self._synchronize()
@@ -184,23 +171,7 @@ class Measurement:
                 fields["num_detections"] = sum(len(d) for d in output)
         worst = parity.worst(figures)
         broken = parity.verdict(worst, cfg.precision, floor)
-        if floor is not None:
-            fields.update(
-                {
-                    f"parity_floor_{k}": getattr(floor, k)
-                    for k in ("match_f1", "box_iou", "score_max_diff", "mask_iou")
-                }
-            )
-        fields.update(
-            parity_pass=not broken,
-            parity_match_f1=worst.match_f1,
-            parity_box_iou=worst.box_iou,
-            parity_score_max_diff=worst.score_max_diff,
-            parity_mask_iou=worst.mask_iou,
-            num_detections_ref=worst.num_reference,
-            status="ok" if not broken else "parity_fail",
-            error="" if not broken else "parity: " + "; ".join(broken),
-        )
+        fields.update(fidelity.parity_fields(worst, floor, broken))
         if "min" in images.images:
             fields["image_hw_min"], fields["image_hw_max"] = images.hw("min"), images.hw("max")
         log.info("parity: %s", asdict(worst))

@@ -1,22 +1,40 @@
-"""Parity: takes reference detections (eager fp32) and a backend's detections on the same input,
-returns agreement figures and a pass/fail against the precision's tolerances.
+"""Parity: takes reference detections (eager fp32, TF32 off) and a backend's detections on the
+same input, returns agreement figures and a pass/fail against the precision's tolerances.
 
 Detections are matched per image, greedily in descending reference score: a reference detection
 matches the unmatched output detection of the same class with the highest IoU, if that IoU is at
 least `match_iou`. Figures:
-  match_f1        2 * matched / (reference count + output count); 1.0 when both are empty
-  box_iou         mean IoU of matched boxes
-  score_max_diff  largest |score difference| of a matched pair
-  mask_iou        mean IoU of matched masks binarised at 0.5 (None for detectors without masks)
+  match_f1           2 * matched / (reference count + output count); 1.0 when both are empty
+  box_iou            mean IoU of matched boxes
+  score_max_diff     largest |score difference| of a matched pair
+  mask_iou           mean IoU of matched masks binarised at 0.5 (None for detectors without masks)
+  keypoint_max_dist  largest distance between a matched pair's keypoints (same index, x and y),
+                     divided by sqrt(area) of the reference box, the box's size: 0.05 means off
+                     by 5 % of the box's size (None for detectors without keypoints)
+  unchecked          fields no figure compares (Detections.extra: keypoint heatmaps and
+                     per-keypoint scores, anything else a model returns), and a field only one
+                     side has: named in the row, never dropped in silence
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 import torch
 
 from runner.config import PrecisionConfig
+
+HIGHER_IS_BETTER = ("match_f1", "box_iou", "mask_iou")
+LOWER_IS_BETTER = ("score_max_diff", "keypoint_max_dist")
+FIGURES = ("match_f1", "box_iou", "score_max_diff", "mask_iou", "keypoint_max_dist")
+# the PrecisionConfig tolerance that bounds each figure
+TOLERANCES = {
+    "match_f1": "min_match",
+    "box_iou": "min_box_iou",
+    "score_max_diff": "max_score_diff",
+    "mask_iou": "min_mask_iou",
+    "keypoint_max_dist": "max_keypoint_dist",
+}
 
 
 @dataclass
@@ -25,6 +43,10 @@ class Detections:
     scores: torch.Tensor  # (N,)
     classes: torch.Tensor  # (N,) int64
     masks: torch.Tensor | None = None  # (N, [1,] h, w) probabilities or booleans
+    keypoints: torch.Tensor | None = None  # (N, K, 2) x, y
+    # every other per-detection output, by name (runner.export names them): no figure compares
+    # these, so they are listed as unchecked
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
 
     def __len__(self) -> int:
         return int(self.scores.numel())
@@ -38,6 +60,8 @@ class Figures:
     mask_iou: float | None
     num_reference: int
     num_output: int
+    keypoint_max_dist: float | None = None
+    unchecked: tuple[str, ...] = ()
 
 
 def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
@@ -73,11 +97,52 @@ def match(ref: Detections, out: Detections, match_iou: float) -> list[tuple[int,
     return pairs
 
 
+def _mask_ious(ref: Detections, out: Detections, pairs) -> list[float]:
+    if not pairs:
+        return []
+    a = _binary(ref.masks[[r for r, _, _ in pairs]])
+    b = _binary(out.masks[[o for _, o, _ in pairs]])
+    inter = (a & b).sum(dim=1).double()
+    union = (a | b).sum(dim=1).double()
+    return torch.where(union > 0, inter / union.clamp(min=1), 1.0).tolist()
+
+
+def _keypoint_dists(ref: Detections, out: Detections, pairs) -> list[float]:
+    """Per matched pair: the largest keypoint distance over sqrt(reference box area)."""
+    if not pairs:
+        return []
+    r = [i for i, _, _ in pairs]
+    a = ref.keypoints[r][..., :2]
+    b = out.keypoints[[o for _, o, _ in pairs]][..., :2]
+    boxes = ref.boxes[r]
+    area = (boxes[:, 2] - boxes[:, 0]).clamp(min=0) * (boxes[:, 3] - boxes[:, 1]).clamp(min=0)
+    size = area.sqrt().clamp(min=1.0)  # a degenerate box counts as 1 pixel
+    return ((a - b).norm(dim=-1).amax(dim=-1) / size).tolist()
+
+
+def unchecked_fields(ref: Detections, out: Detections) -> set[str]:
+    """Fields no figure compares: every extra field, and masks or keypoints only one side has."""
+    names = set(ref.extra) | set(out.extra)
+    for name in ("masks", "keypoints"):
+        mine, theirs = getattr(ref, name), getattr(out, name)
+        if (mine is None) != (theirs is None):
+            names.add(f"{name} (only the {'reference' if theirs is None else 'output'} has it)")
+    return names
+
+
+def _mean(values: list[float], present: bool, total: int) -> float | None:
+    """Mean of matched-pair values; None for an absent field; 1.0 / 0.0 without pairs."""
+    if not present:
+        return None
+    return (sum(values) / len(values)) if values else (1.0 if total == 0 else 0.0)
+
+
 def compare(reference: list[Detections], output: list[Detections], match_iou: float) -> Figures:
     if len(reference) != len(output):
         raise ValueError(f"{len(reference)} reference images but {len(output)} output images")
-    matched, ious, score_diffs, mask_ious = 0, [], [], []
-    has_masks = False
+    matched, ious, score_diffs, mask_ious, keypoint_dists = 0, [], [], [], []
+    has_masks = has_keypoints = False
+    unchecked: set[str] = set()
     for ref, out in zip(reference, output, strict=True):
         pairs = match(ref, out, match_iou)
         matched += len(pairs)
@@ -86,75 +151,78 @@ def compare(reference: list[Detections], output: list[Detections], match_iou: fl
             score_diffs.append(abs(float(ref.scores[r]) - float(out.scores[o])))
         if ref.masks is not None and out.masks is not None:
             has_masks = True
-            if pairs:
-                a = _binary(ref.masks[[r for r, _, _ in pairs]])
-                b = _binary(out.masks[[o for _, o, _ in pairs]])
-                inter = (a & b).sum(dim=1).double()
-                union = (a | b).sum(dim=1).double()
-                mask_ious += torch.where(union > 0, inter / union.clamp(min=1), 1.0).tolist()
+            mask_ious += _mask_ious(ref, out, pairs)
+        if ref.keypoints is not None and out.keypoints is not None:
+            has_keypoints = True
+            keypoint_dists += _keypoint_dists(ref, out, pairs)
+        unchecked |= unchecked_fields(ref, out)
     n_ref = sum(len(d) for d in reference)
     n_out = sum(len(d) for d in output)
     total = n_ref + n_out
     return Figures(
         match_f1=1.0 if total == 0 else 2.0 * matched / total,
-        box_iou=(sum(ious) / len(ious)) if ious else (1.0 if total == 0 else 0.0),
+        box_iou=_mean(ious, True, total),
         score_max_diff=max(score_diffs, default=0.0),
-        mask_iou=None
-        if not has_masks
-        else ((sum(mask_ious) / len(mask_ious)) if mask_ious else (1.0 if total == 0 else 0.0)),
+        mask_iou=_mean(mask_ious, has_masks, total),
         num_reference=n_ref,
         num_output=n_out,
+        keypoint_max_dist=max(keypoint_dists, default=0.0) if has_keypoints else None,
+        unchecked=tuple(sorted(unchecked)),
     )
 
 
 def limits(tolerances: PrecisionConfig, floor: Figures | None) -> dict[str, float]:
     """The bound each figure must meet: the precision's tolerance, loosened to the floor (eager
-    PyTorch at the same reduced precision, against the same fp32 reference) minus floor_margin
+    PyTorch at the run's precision, against the same strict fp32 reference) minus floor_margin
     where the precision alone already moves the answers further than the tolerance allows. A
     backend is not blamed for what the precision does; it fails when it adds error of its own."""
-    bounds = {
-        "match_f1": tolerances.min_match,
-        "box_iou": tolerances.min_box_iou,
-        "score_max_diff": tolerances.max_score_diff,
-        "mask_iou": tolerances.min_mask_iou,
-    }
+    bounds = {name: getattr(tolerances, tolerance) for name, tolerance in TOLERANCES.items()}
     if floor is None:
         return bounds
     margin = tolerances.floor_margin
-    for name in ("match_f1", "box_iou", "mask_iou"):  # higher is better
+    for name in HIGHER_IS_BETTER:
         value = getattr(floor, name)
         if value is not None and value < bounds[name]:
             bounds[name] = value - margin
-    if floor.score_max_diff > bounds["score_max_diff"]:  # lower is better
-        bounds["score_max_diff"] = floor.score_max_diff + margin
+    for name in LOWER_IS_BETTER:
+        value = getattr(floor, name)
+        if value is not None and value > bounds[name]:
+            bounds[name] = value + margin
     return bounds
 
 
 def verdict(
     figures: Figures, tolerances: PrecisionConfig, floor: Figures | None = None
 ) -> list[str]:
-    """The bounds a result breaks, as readable sentences; empty when parity passes."""
+    """The bounds a result breaks, as readable sentences; empty when parity passes. Unchecked
+    fields break no bound: the row names them (parity_unchecked)."""
     bound = limits(tolerances, floor)
     broken = []
-    for name in ("match_f1", "box_iou", "mask_iou"):
+    for name in HIGHER_IS_BETTER:
         value = getattr(figures, name)
         if value is not None and value < bound[name]:
             broken.append(f"{name} {value:.4f} < {bound[name]:.4f}")
-    if figures.score_max_diff > bound["score_max_diff"]:
-        broken.append(
-            f"score_max_diff {figures.score_max_diff:.4g} > {bound['score_max_diff']:.4g}"
-        )
+    for name in LOWER_IS_BETTER:
+        value = getattr(figures, name)
+        if value is not None and value > bound[name]:
+            broken.append(f"{name} {value:.4g} > {bound[name]:.4g}")
     return broken
 
 
 def worst(figures: list[Figures]) -> Figures:
     """The least favourable of several figures (one per input shape), field by field."""
-    masks = [f.mask_iou for f in figures if f.mask_iou is not None]
+
+    def least(name: str, pick):
+        values = [getattr(f, name) for f in figures if getattr(f, name) is not None]
+        return pick(values) if values else None
+
     return Figures(
-        match_f1=min(f.match_f1 for f in figures),
-        box_iou=min(f.box_iou for f in figures),
-        score_max_diff=max(f.score_max_diff for f in figures),
-        mask_iou=min(masks) if masks else None,
+        match_f1=least("match_f1", min),
+        box_iou=least("box_iou", min),
+        score_max_diff=least("score_max_diff", max),
+        mask_iou=least("mask_iou", min),
         num_reference=figures[0].num_reference,
         num_output=figures[0].num_output,
+        keypoint_max_dist=least("keypoint_max_dist", max),
+        unchecked=tuple(sorted({name for f in figures for name in f.unchecked})),
     )

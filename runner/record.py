@@ -69,17 +69,23 @@ class Row:
     # what the backend reports about its own work ("key=value; ..."): for static_graph the graphs
     # kept and their memory, and calls that fell back to eager to stay exact
     backend_notes: str = ""
-    # parity against eager fp32 on the same input (worst over the sizes)
+    # parity against the reference on the same input (worst over the sizes); runner.parity
+    # says what each figure is
     parity_pass: bool | None = None
     parity_match_f1: float | None = None
     parity_box_iou: float | None = None
     parity_score_max_diff: float | None = None
     parity_mask_iou: float | None = None
-    # the floor: eager PyTorch at this (reduced) precision against the same fp32 reference
+    parity_keypoint_max_dist: float | None = None  # over sqrt(reference box area)
+    parity_unchecked: str = ""  # output fields no figure compares, "a, b" ("": none)
+    parity_reference: str = ""  # what answers were compared with ("": before TF32-off references)
+    # the floor: eager PyTorch at this precision (autocast; fp32 with PyTorch's default TF32
+    # flags on CUDA) against the same reference; empty where it would be the reference itself
     parity_floor_match_f1: float | None = None
     parity_floor_box_iou: float | None = None
     parity_floor_score_max_diff: float | None = None
     parity_floor_mask_iou: float | None = None
+    parity_floor_keypoint_max_dist: float | None = None
     num_detections: int | None = None  # produced by the timed model at the opt size, all images
     num_detections_ref: int | None = None
     weights: str = ""
@@ -140,6 +146,10 @@ ADDED_COLUMNS = (
     "repeats",
     "repeat",
     "session",
+    "parity_keypoint_max_dist",
+    "parity_unchecked",
+    "parity_reference",
+    "parity_floor_keypoint_max_dist",
 )
 _TYPES = {f.name: f.type for f in fields(Row)}
 

@@ -14,7 +14,7 @@ from torch import nn
 from runner import backends
 from runner.backends import Unsupported, check_options
 from runner.config import PrecisionConfig
-from runner.export import Exported
+from runner.export import Exported, Layout
 from runner.inputs import InputSet
 from tests.helpers import option_files
 
@@ -163,6 +163,7 @@ def tiny():
         method="trace",
         example=example,
         make_torchscript=lambda: torch.jit.trace(model, example, check_trace=False),
+        layout=Layout("torchvision", ("boxes", "scores", "labels")),
     )
     return exported, InputSet({"opt": example})
 

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from runner import inputs
-from runner.export import Exported
+from runner.export import Exported, Layout
 from runner.precision import autocast
 
 
@@ -80,10 +80,15 @@ def test_min_size_is_at_least_32(make_config):
     assert inputs.target_sizes(cfg)["min"] == (32, 32)
 
 
-def _exported() -> Exported:
+def _exported(*names: str, family: str = "torchvision") -> Exported:
     module = torch.nn.Identity()
     return Exported(
-        module=module, model=module, method="trace", example=(), make_torchscript=lambda: None
+        module=module,
+        model=module,
+        method="trace",
+        example=(),
+        make_torchscript=lambda: None,
+        layout=Layout(family, names or ("boxes", "scores", "labels")),
     )
 
 
@@ -95,17 +100,55 @@ def test_decode_splits_flat_outputs_per_image():
     two = _exported().decode((boxes, scores, classes, boxes[:1], scores[:1], classes[:1]), 2)
     assert [len(d) for d in two] == [2, 1]
     assert two[0].classes.dtype == torch.int64 and two[0].scores.dtype == torch.float32
-    assert two[0].masks is None
-    with_masks = _exported().decode((boxes, scores, classes, masks), 1)
+    assert two[0].masks is None and two[0].keypoints is None and two[0].extra == {}
+    with_masks = _exported("boxes", "scores", "labels", "masks").decode(
+        (boxes, scores, classes, masks), 1
+    )
     assert with_masks[0].masks is not None and with_masks[0].masks.shape == (2, 1, 4, 4)
 
 
-def test_decode_rejects_outputs_that_do_not_split():
+def test_decode_passes_every_field_through():
+    boxes, scores, classes = torch.zeros(2, 4), torch.ones(2), torch.ones(2)
+    keypoints = torch.rand(2, 17, 3)
+    heatmaps = torch.rand(2, 17, 56, 56)
+    names = ("pred_boxes", "scores", "pred_classes", "pred_keypoint_heatmaps", "pred_keypoints")
+    (d2,) = _exported(*names, family="detectron2").decode(
+        (boxes, scores, classes, heatmaps, keypoints), 1
+    )
+    assert torch.equal(d2.keypoints, keypoints[..., :2])
+    assert set(d2.extra) == {"keypoint_heatmaps", "keypoint_scores"}
+    assert torch.equal(d2.extra["keypoint_scores"], keypoints[..., 2])  # detectron2's 3rd column
+    names = ("boxes", "scores", "labels", "keypoints", "keypoints_scores", "something_new")
+    (tv,) = _exported(*names).decode(
+        (boxes, scores, classes, keypoints, keypoints[..., 2], torch.zeros(2)), 1
+    )
+    assert tv.keypoints.shape == (2, 17, 2)
+    assert set(tv.extra) == {"keypoint_scores", "something_new"}
+
+
+def test_layout_orders_the_leading_fields_first_and_the_rest_by_name():
+    layout = Layout("detectron2")
+    names = layout.ordered(
+        {"pred_masks": 0, "pred_classes": 0, "scores": 0, "pred_boxes": 0, "pred_keypoints": 0}
+    )
+    assert names == ["pred_boxes", "scores", "pred_classes", "pred_keypoints", "pred_masks"]
+    with pytest.raises(ValueError, match="no \\['classes'\\]"):
+        layout.ordered({"pred_boxes": 0, "scores": 0})
+    layout.record(names)
+    with pytest.raises(ValueError, match="changed"):
+        layout.record(names[:3])
+
+
+def test_decode_rejects_outputs_that_do_not_split_or_an_unknown_layout():
     t = torch.zeros(1)
     with pytest.raises(ValueError):
         _exported().decode((t, t, t), 2)
     with pytest.raises(ValueError):
         _exported().decode((t, t, t, t, t), 1)
+    unknown = _exported()
+    unknown.layout.names = ()
+    with pytest.raises(ValueError, match="layout is unknown"):
+        unknown.decode((t, t, t), 1)
 
 
 def test_autocast_only_for_reduced_precisions(make_config):

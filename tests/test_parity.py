@@ -205,6 +205,7 @@ def test_limits_without_floor_are_the_tolerances():
         "box_iou": 0.99,
         "score_max_diff": 1e-3,
         "mask_iou": 0.98,
+        "keypoint_max_dist": FP32.max_keypoint_dist,
     }
 
 
@@ -257,3 +258,58 @@ def test_worst_takes_the_least_favourable_field_by_field():
     assert (w.match_f1, w.box_iou, w.score_max_diff, w.mask_iou) == (0.9, 0.8, 0.02, 0.7)
     assert w.num_reference == a.num_reference
     assert worst([a]).mask_iou is None
+
+
+# ---- keypoints and fields no figure compares ----------------------------------------------
+
+
+def _with_keypoints(base: Detections, keypoints, **extra) -> Detections:
+    return dataclasses.replace(
+        base, keypoints=torch.as_tensor(keypoints, dtype=torch.float32), extra=extra
+    )
+
+
+def test_keypoint_distance_is_the_largest_over_the_reference_box_size():
+    two = detections([[0, 0, 10, 10], [20, 20, 60, 60]], [0.9, 0.8], [1, 1])  # sizes 10, 40
+    ref_points = torch.zeros(2, 3, 2)
+    out_points = ref_points.clone()
+    out_points[0, 1] = torch.tensor([3.0, 4.0])  # 5 px off in a 10 px box: 0.5
+    out_points[1, 2] = torch.tensor([0.0, 8.0])  # 8 px off in a 40 px box: 0.2
+    ref = _with_keypoints(two, ref_points)
+    out = _with_keypoints(two, out_points)
+    assert compare([ref], [out], 0.7).keypoint_max_dist == pytest.approx(0.5)
+    assert compare([ref], [ref], 0.7).keypoint_max_dist == 0.0
+    # only matched pairs count: drop the first output detection, the 0.2 remains
+    out_one = Detections(out.boxes[1:], out.scores[1:], out.classes[1:], keypoints=out_points[1:])
+    assert compare([ref], [out_one], 0.7).keypoint_max_dist == pytest.approx(0.2)
+
+
+def test_keypoint_distance_is_none_without_keypoints_and_checked_by_verdict():
+    assert compare([FOUR], [FOUR], 0.7).keypoint_max_dist is None
+    assert verdict(figures(keypoint_max_dist=FP32.max_keypoint_dist), FP32) == []
+    (sentence,) = verdict(figures(keypoint_max_dist=0.3), FP32)
+    assert sentence.startswith("keypoint_max_dist 0.3 >")
+
+
+def test_a_keypoint_floor_loosens_the_bound_and_worst_takes_the_largest():
+    tolerances = dataclasses.replace(FP32, floor_margin=0.1)
+    floor = figures(keypoint_max_dist=0.4)
+    assert limits(tolerances, floor)["keypoint_max_dist"] == pytest.approx(0.5)
+    assert verdict(figures(keypoint_max_dist=0.45), tolerances, floor) == []
+    w = worst([figures(keypoint_max_dist=0.1), figures(keypoint_max_dist=None)])
+    assert w.keypoint_max_dist == 0.1
+    assert worst([figures(), figures()]).keypoint_max_dist is None
+
+
+def test_fields_no_figure_compares_are_named_not_dropped():
+    ref = _with_keypoints(FOUR, torch.zeros(4, 2, 2), keypoint_scores=torch.zeros(4, 2))
+    out = _with_keypoints(FOUR, torch.zeros(4, 2, 2), keypoint_scores=torch.ones(4, 2))
+    assert compare([ref], [out], 0.7).unchecked == ("keypoint_scores",)
+    masked = dataclasses.replace(FOUR, masks=torch.ones(4, 1, 2, 2))
+    one_sided = compare([masked], [FOUR], 0.7)
+    assert one_sided.unchecked == ("masks (only the reference has it)",)
+    assert one_sided.mask_iou is None
+    assert compare([FOUR], [FOUR], 0.7).unchecked == ()
+    a, b = figures(unchecked=("b", "a")), figures(unchecked=("a", "c"))
+    assert worst([a, b]).unchecked == ("a", "b", "c")
+    assert verdict(figures(unchecked=("x",)), FP32) == []  # named in the row, not a failure

@@ -54,4 +54,5 @@ def optimize(exported, inputs, precision, options):
         inputs=shapes,
         enabled_precisions=precisions,
         min_block_size=options.get("min_block_size", 5),
+        disable_tf32=precision.strict,  # TensorRT builds TF32 kernels unless told not to
     )

@@ -31,6 +31,11 @@ def optimize(exported, inputs, precision, options):
         raise Unsupported(f"{HOW_TO_GET} (import failed: {error})") from error
     if precision.dtype == "bfloat16":
         raise Unsupported("torch_blade's TensorRT pipeline has no bf16 mode")
+    if precision.strict:
+        raise Unsupported(
+            f"precision={precision.name}: torch_blade's TensorRT pipeline has no switch that "
+            "turns TF32 off; use precision=fp32"
+        )
     opt = inputs.images["opt"]
     with torch.no_grad():
         traced = torch.jit.trace(exported.module, opt, check_trace=False)

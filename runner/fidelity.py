@@ -1,0 +1,87 @@
+"""Fidelity: what a run's answers are held to. Takes the exported model, its inputs and the run's
+precision; returns the reference detections, the floor, and the parity fields of the row.
+
+  reference  eager fp32 under runner.precision.strict_fp32() (TF32 off for matmuls and
+             convolutions), at every input size, whatever the run's precision: one exact answer
+             that every precision and backend is compared with.
+  floor      eager PyTorch at the run's precision (its autocast and TF32 flags) against that
+             reference, where the precision alone moves the answers: fp16 / bf16 (autocast), and
+             fp32 with PyTorch's default flags on CUDA (TF32 convolutions). None for a strict
+             precision (the reference's own settings) and for fp32 on the CPU, where TF32 does
+             not exist: the floor would be the reference itself, so it is not computed there.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import asdict
+
+from runner import parity
+from runner.config import PrecisionConfig
+
+log = logging.getLogger("runner.bench")
+
+REFERENCE = "eager fp32 strict (TF32 off)"  # the row's parity_reference
+
+
+def needs_floor(precision: PrecisionConfig, device_type: str) -> bool:
+    """Whether eager at `precision` on `device_type` can differ from the strict reference."""
+    if precision.autocast:
+        return True
+    return not precision.strict and device_type == "cuda"
+
+
+def eager_detections(exported, images, batch: int) -> dict:
+    """Detections of the eager module at every input size (under the caller's flags)."""
+    import torch
+
+    with torch.no_grad():
+        return {
+            shape: exported.decode(exported.module(*images.images[shape]), batch)
+            for shape in images.shapes
+        }
+
+
+def reference_and_floor(
+    exported, images, batch: int, precision: PrecisionConfig, device, match_iou
+):
+    """(reference detections by input size, floor Figures or None); see the module docstring."""
+    import torch
+
+    from runner.precision import at_precision, strict_fp32
+
+    with strict_fp32():
+        reference = eager_detections(exported, images, batch)
+    if not needs_floor(precision, torch.device(device).type):
+        return reference, None
+    with at_precision(precision, device):
+        at_run_precision = eager_detections(exported, images, batch)
+    floor = parity.worst(
+        [
+            parity.compare(reference[shape], at_run_precision[shape], match_iou)
+            for shape in images.shapes
+        ]
+    )
+    log.info("floor (eager %s vs %s): %s", precision.name, REFERENCE, asdict(floor))
+    return reference, floor
+
+
+def parity_fields(worst: parity.Figures, floor: parity.Figures | None, broken: list[str]) -> dict:
+    """Row fields of a parity check: figures, floor, unchecked fields, reference, outcome."""
+    fields = {f"parity_{name}": getattr(worst, name) for name in parity.FIGURES}
+    if floor is not None:
+        fields.update({f"parity_floor_{name}": getattr(floor, name) for name in parity.FIGURES})
+    if worst.unchecked:
+        log.warning(
+            "parity: no figure compares %s; the row names them (parity_unchecked)",
+            ", ".join(worst.unchecked),
+        )
+    fields.update(
+        parity_unchecked=", ".join(worst.unchecked),
+        parity_reference=REFERENCE,
+        parity_pass=not broken,
+        num_detections_ref=worst.num_reference,
+        status="ok" if not broken else "parity_fail",
+        error="" if not broken else "parity: " + "; ".join(broken),
+    )
+    return fields
