@@ -14,8 +14,9 @@ from typing import Any
 
 from omegaconf import DictConfig, OmegaConf
 
+from runner import families
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
-FAMILIES = ("detectron2", "torchvision")
 EXPORTS = ("trace", "script")
 DTYPES = ("float32", "float16", "bfloat16")
 GC_MODES = ("keep", "collect", "pause")  # Python's GC around a timed block (conf/config.yaml)
@@ -166,6 +167,23 @@ def to_config(cfg: DictConfig) -> Config:
     return config
 
 
+DEVICE = re.compile(r"(cpu|cuda)(?::(\d+))?")
+
+
+def parse_device(device: str) -> tuple[str, int | None]:
+    """("cpu" | "cuda", index or None) of a device string validate() accepted; the one place
+    that reads the string."""
+    match = DEVICE.fullmatch(device)
+    if match is None or (match.group(1) == "cpu" and match.group(2)):
+        raise ConfigError(f"device={device!r}; allowed: cpu, cuda, cuda:N")
+    index = match.group(2)
+    return match.group(1), int(index) if index is not None else None
+
+
+def is_cuda(device: str) -> bool:
+    return parse_device(device)[0] == "cuda"
+
+
 def _check(condition: bool, message: str) -> None:
     if not condition:
         raise ConfigError(message)
@@ -174,7 +192,7 @@ def _check(condition: bool, message: str) -> None:
 def validate(cfg: Config) -> None:
     """Raise ConfigError for values no run can use. Checks files exist; does not open them."""
     m, p, s, b, i = cfg.model, cfg.precision, cfg.shapes, cfg.bench, cfg.inputs
-    _check(m.family in FAMILIES, f"model.family={m.family!r}; allowed: {list(FAMILIES)}")
+    _check(m.family in families.names(), f"model.family={m.family!r}; allowed: {families.names()}")
     _check(p.dtype in DTYPES, f"precision.dtype={p.dtype!r}; allowed: {list(DTYPES)}")
     _check(cfg.export in EXPORTS, f"export={cfg.export!r}; allowed: {list(EXPORTS)}")
     _check(isinstance(cfg.batch, int) and cfg.batch >= 1, f"batch={cfg.batch!r}; must be >= 1")
@@ -202,19 +220,27 @@ def validate(cfg: Config) -> None:
         m.postprocess_optional or cfg.postprocess,
         f"model={m.name} always post-processes in forward(); postprocess=false is not possible",
     )
-    _check(
-        re.fullmatch(r"cpu|cuda(:\d+)?", cfg.device) is not None,
-        f"device={cfg.device!r}; allowed: cpu, cuda, cuda:N",
-    )
+    parse_device(cfg.device)
     for label, path in (("model.weights", m.weights), ("inputs.image", i.image)):
         if path is not None:
             _check(Path(path).is_file(), f"{label}={path}: no such file")
 
 
-def _option_text(value: Any) -> str:
+def value_text(value: Any) -> str:
+    """A config value as the command line and the rows write it: true, null, 0.5."""
     if isinstance(value, bool):
         return str(value).lower()
     return "null" if value is None else str(value)
+
+
+def override_key(override: str) -> str:
+    """The key of a command-line override ("+a.b=1" -> "a.b")."""
+    return override.split("=", 1)[0].lstrip("+~")
+
+
+def is_backend_override(override: str) -> bool:
+    key = override_key(override)
+    return key == "backend" or key.startswith("backend.")
 
 
 def options_text(backend: BackendConfig, conf_dir: Path = CONF_DIR) -> str:
@@ -230,13 +256,7 @@ def options_text(backend: BackendConfig, conf_dir: Path = CONF_DIR) -> str:
         for key, value in backend.options.items()
         if key not in defaults or defaults[key] != value or type(defaults[key]) is not type(value)
     }
-    return " ".join(f"{key}={_option_text(changed[key])}" for key in sorted(changed))
-
-
-def torch_dtype(name: str):
-    import torch
-
-    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
+    return " ".join(f"{key}={value_text(changed[key])}" for key in sorted(changed))
 
 
 def fingerprint(cfg: Config, code_version: str) -> str:

@@ -62,9 +62,11 @@ def visible_gpus() -> list[str]:
 def claim(device: str, poll_s: float = 1.0) -> Iterator[str]:
     """Hold one GPU for the block; yields its physical index. `device` cuda takes any free one,
     cuda:N the N-th visible one."""
+    from runner.config import parse_device
+
     gpus = visible_gpus()
-    if ":" in device:
-        index = int(device.split(":", 1)[1])
+    _, index = parse_device(device)
+    if index is not None:
         if index >= len(gpus):
             raise ValueError(f"device={device} but only {len(gpus)} GPU(s) are visible")
         gpus = [gpus[index]]

@@ -13,10 +13,8 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from runner import families
 from runner.config import Config
-
-# How each model family wants its pixels: channel order and value range.
-PIXEL_FORMATS = {"detectron2": ("BGR", 255.0), "torchvision": ("RGB", 1.0)}
 
 
 @dataclass
@@ -65,7 +63,7 @@ def cover_and_crop(photo: np.ndarray, height: int, width: int) -> np.ndarray:
 
 
 def to_tensor(rgb: np.ndarray, family: str) -> torch.Tensor:
-    order, scale = PIXEL_FORMATS[family]
+    order, scale = families.get(family).PIXELS  # how the family wants its pixels
     pixels = rgb[:, :, ::-1] if order == "BGR" else rgb
     chw = torch.from_numpy(np.ascontiguousarray(pixels.transpose(2, 0, 1))).float()
     return chw * (scale / 255.0)

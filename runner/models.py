@@ -16,22 +16,14 @@ import pickle
 import re
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
 
 import torch
 from torch import nn
 
+from runner import families
 from runner.config import ModelConfig
 
 log = logging.getLogger(__name__)
-
-# The README's Install commands, on one line (a refusal is one line).
-DETECTRON2_INSTALL = (
-    "detectron2 is not installed. It is on no package registry; build it from source against "
-    "the installed torch: pip install 'setuptools<81' fvcore iopath pycocotools && "
-    "pip install --no-build-isolation 'git+https://github.com/facebookresearch/detectron2.git'"
-)
-
 
 # Warnings that libraries print on every run and that a user of d2bench cannot act on: tracing
 # and scripting are what the torchscript backend and the exports measure (their deprecation is
@@ -62,99 +54,18 @@ def quiet_library_warnings() -> None:
     logging.getLogger("fvcore.common.config").setLevel(logging.ERROR)
 
 
-class MissingDependency(RuntimeError):
-    """A package the run needs is absent; the message says how to install it."""
-
-
-def require_detectron2() -> None:
-    try:
-        import detectron2  # noqa: F401
-        from detectron2 import model_zoo  # noqa: F401  (imports pkg_resources)
-    except ImportError as error:
-        raise MissingDependency(f"{DETECTRON2_INSTALL}\n(import failed: {error})") from error
-
-
 def build(cfg: ModelConfig, device: torch.device, seed: int) -> tuple[nn.Module, str]:
     """Build the model, load weights or seed its init; return (eval-mode model, weights label)."""
     quiet_library_warnings()
     torch.manual_seed(seed)
-    if cfg.family == "detectron2":
-        model = _build_detectron2(cfg, device)
-    else:
-        model = _build_torchvision(cfg)
+    family = families.get(cfg.family)
+    model = family.build(cfg, device)
     model.to(device).eval()
     if cfg.weights is None:
         return model, f"random(seed={seed})"
     state = load_checkpoint(Path(cfg.weights), cfg.allow_pickle)
-    _load_state(model, state, cfg)
+    _load_state(model, family.load_state(model, as_tensors(state), cfg), cfg)
     return model, f"file:{Path(cfg.weights).name}@sha256:{_sha256(cfg.weights)[:12]}"
-
-
-def _build_detectron2(cfg: ModelConfig, device: torch.device) -> nn.Module:
-    from detectron2.modeling import build_model
-
-    return build_model(detectron2_config(cfg, str(device)))
-
-
-def flat_options(options: dict, prefix: str = "") -> dict[str, Any]:
-    """detectron2 keys as dotted names: `+model.arch_options.MODEL.RPN.X=1` on the command line
-    arrives nested ({MODEL: {RPN: {X: 1}}}), a YAML mapping may name MODEL.RPN.X directly."""
-    flat: dict[str, Any] = {}
-    for key, value in options.items():
-        name = f"{prefix}{key}"
-        if isinstance(value, dict):
-            flat.update(flat_options(value, f"{name}."))
-        else:
-            flat[name] = value
-    return flat
-
-
-def detectron2_config(cfg: ModelConfig, device: str = "cpu"):
-    """The model zoo's config for cfg.arch with the run's thresholds and `arch_options` merged.
-    Raises ValueError naming the option for a key detectron2 does not have or a wrong type."""
-    quiet_library_warnings()
-    require_detectron2()
-    from detectron2 import model_zoo
-
-    d2cfg = model_zoo.get_config(cfg.arch, trained=False)
-    d2cfg.MODEL.DEVICE = device
-    d2cfg.MODEL.WEIGHTS = ""
-    for section in ("ROI_HEADS", "RETINANET"):
-        getattr(d2cfg.MODEL, section).SCORE_THRESH_TEST = cfg.score_thresh
-        getattr(d2cfg.MODEL, section).NMS_THRESH_TEST = cfg.nms_thresh
-    d2cfg.TEST.DETECTIONS_PER_IMAGE = cfg.detections_per_image
-    for key, value in flat_options(cfg.arch_options).items():
-        try:
-            d2cfg.merge_from_list([key, value])
-        except (AssertionError, KeyError, ValueError, TypeError) as error:
-            reason = str(error).strip().splitlines()[0] if str(error).strip() else "refused"
-            raise ValueError(
-                f"model.arch_options.{key}={value!r}: not a detectron2 config option of this "
-                f"model ({reason})"
-            ) from None
-    return d2cfg
-
-
-def _build_torchvision(cfg: ModelConfig) -> nn.Module:
-    import torchvision.models.detection as detection
-
-    builder = getattr(detection, cfg.arch, None)
-    if builder is None or not callable(builder):
-        raise ValueError(f"model.arch={cfg.arch!r} is not a torchvision.models.detection builder")
-    dense = any(key in cfg.arch for key in ("retinanet", "fcos", "ssd"))
-    prefix, per_image = ("", "detections_per_img") if dense else ("box_", "box_detections_per_img")
-    thresholds = {
-        f"{prefix}score_thresh": cfg.score_thresh,
-        f"{prefix}nms_thresh": cfg.nms_thresh,
-        per_image: cfg.detections_per_image,
-    }
-    return builder(
-        weights=None,
-        weights_backbone=None,
-        num_classes=cfg.num_classes,
-        **thresholds,
-        **cfg.arch_options,
-    )
 
 
 def _sha256(path: str | Path) -> str:
@@ -244,12 +155,11 @@ def load_checkpoint(path: Path, allow_pickle: bool) -> dict:
     return data
 
 
-def _load_state(model: nn.Module, state: dict, cfg: ModelConfig) -> None:
-    state = {k: torch.as_tensor(v) for k, v in state.items()}
-    if cfg.family == "detectron2":
-        from detectron2.checkpoint.c2_model_loading import align_and_update_state_dicts
+def as_tensors(state: dict) -> dict:
+    return {k: torch.as_tensor(v) for k, v in state.items()}
 
-        state = align_and_update_state_dicts(model.state_dict(), state, c2_conversion=False)
+
+def _load_state(model: nn.Module, state: dict, cfg: ModelConfig) -> None:
     result = model.load_state_dict(state, strict=False)
     if result.missing_keys:
         log.warning(

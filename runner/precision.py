@@ -2,6 +2,11 @@
 every backend's call and export run inside: torch.autocast for reduced precisions, strict fp32
 (TF32 off) where the precision asks for it, or nothing.
 
+One owner: the harness (runner.measurement) calls a backend's callable inside `at_precision`,
+unless the backend registered `owns_precision=True` (runner.backends): then the backend applies
+the dtype itself (at export, in its compiler, or around its own calls) and the harness sets only
+the TF32 flags (`strict_if_asked`). Either way the dtype comes from here (`torch_dtype`).
+
 `strict_fp32()` is also what the parity reference always runs under: eager fp32 with TF32 off
 for matmuls and convolutions, so every precision is compared with the same, exact answer."""
 
@@ -11,11 +16,16 @@ import contextlib
 
 import torch
 
-from runner.config import PrecisionConfig, torch_dtype
+from runner.config import PrecisionConfig
 
 # torch.backends nodes of the fp32_precision API (PyTorch >= 2.9) that the legacy TF32 setters
 # and set_float32_matmul_precision write through; saved and restored as they were.
 _PRECISION_NODES = ("", "cuda.matmul", "cudnn", "cudnn.conv", "cudnn.rnn", "mkldnn.matmul")
+
+
+def torch_dtype(name: str) -> torch.dtype:
+    """The torch dtype of a PrecisionConfig.dtype name (float32 | float16 | bfloat16)."""
+    return {"float32": torch.float32, "float16": torch.float16, "bfloat16": torch.bfloat16}[name]
 
 
 def _node(path: str):
@@ -96,7 +106,11 @@ def strict_if_asked(precision: PrecisionConfig):
 
 
 @contextlib.contextmanager
-def at_precision(precision: PrecisionConfig, device: torch.device | str):
-    """The whole call-time meaning of `precision`: its TF32 flags, then its autocast."""
-    with strict_if_asked(precision), autocast(precision, device):
+def at_precision(precision: PrecisionConfig, device: torch.device | str, owned: bool = False):
+    """The whole call-time meaning of `precision`: its TF32 flags, then its autocast; only the
+    flags where the backend `owned` the dtype (registered owns_precision)."""
+    with (
+        strict_if_asked(precision),
+        contextlib.nullcontext() if owned else autocast(precision, device),
+    ):
         yield

@@ -5,25 +5,20 @@ options the backend rejects. `refusal` asks the same of a sweep's job before the
 
 from __future__ import annotations
 
-import dataclasses
-import functools
-import importlib.util
-import json
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
 
-from runner.config import Config, ConfigError, to_config
+from runner import families
+from runner.config import Config, ConfigError, parse_device, to_config
 
 
 def check(cfg: Config) -> None:
     _check_device(cfg.device)
-    if cfg.model.family == "detectron2" and importlib.util.find_spec("detectron2") is None:
-        from runner.models import DETECTRON2_INSTALL
-
-        raise ConfigError(f"the detectron2 models need detectron2. {DETECTRON2_INSTALL}")
-    if cfg.model.family == "detectron2" and cfg.model.arch_options:
-        _check_detectron2_options(cfg)
+    try:
+        families.get(cfg.model.family).check(cfg.model)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     if cfg.inputs.image is not None:
         _check_image(Path(cfg.inputs.image))
     if cfg.model.weights is not None:
@@ -36,30 +31,9 @@ def check(cfg: Config) -> None:
     _check_backend(cfg)
 
 
-def _check_detectron2_options(cfg: Config) -> None:
-    """A misspelt detectron2 key (or a value of the wrong type) is refused here, not reported
-    as an error row after a child has started and built half a model."""
-    error = _detectron2_options_error(json.dumps(dataclasses.asdict(cfg.model), sort_keys=True))
-    if error:
-        raise ConfigError(error)
-
-
-@functools.lru_cache(maxsize=64)
-def _detectron2_options_error(model_json: str) -> str:
-    """The refusal for a ModelConfig given as JSON (a sweep asks once per model and options,
-    not once per job), or ''."""
-    from runner.config import ModelConfig
-    from runner.models import detectron2_config
-
-    try:
-        detectron2_config(ModelConfig(**json.loads(model_json)))
-    except ValueError as error:
-        return str(error)
-    return ""
-
-
 def _check_device(device: str) -> None:
-    if not device.startswith("cuda"):
+    kind, index = parse_device(device)
+    if kind != "cuda":
         return
     import torch
 
@@ -70,8 +44,7 @@ def _check_device(device: str) -> None:
             f"device={device} but torch {torch.__version__} ({built}) sees no CUDA device; "
             "use device=cpu"
         )
-    index = int(device.split(":", 1)[1]) if ":" in device else 0
-    if index >= count:
+    if (index or 0) >= count:
         raise ConfigError(f"device={device} but torch sees {count} CUDA device(s)")
 
 

@@ -308,6 +308,9 @@ def environment(device: str, cuda_ready: bool = False) -> dict[str, str]:
     """Versions and hardware for the row. Touches CUDA only when cuda_ready (in the child)."""
     import torch
 
+    from runner.config import parse_device
+
+    kind, index = parse_device(device)
     env = {
         "torch_version": torch.__version__,
         "torchvision_version": _version("torchvision"),
@@ -317,15 +320,15 @@ def environment(device: str, cuda_ready: bool = False) -> dict[str, str]:
         "hostname": socket.gethostname(),
         "git_sha": git_sha(),
         "timestamp": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
-        "cuda_version": (torch.version.cuda or "") if device.startswith("cuda") else "",
+        "cuda_version": (torch.version.cuda or "") if kind == "cuda" else "",
         "gpu_name": "",
         "gpu_driver": "",
         "cudnn_version": "",
     }
-    if device.startswith("cuda"):
+    if kind == "cuda":
         query = _run(["nvidia-smi", "--query-gpu=name,driver_version", "--format=csv,noheader"])
         if query:
-            index = torch.device(device).index or 0
+            index = index or 0
             lines = query.splitlines()
             name, _, driver = lines[min(index, len(lines) - 1)].partition(",")
             env["gpu_name"], env["gpu_driver"] = name.strip(), driver.strip()

@@ -79,7 +79,8 @@ def seed_variants() -> dict[str, dict]:
 
 @functools.cache
 def have_detectron2() -> bool:
-    from runner.models import MissingDependency, require_detectron2
+    from runner.families.detectron2 import MissingDependency
+    from runner.families.detectron2 import require as require_detectron2
 
     try:
         require_detectron2()

@@ -11,7 +11,7 @@ import torch
 import yaml
 from torch import nn
 
-from runner import backends
+from runner import backends, families
 from runner.backends import Unsupported, check_options
 from runner.config import PrecisionConfig
 from runner.export import Exported, Layout
@@ -260,8 +260,9 @@ def test_static_parts_of_a_detector(tiny):
     parts = pytest.importorskip("runner.backends._parts")
     exported, _ = tiny
     model = exported.model
+    heads = families.get(exported.family).STATIC_HEADS
     assert [(p, n) for p, n in parts.static_parts(model, "backbone")] == [(model, "backbone")]
-    both = parts.static_parts(model, "backbone+heads")
+    both = parts.static_parts(model, "backbone+heads", heads)
     assert [(p, n) for p, n in both] == [(model, "backbone"), (model, "head")]
     with pytest.raises(Unsupported):
         parts.static_parts(nn.Linear(2, 2), "backbone")

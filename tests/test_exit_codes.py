@@ -136,7 +136,7 @@ def test_a_misspelt_detectron2_key_is_refused_before_any_child(tmp_path):
 
 def test_the_detectron2_install_commands_printed_are_the_readmes():
     """What a run prints when detectron2 is missing is what the README says to run."""
-    from runner.models import DETECTRON2_INSTALL
+    from runner.families.detectron2 import INSTALL as DETECTRON2_INSTALL
 
     readme = (REPO / "README.md").read_text()
     block = readme.split("**detectron2** is on no package registry", 1)[1]

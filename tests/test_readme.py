@@ -10,7 +10,7 @@ import shlex
 import pytest
 
 from runner.config import check_command_line, to_config
-from runner.models import flat_options
+from runner.families.detectron2 import flat_options
 from tests.helpers import REPO, option_files
 
 README = (REPO / "README.md").read_text()

@@ -31,6 +31,8 @@ from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.errors import HydraException
 from omegaconf import OmegaConf
 
+from runner.config import is_backend_override, value_text
+from runner.config import override_key as _key
 from runner.preflight import refusal, refused_sweep
 
 log = logging.getLogger(__name__)
@@ -46,21 +48,6 @@ class D2benchSweeperConf:
 
 
 ConfigStore.instance().store(group="hydra/sweeper", name="d2bench", node=D2benchSweeperConf)
-
-
-def _value(value: Any) -> str:
-    if isinstance(value, bool):
-        return "true" if value else "false"
-    return "null" if value is None else str(value)
-
-
-def _key(override: str) -> str:
-    return override.split("=", 1)[0].lstrip("+~")
-
-
-def is_backend_override(override: str) -> bool:
-    key = _key(override)
-    return key == "backend" or key.startswith("backend.")
 
 
 def sessions(jobs: list[list[str]]) -> list[list[list[str]]]:
@@ -132,7 +119,7 @@ class D2benchSweeper(BasicSweeper):
                         f"{clash} set by the sweep's variants; choose variants with variant=A,B "
                         "or run without sweep=..."
                     )
-                fixed = [f"{k}={_value(v)}" for k, v in point.items()] + [f"variant={name}"]
+                fixed = [f"{k}={value_text(v)}" for k, v in point.items()] + [f"variant={name}"]
                 jobs.append(fixed + combo)
         return jobs
 

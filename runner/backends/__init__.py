@@ -12,7 +12,8 @@ raises `Unsupported` when it cannot apply (optional package missing, model it ca
 the run then records status=unsupported with that reason. Optional packages are imported inside the
 function, so importing this registry never needs them; a backend that names them in `requires`
 is reported unsupported by the parent at once, without building a model, when one is absent
-(`missing`).
+(`missing`). A backend that applies the precision's dtype itself registers `owns_precision=True`
+and the harness then does not wrap its calls in autocast (runner.precision).
 """
 
 from __future__ import annotations
@@ -34,6 +35,7 @@ Backend = Callable[..., Callable]
 _BACKENDS: dict[str, tuple[Backend, dict[str, tuple], Callable[[], str]]] = {}
 # name -> (modules it needs, what to tell the user when one is missing)
 _REQUIRES: dict[str, tuple[tuple[str, ...], str]] = {}
+_OWNS_PRECISION: set[str] = set()  # backends that apply the dtype themselves
 
 
 def _torch_version() -> str:
@@ -48,16 +50,20 @@ def register(
     version: Callable[[], str] = _torch_version,
     requires: tuple[str, ...] = (),
     how_to_get: str = "",
+    owns_precision: bool = False,
 ):
     """Register `optimize` under `name`. `options`: option name -> tuple of allowed values or
     types; `version()` names what does the work, for the row; `requires`: top-level modules it
-    imports that may be absent, and `how_to_get` what to tell the user then."""
+    imports that may be absent, and `how_to_get` what to tell the user then; `owns_precision`:
+    it applies the precision's dtype itself, so the harness does not autocast its calls."""
 
     def decorate(fn: Backend) -> Backend:
         if name in _BACKENDS and _BACKENDS[name][0] is not fn:
             raise ValueError(f"backend {name!r} registered twice")
         _BACKENDS[name] = (fn, dict(options or {}), version)
         _REQUIRES[name] = (tuple(requires), how_to_get)
+        if owns_precision:
+            _OWNS_PRECISION.add(name)
         return fn
 
     return decorate
@@ -78,6 +84,12 @@ def get(name: str) -> Backend:
     if name not in _BACKENDS:
         raise KeyError(f"unknown backend {name!r}; registered: {sorted(_BACKENDS)}")
     return _BACKENDS[name][0]
+
+
+def owns_precision(name: str) -> bool:
+    """Whether backend `name` applies the precision's dtype itself (runner.precision)."""
+    get(name)
+    return name in _OWNS_PRECISION
 
 
 def missing(name: str) -> str | None:

@@ -15,17 +15,13 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from runner.backends import Unsupported
+from runner.precision import autocast
 
 log = logging.getLogger(__name__)
 
 SCOPES = ("backbone", "backbone+heads")
-# (parent attribute path, child attribute) of static-shape parts, first the backbone
+# (parent attribute path, child attribute) of the backbone; each family names its heads
 _BACKBONE = [("", "backbone")]
-_HEADS = [
-    ("proposal_generator", "rpn_head"),  # detectron2 R-CNNs
-    ("rpn", "head"),  # torchvision R-CNNs
-    ("", "head"),
-]  # dense detectors: detectron2 and torchvision RetinaNet
 
 
 # Options every compiler / CUDA-graph backend takes (conf/backend/*.yaml documents them)
@@ -44,9 +40,10 @@ def tune(model: nn.Module, options: dict) -> None:
         torch.backends.cudnn.benchmark = True
 
 
-def static_parts(model: nn.Module, scope: str) -> list[tuple[nn.Module, str]]:
-    """(parent, attribute) of each static-shape part of `model` that `scope` covers."""
-    places = _BACKBONE + (_HEADS if scope == "backbone+heads" else [])
+def static_parts(model: nn.Module, scope: str, heads=()) -> list[tuple[nn.Module, str]]:
+    """(parent, attribute) of each static-shape part of `model` that `scope` covers; `heads`:
+    the places of the family's static-shape heads (runner.families: STATIC_HEADS)."""
+    places = _BACKBONE + (list(heads) if scope == "backbone+heads" else [])
     found = []
     for parent_path, name in places:
         try:
@@ -60,10 +57,13 @@ def static_parts(model: nn.Module, scope: str) -> list[tuple[nn.Module, str]]:
     return found
 
 
-def replace_parts(model: nn.Module, scope: str, wrap) -> list[str]:
-    """Replace each static part by wrap(part); returns the names replaced."""
+def replace_parts(exported, scope: str, wrap) -> list[str]:
+    """Replace each static part of the exported model by wrap(part); returns the names."""
+    from runner import families
+
+    heads = families.get(exported.family).STATIC_HEADS
     names = []
-    for parent, name in static_parts(model, scope):
+    for parent, name in static_parts(exported.model, scope, heads):
         setattr(parent, name, wrap(getattr(parent, name)))
         names.append(f"{type(parent).__name__}.{name}")
     return names
@@ -75,17 +75,18 @@ def _tensors_key(args) -> tuple:
 
 
 class GraphedByShape(nn.Module):
-    """Calls `module` through CUDA graphs: one graph per distinct input shapes and autocast
-    state, captured at its first call (after warm-up calls on a side stream) and replayed after.
+    """Calls `module` at `precision` through CUDA graphs: one graph per distinct input shapes,
+    captured at its first call (after warm-up calls on a side stream) and replayed after.
 
     Inputs are copied into the graph's static inputs; outputs are the graph's static outputs,
     valid until the next call with the same shapes, which is enough inside one forward pass.
     Autocast's weight cache is off during capture, so the graph owns every cast it uses.
     """
 
-    def __init__(self, module: nn.Module, warmup: int = 3):
+    def __init__(self, module: nn.Module, precision, warmup: int = 3):
         super().__init__()
         self.module = module
+        self.precision = precision
         self.warmup = warmup
         self.graphs: dict = {}
         self.pool = None
@@ -98,9 +99,7 @@ class GraphedByShape(nn.Module):
             return getattr(super().__getattr__("module"), name)
 
     def _autocast(self):
-        enabled = torch.is_autocast_enabled("cuda")
-        dtype = torch.get_autocast_dtype("cuda") if enabled else torch.float16
-        return torch.autocast("cuda", dtype=dtype, enabled=enabled, cache_enabled=False)
+        return autocast(self.precision, "cuda", cache_enabled=False)
 
     def _capture(self, args):
         static_args = pytree.tree_map(
@@ -124,11 +123,7 @@ class GraphedByShape(nn.Module):
         return graph, static_args, static_out
 
     def forward(self, *args):
-        key = (
-            _tensors_key(args),
-            torch.is_autocast_enabled("cuda"),
-            torch.get_autocast_dtype("cuda"),
-        )
+        key = _tensors_key(args)
         if key not in self.graphs:
             self.graphs[key] = self._capture(args)
         graph, static_args, static_out = self.graphs[key]

@@ -19,8 +19,10 @@ def optimize(exported, inputs, precision, options):
     _parts.tune(exported.model, options)
     mode = options.get("mode", "default")
     _parts.replace_parts(
-        exported.model,
+        exported,
         options.get("scope", "backbone+heads"),
-        lambda part: _parts.GraphedByShape(torch.compile(part, mode=mode, dynamic=False)),
+        lambda part: _parts.GraphedByShape(
+            torch.compile(part, mode=mode, dynamic=False), precision
+        ),
     )
     return exported.module

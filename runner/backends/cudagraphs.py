@@ -13,6 +13,8 @@ def optimize(exported, inputs, precision, options):
     _parts.require_cuda(exported, "cudagraphs")
     _parts.tune(exported.model, options)
     _parts.replace_parts(
-        exported.model, options.get("scope", "backbone+heads"), _parts.GraphedByShape
+        exported,
+        options.get("scope", "backbone+heads"),
+        lambda part: _parts.GraphedByShape(part, precision),
     )
     return exported.module

@@ -27,6 +27,6 @@ def optimize(exported, inputs, precision, options):
     if scope == "model":
         return torch.compile(exported.module, mode=mode, dynamic=dynamic)
     _parts.replace_parts(
-        exported.model, scope, lambda part: torch.compile(part, mode=mode, dynamic=dynamic)
+        exported, scope, lambda part: torch.compile(part, mode=mode, dynamic=dynamic)
     )
     return exported.module

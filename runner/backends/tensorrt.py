@@ -6,6 +6,7 @@ Reports `unsupported` with the reason where torch_tensorrt is not installed."""
 import torch
 
 from runner.backends import Unsupported, register
+from runner.precision import torch_dtype
 
 
 def _version() -> str:
@@ -42,12 +43,7 @@ def optimize(exported, inputs, precision, options):
         )
         for i in range(len(opt))
     ]
-    precisions = {
-        torch.float32,
-        {"float16": torch.float16, "bfloat16": torch.bfloat16, "float32": torch.float32}[
-            precision.dtype
-        ],
-    }
+    precisions = {torch.float32, torch_dtype(precision.dtype)}
     return torch_tensorrt.compile(
         exported.module,
         ir="dynamo",

@@ -1,5 +1,6 @@
 """torch_blade: BladeDISC's TorchBlade with its TensorRT pipeline, the seed's settings: the
-traced module, min / opt / max tuning inputs, fp16 through TensorRT's flag (not autocast).
+traced module, min / opt / max tuning inputs, fp16 through TensorRT's flag (not autocast): it
+owns the precision, so the harness does not autocast its calls.
 
 TorchBlade is on no package registry and its releases support no current torch, so on most
 machines this backend reports `unsupported` with the reason; where it imports it runs."""
@@ -22,7 +23,13 @@ def _version() -> str:
     return f"torch_blade {torch_blade.__version__}"
 
 
-@register("torch_blade", version=_version, requires=("torch_blade",), how_to_get=HOW_TO_GET)
+@register(
+    "torch_blade",
+    version=_version,
+    requires=("torch_blade",),
+    how_to_get=HOW_TO_GET,
+    owns_precision=True,
+)
 def optimize(exported, inputs, precision, options):
     try:
         import torch_blade

@@ -42,6 +42,7 @@ OPTIONS = {
 
 @register("static_graph", options=OPTIONS)
 def optimize(exported, inputs, precision, options):
+    from runner import families
     from runner.backends.static_graph.capture import Replay
     from runner.backends.static_graph.detector import (
         Budgets,
@@ -50,7 +51,7 @@ def optimize(exported, inputs, precision, options):
         fold_frozen_batchnorm,
     )
 
-    if exported.model.__class__.__module__.split(".")[0] != "detectron2":
+    if not families.get(exported.family).REWRITABLE:
         raise Unsupported(
             f"backend=static_graph rewrites detectron2 detectors; {type(exported.model).__name__}"
             " is not one"
