@@ -34,25 +34,28 @@ import statistics
 import time
 from pathlib import Path
 
-from runner import backends, gpus, provenance, record, timing
-from runner.config import Config, ConfigError, options_text
+from runner import backends, gpus, provenance, record, steps
+from runner.config import (
+    Config,
+    ConfigError,
+    is_backend_override,
+    is_cuda,
+    options_text,
+    override_key,
+    value_text,
+)
 from runner.config import fingerprint as config_fingerprint
 from runner.isolate import ChildFailed
-from runner.measurement import Measurement, eager_detections, prepare_model
+from runner.measurement import Measurement
 from runner.record import Row
+from runner.steps import Block, Environment, Prepared
 from runner.workers import InlineWorker, Worker, cpu_shares
 
 log = logging.getLogger(__name__)
 
 
-def _text(value) -> str:
-    if isinstance(value, bool):
-        return str(value).lower()
-    return "null" if value is None else str(value)
-
-
 def arch_options_text(options: dict) -> str:
-    return " ".join(f"{key}={_text(options[key])}" for key in sorted(options))
+    return " ".join(f"{key}={value_text(options[key])}" for key in sorted(options))
 
 
 def thresholds_text(cfg: Config) -> str:
@@ -61,7 +64,7 @@ def thresholds_text(cfg: Config) -> str:
 
 
 def timing_options_text(cfg: Config) -> str:
-    return f"gc={cfg.bench.gc} pin_cpus={_text(cfg.bench.pin_cpus)}"
+    return f"gc={cfg.bench.gc} pin_cpus={value_text(cfg.bench.pin_cpus)}"
 
 
 def identity(cfg: Config) -> dict:
@@ -104,8 +107,7 @@ def describe(cfg: Config) -> str:
     )
 
 
-prepare = prepare_model  # (cfg, device) -> (Exported, InputSet, weights): tests build with it
-__all__ = ["eager_detections", "prepare", "run", "run_group"]
+__all__ = ["run", "run_group"]
 
 
 def new_session() -> str:
@@ -125,11 +127,6 @@ def run(cfg: Config) -> Row | list[Row | None]:
 # ---- members of a sweep's session --------------------------------------------------------
 
 
-def is_backend_override(override: str) -> bool:
-    key = override.split("=", 1)[0].lstrip("+~")
-    return key == "backend" or key.startswith("backend.")
-
-
 def member_configs(cfg: Config) -> list[Config | None]:
     """The Config of each member of the session the sweeper asked for (inside its Hydra job):
     the job's overrides with the backend's replaced by the member's, in the folder Hydra would
@@ -145,7 +142,7 @@ def member_configs(cfg: Config) -> list[Config | None]:
     shared = [
         o
         for o in hydra_cfg.overrides.task
-        if not is_backend_override(o) and o.split("=", 1)[0].lstrip("+~") != "members"
+        if not is_backend_override(o) and override_key(o) != "members"
     ]
     sweep_dir = Path(hydra_cfg.runtime.output_dir)  # sweep.dir / subdir (override_dirname)
     for _ in Path(hydra_cfg.job.override_dirname).parts:
@@ -188,8 +185,8 @@ class Member:
         self.kept: dict[int, Row] = {}  # measured rows of this fingerprint, by repeat
         self.kept_unsupported: Row | None = None
         self.new: dict[int, Row] = {}
-        self.blocks: dict[int, dict] = {}
-        self.fields: dict = {}  # from prepare, then finish
+        self.blocks: dict[int, Block] = {}
+        self.prepared: Prepared | None = None
         self.final: Row | None = None  # an unsupported or error row ends the member
         self.worker = None
         self.started = time.monotonic()
@@ -214,12 +211,14 @@ class Member:
             return set()
         return set(range(self.cfg.bench.repeats)) - set(self.kept)
 
-    def end(self, fields: dict, gpu: str = "") -> Row:
+    def end(self, prepared: Prepared, gpu: str = "") -> Row:
         """Finish this member with one unsupported or error row (its file holds only it)."""
-        if "torch_version" not in fields:  # the child never reported its environment
-            fields = {**fields, **record.environment(self.cfg.device), "gpu_index": gpu}
-        fields = {k: v for k, v in fields.items() if k != "stages"}
-        self.final = Row(**{**identity(self.cfg), **fields, "fingerprint": self.fingerprint})
+        if not prepared.environment.torch_version:  # the child never reported its environment
+            here = Environment(**record.environment(self.cfg.device), gpu_index=gpu)
+            prepared = dataclasses.replace(prepared, environment=here)
+        self.final = steps.row(
+            identity(self.cfg), prepared.fields(), {"fingerprint": self.fingerprint}
+        )
         record.write_rows(self.out / "result.csv", [self.final])
         self.close()
         log.warning(
@@ -231,28 +230,26 @@ class Member:
         )
         return self.final
 
-    def fail(self, failure: ChildFailed, gpu: str) -> Row:
-        if failure.detail:
-            (self.out / "error.txt").write_text(failure.detail)
-        return self.end({"status": "error", "error": f"{failure.cause}: {failure}"}, gpu)
+    def fail(self, failure: Exception, gpu: str) -> Row:
+        """End with an error row: the child failed (ChildFailed), or the parent met a value it
+        could not use (any other exception: a bug, but still a row saying so)."""
+        if isinstance(failure, ChildFailed):
+            if failure.detail:
+                (self.out / "error.txt").write_text(failure.detail)
+            reason = f"{failure.cause}: {failure}"
+        else:
+            log.exception("run: the parent failed on %s", describe(self.cfg))
+            reason = f"parent: {type(failure).__name__}: {failure}"
+        return self.end(Prepared("error", reason), gpu)
 
-    def add_block(self, repeat: int, block: dict, session: str) -> None:
-        samples = block["samples"]
-        fields = {k: v for k, v in self.fields.items() if k != "stages"}
-        fields.update(timing.summarize(samples["opt"], self.cfg.batch))
-        for shape in ("min", "max"):
-            if shape in samples:
-                fields[f"latency_ms_median_{shape}_shape"] = timing.summarize(
-                    samples[shape], self.cfg.batch
-                )["latency_ms_median"]
-        fields.update(
-            peak_mem_mb=block["peak_mem_mb"],
-            repeat=repeat,
-            session=session,
-            timestamp=block["timestamp"],
-        )
+    def add_block(self, repeat: int, block: Block, session: str) -> None:
         self.blocks[repeat] = block
-        self.new[repeat] = Row(**{**identity(self.cfg), **fields, "fingerprint": self.fingerprint})
+        self.new[repeat] = steps.row(
+            identity(self.cfg),
+            self.prepared.fields(),
+            block.fields(self.cfg.batch),
+            {"repeat": repeat, "session": session, "fingerprint": self.fingerprint},
+        )
 
     def rows(self) -> list[Row]:
         merged = {**self.kept, **self.new}
@@ -270,8 +267,8 @@ class Member:
         ]
         for repeat in sorted(self.blocks):
             block = self.blocks[repeat]
-            for shape, values in block["samples"].items():
-                hw = block["image_hw"][shape]
+            for shape, values in block.samples.items():
+                hw = block.image_hw[shape]
                 lines += [f"{repeat},{shape},{hw},{i},{v!r}" for i, v in enumerate(values)]
         record.write_atomic(self.out / "samples.csv", "\n".join(lines) + "\n")
 
@@ -286,13 +283,10 @@ class Member:
             self.worker.kill()
         if self.final is None and not self.rows():
             took = time.monotonic() - self.started
-            self.end(
-                {
-                    "status": "error",
-                    "error": f"interrupted: Ctrl-C (SIGINT) after {took:.0f} s; "
-                    "child and its workers killed",
-                }
+            reason = (
+                f"interrupted: Ctrl-C (SIGINT) after {took:.0f} s; child and its workers killed"
             )
+            self.end(Prepared("error", reason))
 
 
 def _sample_lines(path: Path) -> list[str]:
@@ -349,7 +343,7 @@ def _session(members: list[Member]) -> None:
     for member in members:
         absent = backends.missing(member.cfg.backend.name)
         if absent:  # nothing to measure: say so now instead of building the model first
-            member.end({"status": "unsupported", "error": absent})
+            member.end(Prepared("unsupported", absent))
         else:
             candidates.append(member)
     todo = sorted(set().union(*(m.missing() for m in candidates))) if candidates else []
@@ -373,7 +367,7 @@ def _session(members: list[Member]) -> None:
     first = active[0].cfg
     with contextlib.ExitStack() as stack:
         gpu, env = "", {}
-        if first.bench.isolate and first.device.startswith("cuda"):
+        if first.bench.isolate and is_cuda(first.device):
             gpu = stack.enter_context(gpus.claim(first.device))  # the children share one GPU
             env = {"CUDA_VISIBLE_DEVICES": gpu}
         _measure(active, todo, session, gpu, env)
@@ -402,13 +396,12 @@ def _measure(active: list[Member], todo: list[int], session: str, gpu: str, env:
         member.worker.send("prepare")  # the children build and optimize at the same time
     for member in list(active):
         try:
-            member.fields = member.worker.receive(timeout)
-        except ChildFailed as failure:
+            member.prepared = member.worker.receive(timeout)
+            if not member.prepared.measured:
+                member.end(member.prepared, gpu)
+                active.remove(member)
+        except Exception as failure:  # noqa: BLE001 - ChildFailed, or a bug: a row either way
             member.fail(failure, gpu)
-            active.remove(member)
-            continue
-        if member.fields.get("status") not in record.MEASURED:
-            member.end(member.fields, gpu)
             active.remove(member)
     prepared = time.monotonic()
     for turn, repeat in enumerate(todo):
@@ -416,29 +409,27 @@ def _measure(active: list[Member], todo: list[int], session: str, gpu: str, env:
         for member in order:
             try:
                 block = member.worker.request("time_block", repeat, timeout_s=timeout)
-            except ChildFailed as failure:
+                block.timestamp = datetime.datetime.now(datetime.timezone.utc).isoformat(
+                    timespec="seconds"
+                )
+                member.add_block(repeat, block, session)
+                member.write()
+            except Exception as failure:  # noqa: BLE001 - as above
                 member.fail(failure, gpu)
                 active.remove(member)
-                continue
-            block["timestamp"] = datetime.datetime.now(datetime.timezone.utc).isoformat(
-                timespec="seconds"
-            )
-            member.add_block(repeat, block, session)
-            member.write()
     timed = time.monotonic()
     for member in list(active):
         try:
             finished = member.worker.request("finish", timeout_s=timeout)
-        except ChildFailed as failure:
+            for repeat, row in member.new.items():
+                member.new[repeat] = steps.row(dataclasses.asdict(row), finished.fields())
+            member.write()
+        except Exception as failure:  # noqa: BLE001 - as above
             member.fail(failure, gpu)
             active.remove(member)
             continue
-        stages = finished.pop("stages", {})
-        for repeat, row in member.new.items():
-            member.new[repeat] = dataclasses.replace(row, **finished)
-        member.write()
         member.close()
-        log.info("stages of %s (s): %s", member.cfg.backend.name, _stages_text(stages))
+        log.info("stages of %s (s): %s", member.cfg.backend.name, _stages_text(finished.stages))
         _log_result(member)
     log.info(
         "session %s: prepare %.1f s, %d timed rounds %.1f s, finish %.1f s",

@@ -1,16 +1,16 @@
 """The measuring side of one run: takes a validated Config, builds and optimizes the model once,
 then answers the parent's requests (runner.workers) with Row fields and latency samples.
 
-    prepare()         models.build -> inputs.make -> export.wrap -> calibrate (random weights)
-                      -> reference: eager fp32, TF32 off (+ the floor: runner.fidelity)
-                      -> optimize and first call at each size -> bench.warmup calls -> parity
-                      on the timed executable. Returns Row fields (status ok | parity_fail |
-                      unsupported). Every call and the optimize step run at the precision
-                      (runner.precision.at_precision: autocast, strict fp32 where asked).
+    prepare()         the steps, each a method returning its typed value (runner.steps):
+                      environment -> build (models.build, inputs.make, export.wrap, calibrate
+                      random weights) -> reference (eager fp32, TF32 off, + the floor) ->
+                      optimize (and a first call at each size) -> warm_up -> parity (on the
+                      timed executable). Returns Prepared: ok | parity_fail | unsupported.
+                      Every call runs at the precision (runner.precision.at_precision).
     time_block(r)     gc as bench.gc says, then at each size bench.rewarm untimed and
-                      bench.iters timed calls; returns {"samples": {shape: [ms, ...]}, ...}.
+                      bench.iters timed calls: a Block of latency samples.
     finish()          the profiler pass (GPU: busy time and kernels of one call, profile.txt)
-                      and the backend's notes; done once, after the last block.
+                      and the backend's notes: Finished; done once, after the last block.
 
 The parent decides when each request runs, so a block never overlaps another child's block.
 """
@@ -24,10 +24,10 @@ from dataclasses import asdict
 from pathlib import Path
 
 from runner import record
-from runner.config import Config
-from runner.fidelity import eager_detections
+from runner.config import Config, parse_device
+from runner.steps import Block, Built, Environment, Finished, Optimized, Parity, Prepared, Reference
 
-__all__ = ["Measurement", "eager_detections", "prepare_model"]
+__all__ = ["Measurement", "build"]
 
 log = logging.getLogger("runner.bench")
 
@@ -41,9 +41,9 @@ def configure_child_logging(out: Path) -> None:
     )
 
 
-def prepare_model(cfg: Config, device):
-    """Model, inputs and export of a run: (Exported, InputSet, weights label). Random weights
-    are calibrated on the opt input here (runner.models.calibrate)."""
+def build(cfg: Config, device) -> Built:
+    """The build step: model, inputs and export of a run. Random weights are calibrated on the
+    opt input here (runner.models.calibrate)."""
     import torch
 
     from runner import export, inputs, models
@@ -67,19 +67,19 @@ def prepare_model(cfg: Config, device):
             + ")"
         )
     log.info("weights: %s", weights)
-    return exported, images, weights
+    return Built(exported, images, weights)
 
 
 class Measurement:
     """One configuration, built once in this process; see the module docstring."""
 
-    def __init__(self, cfg: Config, log_to_folder: bool = True):
+    def __init__(self, cfg: Config):
         self.cfg = cfg
         self.out = Path(cfg.output_dir)
-        self.log_to_folder = log_to_folder
         self.fn = None
         self.images = None
         self.stages: dict[str, float] = {}  # seconds per stage, logged (README: overhead)
+        self.owned = False  # the backend applies the dtype itself (runner.precision)
 
     # ---- helpers ----
 
@@ -94,7 +94,7 @@ class Measurement:
 
         from runner.precision import at_precision
 
-        with torch.no_grad(), at_precision(self.cfg.precision, self.device):
+        with torch.no_grad(), at_precision(self.cfg.precision, self.device, self.owned):
             return self.fn(*batch)
 
     def _stage(self, name: str, started: float) -> float:
@@ -104,81 +104,130 @@ class Measurement:
 
     # ---- requests ----
 
-    def prepare(self) -> dict:
+    def prepare(self) -> Prepared:
+        """The steps before the timed blocks, in order; see the module docstring."""
+        from runner import backends
+
+        configure_child_logging(self.out)
+        environment = self._step("environment", self.environment)
+        built = None
+        try:
+            built = self._step("build", build, self.cfg, self.device)
+            self.images = built.images
+            reference = self._step("reference", self.reference, built)
+            optimized = self._step("optimize", self.optimize, built)
+            self.fn = optimized.fn
+            self._step("warmup", self.warm_up)
+        except backends.Unsupported as reason:
+            log.warning("unsupported: %s", reason)
+            weights = built.weights if built is not None else ""
+            return Prepared("unsupported", str(reason), environment, weights)
+        parity = self._step("parity", self.parity, built, reference)
+        return Prepared(
+            parity.status, parity.error, environment, built.weights, optimized.optimize_s, parity
+        )
+
+    def _step(self, name: str, step, *args):
+        started = time.perf_counter()
+        try:
+            return step(*args)
+        finally:
+            self.stages[name] = self.stages.get(name, 0.0) + time.perf_counter() - started
+
+    # ---- the steps ----
+
+    def environment(self) -> Environment:
+        """The device this process works on (CUDA set up) and the Row's environment columns."""
         import torch
 
-        from runner import backends, fidelity, parity, timing
+        from runner import backends
+
+        kind, index = parse_device(self.cfg.device)
+        device = torch.device(kind, index or 0) if kind == "cuda" else torch.device(kind)
+        if device.type == "cuda":
+            if not torch.cuda.is_available():
+                raise RuntimeError(f"device={self.cfg.device} but torch sees no CUDA device")
+            torch.cuda.set_device(device)
+        self.device = device
+        cuda = device.type == "cuda"
+        return Environment(
+            **record.environment(str(device), cuda_ready=cuda),
+            gpu_index=record.physical_gpu(device.index) if cuda else "",
+            backend_version=backends.version(self.cfg.backend.name),
+        )
+
+    def reference(self, built: Built) -> Reference:
+        """Eager fp32 with TF32 off on every input, and the floor (runner.fidelity)."""
+        from runner import fidelity
+
+        cfg = self.cfg
+        detections, floor = fidelity.reference_and_floor(
+            built.exported, built.images, cfg.batch, cfg.precision, self.device, cfg.bench.match_iou
+        )
+        log.info(
+            "reference (%s): %s detections at %s",
+            fidelity.REFERENCE,
+            sum(len(d) for d in detections["opt"]),
+            built.images.hw("opt"),
+        )
+        return Reference(detections, floor)
+
+    def optimize(self, built: Built) -> Optimized:
+        """The backend's optimize, then a first call at each size (lazy compilers compile on
+        it): optimize_s is both."""
+        from runner import backends
         from runner.precision import strict_if_asked
 
         cfg = self.cfg
-        if self.log_to_folder:
-            configure_child_logging(self.out)
-        clock = time.perf_counter()
-        device = torch.device(cfg.device)
-        if device.type == "cuda" and device.index is None:
-            device = torch.device("cuda", 0)
-        if device.type == "cuda":
-            if not torch.cuda.is_available():
-                raise RuntimeError(f"device={cfg.device} but torch sees no CUDA device")
-            torch.cuda.set_device(device)
-        self.device = device
-        fields = record.environment(str(device), cuda_ready=device.type == "cuda")
-        fields["gpu_index"] = record.physical_gpu(device.index) if device.type == "cuda" else ""
-        fields["backend_version"] = backends.version(cfg.backend.name)
-        clock = self._stage("environment", clock)
-        try:
-            exported, images, fields["weights"] = prepare_model(cfg, device)
-            self.exported, self.images = exported, images
-            clock = self._stage("build", clock)
-            reference, floor = fidelity.reference_and_floor(
-                exported, images, cfg.batch, cfg.precision, device, cfg.bench.match_iou
-            )
-            log.info(
-                "reference (%s): %s detections at %s",
-                fidelity.REFERENCE,
-                sum(len(d) for d in reference["opt"]),
-                images.hw("opt"),
-            )
-            clock = self._stage("reference", clock)
+        optimize = backends.get(cfg.backend.name)
+        self._synchronize()
+        started = time.perf_counter()
+        options = backends.validate_options(cfg.backend.name, cfg.backend.options)
+        self.owned = backends.owns_precision(cfg.backend.name)
+        with strict_if_asked(cfg.precision):
+            self.fn = optimize(built.exported, built.images, cfg.precision, options)
+        for batch in built.images.images.values():
+            self._call(batch)
+        self._synchronize()
+        seconds = time.perf_counter() - started
+        log.info("optimize: %.1f s (%s)", seconds, backends.version(cfg.backend.name))
+        return Optimized(self.fn, seconds)
 
-            optimize = backends.get(cfg.backend.name)
-            self._synchronize()
-            started = time.perf_counter()
-            options = backends.validate_options(cfg.backend.name, cfg.backend.options)
-            with strict_if_asked(cfg.precision):
-                self.fn = optimize(exported, images, cfg.precision, options)
-            for batch in images.images.values():  # lazy compilers compile on the first call
-                self._call(batch)
-            self._synchronize()
-            fields["optimize_s"] = time.perf_counter() - started
-            log.info("optimize: %.1f s (%s)", fields["optimize_s"], fields["backend_version"])
-            clock = self._stage("optimize", clock)
+    def warm_up(self) -> None:
+        from runner import timing
 
-            warmup = timing.Protocol(cfg.bench.warmup, 0)
-            for batch in images.images.values():
-                timing.measure(lambda b=batch: self._call(b), warmup, self._synchronize)
-            clock = self._stage("warmup", clock)
-        except backends.Unsupported as reason:
-            log.warning("unsupported: %s", reason)
-            return {**fields, "status": "unsupported", "error": str(reason)}
+        warmup = timing.Protocol(self.cfg.bench.warmup, 0)
+        for batch in self.images.images.values():
+            timing.measure(lambda b=batch: self._call(b), warmup, self._synchronize)
 
-        # parity on the executable that is timed, after its warm-up
-        figures = []
+    def parity(self, built: Built, reference: Reference) -> Parity:
+        """The timed executable, after its warm-up, against the reference at every size."""
+        from runner import fidelity
+        from runner import parity as figures_of
+
+        cfg, images = self.cfg, built.images
+        figures, found = [], None
         for shape, batch in images.images.items():
-            output = exported.decode(self._call(batch), cfg.batch)
-            figures.append(parity.compare(reference[shape], output, cfg.bench.match_iou))
+            output = built.exported.decode(self._call(batch), cfg.batch)
+            figures.append(
+                figures_of.compare(reference.detections[shape], output, cfg.bench.match_iou)
+            )
             if shape == "opt":
-                fields["num_detections"] = sum(len(d) for d in output)
-        worst = parity.worst(figures)
-        broken = parity.verdict(worst, cfg.precision, floor)
-        fields.update(fidelity.parity_fields(worst, floor, broken))
-        if "min" in images.images:
-            fields["image_hw_min"], fields["image_hw_max"] = images.hw("min"), images.hw("max")
+                found = sum(len(d) for d in output)
+        worst = figures_of.worst(figures)
+        broken = figures_of.verdict(worst, cfg.precision, reference.floor)
         log.info("parity: %s", asdict(worst))
-        self._stage("parity", clock)
-        return fields
+        dynamic = "min" in images.images
+        return Parity(
+            **fidelity.parity_fields(worst, reference.floor, broken),
+            num_detections=found,
+            image_hw_min=images.hw("min") if dynamic else "",
+            image_hw_max=images.hw("max") if dynamic else "",
+        )
 
-    def time_block(self, repeat: int) -> dict:
+    # ---- the parent's other requests ----
+
+    def time_block(self, repeat: int) -> Block:
         """One timed block at every size; see the module docstring."""
         import torch
 
@@ -208,31 +257,27 @@ class Measurement:
                 len(samples[shape]),
             )
         self._stage("timed blocks", started)
-        return {
-            "samples": samples,
-            "image_hw": {shape: self.images.hw(shape) for shape in samples},
-            "peak_mem_mb": peak,
-        }
+        return Block(samples, {shape: self.images.hw(shape) for shape in samples}, peak)
 
-    def finish(self) -> dict:
-        """The profiler pass and the backend's notes: Row fields."""
+    def finish(self) -> Finished:
+        """The profile step: the profiler pass and the backend's notes."""
         from runner import timing
 
         started = time.perf_counter()
-        fields: dict = {}
+        finished = Finished()
         if self.device.type == "cuda":
             batch = self.images.images["opt"]
             profile = timing.gpu_profile(lambda: self._call(batch), self._synchronize)
             if profile is not None:
-                fields["gpu_busy_ms"], fields["gpu_ops"] = profile.busy_ms, profile.ops
+                finished.gpu_busy_ms, finished.gpu_ops = profile.busy_ms, profile.ops
                 record.write_atomic(self.out / "profile.txt", self._profile_text(profile))
         notes = getattr(self.fn, "notes", None)  # a backend may report on its own work
         if callable(notes):
-            fields["backend_notes"] = notes()
+            finished.backend_notes = notes()
         self._stage("profile", started)
         log.info("stages (s): %s", ", ".join(f"{k} {v:.2f}" for k, v in self.stages.items()))
-        fields["stages"] = dict(self.stages)
-        return fields
+        finished.stages = dict(self.stages)
+        return finished
 
     def _profile_text(self, gpu) -> str:
         from runner import timing

@@ -125,15 +125,15 @@ def child(args: argparse.Namespace) -> None:
     out.mkdir(parents=True, exist_ok=True)
     cfg = compose(args.overrides, out)
     measurement = Measurement(cfg)
-    fields = measurement.prepare()
-    if fields.get("status") not in ("ok", "parity_fail"):
-        raise SystemExit(f"prepare: {fields.get('status')}: {fields.get('error')}")
+    prepared = measurement.prepare()
+    if not prepared.measured:
+        raise SystemExit(f"prepare: {prepared.status}: {prepared.error}")
     batch = measurement.images.images["opt"]
     rows, calls, busy = [], [], None
     started = time.monotonic()
     for block, (mode, after_profiler) in enumerate(BLOCKS):
         if after_profiler and busy is None:
-            busy = measurement.finish().get("gpu_busy_ms")
+            busy = measurement.finish().gpu_busy_ms
         before = nvidia_smi()
         gc_before = [s["collections"] for s in gc.get_stats()]
         ctx_before = context_switches()

@@ -8,7 +8,7 @@ import pytest
 import torch
 import yaml
 
-from runner import backends, bench, export, inputs, models, parity
+from runner import backends, export, inputs, measurement, models, parity
 from runner.bench import run
 from tests.helpers import CONF, assert_logit_layers_exist, option_files, seed_variants
 
@@ -32,7 +32,7 @@ def backend_against_eager(make_config, name: str, backend: str, **options):
     `backend` (with `options` over its file's) against the eager module on the opt input."""
     cfg = make_config(*variant_overrides(name), *SMALL, f"backend={backend}")
     cfg.model.arch_options = {**cfg.model.arch_options, **FEWER_PROPOSALS}
-    exported, images, _ = bench.prepare(cfg, CPU)
+    exported, images, _ = measurement.build(cfg, CPU)
     opt = images.images["opt"]
     with torch.no_grad():
         reference = exported.decode(exported.module(*opt), cfg.batch)

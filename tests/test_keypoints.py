@@ -11,7 +11,7 @@ import dataclasses
 import pytest
 import torch
 
-from runner import backends, bench, fidelity, parity
+from runner import backends, fidelity, measurement, parity
 from runner.bench import run
 
 CPU = torch.device("cpu")
@@ -50,7 +50,7 @@ def test_a_whole_keypoint_run_checks_every_field(make_config, tmp_path):
 
 def test_keypoints_moved_by_a_known_amount_are_measured(make_config):
     cfg = make_config(*SMALL_KEYPOINTS)
-    exported, images, _ = bench.prepare(cfg, CPU)
+    exported, images, _ = measurement.build(cfg, CPU)
     reference, floor = fidelity.reference_and_floor(
         exported, images, cfg.batch, cfg.precision, CPU, cfg.bench.match_iou
     )
@@ -86,7 +86,7 @@ def _d2_keypoint_config(make_config, *overrides):
 @pytest.mark.parametrize("export", ["trace", "script"])
 def test_detectron2_keypoints_survive_export(make_config, export):
     cfg = _d2_keypoint_config(make_config, f"export={export}")
-    exported, images, _ = bench.prepare(cfg, CPU)
+    exported, images, _ = measurement.build(cfg, CPU)
     reference, _ = fidelity.reference_and_floor(
         exported, images, cfg.batch, cfg.precision, CPU, cfg.bench.match_iou
     )
@@ -104,7 +104,7 @@ def test_detectron2_keypoints_survive_export(make_config, export):
 @pytest.mark.detectron2
 def test_static_graph_refuses_the_keypoint_head(make_config):
     cfg = _d2_keypoint_config(make_config, "backend=static_graph")
-    exported, images, _ = bench.prepare(cfg, CPU)
+    exported, images, _ = measurement.build(cfg, CPU)
     options = backends.validate_options("static_graph", cfg.backend.options)
     with pytest.raises(backends.Unsupported, match="keypoint head"):
         backends.get("static_graph")(exported, images, cfg.precision, options)

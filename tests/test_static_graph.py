@@ -11,7 +11,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runner import backends, bench, parity
+from runner import backends, measurement, parity
 from tests.helpers import CUDA_MISSING, SMALL_CPU_RUN, seed_variants
 from tests.test_detectron2 import (
     SMALL,
@@ -44,7 +44,7 @@ def test_a_budget_too_small_to_vouch_falls_back_to_eager(make_config):
     """One detection candidate cannot yield 100 detections: the flag says so and the call is
     answered by the eager module (counted), never by a truncated rewrite."""
     cfg = make_config("model=retinanet", *SMALL, "backend=static_graph")
-    exported, images, _ = bench.prepare(cfg, CPU)
+    exported, images, _ = measurement.build(cfg, CPU)
     opt = images.images["opt"]
     with torch.no_grad():
         reference = exported.decode(exported.module(*opt), cfg.batch)
@@ -58,7 +58,7 @@ def test_a_budget_too_small_to_vouch_falls_back_to_eager(make_config):
 @pytest.mark.detectron2
 def test_half_weights_cast_nothing_at_fp32_and_the_row_says_so(make_config):
     cfg = make_config("model=retinanet", *SMALL, "backend=static_graph")
-    exported, images, _ = bench.prepare(cfg, CPU)
+    exported, images, _ = measurement.build(cfg, CPU)
     fn = _static(cfg, exported, images, half_weights=True, fold_bn=True)
     assert all(p.dtype == torch.float32 for p in exported.model.parameters())
     fn(*images.images["opt"])
@@ -67,7 +67,7 @@ def test_half_weights_cast_nothing_at_fp32_and_the_row_says_so(make_config):
 
 def test_torchvision_models_are_unsupported_with_the_reason(make_config):
     cfg = make_config(*SMALL_CPU_RUN, "backend=static_graph")
-    exported, images, _ = bench.prepare(cfg, CPU)
+    exported, images, _ = measurement.build(cfg, CPU)
     options = backends.validate_options("static_graph", cfg.backend.options)
     with pytest.raises(backends.Unsupported, match="rewrites detectron2 detectors"):
         backends.get("static_graph")(exported, images, cfg.precision, options)
@@ -93,7 +93,7 @@ def test_gpu_forward_has_no_host_sync_and_replays_the_same(make_config, name, pr
 
     cfg = make_config(*variant_overrides(name), "device=cuda", f"precision={precision}")
     device = torch.device("cuda", 0)
-    exported, images, _ = bench.prepare(cfg, device)
+    exported, images, _ = measurement.build(cfg, device)
     opt = images.images["opt"]
     postprocess = cfg.postprocess
     detector = StaticDetector(exported.model, postprocess, Budgets()).eval()
