@@ -76,7 +76,7 @@ def identity(cfg: Config) -> dict:
         "postprocess": cfg.postprocess,
         "precision": cfg.precision.name,
         "backend": cfg.backend.name,
-        "backend_options": options_text(cfg.backend),
+        "backend_options": options_text(cfg),
         "shapes": cfg.shapes.name,
         "image_hw": f"{cfg.inputs.height}x{cfg.inputs.width}",
         "image": cfg.inputs.image or "",
@@ -95,7 +95,7 @@ def identity(cfg: Config) -> dict:
 
 
 def describe(cfg: Config) -> str:
-    options = options_text(cfg.backend)
+    options = options_text(cfg)
     backend = (
         f"backends={','.join(spec.split()[0].split('=', 1)[1] for spec in cfg.members)}"
         if cfg.members

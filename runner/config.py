@@ -77,6 +77,15 @@ class BackendConfig:
 
 
 @dataclass
+class BackendFile:
+    """conf/backend/<name>.yaml as written, composed by Hydra next to `backend` (which the
+    command line's overrides change): what `options_text` compares with."""
+
+    name: str = ""
+    options: dict[str, Any] = field(default_factory=dict)
+
+
+@dataclass
 class ShapesConfig:
     name: str
     dynamic: bool = False
@@ -121,6 +130,7 @@ class Config:
     output_dir: str
     command: str
     redo: bool
+    backend_file: BackendFile = field(default_factory=BackendFile)
     # set by the sweeper: the backends of one session ("backend=X [backend.options.k=v ...]"
     # each), built in parallel children and timed in turn (runner.bench.run_group)
     members: list[str] = field(default_factory=list)
@@ -243,14 +253,12 @@ def is_backend_override(override: str) -> bool:
     return key == "backend" or key.startswith("backend.")
 
 
-def options_text(backend: BackendConfig, conf_dir: Path = CONF_DIR) -> str:
-    """The backend options that differ from the backend's own conf/backend/<name>.yaml, as
-    "key=value" pairs sorted by key ("" when the run used that file's options). Every option
-    where there is no such file. Rows record it so that two option sets stay two rows."""
-    defaults: dict = {}
-    path = conf_dir / "backend" / f"{backend.name}.yaml"
-    if path.is_file():
-        defaults = OmegaConf.to_container(OmegaConf.load(path)).get("options") or {}
+def options_text(cfg: Config) -> str:
+    """The backend options that differ from the backend's own conf/backend/<name>.yaml (as
+    Hydra composed it into `backend_file`), as "key=value" pairs sorted by key ("" when the run
+    used that file's options). Rows record it so that two option sets stay two rows."""
+    backend = cfg.backend
+    defaults = cfg.backend_file.options if cfg.backend_file.name == backend.name else {}
     changed = {
         key: value
         for key, value in backend.options.items()

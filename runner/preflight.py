@@ -5,6 +5,7 @@ options the backend rejects. `refusal` asks the same of a sweep's job before the
 
 from __future__ import annotations
 
+import functools
 from pathlib import Path
 
 from omegaconf import DictConfig, open_dict
@@ -22,13 +23,26 @@ def check(cfg: Config) -> None:
     if cfg.inputs.image is not None:
         _check_image(Path(cfg.inputs.image))
     if cfg.model.weights is not None:
-        from runner.models import load_checkpoint
-
-        try:
-            load_checkpoint(Path(cfg.model.weights), cfg.model.allow_pickle)
-        except ValueError as error:
-            raise ConfigError(str(error)) from None
+        path = Path(cfg.model.weights)
+        version = (str(path.resolve()), path.stat().st_mtime_ns, path.stat().st_size)
+        error = _checkpoint_error(cfg.model.weights, cfg.model.allow_pickle, version)
+        if error:
+            raise ConfigError(error)
     _check_backend(cfg)
+
+
+@functools.lru_cache(maxsize=16)
+def _checkpoint_error(path: str, allow_pickle: bool, version: tuple) -> str:
+    """Why the checkpoint cannot be loaded, or ''; once per file and version in this process
+    (a sweep asks for every job, its jobs ask again: the file is read once, here, and then
+    only by the child that uses it)."""
+    from runner.models import load_checkpoint
+
+    try:
+        load_checkpoint(Path(path), allow_pickle)
+    except ValueError as error:
+        return str(error)
+    return ""
 
 
 def _check_device(device: str) -> None:

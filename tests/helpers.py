@@ -44,7 +44,8 @@ def config_groups() -> list[str]:
 
 
 def named_groups() -> list[str]:
-    """Config groups whose option file fills a Config field that has a `name` (model, ...)."""
+    """Config groups whose option file fills a Config field that has a `name` (model, ...);
+    backend_file is the backend group's file again, not a group of its own."""
     import dataclasses
     import typing
 
@@ -54,7 +55,9 @@ def named_groups() -> list[str]:
     return sorted(
         name
         for name, kind in hints.items()
-        if dataclasses.is_dataclass(kind) and "name" in {f.name for f in dataclasses.fields(kind)}
+        if dataclasses.is_dataclass(kind)
+        and "name" in {f.name for f in dataclasses.fields(kind)}
+        and (CONF / name).is_dir()
     )
 
 

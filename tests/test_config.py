@@ -262,7 +262,7 @@ def test_options_text_names_only_options_that_differ_from_the_backend_file(compo
     from runner.config import options_text
 
     plain = to_config(compose("backend=compiled_graphs", "device=cpu"))
-    assert options_text(plain.backend) == ""
+    assert options_text(plain) == ""
     tuned = to_config(
         compose(
             "backend=compiled_graphs",
@@ -271,11 +271,14 @@ def test_options_text_names_only_options_that_differ_from_the_backend_file(compo
             "device=cpu",
         )
     )
-    assert options_text(tuned.backend) == "channels_last=true mode=max-autotune-no-cudagraphs"
+    assert options_text(tuned) == "channels_last=true mode=max-autotune-no-cudagraphs"
 
 
-def test_options_text_lists_every_option_of_a_backend_without_a_file(tmp_path):
+def test_options_text_lists_every_option_of_a_backend_without_a_file(make_config):
+    import dataclasses
+
     from runner.config import BackendConfig, options_text
 
+    cfg = make_config("device=cpu")  # composes conf/backend/eager.yaml, not mine's
     backend = BackendConfig(name="mine", options={"b": False, "a": None, "c": 3})
-    assert options_text(backend, conf_dir=tmp_path) == "a=null b=false c=3"
+    assert options_text(dataclasses.replace(cfg, backend=backend)) == "a=null b=false c=3"
