@@ -44,49 +44,36 @@ class Optimized(NamedTuple):
     optimize_s: float
 
 
-@dataclass
-class Environment:
-    """Where the run ran: the Row's environment columns (runner.record.environment)."""
-
-    torch_version: str = ""
-    torchvision_version: str = ""
-    detectron2_version: str = ""
-    python_version: str = ""
-    cpu_model: str = ""
-    hostname: str = ""
-    git_sha: str = ""
-    timestamp: str = ""
-    cuda_version: str = ""
-    gpu_name: str = ""
-    gpu_driver: str = ""
-    cudnn_version: str = ""
-    gpu_index: str = ""
-    backend_version: str = ""
+def _columns(names) -> list[tuple]:
+    """(name, type, field) of the Row columns `names`, with the Row's defaults."""
+    return [
+        (f.name, f.type, field(default=f.default))
+        for f in dataclasses.fields(Row)
+        if f.name in names
+    ]
 
 
-@dataclass
-class Parity:
-    """The parity step: figures against the reference and the floor, and the verdict."""
+# Where the run ran: the Row's environment columns (runner.record.environment), the GPU's
+# physical index and what does the backend's work.
+COLUMNS = record.COLUMNS
+ENVIRONMENT = (*COLUMNS[COLUMNS.index("gpu_name") : COLUMNS.index("timestamp") + 1], "gpu_index")
+HERE = {"__module__": __name__}  # so that the values pickle (they travel through a pipe)
+Environment = dataclasses.make_dataclass("Environment", _columns(ENVIRONMENT), namespace=HERE)
 
-    status: str  # ok | parity_fail
-    error: str = ""
-    parity_pass: bool | None = None
-    parity_match_f1: float | None = None
-    parity_box_iou: float | None = None
-    parity_score_max_diff: float | None = None
-    parity_mask_iou: float | None = None
-    parity_keypoint_max_dist: float | None = None
-    parity_unchecked: str = ""
-    parity_reference: str = ""
-    parity_floor_match_f1: float | None = None
-    parity_floor_box_iou: float | None = None
-    parity_floor_score_max_diff: float | None = None
-    parity_floor_mask_iou: float | None = None
-    parity_floor_keypoint_max_dist: float | None = None
-    num_detections: int | None = None
-    num_detections_ref: int | None = None
-    image_hw_min: str = ""
-    image_hw_max: str = ""
+# The parity step: figures against the reference and the floor, the verdict (status ok |
+# parity_fail, error), what was found, and the dynamic sizes the figures cover.
+PARITY = (
+    *(c for c in COLUMNS if c.startswith("parity_")),
+    "num_detections",
+    "num_detections_ref",
+    "image_hw_min",
+    "image_hw_max",
+)
+Parity = dataclasses.make_dataclass(
+    "Parity",
+    [("status", str), ("error", str, field(default="")), *_columns(PARITY)],
+    namespace=HERE,
+)
 
 
 @dataclass
@@ -150,7 +137,6 @@ class Finished:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "stages"}
 
 
-COLUMNS = set(record.COLUMNS)
 # what an error row keeps of the fields that did not make a Row: what was run, and where
 KEPT = (
     *record.COLUMNS[: record.COLUMNS.index("gpu_index")],
@@ -173,7 +159,7 @@ def row(*parts: dict) -> Row:
     values: dict = {}
     for part in parts:
         values.update(part)
-    unknown = sorted(set(values) - COLUMNS)
+    unknown = sorted(set(values) - set(COLUMNS))
     known = {k: v for k, v in values.items() if k in COLUMNS}
     try:
         if unknown:

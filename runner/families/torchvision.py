@@ -10,14 +10,8 @@ from torch import nn
 from runner.export import Exported, Layout, flatten, traced
 
 PIXELS = ("RGB", 1.0)
-RENAMES = {
-    "boxes": "boxes",
-    "scores": "scores",
-    "labels": "classes",
-    "masks": "masks",
-    "keypoints": "keypoints",
-    "keypoints_scores": "keypoint_scores",
-}
+# boxes, scores, masks and keypoints are named as Detections names them already
+RENAMES = {"labels": "classes", "keypoints_scores": "keypoint_scores"}
 KEYPOINT_SCORES = False  # the third keypoint column is a visibility flag, always 1
 STATIC_HEADS = [("rpn", "head"), ("", "head")]  # R-CNN RPN; RetinaNet, FCOS
 REWRITABLE = False  # runner.backends.static_graph rewrites only detectron2 detectors
