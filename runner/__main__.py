@@ -1,7 +1,7 @@
 """`python -m runner [group=option ...] [key=value ...]`: compose the config, run, record.
 
 Hydra composes conf/config.yaml with one file from each group; `run_job` validates it and hands
-it to runner.bench.run. In a single run the exit code is 0 for ok and unsupported rows, 1 for
+it to runner.run.bench.run. In a single run the exit code is 0 for ok and unsupported rows, 1 for
 errors and parity failures, 2 for input no run can use. In --multirun the sweeper collects the
 rows and sets the exit code once every job has run. Ctrl-C stops the run or the sweep with one
 line and exit code 130; the interrupted run's row says so, and the same command resumes.
@@ -20,11 +20,12 @@ from hydra.core.hydra_config import HydraConfig
 from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
-from runner import gpus, preflight
-from runner.bench import describe, run
+from runner import preflight
 from runner.config import ConfigError, check_command_line, register_schema, to_config
-from runner.progress import Progress
-from runner.record import Row
+from runner.run import gpus
+from runner.run.bench import describe, run
+from runner.run.progress import Progress
+from runner.run.record import Row
 
 log = logging.getLogger("runner")
 
@@ -84,7 +85,7 @@ def run_job(cfg: DictConfig) -> Row | None:
     with Progress(describe(config), index):
         try:
             row = run(config)
-        except KeyboardInterrupt:  # the children are dead and the rows written (runner.bench)
+        except KeyboardInterrupt:  # the children are dead and the rows written (runner.run.bench)
             where = f"{describe(config)}: stopped; its rows are in {config.output_dir}"
             raise Stopped(where) from None
     if single and row.status in ("error", "parity_fail"):

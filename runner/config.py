@@ -44,7 +44,7 @@ class ModelConfig:
     scriptable: bool = True
     not_scriptable_reason: str = ""
     # Conv/Linear layers whose outputs are logits; with random weights they are rescaled on the
-    # input image so that scores are spread like a trained model's (see runner.models).
+    # input image so that scores are spread like a trained model's (see runner.run.models).
     logit_layers: list[str] = field(default_factory=list)
     logit_std: float = 2.0
     residual_scale: float = 0.1  # random init: last norm of each residual branch scaled by this
@@ -132,7 +132,7 @@ class Config:
     redo: bool
     backend_file: BackendFile = field(default_factory=BackendFile)
     # set by the sweeper: the backends of one session ("backend=X [backend.options.k=v ...]"
-    # each), built in parallel children and timed in turn (runner.bench.run_group)
+    # each), built in parallel children and timed in turn (runner.run.bench.run_group)
     members: list[str] = field(default_factory=list)
 
 

@@ -36,7 +36,7 @@ def _checkpoint_error(path: str, allow_pickle: bool, version: tuple) -> str:
     """Why the checkpoint cannot be loaded, or ''; once per file and version in this process
     (a sweep asks for every job, its jobs ask again: the file is read once, here, and then
     only by the child that uses it)."""
-    from runner.models import load_checkpoint
+    from runner.run.models import load_checkpoint
 
     try:
         load_checkpoint(Path(path), allow_pickle)

@@ -5,7 +5,7 @@ to it. Machine-readable: one CSV row per block, one per timed call.
     python scripts/spread.py [--processes 4] [--iters 60] [--idle-s 10] [--out DIR] \\
         [-- model=retinanet precision=fp16 backend=eager]
 
-Each process (a fresh `python scripts/spread.py --child`) builds the run as runner.measurement
+Each process (a fresh `python scripts/spread.py --child`) builds the run as runner.run.measurement
 does (build, reference, optimize, warm-up, parity), then times 9 blocks of --iters calls
 (10 untimed before each): GC keep / collect / pause, three times each, with the profiler pass
 (what a run does at its end) after the sixth. Process 0 starts at once (after whatever the GPU
@@ -118,8 +118,8 @@ def compose(overrides: list[str], out: Path):
 def child(args: argparse.Namespace) -> None:
     import numpy as np
 
-    from runner import timing
-    from runner.measurement import Measurement
+    from runner.run import timing
+    from runner.run.measurement import Measurement
 
     out = Path(args.out) / f"process{args.process}"
     out.mkdir(parents=True, exist_ok=True)
@@ -189,7 +189,7 @@ def child(args: argparse.Namespace) -> None:
     (out / "blocks.json").write_text(json.dumps(rows))
     (out / "calls.json").write_text(json.dumps(calls))
     sys.stdout.flush()
-    os._exit(0)  # skip CUDA teardown, as runner.workers does
+    os._exit(0)  # skip CUDA teardown, as runner.run.workers does
 
 
 def summary(rows: list[dict]) -> str:

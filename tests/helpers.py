@@ -169,8 +169,8 @@ def assert_logit_layers_exist(model_file: Path) -> str:
     misspelt one would be skipped by calibration silently). Returns the weights label."""
     import torch
 
-    from runner import models
     from runner.config import ModelConfig
+    from runner.run import models
 
     cfg = ModelConfig(**yaml.safe_load(model_file.read_text()))
     model, label = models.build(cfg, torch.device("cpu"), seed=0)

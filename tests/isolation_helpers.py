@@ -1,4 +1,4 @@
-"""Functions that runner.isolate runs in spawned children: they must be importable by name."""
+"""Functions that runner.run.isolate runs in spawned children: they must be importable by name."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _restore_slowly(value, seconds: float):
 
 class SlowToUnpickle:
     """An argument that takes `seconds` to unpickle in the child: a child start-up that takes
-    that long (heavy imports), before the child runs any code of runner.isolate."""
+    that long (heavy imports), before the child runs any code of runner.run.isolate."""
 
     def __init__(self, value, seconds: float):
         self.value, self.seconds = value, seconds

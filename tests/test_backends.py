@@ -14,8 +14,8 @@ from torch import nn
 from runner import backends, families
 from runner.backends import Unsupported, check_options
 from runner.config import PrecisionConfig
-from runner.export import Exported, Layout
-from runner.inputs import InputSet
+from runner.run.export import Exported, Layout
+from runner.run.inputs import InputSet
 from tests.helpers import option_files
 
 FP32 = PrecisionConfig(name="fp32")

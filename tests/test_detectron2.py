@@ -8,8 +8,9 @@ import pytest
 import torch
 import yaml
 
-from runner import backends, export, inputs, measurement, models, parity
-from runner.bench import run
+from runner import backends
+from runner.run import export, inputs, measurement, models, parity
+from runner.run.bench import run
 from tests.helpers import CONF, assert_logit_layers_exist, option_files, seed_variants
 
 pytestmark = pytest.mark.detectron2

@@ -14,7 +14,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.record import read_rows
+from runner.run.record import read_rows
 from tests.helpers import REPO, SMALL_CPU_RUN, clean_environment, process_gone
 
 pytestmark = pytest.mark.slow

@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
-from runner import fidelity, parity
-from runner.export import Exported, Layout
-from runner.inputs import InputSet
-from runner.precision import at_precision, strict_fp32, tf32_state
+from runner.run import fidelity, parity
+from runner.run.export import Exported, Layout
+from runner.run.inputs import InputSet
+from runner.run.precision import at_precision, strict_fp32, tf32_state
 
 STRICT = {"matmul": False, "cudnn": False, "float32_matmul_precision": "highest"}
 
@@ -148,7 +148,7 @@ def test_no_floor_where_it_would_be_the_reference(make_config, loose_flags):
 
 def test_parity_fields_name_unchecked_fields_and_warn(caplog):
     figures = parity.Figures(1.0, 1.0, 0.0, None, 2, 2, 0.0, ("keypoint_heatmaps", "x"))
-    with caplog.at_level("WARNING", logger="runner.bench"):
+    with caplog.at_level("WARNING", logger="runner.run.bench"):
         fields = fidelity.parity_fields(figures, None, ["match_f1 0.5 < 0.99"])
     assert fields["parity_unchecked"] == "keypoint_heatmaps, x"
     assert fields["parity_keypoint_max_dist"] == 0.0

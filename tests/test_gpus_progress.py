@@ -9,7 +9,7 @@ import time
 
 import pytest
 
-from runner import gpus, progress
+from runner.run import gpus, progress
 
 
 @pytest.fixture
@@ -76,7 +76,7 @@ def test_progress_logs_a_start_and_an_end_line_when_not_on_a_terminal(caplog):
         def flush(self):
             pass
 
-    with caplog.at_level(logging.INFO, logger="runner.progress"):
+    with caplog.at_level(logging.INFO, logger="runner.run.progress"):
         with progress.Progress("mask_rcnn_fpn fp16", None, stream=NotATerminal()):
             pass
     messages = [r.getMessage() for r in caplog.records]

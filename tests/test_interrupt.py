@@ -16,7 +16,7 @@ from pathlib import Path
 
 import pytest
 
-from runner.record import read_rows
+from runner.run.record import read_rows
 from tests.helpers import REPO, SMALL_CPU_RUN, clean_environment, process_gone
 from tests.test_faults import wait_for
 
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 # the isolation layer alone: a parent that runs a sleeping child with a worker, as a sweep would
 PARENT = """
 import sys
-from runner import isolate
+from runner.run import isolate
 from tests import isolation_helpers as helpers
 try:
     isolate.call(helpers.start_worker_and_sleep, sys.argv[1], 600, timeout_s=1800)

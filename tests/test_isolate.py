@@ -9,8 +9,8 @@ import time
 
 import pytest
 
-from runner import isolate
-from runner.isolate import ChildFailed
+from runner.run import isolate
+from runner.run.isolate import ChildFailed
 from tests import isolation_helpers as helpers
 from tests.helpers import process_gone
 

@@ -11,8 +11,9 @@ import dataclasses
 import pytest
 import torch
 
-from runner import backends, fidelity, measurement, parity
-from runner.bench import run
+from runner import backends
+from runner.run import fidelity, measurement, parity
+from runner.run.bench import run
 
 CPU = torch.device("cpu")
 # 20 detections keep the keypoint head (one 14x14 -> 56x56 map per detection) to seconds

@@ -12,8 +12,8 @@ import pytest
 import torch
 import yaml
 
-from runner import export, inputs, models
 from runner.config import ModelConfig
+from runner.run import export, inputs, models
 from tests.helpers import CONF, assert_logit_layers_exist, option_files
 
 CPU = torch.device("cpu")

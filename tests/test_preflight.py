@@ -35,7 +35,7 @@ def test_an_unreadable_image_is_refused(make_config, tmp_path):
 
 
 def test_a_real_image_passes(make_config):
-    from runner.inputs import default_photo
+    from runner.run.inputs import default_photo
 
     preflight.check(
         make_config(

@@ -12,7 +12,7 @@ from pathlib import Path
 import pytest
 
 from runner import provenance
-from runner.record import read_rows
+from runner.run.record import read_rows
 from tests.helpers import REPO, SMALL_CPU_RUN, clean_environment
 
 BACKEND = "runner/backends/eager.py"

@@ -14,9 +14,9 @@ import sys
 import numpy as np
 import pytest
 
-from runner import record
 from runner.config import fingerprint, to_config
-from runner.record import COLUMNS, STATUSES, Row, read_rows, write_atomic, write_rows
+from runner.run import record
+from runner.run.record import COLUMNS, STATUSES, Row, read_rows, write_atomic, write_rows
 
 
 def full_row(**changes) -> Row:

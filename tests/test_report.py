@@ -11,8 +11,6 @@ from pathlib import Path
 
 import pytest
 
-from runner import record
-from runner.record import Row
 from runner.reporting.cli import main
 from runner.reporting.identity import identity_of, machine_of, title_of
 from runner.reporting.plots import FIGURES
@@ -29,6 +27,8 @@ from runner.reporting.rows import (
     write,
 )
 from runner.reporting.tables import ERROR_CHARS, tables
+from runner.run import record
+from runner.run.record import Row
 from tests.helpers import run_module
 from tests.report_fixtures import A100, H200, VARIANTS
 from tests.report_fixtures import H200_ENVIRONMENT as ENVIRONMENT

@@ -11,13 +11,13 @@ from pathlib import Path
 
 import pytest
 
-from runner import record
-from runner.record import Row
 from runner.reporting.cli import main
 from runner.reporting.compare import comparison, latency_ratio, pair_rows
 from runner.reporting.identity import COMPARE_FIELDS, pair_key
 from runner.reporting.markdown import DASH, ratio_text
 from runner.reporting.rows import sort_rows, write
+from runner.run import record
+from runner.run.record import Row
 from tests.helpers import run_module
 from tests.report_fixtures import A100, H200, H200_ENVIRONMENT, VARIANTS
 

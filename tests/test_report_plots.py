@@ -9,13 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from runner import record
 from runner.reporting.performance import Targets
 from runner.reporting.plots import plot
 from runner.reporting.size_plot import draw_sizes, seed_sizes
 from runner.reporting.speedup_plot import draw_speedup
 from runner.reporting.style import BACKEND_COLOURS, backend_colours, short_labels
 from runner.reporting.time_plot import draw_time
+from runner.run import record
 from tests.test_pairing import repeats
 from tests.test_report import dynamic, fixture_rows, measured
 

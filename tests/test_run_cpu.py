@@ -1,5 +1,5 @@
 """Whole runs on the CPU with a small real detector (torchvision Faster R-CNN MobileNetV3 320):
-through runner.bench.run, and through `python -m runner` in real subprocesses (single runs,
+through runner.run.bench.run, and through `python -m runner` in real subprocesses (single runs,
 exit codes, --multirun sweeps)."""
 
 from __future__ import annotations
@@ -12,8 +12,8 @@ import time
 import pytest
 import torch
 
-from runner.bench import run
-from runner.record import read_rows
+from runner.run.bench import run
+from runner.run.record import read_rows
 from tests.helpers import SMALL_CPU_RUN, run_runner
 
 pytestmark = pytest.mark.slow

@@ -10,10 +10,10 @@ import datetime
 
 import pytest
 
-from runner import record
-from runner.record import read_rows
 from runner.reporting.identity import identity_of
 from runner.reporting.repeats import speed_ups
+from runner.run import record
+from runner.run.record import read_rows
 from tests.helpers import run_runner
 
 pytestmark = pytest.mark.slow

@@ -384,7 +384,7 @@ def test_submitit_itself_learns_a_hard_failure_from_the_sacct_stand_in(cluster, 
 
 GPU_PROBE = """
 import json, os, time
-from runner import gpus
+from runner.run import gpus
 with gpus.claim("cuda", poll_s=0.1) as gpu:
     held = time.time()
     time.sleep(3)

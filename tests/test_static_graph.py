@@ -11,7 +11,8 @@ from __future__ import annotations
 import pytest
 import torch
 
-from runner import backends, measurement, parity
+from runner import backends
+from runner.run import measurement, parity
 from tests.helpers import CUDA_MISSING, SMALL_CPU_RUN, seed_variants
 from tests.test_detectron2 import (
     SMALL,
@@ -89,7 +90,7 @@ def test_gpu_forward_has_no_host_sync_and_replays_the_same(make_config, name, pr
     if not torch.cuda.is_available():
         pytest.skip(CUDA_MISSING)
     from runner.backends.static_graph.detector import Budgets, StaticDetector
-    from runner.precision import autocast
+    from runner.run.precision import autocast
 
     cfg = make_config(*variant_overrides(name), "device=cuda", f"precision={precision}")
     device = torch.device("cuda", 0)

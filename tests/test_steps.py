@@ -1,4 +1,4 @@
-"""The typed values of a run's steps (runner.steps) and the always-a-row guarantee: a misspelt
+"""The typed values of a run's steps (runner.run.steps) and the always-a-row guarantee: a misspelt
 field, a value the Row refuses or a parent that meets a value it cannot use still ends in a
 row with status error and the reason, never in no row."""
 
@@ -8,8 +8,9 @@ import dataclasses
 
 import pytest
 
-from runner import backends, bench, record, steps
-from runner.steps import Block, Environment, Finished, Parity, Prepared
+from runner import backends
+from runner.run import bench, record, steps
+from runner.run.steps import Block, Environment, Finished, Parity, Prepared
 
 
 @pytest.mark.parametrize("value", [Environment, Parity, Finished])

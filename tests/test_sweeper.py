@@ -10,7 +10,7 @@ import re
 
 import pytest
 
-from runner.record import read_rows
+from runner.run.record import read_rows
 from tests.helpers import run_runner, seed_variants
 
 # every job refused by validation: nothing measured; the sweeper lists the jobs it made (debug)

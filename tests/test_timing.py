@@ -8,8 +8,8 @@ import time
 import numpy as np
 import pytest
 
-from runner import timing
-from runner.timing import Protocol, measure, summarize
+from runner.run import timing
+from runner.run.timing import Protocol, measure, summarize
 
 
 def test_summarize_known_samples():

@@ -371,12 +371,12 @@ def reported(result: JobReturn) -> str:
 
 
 def failure_rows(sweep_config: DictConfig, task_cfg: DictConfig, text: str, hostname: str):
-    """What the stopped job would have returned (runner.bench.run): one row, or one per
+    """What the stopped job would have returned (runner.run.bench.run): one row, or one per
     member of a session of backends (None for a member whose config is refused)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from runner import bench
     from runner.config import to_config
+    from runner.run import member
 
     cfg = to_config(task_cfg)
     cfg.command = os.environ.get("D2BENCH_COMMAND", "")
@@ -385,7 +385,7 @@ def failure_rows(sweep_config: DictConfig, task_cfg: DictConfig, text: str, host
     saved = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(sweep_config)  # as inside the job (member folders)
     try:
-        members = bench.member_configs(cfg)
+        members = member.member_configs(cfg)
     finally:
         HydraConfig.instance().cfg = saved
     return [None if m is None else failure_row(m, text, hostname) for m in members]
@@ -393,13 +393,14 @@ def failure_rows(sweep_config: DictConfig, task_cfg: DictConfig, text: str, host
 
 def failure_row(cfg, text: str, hostname: str = ""):
     """Write (and return) the error row of a run whose job ended without finishing it, as
-    runner.bench does for a run that failed (the row alone in result.csv). A run whose every
+    runner.run.member does for a run that failed (the row alone in result.csv). A run whose every
     repeat is already measured, with this config and code, is kept: its last row."""
-    from runner import bench, provenance, record
+    from runner import provenance
     from runner.config import fingerprint
+    from runner.run import member, record
 
     out = Path(cfg.output_dir)
-    code = fingerprint(cfg, provenance.code_digest())  # as runner.bench: the code's content
+    code = fingerprint(cfg, provenance.code_digest())  # as runner.run.bench: the code's content
     out.mkdir(parents=True, exist_ok=True)
     with record.locked(out / ".lock"):
         try:
@@ -410,7 +411,7 @@ def failure_row(cfg, text: str, hostname: str = ""):
         if measured and {r.repeat for r in measured} >= set(range(cfg.bench.repeats)):
             return measured[-1]
         row = record.Row(
-            **bench.identity(cfg),
+            **member.identity(cfg),
             status="error",
             error=text,
             hostname=hostname if hostname not in ("None", "(null)") else "",

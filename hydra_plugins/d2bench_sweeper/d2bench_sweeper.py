@@ -11,7 +11,7 @@ exits non-zero if any run failed, so a sweep never hides a failure and never sto
 Jobs that differ only in their backend (`backend=...`, `backend.options.*`) form one session:
 the sweeper launches one job for them, the first one's overrides plus `members=[...]` (each
 member's backend overrides), and that job measures them together, backends taking turns block
-by block (runner.bench), each in its own folder as if launched alone. A launcher therefore
+by block (runner.run.bench), each in its own folder as if launched alone. A launcher therefore
 runs sessions: local_gpus one session per GPU, slurm one job per session.
 """
 

@@ -40,8 +40,6 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner import record
-from runner.record import Row
 from runner.reporting import performance
 from runner.reporting.compare import compare_side, comparison, pair_rows
 from runner.reporting.markdown import counted
@@ -56,6 +54,8 @@ from runner.reporting.rows import (
     write,
 )
 from runner.reporting.tables import tables
+from runner.run import record
+from runner.run.record import Row
 
 log = logging.getLogger(__name__)
 

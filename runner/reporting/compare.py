@@ -11,7 +11,6 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from runner.record import Row, is_measured
 from runner.reporting.identity import (
     COMPARE_FIELDS,
     backend_label,
@@ -45,6 +44,7 @@ from runner.reporting.tables import (
     software_text,
     table_subtitle,
 )
+from runner.run.record import Row, is_measured
 
 log = logging.getLogger(__name__)
 

@@ -4,7 +4,7 @@ keys and labels; reads nothing."""
 
 from __future__ import annotations
 
-from runner.record import Row
+from runner.run.record import Row
 
 IDENTITY = (
     "model",

@@ -15,7 +15,6 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.record import Row, is_measured, passed
 from runner.reporting.identity import (
     REFERENCE_BACKEND,
     backend_label,
@@ -26,6 +25,7 @@ from runner.reporting.identity import (
 from runner.reporting.markdown import DASH, markdown_header, markdown_row, number, ratio_text
 from runner.reporting.repeats import SpeedUp
 from runner.reporting.rows import table_headings
+from runner.run.record import Row, is_measured, passed
 
 
 @dataclass(frozen=True)

@@ -16,12 +16,12 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner.record import Row
 from runner.reporting.performance import Targets
 from runner.reporting.size_plot import draw_sizes
 from runner.reporting.speedup_plot import draw_speedup
 from runner.reporting.style import Drawing, save_figure
 from runner.reporting.time_plot import draw_time
+from runner.run.record import Row
 
 log = logging.getLogger(__name__)
 

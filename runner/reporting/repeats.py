@@ -1,6 +1,6 @@
 """Repeats and speed-ups: takes the rows of one or more sessions (one row per timed block),
 returns one summary per identity (its repeats' medians, count and spread) and each row's paired
-speed-up over eager with its 95% bootstrap interval (runner.timing holds the maths).
+speed-up over eager with its 95% bootstrap interval (runner.run.timing holds the maths).
 
 Both work on the rows as a pandas table (runner.reporting.rows.frame): repeats are a groupby
 over the identity; pairs are a merge of each row with the eager row of the same session and
@@ -15,11 +15,11 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from runner import record, timing
-from runner.record import Row, is_measured
 from runner.reporting.identity import PAIR_FIELDS, is_baseline, machine_of
 from runner.reporting.markdown import counted
 from runner.reporting.rows import frame, sort_rows
+from runner.run import record, timing
+from runner.run.record import Row, is_measured
 
 OLDEST = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
 # figures that a summary takes as the median over the repeats

@@ -1,7 +1,7 @@
 """Rows: reads result.csv files and merged results CSVs, drops identical copies, checks that the
 rows come from one machine, and puts them in the seed's order.
 
-Takes paths; returns Rows (runner.record parses each file, so the CSV format lives in one
+Takes paths; returns Rows (runner.run.record parses each file, so the CSV format lives in one
 place) and, for the steps that work on the whole set, a pandas table of them (`frame`). Writes
 the merged results CSV.
 """
@@ -18,8 +18,6 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner import record
-from runner.record import Row
 from runner.reporting.identity import (
     REFERENCE_BACKEND,
     SETUP_FIELDS,
@@ -31,6 +29,8 @@ from runner.reporting.identity import (
     title_of,
 )
 from runner.reporting.markdown import DASH
+from runner.run import record
+from runner.run.record import Row
 
 log = logging.getLogger(__name__)
 

@@ -13,8 +13,6 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner import record
-from runner.record import Row
 from runner.reporting.identity import backend_label, title_of
 from runner.reporting.repeats import merged_rows
 from runner.reporting.rows import PRECISION_ORDER, rank
@@ -30,6 +28,8 @@ from runner.reporting.style import (
     new_figure,
     short_labels,
 )
+from runner.run import record
+from runner.run.record import Row
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 COLUMNS = 3  # panels per row of the grid
@@ -45,7 +45,7 @@ def pixels(image_hw: str) -> int | None:
 @functools.lru_cache
 def seed_sizes(conf: Path = CONF) -> dict[str, str]:
     """{"min": "HxW", "opt": ..., "max": ...}: the default input (inputs.height x width) and
-    shapes=dynamic's min and max scales of it, rounded as runner.inputs rounds them."""
+    shapes=dynamic's min and max scales of it, rounded as runner.run.inputs rounds them."""
     from omegaconf import OmegaConf
 
     try:

@@ -11,8 +11,6 @@ from __future__ import annotations
 import math
 from collections.abc import Sequence
 
-from runner import record
-from runner.record import Row
 from runner.reporting.identity import backend_label, identity_of, is_baseline, table_key
 from runner.reporting.performance import Targets
 from runner.reporting.repeats import merged_rows, speed_ups
@@ -30,6 +28,8 @@ from runner.reporting.style import (
     new_figure,
     short_labels,
 )
+from runner.run import record
+from runner.run.record import Row
 
 COLUMNS = 4  # panels per row of the grid
 TITLE = "Speed-up over eager at the same precision"

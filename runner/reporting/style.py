@@ -13,7 +13,7 @@ import io
 from collections.abc import Iterable
 from pathlib import Path
 
-from runner import record
+from runner.run import record
 
 WIDTH_IN, DPI = 9.0, 100  # 900 px: GitHub's README column shows it at its own size
 FONT_SIZE = 9

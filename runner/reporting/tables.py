@@ -7,7 +7,6 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from runner.record import Row, is_measured
 from runner.reporting import performance
 from runner.reporting.identity import backend_label, identity_of, is_baseline, machine_of, table_key
 from runner.reporting.markdown import (
@@ -23,6 +22,7 @@ from runner.reporting.markdown import (
 from runner.reporting.plots import FIGURES
 from runner.reporting.repeats import Repeats, SpeedUp, merge_repeats, merged_rows, speed_ups
 from runner.reporting.rows import sort_rows, table_headings
+from runner.run.record import Row, is_measured
 
 ERROR_CHARS = 100
 

@@ -10,8 +10,6 @@ from __future__ import annotations
 import textwrap
 from collections.abc import Sequence
 
-from runner import record
-from runner.record import Row
 from runner.reporting.identity import REFERENCE_BACKEND, backend_label, table_key
 from runner.reporting.repeats import merged_rows
 from runner.reporting.rows import PRECISION_ORDER, panel_titles, rank
@@ -27,6 +25,8 @@ from runner.reporting.style import (
     new_figure,
     short_labels,
 )
+from runner.run import record
+from runner.run.record import Row
 
 TITLE = "Where the time goes: median latency against the GPU's own time per call"
 

@@ -2,7 +2,7 @@
 several backends at once and then hand out timing blocks to them in turn.
 
 `Worker(factory, args)` spawns a fresh child (its own process group, killed with its parent, as
-runner.isolate does for one-shot calls) that builds `factory(*args)` and then answers requests:
+runner.run.isolate does for one-shot calls) that builds `factory(*args)` and then answers requests:
 `send(method, *args)` asks it to call that method, `receive(timeout_s)` waits for the answer.
 A method that raises, a child that dies and a request that outlives its timeout all come back as
 `isolate.ChildFailed` (exception | signal | exit | timeout); after a timeout the child is killed.
@@ -17,7 +17,7 @@ import time
 from collections.abc import Callable, Sequence
 from typing import Any
 
-from runner.isolate import (
+from runner.run.isolate import (
     ChildFailed,
     _die_with_parent,
     _kill_group,
@@ -70,7 +70,7 @@ class Worker:
     ):
         current = multiprocessing.get_start_method(allow_none=True)
         if current is not None and current not in multiprocessing.get_all_start_methods():
-            multiprocessing.set_start_method("spawn", force=True)  # see runner.isolate.call
+            multiprocessing.set_start_method("spawn", force=True)  # see runner.run.isolate.call
         context = multiprocessing.get_context("spawn")
         self._conn, child_conn = context.Pipe(duplex=True)
         self.process = context.Process(

@@ -44,7 +44,7 @@ class Detections:
     classes: torch.Tensor  # (N,) int64
     masks: torch.Tensor | None = None  # (N, [1,] h, w) probabilities or booleans
     keypoints: torch.Tensor | None = None  # (N, K, 2) x, y
-    # every other per-detection output, by name (runner.export names them): no figure compares
+    # every other per-detection output, by name (runner.run.export names them): no figure compares
     # these, so they are listed as unchecked
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
 

@@ -69,7 +69,7 @@ class Row:
     # what the backend reports about its own work ("key=value; ..."): for static_graph the graphs
     # kept and their memory, and calls that fell back to eager to stay exact
     backend_notes: str = ""
-    # parity against the reference on the same input (worst over the sizes); runner.parity
+    # parity against the reference on the same input (worst over the sizes); runner.run.parity
     # says what each figure is
     parity_pass: bool | None = None
     parity_match_f1: float | None = None

@@ -22,7 +22,7 @@ from torch import nn
 from runner import families
 from runner.backends import Unsupported
 from runner.config import ModelConfig
-from runner.parity import Detections
+from runner.run.parity import Detections
 
 LEADING = ("boxes", "scores", "classes")  # the Detections names that come first, in this order
 

@@ -6,7 +6,7 @@ into a Row and never raises: a value that does not fit ends as an error row sayi
     child:   environment -> build -> reference -> optimize -> warm-up -> parity   = Prepared
              timed block (one per repeat)                                          = Block
              profile and the backend's notes                                       = Finished
-    parent:  identity (runner.bench) + Prepared + Block + Finished                 = Row
+    parent:  identity (runner.run.bench) + Prepared + Block + Finished                 = Row
 """
 
 from __future__ import annotations
@@ -16,8 +16,8 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
-from runner import record
-from runner.record import Row
+from runner.run import record
+from runner.run.record import Row
 
 log = logging.getLogger(__name__)
 
@@ -25,8 +25,8 @@ log = logging.getLogger(__name__)
 class Built(NamedTuple):
     """The build step: the exported model, its inputs, and where its weights came from."""
 
-    exported: Any  # runner.export.Exported
-    images: Any  # runner.inputs.InputSet
+    exported: Any  # runner.run.export.Exported
+    images: Any  # runner.run.inputs.InputSet
     weights: str
 
 
@@ -34,7 +34,7 @@ class Reference(NamedTuple):
     """The reference step: eager fp32 detections per shape, and the floor's figures."""
 
     detections: dict
-    floor: Any  # runner.parity.Figures | None
+    floor: Any  # runner.run.parity.Figures | None
 
 
 class Optimized(NamedTuple):
@@ -53,7 +53,7 @@ def _columns(names) -> list[tuple]:
     ]
 
 
-# Where the run ran: the Row's environment columns (runner.record.environment), the GPU's
+# Where the run ran: the Row's environment columns (runner.run.record.environment), the GPU's
 # physical index and what does the backend's work.
 COLUMNS = record.COLUMNS
 ENVIRONMENT = (*COLUMNS[COLUMNS.index("gpu_name") : COLUMNS.index("timestamp") + 1], "gpu_index")
@@ -111,7 +111,7 @@ class Block:
     timestamp: str = ""  # set by the parent when the block came back
 
     def fields(self, batch: int) -> dict:
-        from runner import timing
+        from runner.run import timing
 
         values = dict(timing.summarize(self.samples["opt"], batch))
         for shape in ("min", "max"):

@@ -1,12 +1,12 @@
 """The measuring side of one run: takes a validated Config, builds and optimizes the model once,
-then answers the parent's requests (runner.workers) with Row fields and latency samples.
+then answers the parent's requests (runner.run.workers) with Row fields and latency samples.
 
-    prepare()         the steps, each a method returning its typed value (runner.steps):
+    prepare()         the steps, each a method returning its typed value (runner.run.steps):
                       environment -> build (models.build, inputs.make, export.wrap, calibrate
                       random weights) -> reference (eager fp32, TF32 off, + the floor) ->
                       optimize (and a first call at each size) -> warm_up -> parity (on the
                       timed executable). Returns Prepared: ok | parity_fail | unsupported.
-                      Every call runs at the precision (runner.precision.at_precision).
+                      Every call runs at the precision (runner.run.precision.at_precision).
     time_block(r)     gc as bench.gc says, then at each size bench.rewarm untimed and
                       bench.iters timed calls: a Block of latency samples.
     finish()          the profiler pass (GPU: busy time and kernels of one call, profile.txt)
@@ -23,13 +23,22 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from runner import record
 from runner.config import Config, parse_device
-from runner.steps import Block, Built, Environment, Finished, Optimized, Parity, Prepared, Reference
+from runner.run import record
+from runner.run.steps import (
+    Block,
+    Built,
+    Environment,
+    Finished,
+    Optimized,
+    Parity,
+    Prepared,
+    Reference,
+)
 
 __all__ = ["Measurement", "build"]
 
-log = logging.getLogger("runner.bench")
+log = logging.getLogger("runner.run.bench")
 
 
 def configure_child_logging(out: Path) -> None:
@@ -43,10 +52,10 @@ def configure_child_logging(out: Path) -> None:
 
 def build(cfg: Config, device) -> Built:
     """The build step: model, inputs and export of a run. Random weights are calibrated on the
-    opt input here (runner.models.calibrate)."""
+    opt input here (runner.run.models.calibrate)."""
     import torch
 
-    from runner import export, inputs, models
+    from runner.run import export, inputs, models
 
     model, weights = models.build(cfg.model, device, cfg.seed)
     images = inputs.make(cfg, device)
@@ -79,7 +88,7 @@ class Measurement:
         self.fn = None
         self.images = None
         self.stages: dict[str, float] = {}  # seconds per stage, logged (README: overhead)
-        self.owned = False  # the backend applies the dtype itself (runner.precision)
+        self.owned = False  # the backend applies the dtype itself (runner.run.precision)
 
     # ---- helpers ----
 
@@ -92,7 +101,7 @@ class Measurement:
     def _call(self, batch):
         import torch
 
-        from runner.precision import at_precision
+        from runner.run.precision import at_precision
 
         with torch.no_grad(), at_precision(self.cfg.precision, self.device, self.owned):
             return self.fn(*batch)
@@ -157,8 +166,8 @@ class Measurement:
         )
 
     def reference(self, built: Built) -> Reference:
-        """Eager fp32 with TF32 off on every input, and the floor (runner.fidelity)."""
-        from runner import fidelity
+        """Eager fp32 with TF32 off on every input, and the floor (runner.run.fidelity)."""
+        from runner.run import fidelity
 
         cfg = self.cfg
         detections, floor = fidelity.reference_and_floor(
@@ -176,7 +185,7 @@ class Measurement:
         """The backend's optimize, then a first call at each size (lazy compilers compile on
         it): optimize_s is both."""
         from runner import backends
-        from runner.precision import strict_if_asked
+        from runner.run.precision import strict_if_asked
 
         cfg = self.cfg
         optimize = backends.get(cfg.backend.name)
@@ -194,7 +203,7 @@ class Measurement:
         return Optimized(self.fn, seconds)
 
     def warm_up(self) -> None:
-        from runner import timing
+        from runner.run import timing
 
         warmup = timing.Protocol(self.cfg.bench.warmup, 0)
         for batch in self.images.images.values():
@@ -202,8 +211,8 @@ class Measurement:
 
     def parity(self, built: Built, reference: Reference) -> Parity:
         """The timed executable, after its warm-up, against the reference at every size."""
-        from runner import fidelity
-        from runner import parity as figures_of
+        from runner.run import fidelity
+        from runner.run import parity as figures_of
 
         cfg, images = self.cfg, built.images
         figures, found = [], None
@@ -231,7 +240,7 @@ class Measurement:
         """One timed block at every size; see the module docstring."""
         import torch
 
-        from runner import timing
+        from runner.run import timing
 
         cfg, cuda = self.cfg, self.device.type == "cuda"
         started = time.perf_counter()
@@ -261,7 +270,7 @@ class Measurement:
 
     def finish(self) -> Finished:
         """The profile step: the profiler pass and the backend's notes."""
-        from runner import timing
+        from runner.run import timing
 
         started = time.perf_counter()
         finished = Finished()
@@ -280,7 +289,7 @@ class Measurement:
         return finished
 
     def _profile_text(self, gpu) -> str:
-        from runner import timing
+        from runner.run import timing
 
         return (
             f"# GPU activity of one call at {self.images.hw('opt')} (the median of "

@@ -10,7 +10,7 @@ import sys
 import threading
 import time
 
-log = logging.getLogger("runner.progress")
+log = logging.getLogger("runner.run.progress")
 
 TOTAL = "D2BENCH_SWEEP_TOTAL"  # set by the sweeper for its jobs
 STARTED = "D2BENCH_SWEEP_STARTED"

@@ -2,7 +2,7 @@
 every backend's call and export run inside: torch.autocast for reduced precisions, strict fp32
 (TF32 off) where the precision asks for it, or nothing.
 
-One owner: the harness (runner.measurement) calls a backend's callable inside `at_precision`,
+One owner: the harness (runner.run.measurement) calls a backend's callable inside `at_precision`,
 unless the backend registered `owns_precision=True` (runner.backends): then the backend applies
 the dtype itself (at export, in its compiler, or around its own calls) and the harness sets only
 the TF32 flags (`strict_if_asked`). Either way the dtype comes from here (`torch_dtype`).
