@@ -31,12 +31,8 @@ log = logging.getLogger("runner")
 
 
 def command_line() -> str:
-    """The command that made this row: the sweep's (set by the sweeper) or this process's."""
-    import os
-
-    return os.environ.get("D2BENCH_COMMAND") or shlex.join(
-        ["python", "-m", "runner", *sys.argv[1:]]
-    )
+    """The command of this process, as a row names it (a sweep's jobs get the sweep's)."""
+    return shlex.join(["python", "-m", "runner", *sys.argv[1:]])
 
 
 HYDRA_FILES = {"config.yaml", "hydra.yaml", "overrides.yaml"}
@@ -80,9 +76,9 @@ def run_job(cfg: DictConfig) -> Row | None:
         if single:
             raise SystemExit(2) from None
         return None
-    config.command = command_line()
+    config.command = config.command or command_line()
     index = None if single else hydra_cfg.job.num
-    with Progress(describe(config), index):
+    with Progress(describe(config), index, (config.sweep_jobs, config.sweep_started)):
         try:
             row = run(config)
         except KeyboardInterrupt:  # the children are dead and the rows written (runner.run.bench)

@@ -134,6 +134,10 @@ class Config:
     # set by the sweeper: the backends of one session ("backend=X [backend.options.k=v ...]"
     # each), built in parallel children and timed in turn (runner.run.bench.run_group)
     members: list[str] = field(default_factory=list)
+    # set by the sweeper for its jobs' progress lines: how many jobs it launched, and when
+    # (time.time()); 0 outside a sweep. Like output_dir and command, no part of what is measured
+    sweep_jobs: int = 0
+    sweep_started: float = 0.0
 
 
 def register_schema() -> None:
@@ -267,6 +271,10 @@ def options_text(cfg: Config) -> str:
     return " ".join(f"{key}={value_text(changed[key])}" for key in sorted(changed))
 
 
+# what says where and why a run was made, not what it measures: outside the fingerprint
+NOT_MEASURED = ("output_dir", "command", "redo", "sweep_jobs", "sweep_started")
+
+
 def fingerprint(cfg: Config, code_version: str) -> str:
     """12 hex digits naming what a run measures: its resolved config (not where it writes or
     the command that asked for it) and the code that measures it."""
@@ -274,7 +282,7 @@ def fingerprint(cfg: Config, code_version: str) -> str:
     import json
     from dataclasses import asdict
 
-    payload = {k: v for k, v in asdict(cfg).items() if k not in ("output_dir", "command", "redo")}
+    payload = {k: v for k, v in asdict(cfg).items() if k not in NOT_MEASURED}
     text = json.dumps(payload, sort_keys=True, default=str) + code_version
     return hashlib.sha256(text.encode()).hexdigest()[:12]
 

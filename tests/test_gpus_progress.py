@@ -55,13 +55,11 @@ def test_a_claim_waits_until_a_gpu_is_free(two_gpus):
 
 
 def test_position_in_a_sweep(monkeypatch):
-    monkeypatch.delenv(progress.TOTAL, raising=False)
     assert progress.position(0) == ("", "")
-    monkeypatch.setenv(progress.TOTAL, "4")
-    monkeypatch.setenv(progress.STARTED, str(time.time() - 60))
-    assert progress.position(None) == ("", "")
-    assert progress.position(0) == ("[1/4] ", "")
-    prefix, eta = progress.position(2)  # 2 runs in 60 s: 2 more take about 60 s
+    started = time.time() - 60
+    assert progress.position(None, 4, started) == ("", "")
+    assert progress.position(0, 4, started) == ("[1/4] ", "")
+    prefix, eta = progress.position(2, 4, started)  # 2 runs in 60 s: 2 more take about 60 s
     assert prefix == "[3/4] " and eta.startswith("sweep ETA 0:0")
 
 

@@ -250,3 +250,21 @@ def test_a_backend_on_the_command_line_clashes_with_the_sweeps_backends(tmp_path
     assert "backend set on the command line and by the sweep's backends" in done.stdout + (
         done.stderr
     )
+
+
+@pytest.mark.parametrize(
+    "argv",
+    [["--multirun", "model=a,b"], ["+x='it''s'", "a=b\\c", "d=e\\"], ['q="x"', "p=a\\'b"]],
+)
+def test_the_sweeps_command_reaches_its_jobs_as_one_quoted_override(argv):
+    """The sweeper hands its command to every job as `command=...` (not an environment
+    variable); whatever the shell quoted, the job reads back the same text."""
+    import shlex
+
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    from hydra_plugins.d2bench_sweeper.d2bench_sweeper import quoted
+
+    command = shlex.join(["python", "-m", "runner", *argv])
+    (override,) = OverridesParser.create().parse_overrides([f"command={quoted(command)}"])
+    assert override.value() == command

@@ -378,8 +378,7 @@ def failure_rows(sweep_config: DictConfig, task_cfg: DictConfig, text: str, host
     from runner.config import to_config
     from runner.run import member
 
-    cfg = to_config(task_cfg)
-    cfg.command = os.environ.get("D2BENCH_COMMAND", "")
+    cfg = to_config(task_cfg)  # its command: the sweep's (the sweeper sets it in each job)
     if not cfg.members:
         return failure_row(cfg, text, hostname)
     saved = HydraConfig.instance().cfg

@@ -17,7 +17,7 @@ runs sessions: local_gpus one session per GPU, slurm one job per session.
 
 import collections
 import logging
-import os
+import re
 import shlex
 import sys
 import time
@@ -57,6 +57,13 @@ def sessions(jobs: list[list[str]]) -> list[list[list[str]]]:
         shared = tuple(sorted(o for o in job if not is_backend_override(o)))
         groups.setdefault(shared, []).append(job)
     return list(groups.values())
+
+
+def quoted(text: str) -> str:
+    """`text` as one quoted value of a Hydra override: its quotes escaped, and the backslashes
+    that stand before a quote or at the end (Hydra keeps any other backslash as it is)."""
+    doubled = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
+    return "'" + doubled.replace("'", "\\'") + "'"
 
 
 def session_job(members: list[list[str]]) -> list[str]:
@@ -124,9 +131,6 @@ class D2benchSweeper(BasicSweeper):
         return jobs
 
     def sweep(self, arguments: list[str]) -> Any:
-        os.environ.setdefault(
-            "D2BENCH_COMMAND", shlex.join(["python", "-m", "runner", *sys.argv[1:]])
-        )
         try:
             jobs = self.job_overrides(arguments)
         except HydraException as error:  # a mistake in the sweep itself: one line, no traceback
@@ -141,9 +145,14 @@ class D2benchSweeper(BasicSweeper):
         for overrides, reason in invalid:
             log.error("invalid job %s: %s", overrides, reason)
         groups = sessions(jobs)
-        launched = [session_job(group) for group in groups]
-        os.environ["D2BENCH_SWEEP_TOTAL"] = str(len(launched))  # for the jobs' progress lines
-        os.environ["D2BENCH_SWEEP_STARTED"] = str(time.time())
+        # what every job's config says of the sweep: its command (for the rows), and how many
+        # jobs started when (for their progress lines)
+        sweep = [
+            f"command={quoted(shlex.join(['python', '-m', 'runner', *sys.argv[1:]]))}",
+            f"sweep_jobs={len(groups)}",
+            f"sweep_started={time.time()}",
+        ]
+        launched = [session_job(group) + sweep for group in groups]
         self.overrides = list(self.split_overrides_to_chunks(launched, self.max_batch_size))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)

@@ -5,15 +5,11 @@ that capture output) it degrades to a log line at the start and one at the end."
 from __future__ import annotations
 
 import logging
-import os
 import sys
 import threading
 import time
 
 log = logging.getLogger("runner.run.progress")
-
-TOTAL = "D2BENCH_SWEEP_TOTAL"  # set by the sweeper for its jobs
-STARTED = "D2BENCH_SWEEP_STARTED"
 
 
 def _clock(seconds: float) -> str:
@@ -21,14 +17,14 @@ def _clock(seconds: float) -> str:
     return f"{seconds // 3600}:{seconds // 60 % 60:02d}:{seconds % 60:02d}"
 
 
-def position(index: int | None) -> tuple[str, str]:
-    """('[i/N] ', 'sweep ETA h:mm:ss') for job `index` (0-based) of a sweep, else ('', '')."""
-    total = os.environ.get(TOTAL)
+def position(index: int | None, total: int = 0, started: float = 0.0) -> tuple[str, str]:
+    """('[i/N] ', 'sweep ETA h:mm:ss') for job `index` (0-based) of a sweep of `total` jobs
+    that started at `started` (time.time(); the sweeper sets both in the jobs' configs), else
+    ('', '')."""
     if index is None or not total:
         return "", ""
-    total, done = int(total), index
+    done = index
     prefix = f"[{index + 1}/{total}] "
-    started = float(os.environ.get(STARTED, "0") or 0)
     if done == 0 or not started:
         return prefix, ""
     per_run = (time.time() - started) / done
@@ -36,9 +32,16 @@ def position(index: int | None) -> tuple[str, str]:
 
 
 class Progress:
-    def __init__(self, label: str, index: int | None = None, stream=None, interval_s: float = 1):
+    def __init__(
+        self,
+        label: str,
+        index: int | None = None,
+        sweep: tuple[int, float] = (0, 0.0),
+        stream=None,
+        interval_s: float = 1,
+    ):
         self.stream = stream or sys.stderr
-        self.prefix, self.eta = position(index)
+        self.prefix, self.eta = position(index, *sweep)
         self.label = label
         self.interval_s = interval_s
         self.live = hasattr(self.stream, "isatty") and self.stream.isatty()
