@@ -7,6 +7,7 @@ built, and reported as a `ConfigError` whose message names the field and the all
 
 from __future__ import annotations
 
+import hashlib
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -146,6 +147,21 @@ def register_schema() -> None:
     from hydra.core.config_store import ConfigStore
 
     ConfigStore.instance().store(name="d2bench_schema", node=Config)
+    OmegaConf.register_new_resolver("d2bench_dirname", job_dirname, replace=True)
+
+
+DIRNAME_BYTES = 200  # file systems refuse a name over 255 bytes
+
+
+def job_dirname(override_dirname: str) -> str:
+    """A sweep job's folder: Hydra's override_dirname, or where that is longer than
+    DIRNAME_BYTES (a backend with several options), its start and a digest of the whole name,
+    so that every job keeps a folder of its own and finds it again when the sweep resumes."""
+    raw = override_dirname.encode()
+    if len(raw) <= DIRNAME_BYTES:
+        return override_dirname
+    digest = hashlib.sha1(raw).hexdigest()[:12]
+    return raw[: DIRNAME_BYTES - 13].decode(errors="ignore") + "-" + digest
 
 
 def unknown_keys(node: Any, cls: type, prefix: str = "") -> list[str]:

@@ -233,6 +233,74 @@ def summary(rows: list[dict]) -> str:
     return "\n".join(lines) + "\n"
 
 
+STATISTICS = {  # what a row could report for one process's calls, blocks before the profiler
+    "median of block medians (d2bench)": lambda blocks: statistics.median(
+        statistics.median(b) for b in blocks
+    ),
+    "median of all calls": lambda blocks: statistics.median(c for b in blocks for c in b),
+    "mean of all calls": lambda blocks: statistics.fmean(c for b in blocks for c in b),
+    "5th percentile of all calls": lambda blocks: _quantile([c for b in blocks for c in b], 0.05),
+    "fastest call": lambda blocks: min(c for b in blocks for c in b),
+}
+
+
+def _quantile(values: list[float], q: float) -> float:
+    ordered = sorted(values)
+    return ordered[min(len(ordered) - 1, int(q * len(ordered)))]
+
+
+def _correlation(xs: list[float], ys: list[float]) -> float | None:
+    if len(xs) < 3 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    return statistics.correlation(xs, ys)
+
+
+def reading(blocks: list[dict], calls: list[dict]) -> str:
+    """What the CSVs say beyond the summary: how far apart fresh processes land with each
+    statistic a row could report (so: can any of them make two sweeps agree?), and what a
+    slow block goes with (Pearson correlation of block medians with the other columns)."""
+    lines = [
+        "statistic of each process's calls before the profiler pass: value per process, "
+        "highest / lowest"
+    ]
+    before = {
+        (int(b["process"]), int(b["block"])) for b in blocks if str(b["after_profiler"]) == "False"
+    }
+    per_process: dict[int, dict[int, list[float]]] = {}
+    for c in calls:
+        key = (int(c["process"]), int(c["block"]))
+        if key in before:
+            per_process.setdefault(key[0], {}).setdefault(key[1], []).append(float(c["latency_ms"]))
+    for name, statistic in STATISTICS.items():
+        values = [statistic(list(bs.values())) for _, bs in sorted(per_process.items())]
+        if values:
+            shown = ", ".join(f"{v:.2f}" for v in values)
+            lines.append(f"  {name}: {shown} ms -> {max(values) / min(values):.3f}x")
+    medians = [float(b["median_ms"]) for b in blocks]
+    lines.append("block median against (Pearson r over every block):")
+    for column in ("min_ms", "ctx_involuntary", "loadavg_1m", "sm_mhz_after", "power_w_after"):
+        try:
+            values = [float(b[column]) for b in blocks]
+        except (KeyError, TypeError, ValueError):
+            continue
+        r = _correlation(medians, values)
+        lines.append(f"  {column}: {'n/a (constant)' if r is None else f'{r:+.2f}'}")
+    return "\n".join(lines) + "\n"
+
+
+def read(folder: Path) -> int:
+    """`--read DIR`: the reading of a finished study's CSVs, printed and written to
+    DIR/spread_reading.txt."""
+    with open(folder / "spread_blocks.csv", newline="") as f:
+        blocks = list(csv.DictReader(f))
+    with open(folder / "spread_calls.csv", newline="") as f:
+        calls = list(csv.DictReader(f))
+    text = reading(blocks, calls)
+    (folder / "spread_reading.txt").write_text(text)
+    print(text, end="")
+    return 0
+
+
 def parent(args: argparse.Namespace) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
@@ -273,7 +341,7 @@ def parent(args: argparse.Namespace) -> int:
     text = summary(rows)
     (out / "spread_summary.txt").write_text(text)
     print(text, end="")
-    return 0
+    return read(out)
 
 
 def main(argv: list[str]) -> int:
@@ -283,12 +351,15 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--rewarm", type=int, default=10)
     parser.add_argument("--idle-s", type=float, default=10.0)
     parser.add_argument("--out", default=os.environ.get("OUT", "outputs") + "/spread")
+    parser.add_argument("--read", metavar="DIR", help="read a finished study's CSVs in DIR")
     parser.add_argument("--child", action="store_true", help=argparse.SUPPRESS)
     parser.add_argument("--process", type=int, default=0, help=argparse.SUPPRESS)
     parser.add_argument("--idle-before", type=float, default=0.0, help=argparse.SUPPRESS)
     parser.add_argument("--pin", default="", help=argparse.SUPPRESS)
     parser.add_argument("overrides", nargs="*", default=[])
     args = parser.parse_args(argv)
+    if args.read:
+        return read(Path(args.read))
     if not args.overrides:
         args.overrides = ["model=retinanet", "precision=fp16", "backend=eager"]
     if args.child:

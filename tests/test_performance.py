@@ -102,6 +102,16 @@ def test_targets_per_variant_and_for_every_variant(tmp_path):
     )  # one per variant and precision
 
 
+def test_a_target_at_a_precision_without_rows_says_not_measured(tmp_path):
+    path = write_targets(tmp_path, "speed_up: {fp16: 3.0, bf16: {default: 4.0, RetinaNet: 2.0}}\n")
+    text = performance.targets_table(section_rows(), performance.load_targets(path))
+    assert (
+        "| speed-up over eager | every variant | bf16 | 4.00x / 2.00x (RetinaNet) "
+        "| no bf16 rows in this file | not measured |" in text
+    )
+    assert "| speed-up over eager | RetinaNet | fp16 |" in text
+
+
 @pytest.mark.parametrize(
     "text, says",
     [

@@ -4,6 +4,7 @@ one colour per backend in every figure, and the PNGs' size."""
 
 from __future__ import annotations
 
+import itertools
 import struct
 from pathlib import Path
 
@@ -19,9 +20,11 @@ from runner.run import record
 from tests.test_pairing import repeats
 from tests.test_report import dynamic, fixture_rows, measured
 
-STATIC_FPN = "MaskRCNNFPN (static shapes, 800x1333)"
+STATIC_FPN = "MaskRCNNFPN (static shapes, 800x1333)"  # its table's heading
 DYNAMIC_FPN = "MaskRCNNFPN (dynamic shapes, 800x1333)"
+FPN = "MaskRCNNFPN"  # its panel's title where the dynamic rows are left out
 PLAIN = "mask_rcnn_fpn (trace, batch 2, postprocess)"
+UNTUNED = "channels_last=false fold_bn=false half_weights=false"
 TARGETS = Targets(
     {"fp16": {"default": 5.0}, "fp32": {"default": 3.0, "RetinaNet": 2.0}}, [], None, "t"
 )
@@ -51,6 +54,34 @@ def scatter_offsets(axes) -> list:
     return [offset for c in scatters(axes) for offset in c.get_offsets()]
 
 
+def titled(figure) -> dict[str, object]:
+    """Panels by title, a wrapped title on one line."""
+    return {a.get_title().replace("\n", " "): a for a in figure.axes if a.get_title()}
+
+
+def boxes(figure, artists) -> list:
+    """The artists' boxes in pixels, as saved (the layout done)."""
+    figure.draw_without_rendering()
+    renderer = figure.canvas.get_renderer()
+    return [artist.get_window_extent(renderer) for artist in artists]
+
+
+def inside(box, frame, slack: float = 0.5) -> bool:
+    return (
+        box.x0 >= frame.x0 - slack
+        and box.x1 <= frame.x1 + slack
+        and box.y0 >= frame.y0 - slack
+        and box.y1 <= frame.y1 + slack
+    )
+
+
+def footer_parts(figure) -> tuple[list, list]:
+    """(legends, notes' Text) of the figure's axes without axis: the footer and spare slot."""
+    legends = [a.get_legend() for a in figure.axes if a.get_legend() is not None]
+    texts = [t for a in figure.axes if not a.axison for t in a.texts if t.get_text()]
+    return legends, texts
+
+
 # ---- speed-up -------------------------------------------------------------------------------
 
 
@@ -60,8 +91,7 @@ def test_speedup_bars_are_the_paired_speed_ups_of_rows_that_pass_parity():
     assert bars == {
         ("RetinaNet", "torchscript", "fp32"): pytest.approx(20.0 / 8.66),
         ("RetinaNet", "torchscript", "fp16"): pytest.approx(12.0 / 9.0),
-        (STATIC_FPN, "torchscript", "fp32"): pytest.approx(1.6),
-        (DYNAMIC_FPN, "torchscript", "fp32"): pytest.approx(1.5),
+        (FPN, "torchscript", "fp32"): pytest.approx(1.6),
         (PLAIN, "torchscript", "fp32"): pytest.approx(1.25),
     }
 
@@ -69,25 +99,25 @@ def test_speedup_bars_are_the_paired_speed_ups_of_rows_that_pass_parity():
 def test_speedup_slots_without_a_bar_say_why():
     drawing = draw_speedup(fixture_rows(), TARGETS)
     assert {key: mark.left_out for key, mark in slots(drawing.left_out).items()} == {
-        (STATIC_FPN, "torchscript", "fp16"): "parity FAIL (F1 0.85)",
+        (FPN, "torchscript", "fp16"): "parity FAIL (F1 0.85)",
         ("RetinaNet_scripted", "torchscript", "fp32"): "unsupported",
         ("CascadeRCNN", "torchscript", "fp32"): "error",
         ("CascadeRCNN", "torchscript", "fp16"): "no eager row in its session",
+        (DYNAMIC_FPN, "torchscript", "fp32"): "shapes=dynamic",
     }
-    panels = {axes.get_title(): axes for axes in drawing.figure.axes if axes.get_title()}
-    texts = [text.get_text() for text in panels[STATIC_FPN].texts]
+    panels = titled(drawing.figure)
+    texts = [text.get_text() for text in panels[FPN].texts]
     assert "✗ parity" in texts
     assert [text.get_text() for text in panels["CascadeRCNN"].texts] == ["error", "no pair"]
 
 
 def test_speedup_panels_share_one_axis_with_lines_at_one_and_at_the_targets():
     drawing = draw_speedup(fixture_rows(), TARGETS)
-    panels = [axes for axes in drawing.figure.axes if axes.get_title()]
-    assert [axes.get_title() for axes in panels] == [
+    panels = list(titled(drawing.figure).values())
+    assert list(titled(drawing.figure)) == [
         "RetinaNet",
         "RetinaNet_scripted",
-        STATIC_FPN,
-        DYNAMIC_FPN,
+        FPN,
         "CascadeRCNN",
         PLAIN,
     ]
@@ -137,6 +167,89 @@ def test_options_get_a_short_label_and_a_footnote():
     assert drawing.notes == ["¹ static_graph: half_weights=true"]
 
 
+def seed_like_rows(variants=("RetinaNet", "RetinaNet_scripted", "MaskRCNNFPN", "CascadeRCNN")):
+    """fp16 rows as the H200 seed table has them: eager, static_graph by default, untuned and
+    with Inductor, torchscript, per variant."""
+    rows = []
+    for n, variant in enumerate(variants):
+        rows += [
+            measured(variant, "fp16", "eager", 24.0 + n),
+            measured(variant, "fp16", "torchscript", 16.0 + n),
+            measured(variant, "fp16", "static_graph", 3.0 + n),
+            measured(variant, "fp16", "static_graph", 4.0 + n, backend_options=UNTUNED),
+            measured(variant, "fp16", "static_graph", 2.0 + n, backend_options="compile=true"),
+        ]
+    return rows
+
+
+def test_named_options_read_as_words_in_order_with_a_footnote_of_the_options():
+    drawing = draw_speedup(seed_like_rows())
+    axes = titled(drawing.figure)["RetinaNet"]
+    ticks = [tick.get_text() for tick in axes.get_xticklabels()]
+    assert ticks == ["SG\nuntuned", "SG", "SG\n+Inductor", "TS"]  # less to more, then TS
+    assert drawing.notes == [
+        f"SG untuned: static_graph {UNTUNED}",
+        "SG+Inductor: static_graph compile=true",
+    ]
+    tick_boxes = boxes(drawing.figure, axes.get_xticklabels())
+    assert all(a.x1 < b.x0 for a, b in itertools.pairwise(tick_boxes))  # none touch
+    legends, texts = footer_parts(drawing.figure)
+    (legend,) = legends
+    assert [t.get_text() for t in legend.get_texts()][:4] == [
+        "SG untuned  static_graph",
+        "SG  static_graph",
+        "SG+Inductor  static_graph",
+        "TS  torchscript",
+    ]
+    assert [t.get_text() for t in texts] == ["\n".join(drawing.notes)]
+
+
+@pytest.mark.parametrize("variants", [4, 3], ids=["legend-under-the-grid", "legend-in-a-slot"])
+def test_legend_and_footnotes_are_whole_and_cover_nothing(variants):
+    rows = seed_like_rows(list(seed_like_rows.__defaults__[0])[:variants])
+    rows += [dynamic("MaskRCNNFPN", "fp16", b, 20.0) for b in ("eager", "torchscript")]
+    figure = draw_speedup(rows, TARGETS).figure
+    legends, texts = footer_parts(figure)
+    panels = list(titled(figure).values())
+    assert len(legends) == 1 and len(texts) == 1 and len(panels) == variants
+    parts = boxes(figure, [*legends, *texts])
+    edge = figure.bbox
+    drawn = boxes(figure, panels) + boxes(figure, [a.title for a in panels])
+    drawn += [box for a in panels for box in boxes(figure, a.get_xticklabels())]
+    for part in parts:
+        assert inside(part, edge)
+        assert not any(part.overlaps(other) for other in drawn)
+    assert not parts[0].overlaps(parts[1])
+
+
+def test_dynamic_rows_are_left_to_the_size_figure_and_the_figure_says_so():
+    drawing = draw_speedup(fixture_rows())
+    assert not [title for title in titled(drawing.figure) if "dynamic" in title]
+    assert [(m.panel, m.left_out) for m in drawing.left_out if "dynamic" in m.left_out] == [
+        (DYNAMIC_FPN, "shapes=dynamic")
+    ]
+    note = (
+        "Not shown: MaskRCNNFPN at shapes=dynamic (static shapes only here; see latency against "
+        "input size)"
+    )
+    assert drawing.notes == [note]
+    _, texts = footer_parts(drawing.figure)
+    assert [t.get_text() for t in texts] == [note]
+    only_dynamic = [
+        r for r in fixture_rows() if r.variant == "MaskRCNNFPN" and r.shapes == "dynamic"
+    ]
+    drawing = draw_speedup(only_dynamic)  # a variant measured only at dynamic shapes keeps it
+    assert list(titled(drawing.figure)) == [FPN] and drawing.notes == []
+
+
+def test_a_long_panel_title_wraps_inside_its_panel():
+    drawing = draw_speedup(fixture_rows())
+    axes = titled(drawing.figure)[PLAIN]
+    assert axes.get_title() == "mask_rcnn_fpn (trace, batch 2,\npostprocess)"
+    (title, frame) = boxes(drawing.figure, [axes.title, axes])
+    assert frame.x0 - 5 <= title.x0 and title.x1 <= frame.x1 + 5
+
+
 def test_no_speedup_figure_without_another_backend():
     assert draw_speedup([measured("RetinaNet", "fp16", "eager", 12.0)]) is None
 
@@ -150,19 +263,57 @@ def test_time_points_are_gpu_busy_against_median_with_the_diagonal():
     points = {key: (m.x, m.y) for key, m in slots(drawing.drawn).items()}
     assert points["RetinaNet", "eager", "fp32"] == pytest.approx((16.0, 20.0))
     assert points["RetinaNet", "torchscript", "fp16"] == pytest.approx((7.2, 9.0))
-    assert len(points) == 13
+    assert len(points) == 11
     assert {key: m.left_out for key, m in slots(drawing.left_out).items()} == {
-        (STATIC_FPN, "torchscript", "fp16"): "parity FAIL",
+        (FPN, "torchscript", "fp16"): "parity FAIL",
         ("RetinaNet_scripted", "torchscript", "fp32"): "unsupported",
         ("CascadeRCNN", "torchscript", "fp32"): "error",
+        (DYNAMIC_FPN, "eager", "fp32"): "shapes=dynamic",
+        (DYNAMIC_FPN, "torchscript", "fp32"): "shapes=dynamic",
     }
-    panels = {axes.get_title(): axes for axes in drawing.figure.axes}
+    assert drawing.notes == [
+        "Left out (parity FAIL: MaskRCNNFPN TS fp16; 1 unsupported; 1 error)",
+        "Not shown: MaskRCNNFPN at shapes=dynamic (static shapes only here; see latency against "
+        "input size)",
+    ]
+    assert [t.get_text() for t in footer_parts(drawing.figure)[1]] == ["\n".join(drawing.notes)]
+    panels = titled(drawing.figure)
     assert set(panels) == {"fp32", "fp16"}
     drawn = sorted(tuple(offset) for axes in panels.values() for offset in scatter_offsets(axes))
     assert flat(drawn) == pytest.approx(flat(sorted(points.values())))
     for axes in panels.values():  # the floor: latency = GPU busy
         diagonal = axes.lines[0]
         assert list(diagonal.get_xdata()) == list(diagonal.get_ydata())
+
+
+def test_one_precision_is_one_panel_the_width_of_the_figure_named_at_eager_points():
+    variants = ["RetinaNet", "RetinaNet_scripted", "MaskRCNNFPN", "CascadeRCNN"]
+    drawing = draw_time(seed_like_rows(variants))  # eager points close together
+    figure = drawing.figure
+    (axes,) = [a for a in figure.axes if a.axison]
+    assert axes.get_title() == "" and figure.get_suptitle().endswith("(fp16)")
+    (frame,) = boxes(figure, [axes])
+    assert frame.width > 0.8 * figure.bbox.width
+    diagonal = axes.lines[0]
+    assert list(diagonal.get_xdata()) == list(diagonal.get_ydata())
+    assert sorted(drawing.names["fp16"]) == sorted(variants)  # one name per variant
+    names = [t for t in axes.texts if t.get_text() in variants]
+    eager = {m.panel: (m.x, m.y) for m in drawing.drawn if m.backend == "eager"}
+    assert {t.get_text(): tuple(t.xy) for t in names} == eager  # at the eager points
+    from matplotlib.text import Text
+
+    figure.draw_without_rendering()
+    renderer = figure.canvas.get_renderer()
+    name_boxes = [Text.get_window_extent(t, renderer) for t in names]  # the name, not its line
+    dots = axes.transData.transform([(m.x, m.y) for m in drawing.drawn])
+    for i, box in enumerate(name_boxes):
+        assert inside(box, frame)
+        assert not any(box.overlaps(other) for other in name_boxes[i + 1 :])
+        assert not any(box.x0 < x < box.x1 and box.y0 < y < box.y1 for x, y in dots)
+    legends, _ = footer_parts(figure)
+    (legend,) = legends
+    (legend_box,) = boxes(figure, [legend])
+    assert inside(legend_box, figure.bbox) and not legend_box.overlaps(frame)
 
 
 def test_a_row_without_gpu_busy_gets_no_point_and_no_figure_without_any():
@@ -223,6 +374,25 @@ def test_size_figure_marks_the_seeds_sizes_and_needs_dynamic_rows():
     assert draw_sizes([r for r in fixture_rows() if r.shapes == "static"]) is None
 
 
+def test_the_seed_sizes_names_cover_no_point():
+    at_seed = record.replace(  # measured at the seed's sizes: its highest point under a name
+        dynamic("RetinaNet", "fp16", "eager", 20.0),
+        image_hw_min="288x384",
+        image_hw="480x640",
+        image_hw_max="1200x1600",
+    )
+    drawing = draw_sizes([at_seed])
+    figure = drawing.figure
+    (axes,) = [a for a in figure.axes if a.get_visible()]
+    names = [t for t in axes.texts]
+    assert [t.get_text() for t in names] == ["288x384", "480x640", "1200x1600"]
+    figure.draw_without_rendering()
+    dots = axes.transData.transform([(m.x, m.y) for m in drawing.drawn])
+    assert len(dots) == 3
+    for box in boxes(figure, names):
+        assert not any(box.x0 - 4 < x < box.x1 + 4 and box.y0 - 4 < y < box.y1 + 4 for x, y in dots)
+
+
 def test_seed_sizes_name_the_files_they_cannot_read(tmp_path):
     with pytest.raises(ValueError, match="cannot read the seed's input sizes"):
         seed_sizes(tmp_path)
@@ -238,7 +408,7 @@ def test_each_backend_has_one_colour_in_every_figure():
     speedup = draw_speedup(fixture_rows()).figure.axes[0]
     assert speedup.get_title() == "RetinaNet"
     assert {colour(bar.get_facecolor()) for bar in speedup.patches} == {expected["torchscript"]}
-    (fp32, _) = draw_time(rows).figure.axes
+    (fp32, _) = titled(draw_time(rows).figure).values()
     colours = {colour(c.get_facecolor()[0]) for c in scatters(fp32)}
     assert colours == {expected["eager"], expected["torchscript"]}
     size = [a for a in draw_sizes(rows).figure.axes if a.get_title() == "MaskRCNNFPN"][0]

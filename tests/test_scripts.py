@@ -76,3 +76,60 @@ def test_spread_measures_blocks_in_fresh_processes_and_writes_csv(tmp_path):
         assert len(list(csv.DictReader(f))) == 9
     summary = (tmp_path / "spread_summary.txt").read_text()
     assert "across processes" in summary and "gc=pause" in summary
+    reading = (tmp_path / "spread_reading.txt").read_text()  # --read, run at the end
+    assert "median of block medians (d2bench)" in reading and "ctx_involuntary" in reading
+
+
+def test_spread_reading_compares_statistics_across_processes_and_correlates_blocks(tmp_path):
+    """--read on a finished study: per statistic, each process's value and highest / lowest
+    over blocks before the profiler pass; a slow block's Pearson r with the other columns."""
+    import csv
+
+    columns = [
+        "process",
+        "block",
+        "after_profiler",
+        "median_ms",
+        "min_ms",
+        "ctx_involuntary",
+        "loadavg_1m",
+        "sm_mhz_after",
+        "power_w_after",
+    ]
+    blocks = [
+        # process, block, after profiler, median, min, ctx, load, sm, power
+        [0, 0, False, 10.0, 9.0, 1, 1.0, 1980, 150],  # power = 160 - median
+        [0, 1, True, 40.0, 39.0, 3, 1.0, 1980, 120],  # after the profiler: left out of the first
+        [1, 0, False, 12.0, 11.0, 2, 1.0, 1980, 148],
+        [1, 1, False, 12.0, 11.0, 2, 1.0, 1980, 148],
+    ]
+    calls = {
+        (0, 0): [9.0, 10.0, 11.0],
+        (0, 1): [39.0, 40.0, 41.0],
+        (1, 0): [11.0, 12.0, 13.0],
+        (1, 1): [10.0, 12.0, 14.0],
+    }
+    with open(tmp_path / "spread_blocks.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(columns)
+        writer.writerows(blocks)
+    with open(tmp_path / "spread_calls.csv", "w", newline="") as f:
+        writer = csv.writer(f)
+        writer.writerow(["process", "block", "call", "latency_ms"])
+        for (p, b), values in calls.items():
+            writer.writerows([p, b, i, v] for i, v in enumerate(values))
+    done = subprocess.run(
+        [sys.executable, str(SPREAD), "--read", str(tmp_path)],
+        capture_output=True,
+        text=True,
+        timeout=60,
+        cwd=SPREAD.parents[1],
+    )
+    assert done.returncode == 0, done.stderr
+    text = (tmp_path / "spread_reading.txt").read_text()
+    assert text == done.stdout
+    assert "median of block medians (d2bench): 10.00, 12.00 ms -> 1.200x" in text
+    assert "fastest call: 9.00, 10.00 ms -> 1.111x" in text
+    assert "mean of all calls: 10.00, 12.00 ms -> 1.200x" in text
+    assert "sm_mhz_after: n/a (constant)" in text
+    assert "min_ms: +1.00" in text and "power_w_after: -1.00" in text

@@ -152,3 +152,38 @@ def test_one_roi_align_over_stacked_levels_pools_as_detectron2s_pooler(aligned):
     torch.testing.assert_close(got, expected, rtol=1e-6, atol=1e-6)
     levels_used = {int(v) for v in box_levels(pooler, boxes.reshape(-1, 4))}
     assert levels_used == {0, 1, 2, 3}, levels_used
+
+
+@pytest.mark.detectron2
+@pytest.mark.parametrize(
+    "model, batch", [("retinanet", 1), ("mask_rcnn_c4", 1), ("mask_rcnn_fpn", 2)]
+)
+def test_preprocessing_is_detectron2s_and_compiles_as_one_graph(make_config, model, batch):
+    """The rewrite's preprocessing against the model's own `preprocess_image` on an image size
+    no stride divides, and traced by Dynamo as one graph (fullgraph) with no data-dependent
+    scalar: detectron2's padding reads its size back with `.item()`, which Inductor refused on
+    the H200, leaving that piece eager."""
+    from runner.backends.static_graph.detector import preprocess
+
+    cfg = make_config(f"model={model}", *SMALL)
+    exported, _, _ = measurement.build(cfg, CPU)
+    net = exported.model
+    torch.manual_seed(0)
+    images = tuple(torch.rand(3, 101, 150) * 255 for _ in range(batch))
+    expected = net.preprocess_image([{"image": im} for im in images])
+    got, sizes = preprocess(net, images)
+    assert sizes == [(101, 150)] * batch == [tuple(s) for s in expected.image_sizes]
+    divisibility = max(net.backbone.size_divisibility, 1)  # FPN 32, C4 none
+    assert got.shape == expected.tensor.shape and got.shape[-1] % divisibility == 0
+    torch.testing.assert_close(got, expected.tensor, rtol=0, atol=0)
+
+    ops: list[str] = []
+
+    def record(gm, example_inputs):
+        ops.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(lambda *ims: preprocess(net, ims)[0], backend=record, fullgraph=True)
+    torch.testing.assert_close(compiled(*images), got, rtol=0, atol=0)
+    assert ops and not any("item" in op or "local_scalar" in op for op in ops), ops

@@ -268,3 +268,28 @@ def test_the_sweeps_command_reaches_its_jobs_as_one_quoted_override(argv):
     command = shlex.join(["python", "-m", "runner", *argv])
     (override,) = OverridesParser.create().parse_overrides([f"command={quoted(command)}"])
     assert override.value() == command
+
+
+def test_a_job_whose_overrides_name_a_folder_too_long_for_the_file_system_runs(tmp_path):
+    """Hydra names a job's folder after its overrides; past 255 bytes the file system refuses
+    it (a session member with several backend options did, on the H200). The folder is cut to
+    200 bytes plus a digest of the whole name, and running the sweep again finds it."""
+    long = ("bench.match_iou=0.7", "bench.timeout_s=1800", "bench.gc=collect", "seed=0")
+    args = (
+        "--multirun",
+        *SMALL,
+        "backend=eager,torchscript",
+        *long,
+        "bench.pin_cpus=false",
+        "batch=1",
+        "redo=false",
+        f"hydra.sweep.dir={tmp_path}",
+    )
+    done = run_runner(*args)
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    folders = {result.parent.name for result in tmp_path.rglob("result.csv")}
+    assert len(folders) == 2 and all(len(f.encode()) <= 200 for f in folders), folders
+    assert any(len(f) == 200 and "backend=eager" in f for f in folders), folders
+    again = run_runner(*args)
+    assert "kept" in again.stdout + again.stderr, again.stdout + again.stderr

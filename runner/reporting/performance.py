@@ -246,7 +246,25 @@ def targets_table(rows: Sequence[Row], targets: Targets, paired: Paired | None =
     title = titles(rows)
     lines = markdown_header(TARGET_COLUMNS, ("Target", "Variant", "Precision", "Verdict"))
     bests = best_by_table(rows, paired)
+    measured = {row_precision for _, row_precision, _ in bests}
     for precision in targets.speed_up:
+        if precision not in measured:  # a target with no rows is never left out in silence
+            needed = " / ".join(
+                f"{ratio_text(x)}" + ("" if v == "default" else f" ({v})")
+                for v, x in targets.speed_up[precision].items()
+            )
+            lines.append(
+                markdown_row(
+                    [
+                        "speed-up over eager",
+                        "every variant",
+                        precision,
+                        needed,
+                        f"no {precision} rows in this file",
+                        "not measured",
+                    ]
+                )
+            )
         for _, row_precision, best in bests:
             needed = targets.needed(precision, best.eager.variant or title(best.eager))
             if row_precision != precision or needed is None:

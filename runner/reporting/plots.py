@@ -6,7 +6,9 @@ the table it summarises:
     where_time_goes  median latency against GPU busy   (runner.reporting.time_plot)
     latency_vs_size  latency against input size        (runner.reporting.size_plot)
 
-A figure with nothing to draw (no other backend than eager, no GPU busy times, no dynamic
+Where a variant has rows at static and at dynamic shapes, the first two figures show its static
+ones (one panel or point per variant) and say so; its dynamic ones are latency_vs_size's. A
+figure with nothing to draw (no other backend than eager, no GPU busy times, no dynamic
 shapes) is not written, and an old file of that name is left as it is.
 """
 

@@ -33,6 +33,7 @@ from runner.run.record import Row
 
 CONF = Path(__file__).resolve().parents[2] / "conf"
 COLUMNS = 3  # panels per row of the grid
+HEADROOM = 1.3  # the y axis' top over the panel's highest point
 TITLE = "Latency against input size (shapes=dynamic)"
 
 
@@ -124,7 +125,11 @@ def draw_sizes(rows: Sequence[Row]) -> Drawing | None:
                 )  # fmt: skip
                 drawing.lines.append((title, f"seed {name} {hw}", x))
             axes.set_title(title)
-            axes.set_ylim(bottom=0)
+            peak = max((m.y for m in drawing.drawn if m.panel == title), default=None)
+            if peak:  # room above the highest point for the seed sizes' names
+                axes.set_ylim(0, peak * HEADROOM)
+            else:
+                axes.set_ylim(bottom=0)
             axes.grid(linewidth=0.4, alpha=0.5)
         for axes in axes_grid.flat[len(panels) :]:
             axes.set_visible(False)

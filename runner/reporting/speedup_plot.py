@@ -1,17 +1,28 @@
 """The speed-up figure: takes the rows of one results file (one per repeat) and the targets,
-returns a Drawing: one small panel per variant (per table where a variant has several) in a
-grid, all on one speed-up axis; in each, a bar per backend and precision (fp32 and fp16 side by
-side) at its paired speed-up over eager with the 95% bootstrap interval as error bar, a line at
-1x and one at each precision's target. A slot without a bar says why: parity failed,
-unsupported, error, or no eager row of its session to pair with.
+returns a Drawing: one small panel per variant (per table where a variant has several; a
+variant's dynamic-shape rows are left out, and named under the figure, where it has
+static-shape ones) in a grid, all on one speed-up axis; in each, a bar per backend and precision
+(fp32 and fp16 side by side) at its paired speed-up over eager with the 95% bootstrap interval
+as error bar, a line at 1x and one at each precision's target. A slot without a bar says why:
+parity failed, unsupported, error, or no eager row of its session to pair with. The legend
+takes the grid's last free slot, or a row under it; under all, the footnotes: the exact options
+behind each short label ("SG+Inductor") and what was left out.
 """
 
 from __future__ import annotations
 
 import math
+import textwrap
 from collections.abc import Sequence
 
-from runner.reporting.identity import backend_label, identity_of, is_baseline, table_key
+import numpy
+
+from runner.reporting.identity import (
+    backend_label,
+    identity_of,
+    is_baseline,
+    table_key,
+)
 from runner.reporting.performance import Targets
 from runner.reporting.repeats import merged_rows, speed_ups
 from runner.reporting.rows import PRECISION_ORDER, panel_titles, rank
@@ -23,15 +34,22 @@ from runner.reporting.style import (
     Drawing,
     Mark,
     backend_colours,
+    dynamic_note,
     font,
+    footer,
+    footer_height,
+    in_order,
     legend_name,
     new_figure,
     short_labels,
+    static_first,
+    tick_label,
 )
 from runner.run import record
 from runner.run.record import Row
 
 COLUMNS = 4  # panels per row of the grid
+TITLE_WIDTH = 34  # characters of a panel's title per line: a longer one wraps
 TITLE = "Speed-up over eager at the same precision"
 
 
@@ -46,7 +64,11 @@ def why_left_out(row: Row) -> str:
 
 
 def draw_speedup(rows: Sequence[Row], targets: Targets | None = None) -> Drawing | None:
-    """The figure, or None where no row of another backend than eager exists."""
+    """The figure, or None where no row of another backend than eager exists. A variant's
+    shapes=dynamic rows are left out where it has static-shape rows (style.static_first): they
+    are the size figure's, and a second panel per variant would crowd the grid."""
+    headings = panel_titles(rows)  # the tables', dynamic ones' included
+    rows, dynamic = static_first(rows)
     merged = [row for row in merged_rows(rows) if not is_baseline(row)]
     if not merged:
         return None
@@ -55,18 +77,33 @@ def draw_speedup(rows: Sequence[Row], targets: Targets | None = None) -> Drawing
     for row in merged:
         panels.setdefault(titles[table_key(row)], []).append(row)
     precisions = sorted({r.precision for r in merged}, key=lambda p: rank(p, PRECISION_ORDER))
-    labels = list(dict.fromkeys(backend_label(row) for row in merged))
+    labels = in_order(backend_label(row) for row in merged)
     colours = backend_colours(labels)
     shorts, notes = short_labels(labels)
+    moved = [row for row in merged_rows(dynamic) if not is_baseline(row)]
+    notes = [*notes, dynamic_note(moved)] if moved else notes
     grid = math.ceil(len(panels) / COLUMNS)  # panels keep their width however many there are
+    spare = grid * COLUMNS > len(panels)  # the legend goes in the grid's last free slot
     with font():
-        figure = new_figure(height=2.3 * grid + 1.1)
-        axes_grid = figure.subplots(grid, COLUMNS, sharey=True, squeeze=False)
+        handles = legend_handles(labels, colours, shorts, precisions, bool(targets))
+        ncols = min(len(handles), 4)
+        bottom = footer_height(0 if spare else math.ceil(len(handles) / ncols), len(notes))
+        figure = new_figure(height=2.3 * grid + 0.5 + bottom)
+        layout = figure.add_gridspec(
+            grid + bool(bottom), COLUMNS, height_ratios=[1.7] * grid + ([bottom] if bottom else [])
+        )
+        axes_grid = numpy.empty((grid, COLUMNS), dtype=object)
+        for i, j in numpy.ndindex(grid, COLUMNS):
+            axes_grid[i, j] = figure.add_subplot(layout[i, j], sharey=axes_grid.flat[0])
         drawing = Drawing("speedup", figure, notes=notes)
+        drawing.marks += [
+            Mark(headings[table_key(r)], backend_label(r), r.precision, left_out="shapes=dynamic")
+            for r in moved
+        ]
         found = speed_ups(rows)
         top = 1.0
         for axes, (title, panel) in zip(axes_grid.flat, panels.items(), strict=False):
-            panel_labels = list(dict.fromkeys(backend_label(row) for row in panel))
+            panel_labels = in_order(backend_label(row) for row in panel)
             by_slot = {(backend_label(r), r.precision): r for r in panel}
             width = 0.8 / len(precisions)
             for i, label in enumerate(panel_labels):
@@ -88,8 +125,9 @@ def draw_speedup(rows: Sequence[Row], targets: Targets | None = None) -> Drawing
             needed = {p: targets.needed(p, variant) if targets else None for p in precisions}
             top = max([top, *(n for n in needed.values() if n is not None)])
             drawing.lines += reference_lines(axes, title, needed)
-            axes.set_title(title, fontsize=9)
-            axes.set_xticks(range(len(panel_labels)), [shorts[lb] for lb in panel_labels])
+            axes.set_title(textwrap.fill(title, TITLE_WIDTH), fontsize=9)
+            ticks = [tick_label(shorts[label]) for label in panel_labels]
+            axes.set_xticks(range(len(panel_labels)), ticks)
             axes.set_xlim(-0.6, len(panel_labels) - 0.4)
             axes.grid(axis="y", linewidth=0.4, alpha=0.5)
             axes.set_axisbelow(True)
@@ -98,14 +136,20 @@ def draw_speedup(rows: Sequence[Row], targets: Targets | None = None) -> Drawing
         axes_grid[0][0].set_ylim(0, top * 1.15)
         for axes in axes_grid[:, 0]:
             axes.set_ylabel("speed-up (x)")
-        legend(figure, axes_grid, labels, colours, shorts, precisions, bool(targets))
+        for axes in axes_grid[:, 1:].flat:
+            axes.tick_params(labelleft=False)
+        if spare:
+            axes_grid.flat[-1].set_visible(True)
+            axes_grid.flat[-1].axis("off")
+            axes_grid.flat[-1].legend(handles=handles, loc="center", frameon=False)
+            handles = []
+        if bottom:
+            footer(figure, layout[grid, :], handles, ncols, notes)
         figure.suptitle(
             f"{TITLE}: paired repeats' median ratio, 95% interval; "
             "bars only for answers that pass parity",
             fontsize=10,
         )
-        if notes:
-            figure.supxlabel("; ".join(notes), fontsize=7.5)
     return drawing
 
 
@@ -171,8 +215,8 @@ def reference_lines(axes, title: str, needed: dict[str, float | None]) -> list:
     return lines
 
 
-def legend(figure, axes_grid, labels, colours, shorts, precisions, with_targets: bool) -> None:
-    """One legend for the figure: backend colours, precision hatches, the lines."""
+def legend_handles(labels, colours, shorts, precisions, with_targets: bool) -> list:
+    """The legend's entries: backend colours, precision hatches, the lines."""
     from matplotlib.lines import Line2D
     from matplotlib.patches import Patch
 
@@ -189,10 +233,4 @@ def legend(figure, axes_grid, labels, colours, shorts, precisions, with_targets:
             Line2D([], [], color="black", linestyle=TARGET_LINE.get(p, ":"), label=f"target {p}")
             for p in precisions
         ]
-    spare = [axes for axes in axes_grid.flat if not axes.get_visible()]
-    if spare:
-        spare[-1].set_visible(True)
-        spare[-1].axis("off")
-        spare[-1].legend(handles=handles, loc="center", frameon=False)
-    else:
-        figure.legend(handles=handles, loc="outside lower center", ncols=min(len(handles), 6))
+    return handles

@@ -10,10 +10,13 @@ from __future__ import annotations
 
 import dataclasses
 import io
+import re
 from collections.abc import Iterable
 from pathlib import Path
 
+from runner.reporting.identity import machine_of, title_of
 from runner.run import record
+from runner.run.record import Row
 
 WIDTH_IN, DPI = 9.0, 100  # 900 px: GitHub's README column shows it at its own size
 FONT_SIZE = 9
@@ -39,6 +42,14 @@ BACKEND_SHORT = {
     "compiled_graphs": "CCG",
     "torch_blade": "Blade",
     "tensorrt": "TRT",
+}
+# readable names for the option sets the report's runs use (the footnote gives the options),
+# and where each goes among its backend's labels: -1 before the defaults (less than they do),
+# 1 after (more); any other set of options gets the backend's short name and a footnote mark
+# ("SG¹") and goes after
+OPTION_NAMES = {
+    ("static_graph", "channels_last=false fold_bn=false half_weights=false"): ("SG untuned", -1),
+    ("static_graph", "compile=true"): ("SG+Inductor", 1),
 }
 OTHER_COLOURS = ("#17becf", "#d62728", "#7f7f7f", "#aec7e8", "#ffbb78", "#98df8a")
 PRECISION_HATCH = {"fp32": "", "fp16": "///", "bf16": "..."}
@@ -67,13 +78,15 @@ class Mark:
 
 @dataclasses.dataclass
 class Drawing:
-    """A figure and what it shows: marks, reference lines as (panel, what, value), footnotes."""
+    """A figure and what it shows: marks, reference lines as (panel, what, value), footnotes,
+    and the names written next to points, per panel."""
 
     name: str
     figure: object  # matplotlib.figure.Figure
     marks: list[Mark] = dataclasses.field(default_factory=list)
     lines: list[tuple[str, str, float]] = dataclasses.field(default_factory=list)
     notes: list[str] = dataclasses.field(default_factory=list)
+    names: dict[str, list[str]] = dataclasses.field(default_factory=dict)
 
     @property
     def drawn(self) -> list[Mark]:
@@ -107,19 +120,46 @@ def lighter(colour: str, amount: float) -> str:
 
 
 def short_labels(labels: Iterable[str]) -> tuple[dict[str, str], list[str]]:
-    """Axis labels: the backend's short name, with a footnote mark for its options ("SG¹" for
-    "static_graph [x=1]"). Returns (label -> short label, footnotes "¹ static_graph: x=1")."""
+    """Axis labels: the backend's short name; for a label with options, OPTION_NAMES' name for
+    them ("SG+Inductor") or the short name with a footnote mark ("SG¹" for "static_graph [x=1]").
+    Returns (label -> short label, footnotes giving each one's exact options:
+    "SG+Inductor: static_graph compile=true", "¹ static_graph: x=1")."""
     shorts, notes = {}, []
+    marks = 0
     for label in dict.fromkeys(labels):
         backend, _, options = label.partition(" [")
+        options = options.removesuffix("]")
         short = BACKEND_SHORT.get(backend, backend)
         if not options:
             shorts[label] = short
-            continue
-        mark = superscript(len(notes) + 1)
-        shorts[label] = short + mark
-        notes.append(f"{mark} {backend}: {options.removesuffix(']')}")
+        elif (backend, options) in OPTION_NAMES:
+            shorts[label] = OPTION_NAMES[backend, options][0]
+            notes.append(f"{shorts[label]}: {backend} {options}")
+        else:
+            marks += 1
+            shorts[label] = short + superscript(marks)
+            notes.append(f"{superscript(marks)} {backend}: {options}")
     return shorts, notes
+
+
+def in_order(labels: Iterable[str]) -> list[str]:
+    """Backend labels with each backend's together, in the order backends first come, and
+    within one backend by OPTION_NAMES' place: "SG untuned", "SG", "SG+Inductor"."""
+    labels = list(dict.fromkeys(labels))
+    backends = list(dict.fromkeys(label.partition(" [")[0] for label in labels))
+
+    def place(label: str) -> tuple[int, int]:
+        backend, _, options = label.partition(" [")
+        named = OPTION_NAMES.get((backend, options.removesuffix("]")))
+        return backends.index(backend), (named[1] if named else 1) if options else 0
+
+    return sorted(labels, key=place)
+
+
+def tick_label(short: str) -> str:
+    """A short label on two lines where it has two words ("SG\nuntuned", "SG\n+Inductor"), so
+    that four fit under one panel of a grid."""
+    return re.sub(r"^(\S+?)(?: |(?=\+))", r"\1\n", short, count=1)
 
 
 def legend_name(label: str, short: str) -> str:
@@ -156,6 +196,60 @@ def font(size: float = FONT_SIZE):
             "legend.fontsize": size - 1,
             "hatch.linewidth": 0.8,
         }
+    )
+
+
+def footer(figure, slot, handles=(), ncols: int = 1, lines: Iterable[str] = ()) -> list:
+    """A legend (where `handles`) and, under it, lines of notes (where `lines`), each centred in
+    an axes without axis of its own in the gridspec `slot`. The axes are nearly flat: constrained
+    layout grows the margins around them to fit what they hold, so legend and notes never cover
+    each other, the panels or the figure's edge. Returns the legend and the notes' Text."""
+    lines = [line for line in lines if line]
+    parts = [part for part in (bool(handles), bool(lines)) if part]
+    if not parts:
+        return []
+    inner = slot.subgridspec(len(parts), 1)
+    drawn = []
+    for i in range(len(parts)):
+        axes = figure.add_subplot(inner[i])
+        axes.axis("off")
+        if handles and i == 0:
+            drawn.append(
+                axes.legend(handles=list(handles), loc="center", ncols=ncols, frameon=False)
+            )
+        else:
+            drawn.append(
+                axes.text(0.5, 0.5, "\n".join(lines), ha="center", va="center", fontsize=7.5)
+            )
+    return drawn
+
+
+def footer_height(legend_rows: int, lines: int) -> float:
+    """Inches a footer of that many legend rows and lines of notes takes."""
+    return 0.22 * legend_rows + 0.14 * lines + (0.1 if legend_rows or lines else 0.0)
+
+
+def static_first(rows: Iterable[Row]) -> tuple[list[Row], list[Row]]:
+    """(rows kept, rows left out): a variant's shapes=dynamic rows are left out where it has
+    rows at static shapes on that machine; they are latency_vs_size.png's. A variant measured
+    only at dynamic shapes keeps its rows."""
+    rows = list(rows)
+    static = {(machine_of(r), title_of(r)) for r in rows if r.shapes != "dynamic"}
+    kept, dropped = [], []
+    for row in rows:
+        moved = row.shapes == "dynamic" and (machine_of(row), title_of(row)) in static
+        (dropped if moved else kept).append(row)
+    return kept, dropped
+
+
+def dynamic_note(dropped: Iterable[Row]) -> str:
+    """The note on what static_first left out, "" where nothing."""
+    variants = list(dict.fromkeys(title_of(row) for row in dropped))
+    if not variants:
+        return ""
+    return (
+        f"Not shown: {', '.join(variants)} at shapes=dynamic (static shapes only here; "
+        "see latency against input size)"
     )
 
 

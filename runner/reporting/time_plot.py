@@ -1,12 +1,16 @@
 """The "where the time goes" figure: takes the rows of one results file, returns a Drawing with
 one point per variant, backend and precision at (GPU busy ms, median latency ms), repeats
 merged, and the diagonal latency = GPU busy: the floor, where the GPU never waits for the host.
-A point's height above the diagonal is host time. Rows that fail parity, were not measured, or
-have no GPU busy figure get no point; the Drawing says why.
+A point's height above the diagonal is host time. One panel per precision, as wide as the
+figure allows; each variant named once, at its eager point, where the name covers no other name
+or point; legend and footnotes under the panels. Rows that fail parity, were not measured, or
+have no GPU busy figure get no point, nor do a variant's dynamic-shape rows where it has static
+ones; the Drawing and the footnotes say why.
 """
 
 from __future__ import annotations
 
+import math
 import textwrap
 from collections.abc import Sequence
 
@@ -19,11 +23,16 @@ from runner.reporting.style import (
     Drawing,
     Mark,
     backend_colours,
+    dynamic_note,
     font,
+    footer,
+    footer_height,
+    in_order,
     left_out_text,
     legend_name,
     new_figure,
     short_labels,
+    static_first,
 )
 from runner.run import record
 from runner.run.record import Row
@@ -40,10 +49,13 @@ def why_no_point(row: Row) -> str:
 
 
 def draw_time(rows: Sequence[Row]) -> Drawing | None:
-    """The figure, or None where no row has both a median and a GPU busy time."""
+    """The figure, or None where no row has both a median and a GPU busy time. A variant's
+    shapes=dynamic rows are left out where it has static-shape rows (style.static_first)."""
+    headings = panel_titles(rows)  # the tables', dynamic ones' included
+    rows, dynamic = static_first(rows)
     merged = merged_rows(rows)
     titles = panel_titles(rows)
-    labels = list(dict.fromkeys(backend_label(row) for row in merged))
+    labels = in_order(backend_label(row) for row in merged)
     colours = backend_colours(labels)
     shorts, notes = short_labels(labels)
     marks = []
@@ -57,34 +69,55 @@ def draw_time(rows: Sequence[Row]) -> Drawing | None:
     points = [mark for mark in marks if not mark.left_out]
     if not points:
         return None
+    moved = merged_rows(dynamic)
+    marks += [
+        Mark(headings[table_key(r)], backend_label(r), r.precision, left_out="shapes=dynamic")
+        for r in moved
+    ]
     precisions = sorted({m.precision for m in points}, key=lambda p: rank(p, PRECISION_ORDER))
     low = min(min(m.x, m.y) for m in points) / 1.3
     high = max(max(m.x, m.y) for m in points) * 1.3
+    shown = [label for label in labels if any(m.backend == label for m in points)]
+    handles = legend_handles(shown, colours, shorts, precisions)
+    ncols = min(len(handles), 4)
+    left_out = left_out_text([m for m in marks if m.left_out != "shapes=dynamic"], shorts)
+    footnotes = [
+        textwrap.fill(text, 150) for text in (left_out, *notes, dynamic_note(moved)) if text
+    ]
     with font():
-        figure = new_figure(height=4.9)
-        panels = figure.subplots(1, len(precisions), sharex=True, sharey=True, squeeze=False)[0]
-        drawing = Drawing("where_time_goes", figure, marks, notes=notes)
+        bottom = footer_height(math.ceil(len(handles) / ncols), sum(
+            text.count("\n") + 1 for text in footnotes
+        ))  # fmt: skip
+        figure = new_figure(height=4.6 + bottom)
+        layout = figure.add_gridspec(2, len(precisions), height_ratios=[3.6, bottom])
+        panels = [figure.add_subplot(layout[0, 0])]
+        panels += [
+            figure.add_subplot(layout[0, i], sharex=panels[0], sharey=panels[0])
+            for i in range(1, len(precisions))
+        ]
+        drawing = Drawing("where_time_goes", figure, marks, notes=[n for n in footnotes])
         for axes, precision in zip(panels, precisions, strict=True):
             draw_panel(axes, [m for m in points if m.precision == precision], colours, low, high)
-            axes.set_title(precision)
+            if len(precisions) > 1:
+                axes.set_title(precision)
+            axes.set_xlabel("GPU busy per call (ms): kernels and copies, from the profiler")
             drawing.lines.append((precision, "latency = GPU busy", 1.0))
         panels[0].set_ylabel("median latency per call (ms)")
-        footer = [text for text in (left_out_text(marks, shorts), *notes) if text]
-        figure.supxlabel(
-            "\n".join(
-                ["GPU busy per call (ms): kernels and copies, from the profiler"]
-                + [textwrap.fill(text, 140) for text in footer]
-            ),
-            fontsize=8,
-        )
-        figure.suptitle(TITLE, fontsize=10)
-        legend(figure, labels, colours, shorts, points)
+        for axes in panels[1:]:
+            axes.tick_params(labelleft=False)
+        footer(figure, layout[1, :], handles, ncols, footnotes)
+        only = f" ({precisions[0]})" if len(precisions) == 1 else ""
+        figure.suptitle(TITLE + only, fontsize=10)
+        figure.draw_without_rendering()  # the layout is final: place the names where they fit
+        for axes, precision in zip(panels, precisions, strict=True):
+            names = name_variants(axes, [m for m in points if m.precision == precision])
+            drawing.names[precision] = [text.get_text() for text in names]
     return drawing
 
 
 def draw_panel(axes, points: list[Mark], colours: dict[str, str], low: float, high: float) -> None:
     """One precision: the diagonal, each point, and a line from each variant's eager point to
-    its other backends' points, labelled at eager (or at the point where eager has none)."""
+    its other backends' points."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     axes.set_xscale("log")
@@ -117,20 +150,8 @@ def draw_panel(axes, points: list[Mark], colours: dict[str, str], low: float, hi
             linewidths=0.5,
             zorder=3,
         )
-        if start is None or start is mark:
-            axes.annotate(
-                mark.panel,
-                (mark.x, mark.y),
-                xytext=(-4, 0),
-                textcoords="offset points",
-                ha="right",
-                va="center",
-                fontsize=6.5,
-                color="#333333",
-            )
     axes.set_xlim(low, high)
     axes.set_ylim(low, high)
-    axes.set_aspect("equal")
     for axis in (axes.xaxis, axes.yaxis):
         axis.set_major_locator(LogLocator(subs=(1.0, 2.0, 5.0)))
         axis.set_major_formatter(FuncFormatter(lambda value, _: f"{value:g}"))
@@ -138,12 +159,75 @@ def draw_panel(axes, points: list[Mark], colours: dict[str, str], low: float, hi
     axes.grid(linewidth=0.4, alpha=0.5)
 
 
-def legend(figure, labels, colours, shorts, points) -> None:
+# where a name may go around its point, nearest first: (dx, dy) in pixels at distance 1
+AROUND = ((-1, 0), (1, 0), (0, 1), (0, -1), (-1, 1), (1, 1), (-1, -1), (1, -1))
+DISTANCES = (5, 12, 20, 30, 42, 56, 72, 90)
+NAME_STYLE = {"fontsize": 7, "color": "#333333", "zorder": 4}
+LEADER = {"arrowstyle": "-", "color": "#999999", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3}
+
+
+def name_variants(axes, points: list[Mark]) -> list:
+    """Each variant's name at its eager point (or its first point where eager has none), put
+    where it covers no other name, point or the axes' edge: next to the point if it can, else
+    further out with a thin line to it. Run after the layout is final (the names are left out
+    of it). Returns the names' Text."""
+    from matplotlib.text import Text
+    from matplotlib.transforms import Bbox
+
+    renderer = axes.figure.canvas.get_renderer()
+    frame = axes.get_window_extent(renderer)
+    taken = [text.get_window_extent(renderer) for text in axes.texts]
+    for x, y in axes.transData.transform([(m.x, m.y) for m in points]):
+        taken.append(Bbox.from_bounds(x - 4, y - 4, 8, 8))
+    named: dict[str, Mark] = {}
+    for mark in points:
+        if mark.panel not in named or mark.backend == REFERENCE_BACKEND:
+            named[mark.panel] = mark
+    names = []
+    for mark in sorted(named.values(), key=lambda m: (-m.y, m.x)):
+        text = place_name(axes, mark, taken, frame, renderer)
+        taken.append(Text.get_window_extent(text, renderer))
+        names.append(text)
+    return names
+
+
+def place_name(axes, mark: Mark, taken: list, frame, renderer):
+    """The name at the nearest place around the point where it lies inside the axes and covers
+    nothing in `taken`; next to the point where no place is free."""
+    from matplotlib.text import Text
+
+    for distance in DISTANCES:
+        for dx, dy in AROUND:
+            text = name_at(axes, mark, dx * distance, dy * distance * 0.6, distance > 5)
+            box = Text.get_window_extent(text, renderer)  # the name alone, not its line
+            inside = frame.contains(box.x0, box.y0) and frame.contains(box.x1, box.y1)
+            if inside and not any(box.overlaps(other) for other in taken):
+                return text
+            text.remove()
+    return name_at(axes, mark, -5, 0, False)
+
+
+def name_at(axes, mark: Mark, dx: float, dy: float, leader: bool):
+    """The name, offset (dx, dy) pixels from its point, aligned away from it."""
+    text = axes.annotate(
+        mark.panel,
+        (mark.x, mark.y),
+        xytext=(dx, dy),
+        textcoords="offset pixels",
+        ha="right" if dx < 0 else "left" if dx > 0 else "center",
+        va="top" if dy < 0 else "bottom" if dy > 0 else "center",
+        arrowprops=LEADER if leader else None,
+        **NAME_STYLE,
+    )
+    text.set_in_layout(False)
+    text.update_positions(axes.figure.canvas.get_renderer())
+    return text
+
+
+def legend_handles(shown, colours, shorts, precisions) -> list:
     from matplotlib.lines import Line2D
 
-    shown = [label for label in labels if any(m.backend == label for m in points)]
-    precisions = sorted({m.precision for m in points}, key=lambda p: rank(p, PRECISION_ORDER))
-    handles = [
+    return [
         Line2D(
             [], [], linestyle="", marker="o", color=colours[label],
             label=legend_name(label, shorts[label]),
@@ -153,4 +237,3 @@ def legend(figure, labels, colours, shorts, points) -> None:
         Line2D([], [], linestyle="", marker=PRECISION_MARKER.get(p, "s"), color="grey", label=p)
         for p in precisions
     ]  # fmt: skip
-    figure.legend(handles=handles, loc="outside right upper", frameon=False)

@@ -93,7 +93,7 @@ def member_configs(cfg: Config) -> list[Config | None]:
     from omegaconf import open_dict
 
     from runner import preflight
-    from runner.config import to_config
+    from runner.config import job_dirname, to_config
 
     hydra_cfg = HydraConfig.get()
     shared = [
@@ -102,14 +102,14 @@ def member_configs(cfg: Config) -> list[Config | None]:
         if not is_backend_override(o) and override_key(o) != "members"
     ]
     sweep_dir = Path(hydra_cfg.runtime.output_dir)  # sweep.dir / subdir (override_dirname)
-    for _ in Path(hydra_cfg.job.override_dirname).parts:
+    for _ in Path(job_dirname(hydra_cfg.job.override_dirname)).parts:
         sweep_dir = sweep_dir.parent
     configs: list[Config | None] = []
     for spec in cfg.members:
         overrides = shared + spec.split()
         try:
             composed = compose("config", overrides=overrides, return_hydra_config=True)
-            folder = sweep_dir / composed.hydra.job.override_dirname
+            folder = sweep_dir / job_dirname(composed.hydra.job.override_dirname)
             with open_dict(composed):
                 del composed["hydra"]
                 composed.output_dir = str(folder)

@@ -14,6 +14,7 @@ from dataclasses import dataclass, replace
 
 import torch
 from torch import nn
+from torch.nn import functional as F  # noqa: N812
 
 from runner.backends import Unsupported
 from runner.backends.static_graph import heads as H  # noqa: N812
@@ -54,6 +55,31 @@ def _check_rpn(model) -> None:
         )
 
 
+def preprocess(model, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list]:
+    """detectron2's `preprocess_image` (normalise, pad to the backbone's divisibility and square
+    size, batch) for images of one size, with the padded size computed from the shapes in
+    Python: `ImageList.from_tensors` computes it with tensors and `.item()`, which Inductor
+    cannot compile (it left that graph eager inside the CUDA graph). The same values.
+    Returns the batch [N, C, H, W] and the images' (height, width)."""
+    height, width = common_size([im.shape[-2:] for im in images])
+    normalised = [
+        (im.to(model.pixel_mean.device) - model.pixel_mean) / model.pixel_std for im in images
+    ]
+    padded_h, padded_w = height, width
+    constraints = getattr(model.backbone, "padding_constraints", None) or {}
+    stride = constraints.get("size_divisibility", model.backbone.size_divisibility)
+    square = constraints.get("square_size", 0)
+    if square > 0:
+        padded_h = padded_w = square
+    if stride > 1:
+        padded_h = -(-padded_h // stride) * stride
+        padded_w = -(-padded_w // stride) * stride
+    batch = torch.stack(normalised)
+    if (padded_h, padded_w) != (height, width):
+        batch = F.pad(batch, (0, padded_w - width, 0, padded_h - height), value=0.0)
+    return batch, [(height, width)] * len(images)
+
+
 class StaticDetector(nn.Module):
     """images (CHW, one per image, all the same size) -> Slots, with no host sync."""
 
@@ -81,9 +107,9 @@ class StaticDetector(nn.Module):
 
     def forward(self, *images: torch.Tensor) -> H.Slots:
         model = self.model
-        batched = model.preprocess_image([{"image": im} for im in images])
-        features = model.backbone(batched.tensor)
-        size = common_size(batched.image_sizes)
+        batch, image_sizes = preprocess(model, images)
+        features = model.backbone(batch)
+        size = common_size(image_sizes)
         if self.kind == "retinanet":
             slots = H.retinanet_slots(
                 model, [features[f] for f in model.head_in_features], self.anchors, self.budgets
