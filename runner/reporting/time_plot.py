@@ -14,26 +14,10 @@ import math
 import textwrap
 from collections.abc import Sequence
 
+from runner.reporting import style
 from runner.reporting.identity import REFERENCE_BACKEND, backend_label, table_key
 from runner.reporting.repeats import merged_rows
 from runner.reporting.rows import PRECISION_ORDER, panel_titles, rank
-from runner.reporting.style import (
-    FLOOR_COLOUR,
-    PRECISION_MARKER,
-    Drawing,
-    Mark,
-    backend_colours,
-    dynamic_note,
-    font,
-    footer,
-    footer_height,
-    in_order,
-    left_out_text,
-    legend_name,
-    new_figure,
-    short_labels,
-    static_first,
-)
 from runner.run import record
 from runner.run.record import Row
 
@@ -48,30 +32,32 @@ def why_no_point(row: Row) -> str:
     return "no GPU busy figure" if not row.gpu_busy_ms else ""
 
 
-def draw_time(rows: Sequence[Row]) -> Drawing | None:
+def draw_time(rows: Sequence[Row]) -> style.Drawing | None:
     """The figure, or None where no row has both a median and a GPU busy time. A variant's
     shapes=dynamic rows are left out where it has static-shape rows (style.static_first)."""
     headings = panel_titles(rows)  # the tables', dynamic ones' included
-    rows, dynamic = static_first(rows)
+    rows, dynamic = style.static_first(rows)
     merged = merged_rows(rows)
     titles = panel_titles(rows)
-    labels = in_order(backend_label(row) for row in merged)
-    colours = backend_colours(labels)
-    shorts, notes = short_labels(labels)
+    labels = style.in_order(backend_label(row) for row in merged)
+    colours = style.backend_colours(labels)
+    shorts, notes = style.short_labels(labels)
     marks = []
     for row in merged:
         title, label = titles[table_key(row)], backend_label(row)
         reason = why_no_point(row)
         if reason:
-            marks.append(Mark(title, label, row.precision, left_out=reason))
+            marks.append(style.Mark(title, label, row.precision, left_out=reason))
         else:
-            marks.append(Mark(title, label, row.precision, row.gpu_busy_ms, row.latency_ms_median))
+            marks.append(
+                style.Mark(title, label, row.precision, row.gpu_busy_ms, row.latency_ms_median)
+            )
     points = [mark for mark in marks if not mark.left_out]
     if not points:
         return None
     moved = merged_rows(dynamic)
     marks += [
-        Mark(headings[table_key(r)], backend_label(r), r.precision, left_out="shapes=dynamic")
+        style.Mark(headings[table_key(r)], backend_label(r), r.precision, left_out="shapes=dynamic")
         for r in moved
     ]
     precisions = sorted({m.precision for m in points}, key=lambda p: rank(p, PRECISION_ORDER))
@@ -80,22 +66,22 @@ def draw_time(rows: Sequence[Row]) -> Drawing | None:
     shown = [label for label in labels if any(m.backend == label for m in points)]
     handles = legend_handles(shown, colours, shorts, precisions)
     ncols = min(len(handles), 4)
-    left_out = left_out_text([m for m in marks if m.left_out != "shapes=dynamic"], shorts)
+    left_out = style.left_out_text([m for m in marks if m.left_out != "shapes=dynamic"], shorts)
     footnotes = [
-        textwrap.fill(text, 150) for text in (left_out, *notes, dynamic_note(moved)) if text
+        textwrap.fill(text, 150) for text in (left_out, *notes, style.dynamic_note(moved)) if text
     ]
-    with font():
-        bottom = footer_height(math.ceil(len(handles) / ncols), sum(
+    with style.font():
+        bottom = style.footer_height(math.ceil(len(handles) / ncols), sum(
             text.count("\n") + 1 for text in footnotes
         ))  # fmt: skip
-        figure = new_figure(height=4.6 + bottom)
+        figure = style.new_figure(height=4.6 + bottom)
         layout = figure.add_gridspec(2, len(precisions), height_ratios=[3.6, bottom])
         panels = [figure.add_subplot(layout[0, 0])]
         panels += [
             figure.add_subplot(layout[0, i], sharex=panels[0], sharey=panels[0])
             for i in range(1, len(precisions))
         ]
-        drawing = Drawing("where_time_goes", figure, marks, notes=[n for n in footnotes])
+        drawing = style.Drawing("where_time_goes", figure, marks, notes=[n for n in footnotes])
         for axes, precision in zip(panels, precisions, strict=True):
             draw_panel(axes, [m for m in points if m.precision == precision], colours, low, high)
             if len(precisions) > 1:
@@ -105,7 +91,7 @@ def draw_time(rows: Sequence[Row]) -> Drawing | None:
         panels[0].set_ylabel("median latency per call (ms)")
         for axes in panels[1:]:
             axes.tick_params(labelleft=False)
-        footer(figure, layout[1, :], handles, ncols, footnotes)
+        style.footer(figure, layout[1, :], handles, ncols, footnotes)
         only = f" ({precisions[0]})" if len(precisions) == 1 else ""
         figure.suptitle(TITLE + only, fontsize=10)
         figure.draw_without_rendering()  # the layout is final: place the names where they fit
@@ -115,14 +101,16 @@ def draw_time(rows: Sequence[Row]) -> Drawing | None:
     return drawing
 
 
-def draw_panel(axes, points: list[Mark], colours: dict[str, str], low: float, high: float) -> None:
+def draw_panel(
+    axes, points: list[style.Mark], colours: dict[str, str], low: float, high: float
+) -> None:
     """One precision: the diagonal, each point, and a line from each variant's eager point to
     its other backends' points."""
     from matplotlib.ticker import FuncFormatter, LogLocator
 
     axes.set_xscale("log")
     axes.set_yscale("log")
-    axes.plot([low, high], [low, high], color=FLOOR_COLOUR, linewidth=1)
+    axes.plot([low, high], [low, high], color=style.FLOOR_COLOUR, linewidth=1)
     axes.fill_between([low, high], [low, high], low, color="#eeeeee", zorder=0)
     axes.text(
         high / 1.1,
@@ -145,7 +133,7 @@ def draw_panel(axes, points: list[Mark], colours: dict[str, str], low: float, hi
             mark.y,
             s=30,
             color=colours[mark.backend],
-            marker=PRECISION_MARKER.get(mark.precision, "s"),
+            marker=style.PRECISION_MARKER.get(mark.precision, "s"),
             edgecolors="white",
             linewidths=0.5,
             zorder=3,
@@ -166,7 +154,7 @@ NAME_STYLE = {"fontsize": 7, "color": "#333333", "zorder": 4}
 LEADER = {"arrowstyle": "-", "color": "#999999", "linewidth": 0.5, "shrinkA": 0, "shrinkB": 3}
 
 
-def name_variants(axes, points: list[Mark]) -> list:
+def name_variants(axes, points: list[style.Mark]) -> list:
     """Each variant's name at its eager point (or its first point where eager has none), put
     where it covers no other name, point or the axes' edge: next to the point if it can, else
     further out with a thin line to it. Run after the layout is final (the names are left out
@@ -179,7 +167,7 @@ def name_variants(axes, points: list[Mark]) -> list:
     taken = [text.get_window_extent(renderer) for text in axes.texts]
     for x, y in axes.transData.transform([(m.x, m.y) for m in points]):
         taken.append(Bbox.from_bounds(x - 4, y - 4, 8, 8))
-    named: dict[str, Mark] = {}
+    named: dict[str, style.Mark] = {}
     for mark in points:
         if mark.panel not in named or mark.backend == REFERENCE_BACKEND:
             named[mark.panel] = mark
@@ -191,7 +179,7 @@ def name_variants(axes, points: list[Mark]) -> list:
     return names
 
 
-def place_name(axes, mark: Mark, taken: list, frame, renderer):
+def place_name(axes, mark: style.Mark, taken: list, frame, renderer):
     """The name at the nearest place around the point where it lies inside the axes and covers
     nothing in `taken`; next to the point where no place is free."""
     from matplotlib.text import Text
@@ -207,7 +195,7 @@ def place_name(axes, mark: Mark, taken: list, frame, renderer):
     return name_at(axes, mark, -5, 0, False)
 
 
-def name_at(axes, mark: Mark, dx: float, dy: float, leader: bool):
+def name_at(axes, mark: style.Mark, dx: float, dy: float, leader: bool):
     """The name, offset (dx, dy) pixels from its point, aligned away from it."""
     text = axes.annotate(
         mark.panel,
@@ -224,16 +212,20 @@ def name_at(axes, mark: Mark, dx: float, dy: float, leader: bool):
     return text
 
 
+def marker(precision: str) -> str:
+    return style.PRECISION_MARKER.get(precision, "s")
+
+
 def legend_handles(shown, colours, shorts, precisions) -> list:
     from matplotlib.lines import Line2D
 
     return [
         Line2D(
             [], [], linestyle="", marker="o", color=colours[label],
-            label=legend_name(label, shorts[label]),
+            label=style.legend_name(label, shorts[label]),
         )
         for label in shown
     ] + [
-        Line2D([], [], linestyle="", marker=PRECISION_MARKER.get(p, "s"), color="grey", label=p)
+        Line2D([], [], linestyle="", marker=marker(p), color="grey", label=p)
         for p in precisions
     ]  # fmt: skip
