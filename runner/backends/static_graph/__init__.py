@@ -107,7 +107,8 @@ class _CompileCache:
 
 def _postprocess(exported) -> bool:
     """Whether the exported module post-processes (resized boxes, pasted masks)."""
-    inner = getattr(exported.module, "postprocess", None)  # runner.export._D2ScriptPath
+    # the scripted path's wrapper (runner.families.detectron2._ScriptPath)
+    inner = getattr(exported.module, "postprocess", None)
     if inner is not None:
         return bool(inner)
     inference = getattr(exported.module, "inference_func", None)  # TracingAdapter

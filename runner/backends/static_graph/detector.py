@@ -122,7 +122,7 @@ class StaticDetector(nn.Module):
                 slots = replace(
                     slots, masks=H.masks(model.roi_heads, features, slots, self.budgets)
                 )
-        if self.postprocess:  # output size = input size (runner.export feeds height/width so)
+        if self.postprocess:  # output size = input size (the detectron2 family asks for it)
             height, width = images[0].shape[-2:]
             slots = H.postprocess(slots, int(height), int(width))
         return H.compact(slots)
