@@ -103,3 +103,31 @@ def test_a_real_run_on_the_gpu(make_config, tmp_path):
     assert row.peak_mem_mb is not None and row.peak_mem_mb > 0
     assert row.gpu_name and row.gpu_index != ""
     assert 0 < row.gpu_busy_ms <= row.latency_ms_median * 1.5
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+@pytest.mark.parametrize("backend", ["eager", "torchscript"])
+def test_fp16_on_the_gpu_has_one_owner_and_the_eager_floor(make_config, tmp_path, backend):
+    """TorchScript applies fp16 itself (owns_precision: the harness does not wrap it in autocast
+    a second time); eager is wrapped by the harness. Either way the detections are eager fp16's:
+    parity passes against the strict reference with the fp16 floor, and the call is faster on
+    the GPU than at fp32 would be (GPU busy under the fp32 row of the same model, below)."""
+    rows = {}
+    for precision in ("fp16", "fp32"):
+        rows[precision] = run(
+            make_config(
+                "model=mask_rcnn_fpn",
+                "device=cuda",
+                f"backend={backend}",
+                f"precision={precision}",
+                "bench.warmup=5",
+                "bench.iters=10",
+                "bench.repeats=1",
+                f"output_dir={tmp_path / precision}",
+            )
+        )
+    for row in rows.values():
+        assert row.status == "ok" and row.parity_pass is True, row.error
+    assert rows["fp16"].parity_floor_match_f1 is not None  # compared with eager fp16's floor
+    assert rows["fp16"].gpu_busy_ms < rows["fp32"].gpu_busy_ms  # fp16 kernels really ran
