@@ -7,11 +7,11 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from runner.reporting import performance
-from runner.reporting.identity import identity_of
-from runner.reporting.repeats import merge_repeats, merged_rows, speed_ups
-from runner.reporting.speedup_plot import draw_speedup
-from runner.reporting.tables import tables
+from runner.report import performance
+from runner.report.identity import identity_of
+from runner.report.repeats import merge_repeats, merged_rows, speed_ups
+from runner.report.speedup_plot import draw_speedup
+from runner.report.tables import tables
 from runner.run import record, timing
 from tests.report_fixtures import H200_ENVIRONMENT
 from tests.test_report import check_golden, measured

@@ -5,8 +5,8 @@ from __future__ import annotations
 
 import pytest
 
-from runner.reporting import performance
-from runner.reporting.identity import title_of
+from runner.report import performance
+from runner.report.identity import title_of
 from tests.test_report import measured
 
 

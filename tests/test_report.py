@@ -11,12 +11,12 @@ from pathlib import Path
 
 import pytest
 
-from runner.reporting.cli import main
-from runner.reporting.identity import identity_of, machine_of, title_of
-from runner.reporting.plots import FIGURES
-from runner.reporting.readme import BEGIN_MARKER, END_MARKER, update_readme
-from runner.reporting.repeats import speed_ups
-from runner.reporting.rows import (
+from runner.report.cli import main
+from runner.report.identity import identity_of, machine_of, title_of
+from runner.report.plots import FIGURES
+from runner.report.readme import BEGIN_MARKER, END_MARKER, update_readme
+from runner.report.repeats import speed_ups
+from runner.report.rows import (
     MixedMachines,
     SeedOrderError,
     collect,
@@ -26,7 +26,7 @@ from runner.reporting.rows import (
     sort_rows,
     write,
 )
-from runner.reporting.tables import ERROR_CHARS, tables
+from runner.report.tables import ERROR_CHARS, tables
 from runner.run import record
 from runner.run.record import Row
 from tests.helpers import run_module
@@ -326,7 +326,7 @@ def bad_files(folder: Path) -> dict[str, str]:
 def test_broken_files_are_skipped_with_a_reason_and_good_rows_still_merge(tmp_path, caplog):
     good = write_result_files(tmp_path / "good", fixture_rows()[:3])
     expected = bad_files(tmp_path / "bad")
-    with caplog.at_level(logging.WARNING, logger="runner.reporting"):
+    with caplog.at_level(logging.WARNING, logger="runner.report"):
         rows, skipped = collect([good, tmp_path / "bad"])
     assert len(rows) == 3
     reasons = {Path(path).parent.name: reason for path, reason in skipped}
@@ -376,7 +376,7 @@ def test_rows_of_one_identity_are_all_kept_and_only_identical_copies_dropped(tmp
     record.write_rows(tmp_path / "a" / "result.csv", [new, other])
     record.write_rows(tmp_path / "c" / "result.csv", [new])  # the same row read twice
     rows, _ = collect([tmp_path])
-    with caplog.at_level(logging.INFO, logger="runner.reporting"):
+    with caplog.at_level(logging.INFO, logger="runner.report"):
         kept, dropped = drop_duplicates(rows)
     assert kept == [new, other, old] and dropped == [new]
     assert "outputs/new_run" in caplog.text

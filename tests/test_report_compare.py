@@ -11,11 +11,11 @@ from pathlib import Path
 
 import pytest
 
-from runner.reporting.cli import main
-from runner.reporting.compare import comparison, latency_ratio, pair_rows
-from runner.reporting.identity import COMPARE_FIELDS, pair_key
-from runner.reporting.markdown import DASH, ratio_text
-from runner.reporting.rows import sort_rows, write
+from runner.report.cli import main
+from runner.report.compare import comparison, latency_ratio, pair_rows
+from runner.report.identity import COMPARE_FIELDS, pair_key
+from runner.report.markdown import DASH, ratio_text
+from runner.report.rows import sort_rows, write
 from runner.run import record
 from runner.run.record import Row
 from tests.helpers import run_module
@@ -363,7 +363,7 @@ def test_cli_reports_skips_and_copies_of_each_side(tmp_path, caplog):
     (folder / "broken").mkdir()
     (folder / "broken" / "result.csv").write_text("not,a,result\n")
     out = tmp_path / "compare.md"
-    with caplog.at_level(logging.INFO, logger="runner.reporting"):
+    with caplog.at_level(logging.INFO, logger="runner.report"):
         assert main(["--compare", str(a_path), str(folder), "--out-md", str(out)]) == 0
     assert "broken/result.csv" in caplog.text
     assert "dropped 1 identical copy; skipped 1 file" in caplog.text

@@ -1,4 +1,4 @@
-"""runner.reporting's figures, from the golden fixture rows: which bars and points each draws,
+"""runner.report's figures, from the golden fixture rows: which bars and points each draws,
 which it leaves out and why (the Drawing each returns), that the matplotlib artists say the same,
 one colour per backend in every figure, and the PNGs' size."""
 
@@ -10,12 +10,12 @@ from pathlib import Path
 
 import pytest
 
-from runner.reporting.performance import Targets
-from runner.reporting.plots import plot
-from runner.reporting.size_plot import draw_sizes, seed_sizes
-from runner.reporting.speedup_plot import draw_speedup
-from runner.reporting.style import BACKEND_COLOURS, backend_colours, short_labels
-from runner.reporting.time_plot import draw_time
+from runner.report.performance import Targets
+from runner.report.plots import plot
+from runner.report.size_plot import draw_sizes, seed_sizes
+from runner.report.speedup_plot import draw_speedup
+from runner.report.style import BACKEND_COLOURS, backend_colours, short_labels
+from runner.report.time_plot import draw_time
 from runner.run import record
 from tests.test_pairing import repeats
 from tests.test_report import dynamic, fixture_rows, measured

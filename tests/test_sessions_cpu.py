@@ -10,8 +10,8 @@ import datetime
 
 import pytest
 
-from runner.reporting.identity import identity_of
-from runner.reporting.repeats import speed_ups
+from runner.report.identity import identity_of
+from runner.report.repeats import speed_ups
 from runner.run import record
 from runner.run.record import read_rows
 from tests.helpers import run_runner

@@ -14,7 +14,7 @@ import re
 from collections.abc import Iterable
 from pathlib import Path
 
-from runner.reporting.identity import machine_of, title_of
+from runner.report.identity import machine_of, title_of
 from runner.run import record
 from runner.run.record import Row
 

@@ -2,7 +2,7 @@
 returns one summary per identity (its repeats' medians, count and spread) and each row's paired
 speed-up over eager with its 95% bootstrap interval (runner.run.timing holds the maths).
 
-Both work on the rows as a pandas table (runner.reporting.rows.frame): repeats are a groupby
+Both work on the rows as a pandas table (runner.report.rows.frame): repeats are a groupby
 over the identity; pairs are a merge of each row with the eager row of the same session and
 repeat.
 """
@@ -15,9 +15,9 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from runner.reporting.identity import PAIR_FIELDS, is_baseline, machine_of
-from runner.reporting.markdown import counted
-from runner.reporting.rows import frame, sort_rows
+from runner.report.identity import PAIR_FIELDS, is_baseline, machine_of
+from runner.report.markdown import counted
+from runner.report.rows import frame, sort_rows
 from runner.run import record, timing
 from runner.run.record import Row, is_measured
 

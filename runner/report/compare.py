@@ -11,14 +11,14 @@ import logging
 from collections.abc import Iterable, Sequence
 from pathlib import Path
 
-from runner.reporting.identity import (
+from runner.report.identity import (
     COMPARE_FIELDS,
     backend_label,
     machine_of,
     pair_key,
     title_of,
 )
-from runner.reporting.markdown import (
+from runner.report.markdown import (
     DASH,
     counted,
     joined,
@@ -27,8 +27,8 @@ from runner.reporting.markdown import (
     number,
     ratio_text,
 )
-from runner.reporting.repeats import merged_rows
-from runner.reporting.rows import (
+from runner.report.repeats import merged_rows
+from runner.report.rows import (
     MixedMachines,
     collect,
     drop_duplicates,
@@ -36,7 +36,7 @@ from runner.reporting.rows import (
     require_one_machine,
     sort_rows,
 )
-from runner.reporting.tables import (
+from runner.report.tables import (
     failure_text,
     machine_text,
     parity_text,

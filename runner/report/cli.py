@@ -40,12 +40,12 @@ import sys
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner.reporting import performance
-from runner.reporting.compare import compare_side, comparison, pair_rows
-from runner.reporting.markdown import counted
-from runner.reporting.plots import plot
-from runner.reporting.readme import read_readme, relative_link, update_readme
-from runner.reporting.rows import (
+from runner.report import performance
+from runner.report.compare import compare_side, comparison, pair_rows
+from runner.report.markdown import counted
+from runner.report.plots import plot
+from runner.report.readme import read_readme, relative_link, update_readme
+from runner.report.rows import (
     collect,
     drop_duplicates,
     require_one_machine,
@@ -53,7 +53,7 @@ from runner.reporting.rows import (
     sort_rows,
     write,
 )
-from runner.reporting.tables import tables
+from runner.report.tables import tables
 from runner.run import record
 from runner.run.record import Row
 

@@ -18,7 +18,7 @@ from pathlib import Path
 
 import pandas as pd
 
-from runner.reporting.identity import (
+from runner.report.identity import (
     REFERENCE_BACKEND,
     SETUP_FIELDS,
     backend_label,
@@ -28,7 +28,7 @@ from runner.reporting.identity import (
     table_key,
     title_of,
 )
-from runner.reporting.markdown import DASH
+from runner.report.markdown import DASH
 from runner.run import record
 from runner.run.record import Row
 

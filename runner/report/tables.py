@@ -1,15 +1,15 @@
 """Tables: takes the rows of one results file (one per repeat), returns the report's Markdown:
 a provenance header and one table per variant (repeats merged, paired speed-ups), the plots'
-links, a legend, then where the time goes and the targets (runner.reporting.performance).
+links, a legend, then where the time goes and the targets (runner.report.performance).
 """
 
 from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from runner.reporting import performance
-from runner.reporting.identity import backend_label, identity_of, is_baseline, machine_of, table_key
-from runner.reporting.markdown import (
+from runner.report import performance
+from runner.report.identity import backend_label, identity_of, is_baseline, machine_of, table_key
+from runner.report.markdown import (
     DASH,
     as_code,
     bullet,
@@ -19,9 +19,9 @@ from runner.reporting.markdown import (
     markdown_row,
     number,
 )
-from runner.reporting.plots import FIGURES
-from runner.reporting.repeats import Repeats, SpeedUp, merge_repeats, merged_rows, speed_ups
-from runner.reporting.rows import sort_rows, table_headings
+from runner.report.plots import FIGURES
+from runner.report.repeats import Repeats, SpeedUp, merge_repeats, merged_rows, speed_ups
+from runner.report.rows import sort_rows, table_headings
 from runner.run.record import Row, is_measured
 
 ERROR_CHARS = 100
@@ -224,7 +224,7 @@ def variant_tables(rows: Sequence[Row], level: int) -> list[str]:
 
 
 def figure_link(plots: Mapping[str, str], name: str) -> str:
-    """The Markdown image of figure `name` (runner.reporting.plots.FIGURES), "" where absent."""
+    """The Markdown image of figure `name` (runner.report.plots.FIGURES), "" where absent."""
     return f"![{FIGURES[name]}]({plots[name]})" if name in plots else ""
 
 
@@ -236,7 +236,7 @@ def tables(
 ) -> str:
     """Markdown: provenance, one table per variant (a section per machine where several), the
     speed-up and input-size figures, a legend, then where the time goes with its figure (and the
-    targets, where given). `plots`: figure name -> link, as runner.reporting.plots names them."""
+    targets, where given). `plots`: figure name -> link, as runner.report.plots names them."""
     plots = plots or {}
     by_machine: dict[str, list[Row]] = {}
     for row in sort_rows(rows):

@@ -17,16 +17,16 @@ from collections.abc import Sequence
 
 import numpy
 
-from runner.reporting.identity import (
+from runner.report.identity import (
     backend_label,
     identity_of,
     is_baseline,
     table_key,
 )
-from runner.reporting.performance import Targets
-from runner.reporting.repeats import merged_rows, speed_ups
-from runner.reporting.rows import PRECISION_ORDER, panel_titles, rank
-from runner.reporting.style import (
+from runner.report.performance import Targets
+from runner.report.repeats import merged_rows, speed_ups
+from runner.report.rows import PRECISION_ORDER, panel_titles, rank
+from runner.report.style import (
     LEFT_OUT_COLOUR,
     PARITY_COLOUR,
     PRECISION_HATCH,

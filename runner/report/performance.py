@@ -15,16 +15,16 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-from runner.reporting.identity import (
+from runner.report.identity import (
     REFERENCE_BACKEND,
     backend_label,
     identity_of,
     is_baseline,
     table_key,
 )
-from runner.reporting.markdown import DASH, markdown_header, markdown_row, number, ratio_text
-from runner.reporting.repeats import SpeedUp
-from runner.reporting.rows import table_headings
+from runner.report.markdown import DASH, markdown_header, markdown_row, number, ratio_text
+from runner.report.repeats import SpeedUp
+from runner.report.rows import table_headings
 from runner.run.record import Row, is_measured, passed
 
 
@@ -93,7 +93,7 @@ def best_by_table(
 
 
 def titles(rows: Sequence[Row]):
-    """row -> the heading of its table in the report (runner.reporting.rows.table_headings)."""
+    """row -> the heading of its table in the report (runner.report.rows.table_headings)."""
     headings = table_headings(rows)
     return lambda row: headings[table_key(row)]
 

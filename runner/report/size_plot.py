@@ -13,10 +13,10 @@ import re
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner.reporting.identity import backend_label, title_of
-from runner.reporting.repeats import merged_rows
-from runner.reporting.rows import PRECISION_ORDER, rank
-from runner.reporting.style import (
+from runner.report.identity import backend_label, title_of
+from runner.report.repeats import merged_rows
+from runner.report.rows import PRECISION_ORDER, rank
+from runner.report.style import (
     PRECISION_LINE,
     PRECISION_MARKER,
     Drawing,

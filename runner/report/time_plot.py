@@ -14,10 +14,10 @@ import math
 import textwrap
 from collections.abc import Sequence
 
-from runner.reporting import style
-from runner.reporting.identity import REFERENCE_BACKEND, backend_label, table_key
-from runner.reporting.repeats import merged_rows
-from runner.reporting.rows import PRECISION_ORDER, panel_titles, rank
+from runner.report import style
+from runner.report.identity import REFERENCE_BACKEND, backend_label, table_key
+from runner.report.repeats import merged_rows
+from runner.report.rows import PRECISION_ORDER, panel_titles, rank
 from runner.run import record
 from runner.run.record import Row
 

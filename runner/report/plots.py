@@ -2,9 +2,9 @@
 into a folder and returns what it wrote, by name, for the README to embed each figure next to
 the table it summarises:
 
-    speedup          speed-up over eager per variant   (runner.reporting.speedup_plot)
-    where_time_goes  median latency against GPU busy   (runner.reporting.time_plot)
-    latency_vs_size  latency against input size        (runner.reporting.size_plot)
+    speedup          speed-up over eager per variant   (runner.report.speedup_plot)
+    where_time_goes  median latency against GPU busy   (runner.report.time_plot)
+    latency_vs_size  latency against input size        (runner.report.size_plot)
 
 Where a variant has rows at static and at dynamic shapes, the first two figures show its static
 ones (one panel or point per variant) and say so; its dynamic ones are latency_vs_size's. A
@@ -18,11 +18,11 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
-from runner.reporting.performance import Targets
-from runner.reporting.size_plot import draw_sizes
-from runner.reporting.speedup_plot import draw_speedup
-from runner.reporting.style import Drawing, save_figure
-from runner.reporting.time_plot import draw_time
+from runner.report.performance import Targets
+from runner.report.size_plot import draw_sizes
+from runner.report.speedup_plot import draw_speedup
+from runner.report.style import Drawing, save_figure
+from runner.report.time_plot import draw_time
 from runner.run.record import Row
 
 log = logging.getLogger(__name__)
