@@ -32,6 +32,7 @@ MEDIAN_FIGURES = (
     "latency_ms_median_max_shape",
     "gpu_busy_ms",
     "optimize_s",
+    "host_probe_ms",
 )
 MIN_PAIRS = 3  # fewer paired repeats give a ratio without an interval
 

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from runner.report import performance
+from runner.report import host, performance
 from runner.report.identity import backend_label, identity_of, is_baseline, machine_of, table_key
 from runner.report.markdown import (
     DASH,
@@ -261,4 +261,5 @@ def tables(
             figure=figure_link(plots, "where_time_goes") if index == 0 else "",
         )
         parts.append(section)
+        parts.append(host.section(by_machine[machine], level=4 if mixed else 3))
     return "\n\n".join(part for part in parts if part) + "\n"

@@ -245,6 +245,7 @@ class Measurement:
         cfg, cuda = self.cfg, self.device.type == "cuda"
         started = time.perf_counter()
         samples, peak = {}, None
+        probes = timing.host_probe()  # the host's speed before and after the block
         for shape, batch in self.images.images.items():
             if cuda and shape == "opt":
                 torch.cuda.reset_peak_memory_stats(self.device)
@@ -265,8 +266,10 @@ class Measurement:
                 statistics.median(samples[shape]),
                 len(samples[shape]),
             )
+        probes += timing.host_probe()
         self._stage("timed blocks", started)
-        return Block(samples, {shape: self.images.hw(shape) for shape in samples}, peak)
+        hw = {shape: self.images.hw(shape) for shape in samples}
+        return Block(samples, hw, peak, host_probe_ms=statistics.median(probes))
 
     def finish(self) -> Finished:
         """The profile step: the profiler pass and the backend's notes."""

@@ -96,6 +96,9 @@ class Row:
     iters: int | None = None
     rewarm: int | None = None
     timing_options: str = ""  # "gc=collect pin_cpus=false"
+    # the host's speed while this block ran: ms of timing.host_probe's fixed pure-Python work
+    # (median of its runs before and after the block); higher = a slower host CPU then
+    host_probe_ms: float | None = None
     repeats: int | None = None
     repeat: int | None = None
     session: str = ""
@@ -150,6 +153,7 @@ ADDED_COLUMNS = (
     "parity_unchecked",
     "parity_reference",
     "parity_floor_keypoint_max_dist",
+    "host_probe_ms",
 )
 _TYPES = {f.name: f.type for f in fields(Row)}
 

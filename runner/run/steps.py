@@ -109,6 +109,7 @@ class Block:
     image_hw: dict[str, str]
     peak_mem_mb: float | None = None
     timestamp: str = ""  # set by the parent when the block came back
+    host_probe_ms: float | None = None  # timing.host_probe's median around the block
 
     def fields(self, batch: int) -> dict:
         from runner.run import timing
@@ -119,7 +120,11 @@ class Block:
                 values[f"latency_ms_median_{shape}_shape"] = timing.summarize(
                     self.samples[shape], batch
                 )["latency_ms_median"]
-        values.update(peak_mem_mb=self.peak_mem_mb, timestamp=self.timestamp)
+        values.update(
+            peak_mem_mb=self.peak_mem_mb,
+            timestamp=self.timestamp,
+            host_probe_ms=self.host_probe_ms,
+        )
         return values
 
 

@@ -65,6 +65,42 @@ def timed_block(
             gc.enable()
 
 
+# The host probe: a fixed piece of pure-Python work (function calls, attribute and dict access,
+# the interpreter work eager PyTorch spends most of a host-bound call on), timed PROBE_RUNS
+# times around each block. Its median tells a block measured while the host's CPU ran slow
+# from one measured while it ran fast: on the H200 machine eager block medians move between
+# two levels ~1.5x apart while the GPU's time stays put (results/README.md, issue 13).
+PROBE_LOOPS = 4000
+PROBE_RUNS = 5
+
+
+class _Probe:
+    __slots__ = ("total",)
+
+    def __init__(self) -> None:
+        self.total = 0
+
+
+def _probe_step(probe: _Probe, table: dict, i: int) -> None:
+    probe.total += table.get(i & 63, 0) + (i % 7)
+
+
+def probe_once() -> float:
+    """Milliseconds of one run of the probe's fixed work."""
+    probe, table = _Probe(), {k: k * k for k in range(64)}
+    start = time.perf_counter()
+    for i in range(PROBE_LOOPS):
+        _probe_step(probe, table, i)
+    return (time.perf_counter() - start) * 1000.0
+
+
+def host_probe(runs: int = PROBE_RUNS) -> list[float]:
+    """`runs` timings (ms) of the probe's fixed work, one after another."""
+    if runs < 1:
+        raise ValueError(f"runs must be >= 1, got {runs}")
+    return [probe_once() for _ in range(runs)]
+
+
 def summarize(samples_ms: Sequence[float], batch: int) -> dict[str, float]:
     """Latency statistics in ms and throughput in images per second.
 
