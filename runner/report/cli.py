@@ -25,6 +25,12 @@ machines are allowed), and rows are paired by identity without the machine. Mark
 both medians, B/A latency, GPU busy and parity of each side, and the rows only in A and only in B.
 The two modes' arguments cannot be mixed.
 
+Agreement mode sets two or more sweeps of the same configurations side by side, to see how far
+their reported medians are apart (issue 13's reproducibility figure; runner.report.agreement):
+
+    python -m runner.report --agreement results/h200_protocol_g.csv results/h200_protocol_h.csv \\
+        [--out-md results/h200_protocol_agreement.md]
+
 Files that cannot be read are skipped with their reason and reported; the exit code is 0 then.
 It is 2 for usage errors, refused mixed machines, a README without markers, and no rows at all
 (in compare mode: no rows in either file).
@@ -41,6 +47,7 @@ from collections.abc import Sequence
 from pathlib import Path
 
 from runner.report import performance
+from runner.report.agreement import agreement
 from runner.report.compare import compare_side, comparison, pair_rows
 from runner.report.markdown import counted
 from runner.report.plots import plot
@@ -98,7 +105,17 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         help="compare mode: two results files (or run folders), rows paired by identity "
         "without the machine; Markdown to stdout, or to --out-md",
     )
-    parser.add_argument("--out-md", type=Path, help="compare mode: write the Markdown here")
+    parser.add_argument(
+        "--agreement",
+        nargs="+",
+        type=Path,
+        metavar="SWEEP",
+        help="agreement mode: two or more results files (or run folders) of the same "
+        "configurations; each one's medians and how far apart they are",
+    )
+    parser.add_argument(
+        "--out-md", type=Path, help="compare and agreement modes: write the Markdown here"
+    )
     parser.add_argument(
         "--allow-mixed-gpus",
         action="store_true",
@@ -112,7 +129,12 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
 
 def check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> None:
     """Refuse (exit 2, with the usage) arguments of the two modes mixed, or a mode incomplete."""
-    if args.compare:
+    if args.compare and args.agreement:
+        parser.error("--compare and --agreement are two modes: give one")
+    if args.agreement and len(args.agreement) < 2:
+        parser.error("--agreement needs two or more sweeps")
+    if args.compare or args.agreement:
+        mode = "--compare" if args.compare else "--agreement"
         merge_only = [
             label
             for label, given in (
@@ -126,12 +148,14 @@ def check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
         ]
         if merge_only:
             parser.error(
-                f"--compare cannot be mixed with merge mode's {', '.join(merge_only)}: compare "
+                f"{mode} cannot be mixed with merge mode's {', '.join(merge_only)}: compare "
                 "with --compare A.csv B.csv [--out-md FILE], or merge with INPUTS... --out FILE"
             )
         return
     if args.out_md is not None:
-        parser.error("--out-md belongs to compare mode: --compare A.csv B.csv --out-md FILE")
+        parser.error(
+            "--out-md belongs to compare and agreement modes: --compare A.csv B.csv --out-md FILE"
+        )
     if not args.inputs:
         parser.error(
             "the following arguments are required: inputs "
@@ -222,10 +246,39 @@ def compare(args: argparse.Namespace) -> int:
     return 0
 
 
+def agree(args: argparse.Namespace) -> int:
+    """Read every sweep (each checked for one machine), then print or write the agreement."""
+    sweeps: list[list[Row]] = []
+    for path in args.agreement:
+        if not path.exists():
+            log.error("no such input: %s", path)
+            return 2
+        found, skipped = collect([path])
+        rows, _ = drop_duplicates(found)
+        if not rows:
+            log.error("%s: no rows (%s skipped)", path, counted(len(skipped), "file"))
+            return 2
+        try:
+            require_one_machine(rows, args.allow_mixed_gpus)
+        except ValueError as error:
+            log.error("%s: %s", path, error)
+            return 2
+        sweeps.append(rows)
+    text = agreement(sweeps, [str(path) for path in args.agreement])
+    if args.out_md is None:
+        sys.stdout.write(text)
+    else:
+        record.write_atomic(args.out_md, text)
+        log.info("wrote %s", args.out_md)
+    return 0
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     logging.basicConfig(level=logging.INFO, format="[%(name)s][%(levelname)s] %(message)s")
     args = parse_arguments(argv)
     if args.compare:
         return compare(args)
+    if args.agreement:
+        return agree(args)
     return report(args, shlex.join(["python", "-m", "runner.report", *argv]))

@@ -20,6 +20,9 @@ from runner.report.rows import frame, sort_rows
 from runner.run.record import Row, is_measured
 
 MIN_BLOCKS = 5  # fewer blocks give no correlation
+# a block ran on the fast host when its probe is at most this times the lowest probe of the
+# rows shown: on the H200 machine probes sit at ~0.35-0.40 ms (fast) or ~0.6-0.85 ms (slow)
+FAST_FACTOR = 1.25
 COLUMNS = [
     "Variant",
     "Precision",
@@ -36,8 +39,8 @@ LEGEND = """\
 pure-Python work, timed around each block (higher: the host's CPU ran slower then). **Block
 median**: the lowest and highest block median. **r**: Pearson correlation of block medians with
 probes (near 1: the row's latency follows the host's speed). **Fast-host median**: the median
-over the blocks whose probe is at most the median probe of the rows shown, the blocks measured
-while the host ran at its faster level."""
+over the blocks whose probe is at most 1.25x the lowest probe of the rows shown: the blocks
+measured while the host ran at its fast level."""
 
 
 def correlation(xs: Sequence[float], ys: Sequence[float]) -> float | None:
@@ -54,6 +57,11 @@ def fast_host_median(latencies: Sequence[float], probes: Sequence[float], cut: f
     return float(np.median(chosen or list(latencies)))
 
 
+def fast_cut(probes: Sequence[float]) -> float:
+    """The probe at or below which a block counts as measured on the fast host."""
+    return min(probes) * FAST_FACTOR
+
+
 def _range(values: Sequence[float], decimals: int) -> str:
     return f"{min(values):.{decimals}f}–{max(values):.{decimals}f}"
 
@@ -62,7 +70,7 @@ def section(rows: Sequence[Row], level: int = 3) -> str:
     table = frame([r for r in rows if is_measured(r) and r.host_probe_ms is not None])
     if table.empty:
         return ""
-    cut = float(table["host_probe_ms"].astype(float).median())
+    cut = fast_cut([float(v) for v in table["host_probe_ms"]])
     lines = [f"{'#' * level} Host speed", "", *markdown_header(COLUMNS, TEXT_COLUMNS)]
     groups = {key: group for key, group in table.groupby("identity", sort=False)}
     for row in sort_rows(group["row"].iloc[0] for group in groups.values()):
