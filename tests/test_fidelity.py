@@ -38,6 +38,18 @@ def test_strict_fp32_turns_tf32_off_and_restores_what_it_found(loose_flags):
     assert tf32_state() == before
 
 
+def test_after_strict_fp32_the_legacy_cudnn_flag_reads_again():
+    """torch.export reads torch.backends.cudnn.allow_tf32; torch refuses that read once the
+    new API has written conv and RNN after the legacy setter, unless they are set together."""
+    found = (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision)
+    with strict_fp32():
+        pass
+    assert isinstance(torch.backends.cudnn.allow_tf32, bool)  # raised before the fix
+    assert (torch.backends.cudnn.conv.fp32_precision, torch.backends.cudnn.rnn.fp32_precision) == (
+        found
+    )
+
+
 def test_strict_fp32_restores_after_an_exception_and_a_mixed_cudnn_state(loose_flags):
     if not hasattr(torch.backends.cudnn, "conv"):
         pytest.skip("this torch has no fp32_precision API")

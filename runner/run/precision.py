@@ -82,6 +82,13 @@ def strict_fp32():
         torch.set_float32_matmul_precision(matmul_precision)
         for path, value in saved_nodes.items():
             _node(path).fp32_precision = value
+        conv, rnn = saved_nodes.get("cudnn.conv"), saved_nodes.get("cudnn.rnn")
+        if conv is not None and conv == rnn:
+            # the nodes hold the found values now, but written through the new API after the
+            # legacy setter above, torch refuses to read the legacy flag (torch.export does):
+            # the legacy setter writes conv and RNN together, to the same values, and makes the
+            # flag readable again
+            torch.backends.cudnn.allow_tf32 = conv == "tf32"
         if legacy is not None:
             torch.backends.cuda.matmul.allow_tf32, torch.backends.cudnn.allow_tf32 = legacy
 
