@@ -15,8 +15,8 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from runner.report.host import fast_cut, fast_host_median
-from runner.report.identity import backend_label, is_baseline, pair_key
+from runner.report.host import fast_host_medians
+from runner.report.identity import backend_label, identity_of, is_baseline, pair_key
 from runner.report.markdown import DASH, markdown_header, markdown_row
 from runner.report.repeats import merged_rows
 from runner.run.record import Row, is_measured
@@ -29,27 +29,13 @@ def spread_percent(values: Sequence[float]) -> float:
     return (max(values) / min(values) - 1.0) * 100.0
 
 
-def _fast_host(rows: Sequence[Row], cut: float | None) -> float | None:
-    probed = [r for r in rows if r.host_probe_ms is not None]
-    if cut is None or len(probed) != len(rows):
-        return None
-    latency = [r.latency_ms_median for r in probed]
-    return fast_host_median(latency, [r.host_probe_ms for r in probed], cut)
-
-
-def _probe_cut(rows: Sequence[Row]) -> float | None:
-    """The sweep's fast-host cut (runner.report.host.fast_cut), None where no row has a probe."""
-    probes = [r.host_probe_ms for r in rows if r.host_probe_ms is not None]
-    return fast_cut(probes) if probes else None
-
-
 def agreement(sweeps: Sequence[Sequence[Row]], names: Sequence[str]) -> str:
     """Markdown: one line per configuration measured in every sweep, then the worst agreement
     of eager rows and of the others. `sweeps`: each sweep's rows, one per repeat."""
     if len(sweeps) < 2 or len(sweeps) != len(names):
         raise ValueError(f"need two or more sweeps with a name each, got {len(sweeps)}")
     measured = [[r for r in rows if is_measured(r)] for rows in sweeps]
-    cuts = [_probe_cut(rows) for rows in measured]
+    fast_by_identity = [fast_host_medians(rows) for rows in measured]
     merged = [{pair_key(r): r for r in merged_rows(rows)} for rows in measured]
     keys = [key for key in merged[0] if all(key in side for side in merged[1:])]
     letters = [chr(ord("A") + i) for i in range(len(sweeps))]
@@ -67,8 +53,8 @@ def agreement(sweeps: Sequence[Sequence[Row]], names: Sequence[str]) -> str:
         row = merged[0][key]
         medians = [side[key].latency_ms_median for side in merged]
         fast = [
-            _fast_host([r for r in rows if pair_key(r) == key], cut)
-            for rows, cut in zip(measured, cuts, strict=True)
+            found.get(identity_of(side[key]))
+            for found, side in zip(fast_by_identity, merged, strict=True)
         ]
         kind = "eager" if is_baseline(row) else "other"
         worst[kind].append(spread_percent(medians))

@@ -10,13 +10,14 @@ that; a row whose latency does not follow it (a replayed graph) is bound by the 
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
 
 import numpy as np
 
-from runner.report.identity import backend_label
+from runner.report.identity import backend_label, identity_of
 from runner.report.markdown import DASH, markdown_header, markdown_row
-from runner.report.rows import frame, sort_rows
+from runner.report.rows import sort_rows
 from runner.run.record import Row, is_measured
 
 MIN_BLOCKS = 5  # fewer blocks give no correlation
@@ -62,33 +63,57 @@ def fast_cut(probes: Sequence[float]) -> float:
     return min(probes) * FAST_FACTOR
 
 
+@dataclass
+class Blocks:
+    """The probed blocks of one identity: its first row, and each block's median and probe."""
+
+    row: Row
+    latency: list[float] = field(default_factory=list)
+    probes: list[float] = field(default_factory=list)
+
+
+def probed_blocks(rows: Iterable[Row]) -> tuple[dict[tuple, Blocks], float | None]:
+    """Measured rows that carry a probe, by identity (first-seen order), and the fast-host cut
+    over all of them (None where no row has a probe)."""
+    found: dict[tuple, Blocks] = {}
+    for row in rows:
+        if is_measured(row) and row.host_probe_ms is not None:
+            blocks = found.setdefault(identity_of(row), Blocks(row))
+            blocks.latency.append(row.latency_ms_median)
+            blocks.probes.append(row.host_probe_ms)
+    probes = [p for blocks in found.values() for p in blocks.probes]
+    return found, fast_cut(probes) if probes else None
+
+
+def fast_host_medians(rows: Iterable[Row]) -> dict[tuple, float]:
+    """identity_of -> the fast-host median of its probed blocks (see LEGEND)."""
+    found, cut = probed_blocks(rows)
+    return {key: fast_host_median(b.latency, b.probes, cut) for key, b in found.items()}
+
+
 def _range(values: Sequence[float], decimals: int) -> str:
     return f"{min(values):.{decimals}f}–{max(values):.{decimals}f}"
 
 
 def section(rows: Sequence[Row], level: int = 3) -> str:
-    table = frame([r for r in rows if is_measured(r) and r.host_probe_ms is not None])
-    if table.empty:
+    found, cut = probed_blocks(rows)
+    if not found:
         return ""
-    cut = fast_cut([float(v) for v in table["host_probe_ms"]])
     lines = [f"{'#' * level} Host speed", "", *markdown_header(COLUMNS, TEXT_COLUMNS)]
-    groups = {key: group for key, group in table.groupby("identity", sort=False)}
-    for row in sort_rows(group["row"].iloc[0] for group in groups.values()):
-        group = next(g for g in groups.values() if g["row"].iloc[0] is row)
-        latency = [float(v) for v in group["latency_ms_median"]]
-        probes = [float(v) for v in group["host_probe_ms"]]
-        r = correlation(latency, probes)
+    for row in sort_rows(blocks.row for blocks in found.values()):
+        blocks = found[identity_of(row)]
+        r = correlation(blocks.latency, blocks.probes)
         lines.append(
             markdown_row(
                 [
                     row.variant or row.model,
                     row.precision,
                     backend_label(row),
-                    str(len(latency)),
-                    _range(probes, 3),
-                    _range(latency, 2),
+                    str(len(blocks.latency)),
+                    _range(blocks.probes, 3),
+                    _range(blocks.latency, 2),
                     DASH if r is None else f"{r:+.2f}",
-                    f"{fast_host_median(latency, probes, cut):.2f}",
+                    f"{fast_host_median(blocks.latency, blocks.probes, cut):.2f}",
                 ]
             )
         )
