@@ -48,7 +48,7 @@ from pathlib import Path
 
 from runner.report import performance
 from runner.report.agreement import agreement
-from runner.report.compare import compare_side, comparison, pair_rows
+from runner.report.compare import compare_side, comparison, pair_rows, read_side
 from runner.report.markdown import counted
 from runner.report.plots import plot
 from runner.report.readme import read_readme, relative_link, update_readme
@@ -250,20 +250,11 @@ def agree(args: argparse.Namespace) -> int:
     """Read every sweep (each checked for one machine), then print or write the agreement."""
     sweeps: list[list[Row]] = []
     for path in args.agreement:
-        if not path.exists():
-            log.error("no such input: %s", path)
-            return 2
-        found, skipped = collect([path])
-        rows, _ = drop_duplicates(found)
-        if not rows:
-            log.error("%s: no rows (%s skipped)", path, counted(len(skipped), "file"))
-            return 2
         try:
-            require_one_machine(rows, args.allow_mixed_gpus)
+            sweeps.append(read_side(path, args.allow_mixed_gpus))
         except ValueError as error:
-            log.error("%s: %s", path, error)
+            log.error("%s", error)
             return 2
-        sweeps.append(rows)
     text = agreement(sweeps, [str(path) for path in args.agreement])
     if args.out_md is None:
         sys.stdout.write(text)

@@ -100,14 +100,14 @@ Columns:
   numbers, and the first line of its reason is listed under the table."""
 
 
-def compare_side(path: Path, allow_mixed: bool) -> list[Row]:
-    """One side of --compare: its rows collected, deduplicated and checked for one machine.
-    Raises ValueError (MixedMachines among them) naming the file where that fails."""
+def read_side(path: Path, allow_mixed: bool) -> list[Row]:
+    """One input of --compare or --agreement: its rows (one per repeat) collected, deduplicated
+    and checked for one machine. Raises ValueError (MixedMachines among them) naming the file
+    where that fails."""
     if not path.exists():
         raise ValueError(f"no such input: {path}")
     found, skipped = collect([path])
     rows, dropped = drop_duplicates(found)
-    rows = merged_rows(rows)  # repeats: their medians' median
     if not rows:
         raise ValueError(f"{path}: no rows to compare ({counted(len(skipped), 'file')} skipped)")
     try:
@@ -122,6 +122,12 @@ def compare_side(path: Path, allow_mixed: bool) -> list[Row]:
         counted(len(skipped), "file"),
     )
     return rows
+
+
+def compare_side(path: Path, allow_mixed: bool) -> list[Row]:
+    """One side of --compare: read_side's rows with each identity's repeats merged (their
+    medians' median)."""
+    return merged_rows(read_side(path, allow_mixed))
 
 
 def pair_rows(
