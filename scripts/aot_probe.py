@@ -31,19 +31,13 @@ WARMUP, BLOCKS, ITERS = 30, 5, 50
 
 
 def _median_ms(call, synchronize) -> float:
-    for _ in range(WARMUP):
-        call()
-    synchronize()
-    medians = []
-    for _ in range(BLOCKS):
-        samples = []
-        for _ in range(ITERS):
-            start = time.perf_counter()
-            call()
-            synchronize()
-            samples.append((time.perf_counter() - start) * 1000.0)
-        medians.append(statistics.median(samples))
-    return statistics.median(medians)
+    """d2bench's timing (runner.run.timing): WARMUP calls, then the median of BLOCKS blocks'
+    medians of ITERS synchronized calls."""
+    from runner.run import timing
+
+    timing.measure(call, timing.Protocol(WARMUP, 0), synchronize)
+    blocks = [timing.timed_block(call, ITERS, 0, synchronize, "collect") for _ in range(BLOCKS)]
+    return statistics.median(statistics.median(samples) for samples in blocks)
 
 
 def build(out: Path, overrides: list[str]) -> dict:
