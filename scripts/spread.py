@@ -20,7 +20,8 @@ Reading it (the summary printed at the end does this):
 - GC: blocks by gc mode, and blocks where a gen-2 collection happened;
 - profiler: blocks before against after the profiler pass;
 - host load: load average and involuntary context switches against block medians.
-Cost on an H200 with RetinaNet fp16 eager: about 25 s per process, 4 processes, ~110 s.
+Cost on an H200 with RetinaNet fp16 eager: 143 s for the 4 processes
+(results/logs/h200_static_call1_batch.log).
 """
 
 from __future__ import annotations
