@@ -3,6 +3,7 @@ sets each identity's block medians against the host probe measured around the sa
 (`host_probe_ms`, runner.run.timing.host_probe), or "" where no row has a probe.
 
 Why: eager block medians on the H200 machine jump between levels ~1.5x apart inside one process
+(results/h200_protocol_c.csv to _j.csv)
 while the GPU's own time stays put. If a block's latency follows the probe (a fixed piece of
 pure-Python work), the host's CPU ran slower then, and no protocol inside the process removes
 that; a row whose latency does not follow it (a replayed graph) is bound by the GPU instead.
@@ -23,6 +24,7 @@ from runner.run.record import Row, is_measured
 MIN_BLOCKS = 5  # fewer blocks give no correlation
 # a block ran on the fast host when its probe is at most this times the lowest probe of the
 # rows shown: on the H200 machine probes sit at ~0.35-0.40 ms (fast) or ~0.6-0.85 ms (slow)
+# (results/h200_protocol_g.csv to _j.csv)
 FAST_FACTOR = 1.25
 COLUMNS = [
     "Variant",
