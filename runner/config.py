@@ -102,6 +102,19 @@ class InputsConfig:  # values and their meaning: conf/config.yaml
 
 
 @dataclass
+class DatasetConfig:
+    """conf/dataset/<name>.yaml: the COCO-format dataset of the accuracy pass (runner.accuracy);
+    name `none`: no pass."""
+
+    name: str = "none"
+    root: str | None = None  # the folder the two paths below are relative to (null: as given)
+    annotations: str = ""  # COCO instances JSON
+    images: str = ""  # the folder its images' file_name are in
+    max_images: int = 0  # 0: every image; N: the first N by image id
+    class_map: str = "contiguous"  # contiguous | category_id (runner.accuracy.dataset)
+
+
+@dataclass
 class BenchConfig:  # values and their meaning: conf/config.yaml
     warmup: int
     iters: int
@@ -132,6 +145,7 @@ class Config:
     command: str
     redo: bool
     backend_file: BackendFile = field(default_factory=BackendFile)
+    dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the accuracy pass's data
     # set by the sweeper: the backends of one session ("backend=X [backend.options.k=v ...]"
     # each), built in parallel children and timed in turn (runner.run.bench.run_group)
     members: list[str] = field(default_factory=list)
@@ -250,10 +264,26 @@ def validate(cfg: Config) -> None:
         m.postprocess_optional or cfg.postprocess,
         f"model={m.name} always post-processes in forward(); postprocess=false is not possible",
     )
+    _check_dataset(cfg.dataset)
     parse_device(cfg.device)
     for label, path in (("model.weights", m.weights), ("inputs.image", i.image)):
         if path is not None:
             _check(Path(path).is_file(), f"{label}={path}: no such file")
+
+
+CLASS_MAPS = ("contiguous", "category_id")  # runner.accuracy.dataset says what each means
+
+
+def _check_dataset(d: DatasetConfig) -> None:
+    """The dataset's keys (its files are checked by preflight: an option file names paths that
+    exist only once the data is there)."""
+    _check(d.max_images >= 0, f"dataset.max_images={d.max_images}; must be >= 0 (0: every image)")
+    _check(
+        d.class_map in CLASS_MAPS, f"dataset.class_map={d.class_map!r}; allowed: {list(CLASS_MAPS)}"
+    )
+    if d.name != "none":
+        for key in ("annotations", "images"):
+            _check(bool(getattr(d, key)), f"dataset.{key} is empty; dataset={d.name} needs it")
 
 
 def value_text(value: Any) -> str:

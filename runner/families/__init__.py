@@ -4,6 +4,8 @@ that knows how its models are built, loaded, fed and wrapped. A family module pr
     PIXELS            (channel order, value range) its models take: ("BGR", 255.0)
     RENAMES           its output field name -> the Detections name (runner.run.parity)
     KEYPOINT_SCORES   True: the third keypoint column is a score (else a visibility flag)
+    FIRST_CLASS       the class index of its first object class (torchvision's 0 is the
+                      background: 1); the accuracy pass maps classes to categories from it
     STATIC_HEADS      (parent path, attribute) of heads whose shapes depend on the input size
                       alone (runner.backends._parts compiles or graphs them)
     REWRITABLE        True: runner.backends.static_graph can rewrite its detectors

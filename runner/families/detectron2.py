@@ -25,6 +25,7 @@ RENAMES = {
     "pred_keypoint_heatmaps": "keypoint_heatmaps",
 }
 KEYPOINT_SCORES = True  # pred_keypoints' third column is a per-keypoint score
+FIRST_CLASS = 0  # pred_classes count the object classes from 0
 STATIC_HEADS = [("proposal_generator", "rpn_head"), ("", "head")]  # R-CNN RPN, RetinaNet
 REWRITABLE = True  # runner.backends.static_graph rewrites these detectors
 

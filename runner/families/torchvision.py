@@ -13,6 +13,7 @@ PIXELS = ("RGB", 1.0)
 # boxes, scores, masks and keypoints are named as Detections names them already
 RENAMES = {"labels": "classes", "keypoints_scores": "keypoint_scores"}
 KEYPOINT_SCORES = False  # the third keypoint column is a visibility flag, always 1
+FIRST_CLASS = 1  # labels: 0 is the background, objects from 1
 STATIC_HEADS = [("rpn", "head"), ("", "head")]  # R-CNN RPN; RetinaNet, FCOS
 REWRITABLE = False  # runner.backends.static_graph rewrites only detectron2 detectors
 
