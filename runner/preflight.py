@@ -1,7 +1,8 @@
 """Preflight: takes a validated Config and raises ConfigError for what this machine cannot run,
 before any child is started or any output written: a device torch cannot see, detectron2
 absent, a detectron2 config key it does not have, an unreadable image or checkpoint, backend
-options the backend rejects. `refusal` asks the same of a sweep's job before the sweep starts."""
+options the backend rejects, a dataset the accuracy pass cannot read. `refusal` asks the same
+of a sweep's job before the sweep starts."""
 
 from __future__ import annotations
 
@@ -29,6 +30,16 @@ def check(cfg: Config) -> None:
         if error:
             raise ConfigError(error)
     _check_backend(cfg)
+    _check_dataset(cfg)
+
+
+def _check_dataset(cfg: Config) -> None:
+    from runner.accuracy import dataset
+
+    try:
+        dataset.check(cfg.dataset)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
 
 
 @functools.lru_cache(maxsize=16)

@@ -46,6 +46,7 @@ def test_a_whole_run(make_config, tmp_path):
     assert row.optimize_s is not None and row.optimize_s >= 0
     assert row.num_detections >= 0 and row.num_detections == row.num_detections_ref
     assert row.gpu_busy_ms is None and row.peak_mem_mb is None  # CUDA only
+    assert row.accuracy_dataset == "" and row.accuracy_box_ap is None  # no dataset, no pass
     # environment
     assert row.weights.startswith("random(seed=0)") and "calibrated" in row.weights
     assert row.torch_version == torch.__version__

@@ -10,7 +10,8 @@ hands out timed blocks one at a time, round-robin, the order rotated every round
     prepare (all children at once)    runner.run.measurement.Measurement.prepare
     round r = 0 .. repeats-1          A B C, then B C A, ...: one child times, the others wait
                                       on their pipe; each block is one Row (repeat r, session)
-    finish (one child at a time)      the profiler pass, the backend's notes
+    accuracy, finish (one at a time)  with dataset=...: the accuracy pass (runner.accuracy);
+                                      the profiler pass, the backend's notes
 
 Rows of the same session and repeat were measured seconds apart, so host and GPU drift hit them
 alike: the report pairs them (runner.report). A single run is a session of one backend.
@@ -185,9 +186,12 @@ def _measure(active: list[Member], todo: list[int], session: str, gpu: str, env:
     timed = time.monotonic()
     for member in list(active):
         try:
+            accuracy = member.worker.request("accuracy", timeout_s=timeout)
             finished = member.worker.request("finish", timeout_s=timeout)
             for repeat, row in member.new.items():
-                member.new[repeat] = steps.row(dataclasses.asdict(row), finished.fields())
+                member.new[repeat] = steps.row(
+                    dataclasses.asdict(row), finished.fields(), accuracy.fields(row)
+                )
             member.write()
         except Exception as failure:  # noqa: BLE001 - as above
             member.fail(failure, gpu)

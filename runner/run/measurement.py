@@ -7,8 +7,13 @@ then answers the parent's requests (runner.run.workers) with Row fields and late
                       optimize (and a first call at each size) -> warm_up -> parity (on the
                       timed executable). Returns Prepared: ok | parity_fail | unsupported.
                       Every call runs at the precision (runner.run.precision.at_precision).
+                      With dataset=..., the reference step also runs the eager fp32 strict
+                      model over the dataset (before any backend touches the model) and
+                      scores it: the accuracy pass's reference.
     time_block(r)     gc as bench.gc says, then at each size bench.rewarm untimed and
                       bench.iters timed calls: a Block of latency samples.
+    accuracy()        with dataset=...: the timed callable over the dataset, scored, against
+                      the reference's scores (runner.accuracy.evaluate): Accuracy.
     finish()          the profiler pass (GPU: busy time and kernels of one call, profile.txt)
                       and the backend's notes: Finished; done once, after the last block.
 
@@ -26,6 +31,7 @@ from pathlib import Path
 from runner.config import Config, parse_device
 from runner.run import record
 from runner.run.steps import (
+    Accuracy,
     Block,
     Built,
     Environment,
@@ -89,6 +95,9 @@ class Measurement:
         self.images = None
         self.stages: dict[str, float] = {}  # seconds per stage, logged (README: overhead)
         self.owned = False  # the backend applies the dtype itself (runner.run.precision)
+        self.exported = None
+        self.dataset = None  # runner.accuracy.dataset.Dataset, with dataset=...
+        self.reference_scores: dict = {}  # the reference's COCOeval figures by kind
 
     # ---- helpers ----
 
@@ -122,8 +131,9 @@ class Measurement:
         built = None
         try:
             built = self._step("build", build, self.cfg, self.device)
-            self.images = built.images
+            self.images, self.exported = built.images, built.exported
             reference = self._step("reference", self.reference, built)
+            self._step("accuracy reference", self.accuracy_reference, built)
             optimized = self._step("optimize", self.optimize, built)
             self.fn = optimized.fn
             self._step("warmup", self.warm_up)
@@ -234,7 +244,69 @@ class Measurement:
             image_hw_max=images.hw("max") if dynamic else "",
         )
 
+    def accuracy_reference(self, built: Built) -> None:
+        """With dataset=...: eager fp32 with TF32 off over the dataset, scored; before optimize,
+        since backends may rework the model in place."""
+        if self.cfg.dataset.name == "none":
+            return
+        import torch
+
+        from runner.accuracy import dataset, evaluate
+        from runner.run.precision import strict_fp32
+
+        self.dataset = dataset.open_dataset(self.cfg.dataset)
+
+        def eager(batch):
+            with torch.no_grad(), strict_fp32():
+                return built.exported.decode(built.exported.module(*batch), self.cfg.batch)
+
+        results = self._dataset_pass(eager, "reference (eager fp32 strict)")
+        self.reference_scores = evaluate.scores(self.dataset, results, results)
+
+    def _dataset_pass(self, predict, what: str) -> dict:
+        from runner.accuracy import evaluate
+        from runner.run import inputs
+
+        cfg = self.cfg
+        hw = (cfg.inputs.height, cfg.inputs.width)
+        return evaluate.predictions(
+            self.dataset,
+            predict,
+            cfg.model.family,
+            hw,
+            cfg.batch,
+            inputs.to_tensor,
+            self.device,
+            what,
+        )
+
     # ---- the parent's other requests ----
+
+    def accuracy(self) -> Accuracy:
+        """With dataset=...: the timed callable over the dataset, scored against the reference's
+        scores on the same images (runner.accuracy.evaluate); nothing without a dataset. A
+        failure of the pass is the Accuracy's `failure`: the timed rows are kept."""
+        if self.dataset is None:
+            return Accuracy()
+        from runner.accuracy import evaluate
+
+        started = time.perf_counter()
+        try:
+            results = self._dataset_pass(
+                lambda batch: self.exported.decode(self._call(batch), self.cfg.batch),
+                self.cfg.backend.name,
+            )
+            figures = evaluate.figures(
+                self.dataset, evaluate.scores(self.dataset, results, results), self.reference_scores
+            )
+        except Exception as error:  # noqa: BLE001 - the row says why; the timings stand
+            log.exception("accuracy pass failed")
+            return Accuracy(failure=f"{type(error).__name__}: {error}")
+        finally:
+            self._stage("accuracy", started)
+        figures["accuracy_s"] = time.perf_counter() - started
+        log.info("accuracy: %s", ", ".join(f"{k} {v}" for k, v in figures.items()))
+        return Accuracy(figures)
 
     def time_block(self, repeat: int) -> Block:
         """One timed block at every size; see the module docstring."""

@@ -86,8 +86,25 @@ class Row:
     parity_floor_score_max_diff: float | None = None
     parity_floor_mask_iou: float | None = None
     parity_floor_keypoint_max_dist: float | None = None
+    parity_floor_draws: int | None = None  # inputs the floor was measured on (runner.run.fidelity)
     num_detections: int | None = None  # produced by the timed model at the opt size, all images
     num_detections_ref: int | None = None
+    # accuracy on a COCO-format dataset (dataset=...; runner.accuracy), a pass after the timed
+    # blocks: the timed callable on every image of the pass, scored by pycocotools' COCOeval.
+    # AP over IoU 0.50:0.95 and AP at IoU 0.50 are fractions (0..1); _vs_ref is this AP minus
+    # the reference's (eager fp32, TF32 off) on the same images. Empty without a dataset, and
+    # for outputs the model lacks or the dataset cannot score
+    accuracy_dataset: str = ""  # "name:annotation file@sha256:<first 12 hex digits>"
+    accuracy_images: int | None = None
+    accuracy_box_ap: float | None = None
+    accuracy_box_ap50: float | None = None
+    accuracy_box_ap_vs_ref: float | None = None
+    accuracy_mask_ap: float | None = None
+    accuracy_mask_ap50: float | None = None
+    accuracy_mask_ap_vs_ref: float | None = None
+    accuracy_keypoint_ap: float | None = None
+    accuracy_keypoint_ap_vs_ref: float | None = None
+    accuracy_s: float | None = None  # seconds of the timed callable's pass and its scoring
     weights: str = ""
     # protocol: `warmup` calls once, then `repeats` blocks of `rewarm` untimed and `iters` timed
     # calls; this row is block `repeat` (0-based) of `session`, one parent's backends timed in
@@ -154,6 +171,18 @@ ADDED_COLUMNS = (
     "parity_reference",
     "parity_floor_keypoint_max_dist",
     "host_probe_ms",
+    "parity_floor_draws",
+    "accuracy_dataset",
+    "accuracy_images",
+    "accuracy_box_ap",
+    "accuracy_box_ap50",
+    "accuracy_box_ap_vs_ref",
+    "accuracy_mask_ap",
+    "accuracy_mask_ap50",
+    "accuracy_mask_ap_vs_ref",
+    "accuracy_keypoint_ap",
+    "accuracy_keypoint_ap_vs_ref",
+    "accuracy_s",
 )
 _TYPES = {f.name: f.type for f in fields(Row)}
 

@@ -5,8 +5,9 @@ into a Row and never raises: a value that does not fit ends as an error row sayi
 
     child:   environment -> build -> reference -> optimize -> warm-up -> parity   = Prepared
              timed block (one per repeat)                                          = Block
+             accuracy pass over a dataset (dataset=...; else nothing)              = Accuracy
              profile and the backend's notes                                       = Finished
-    parent:  identity (runner.run.bench) + Prepared + Block + Finished                 = Row
+    parent:  identity (runner.run.bench) + Prepared + Block + Finished + Accuracy      = Row
 """
 
 from __future__ import annotations
@@ -140,6 +141,22 @@ class Finished:
 
     def fields(self) -> dict:
         return {k: v for k, v in dataclasses.asdict(self).items() if k != "stages"}
+
+
+@dataclass
+class Accuracy:
+    """The accuracy step (runner.accuracy): the row's accuracy_* columns, or why the pass failed;
+    the rows then say status error with that reason, their timed figures kept."""
+
+    figures: dict[str, Any] = field(default_factory=dict)
+    failure: str = ""
+
+    def fields(self, row: Row) -> dict:
+        values = dict(self.figures)
+        if self.failure:
+            previous = f"; {row.error}" if row.error else ""
+            values.update(status="error", error=f"accuracy: {self.failure}{previous}")
+        return values
 
 
 # what an error row keeps of the fields that did not make a Row: what was run, and where
