@@ -27,17 +27,27 @@ IDENTITY = (
     "iters",
     "rewarm",
     "timing_options",
+    "accuracy_dataset",  # the accuracy pass's data ("": none)
 )
 # what --compare pairs rows of two machines by: what the model computes, not the protocol
 COMPARE_FIELDS = tuple(
     name
     for name in IDENTITY
-    if name not in ("weights", "warmup", "iters", "rewarm", "timing_options")
+    if name not in ("weights", "warmup", "iters", "rewarm", "timing_options", "accuracy_dataset")
 )
 # what pairs a row with its baseline: the identity without the backend
 PAIR_FIELDS = tuple(name for name in IDENTITY if name not in ("backend", "backend_options"))
-# what else a table holds fixed: input photo, arch options, thresholds, seed, protocol
-SETUP_FIELDS = ("image", "arch_options", "thresholds", "seed", "warmup", "iters", "rewarm")
+# what else a table holds fixed: input photo, arch options, thresholds, seed, protocol, dataset
+SETUP_FIELDS = (
+    "image",
+    "arch_options",
+    "thresholds",
+    "seed",
+    "warmup",
+    "iters",
+    "rewarm",
+    "accuracy_dataset",
+)
 REFERENCE_BACKEND = "eager"  # the baseline every speed-up is measured against
 
 

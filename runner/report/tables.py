@@ -42,6 +42,8 @@ TABLE_COLUMNS = (
 
 
 TEXT_COLUMNS = ("Backend", "Precision", "Parity")  # left-aligned; the rest are numbers
+# accuracy columns, shown in a table where its rows have the figure (runs with dataset=...)
+ACCURACY_KINDS = {"box": "Box AP", "mask": "Mask AP", "keypoint": "Keypoint AP"}
 
 
 LEGEND = """\
@@ -66,6 +68,12 @@ Columns:
   batch; "(ref N)" where eager fp32 found a different number.
 - **unsupported / error**: the run could not apply or failed; the first line of its reason is
   shown instead of numbers, and the results CSV has the whole of it."""
+
+ACCURACY_LEGEND = """\
+- **Box AP**, **Mask AP**, **Keypoint AP** (runs with a dataset): COCO's AP over IoU
+  0.50:0.95 (pycocotools' COCOeval), in points (x 100), of the timed callable on the dataset's
+  images, each letterboxed to the table's input size (Dataset above); in brackets, this AP
+  minus that of eager fp32 with TF32 off on the same images (+0.00: the same answers)."""
 
 
 def distinct(rows: Iterable[Row], field: str) -> list[str]:
@@ -123,10 +131,35 @@ def provenance(rows: Sequence[Row]) -> str:
             bullet("Software", [software_text(rows)]),
             bullet("Protocol", protocol_texts(rows)),
             bullet("Weights", [f"`{w}`" for w in distinct(rows, "weights")]),
+            *([bullet("Dataset", datasets)] if (datasets := dataset_texts(rows)) else []),
             bullet("Command", [f"`{c}`" for c in distinct(rows, "command")]),
             bullet("git", [as_code(distinct(rows, "git_sha"))]),
         ]
     )
+
+
+def dataset_texts(rows: Sequence[Row]) -> list[str]:
+    """Each dataset of the accuracy passes, with the images scored: "`name:file@sha256:...`
+    (300 images)"."""
+    found = {(r.accuracy_dataset, r.accuracy_images) for r in rows if r.accuracy_dataset}
+    return [f"`{name}` ({counted(images or 0, 'image')})" for name, images in sorted(found)]
+
+
+def accuracy_kinds(rows: Iterable[Row]) -> list[str]:
+    """The ACCURACY_KINDS that any of the rows has a figure for, in ACCURACY_KINDS' order."""
+    rows = list(rows)
+    return [
+        k for k in ACCURACY_KINDS if any(getattr(r, f"accuracy_{k}_ap") is not None for r in rows)
+    ]
+
+
+def ap_text(row: Row, kind: str) -> str:
+    """AP in points, and the difference from the reference's in brackets: "41.2 (-0.03)"."""
+    ap = getattr(row, f"accuracy_{kind}_ap")
+    if ap is None:
+        return DASH
+    versus = getattr(row, f"accuracy_{kind}_ap_vs_ref")
+    return f"{100 * ap:.1f}" + ("" if versus is None else f" ({100 * versus:+.2f})")
 
 
 def parity_text(row: Row) -> str:
@@ -170,8 +203,9 @@ def speed_up_text(row: Row, found: SpeedUp | None) -> str:
     return DASH if found is None else found.text()
 
 
-def table_row(entry: Repeats, found: SpeedUp | None) -> str:
+def table_row(entry: Repeats, found: SpeedUp | None, kinds: Sequence[str] = ()) -> str:
     row = entry.row
+    accuracy = [ap_text(row, kind) for kind in kinds]
     if is_measured(row):
         figures = [
             repeats_text(entry),
@@ -186,7 +220,7 @@ def table_row(entry: Repeats, found: SpeedUp | None) -> str:
         ]
     else:
         figures = [failure_text(row)] + [""] * (len(TABLE_COLUMNS) - 3)
-    return markdown_row([backend_label(row), row.precision, *figures])
+    return markdown_row([backend_label(row), row.precision, *figures, *accuracy])
 
 
 def table_subtitle(row: Row) -> str:
@@ -201,14 +235,16 @@ def variant_table(
     entries: Sequence[Repeats], found: dict[tuple, SpeedUp], heading: str, level: int
 ) -> str:
     """One table: the entries of one table_key, already sorted."""
+    kinds = accuracy_kinds(entry.row for entry in entries)
+    columns = (*TABLE_COLUMNS, *(f"{ACCURACY_KINDS[kind]} (vs ref)" for kind in kinds))
     lines = [
         f"{'#' * level} {heading}",
         "",
         table_subtitle(entries[0].row),
         "",
-        *markdown_header(TABLE_COLUMNS, TEXT_COLUMNS),
+        *markdown_header(columns, TEXT_COLUMNS),
     ]
-    lines += [table_row(entry, found.get(identity_of(entry.row))) for entry in entries]
+    lines += [table_row(entry, found.get(identity_of(entry.row)), kinds) for entry in entries]
     return "\n".join(lines)
 
 
@@ -250,7 +286,8 @@ def tables(
             parts.append(f"### {machine}")
         parts.append(provenance(by_machine[machine]))
         parts.extend(variant_tables(by_machine[machine], level=4 if mixed else 3))
-    parts += [figure_link(plots, "speedup"), figure_link(plots, "latency_vs_size"), LEGEND]
+    legend = LEGEND + ("\n" + ACCURACY_LEGEND if accuracy_kinds(rows) else "")
+    parts += [figure_link(plots, "speedup"), figure_link(plots, "latency_vs_size"), legend]
     for index, machine in enumerate(sorted(by_machine)):
         section = performance.section(
             merged_rows(by_machine[machine]),
