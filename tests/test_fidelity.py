@@ -133,17 +133,33 @@ def test_the_floor_of_fp32_on_cuda_is_eager_with_defaults_against_the_strict_ref
     module, exported, images = _recorder()
     fp32 = make_config("precision=fp32").precision
     reference, floor = fidelity.reference_and_floor(exported, images, 1, fp32, "cuda", 0.7)
-    assert module.flags == [
-        STRICT,
-        {"matmul": True, "cudnn": True, "float32_matmul_precision": "high"},
-    ]
+    loose = {"matmul": True, "cudnn": True, "float32_matmul_precision": "high"}
+    assert module.flags == [STRICT, loose] * fp32.floor_draws  # each draw: reference, then floor
     assert len(reference["opt"][0]) == 3
     assert floor is not None and floor.match_f1 == 1.0 and floor.score_max_diff == 0.0
     fields = fidelity.parity_fields(floor, floor, parity.verdict(floor, fp32, floor))
     assert fields["parity_floor_match_f1"] == 1.0
     assert fields["parity_floor_score_max_diff"] == 0.0
+    assert fields["parity_floor_draws"] == fp32.floor_draws == 5
     assert fields["parity_reference"] == fidelity.REFERENCE
     assert fields["status"] == "ok" and fields["parity_unchecked"] == ""
+
+
+def test_floor_draws_are_the_input_and_jittered_copies_by_seed():
+    """Draw 0 is the input itself; the others move each pixel by at most half a grey level
+    (of the family's range), differently per draw, the same for the same seed."""
+    _, exported, images = _recorder()
+    assert fidelity.jittered(images, 0, seed=0, family="torchvision") is images
+    first = fidelity.jittered(images, 1, seed=0, family="torchvision").images["opt"][0]
+    moved = (first - images.images["opt"][0]).abs()
+    assert 0 < moved.max() <= fidelity.JITTER_GREY_LEVELS / 255.0
+    again = fidelity.jittered(images, 1, seed=0, family="torchvision").images["opt"][0]
+    second = fidelity.jittered(images, 2, seed=0, family="torchvision").images["opt"][0]
+    other_seed = fidelity.jittered(images, 1, seed=1, family="torchvision").images["opt"][0]
+    assert torch.equal(first, again)
+    assert not torch.equal(first, second) and not torch.equal(first, other_seed)
+    bgr = fidelity.jittered(images, 1, seed=0, family="detectron2").images["opt"][0]
+    assert (bgr - images.images["opt"][0]).abs().max() > 1 / 255.0  # pixels in 0..255 there
 
 
 def test_no_floor_where_it_would_be_the_reference(make_config, loose_flags):

@@ -209,24 +209,23 @@ def test_limits_without_floor_are_the_tolerances():
     }
 
 
-def test_a_floor_loosens_bounds_to_floor_minus_margin():
-    tolerances = dataclasses.replace(FP32, floor_margin=0.1)
+def test_a_floor_loosens_bounds_to_its_scaled_distance_from_perfect():
+    tolerances = dataclasses.replace(FP32, floor_scale=2.0)
     floor = figures(match_f1=0.8, box_iou=0.85, score_max_diff=0.2, mask_iou=0.7)
     bound = limits(tolerances, floor)
-    assert bound["match_f1"] == pytest.approx(0.7)
-    assert bound["box_iou"] == pytest.approx(0.75)
-    assert bound["score_max_diff"] == pytest.approx(0.3)
-    assert bound["mask_iou"] == pytest.approx(0.6)
+    assert bound["match_f1"] == pytest.approx(0.6)  # 1 - 2 x (1 - 0.8)
+    assert bound["box_iou"] == pytest.approx(0.7)
+    assert bound["score_max_diff"] == pytest.approx(0.4)  # 2 x 0.2
+    assert bound["mask_iou"] == pytest.approx(0.4)
     # a backend as good as eager at this precision passes; one adding error of its own fails
     assert verdict(floor, tolerances, floor) == []
-    assert verdict(figures(match_f1=0.65), tolerances, floor) != []
+    assert verdict(figures(match_f1=0.55), tolerances, floor) != []
 
 
 def test_a_floor_never_tightens_a_bound():
-    # eager at this precision agrees perfectly: floor - margin is above each tolerance
-    no_margin = dataclasses.replace(FP32, floor_margin=0.0)
-    assert limits(no_margin, figures()) == limits(no_margin, None)
-    assert verdict(figures(match_f1=0.995), no_margin, figures()) == []
+    # eager at this precision agrees perfectly: every bound stays the tolerance
+    assert limits(FP32, figures()) == limits(FP32, None)
+    assert verdict(figures(match_f1=0.995), FP32, figures()) == []
 
 
 FP16 = PrecisionConfig(
@@ -237,13 +236,69 @@ FP16 = PrecisionConfig(
     min_box_iou=0.95,
     max_score_diff=0.05,
     min_mask_iou=0.9,
-    floor_margin=0.1,
+    floor_scale=2.0,
 )
 
 
-def test_a_floor_within_the_tolerances_leaves_them_as_they_are():
-    floor = figures(match_f1=0.95, box_iou=0.97, score_max_diff=0.01, mask_iou=0.95)
+def test_a_floor_well_within_the_tolerances_leaves_them_as_they_are():
+    floor = figures(match_f1=0.97, box_iou=0.99, score_max_diff=0.01, mask_iou=0.97)
     assert limits(FP16, floor) == limits(FP16, None)
+
+
+def test_the_bound_moves_smoothly_with_the_floor_no_step_at_the_tolerance():
+    """The old rule loosened a bound only when the floor fell below the tolerance: a floor of
+    0.899 gave 0.799, one of 0.901 gave 0.9. The scaled floor gives 0.798 and 0.802."""
+    below, above = figures(match_f1=0.899), figures(match_f1=0.901)
+    assert limits(FP16, below)["match_f1"] == pytest.approx(0.798)
+    assert limits(FP16, above)["match_f1"] == pytest.approx(0.802)
+
+
+# Golden figures shaped on issue 20's R101 FPN at fp16: static_graph's F1 against the strict
+# reference, and eager fp16's on the run's input then on four jittered copies. Seed 0's first
+# pair is the issue's (0.89 against one draw of 0.90: parity failed); the other figures are made
+# to the spread it reports (F1 0.87-0.94 between draws and seeds), where seeds 1 and 2 passed.
+R101_FP16 = {
+    0: {"backend": 0.89, "eager_draws": (0.90, 0.87, 0.92, 0.88, 0.91)},
+    1: {"backend": 0.92, "eager_draws": (0.91, 0.93, 0.89, 0.90, 0.94)},
+    2: {"backend": 0.90, "eager_draws": (0.93, 0.90, 0.88, 0.91, 0.92)},
+}
+
+
+def _floor_of(draws) -> Figures:
+    return dataclasses.replace(
+        worst([figures(match_f1=f, box_iou=0.985, score_max_diff=0.02) for f in draws]),
+        draws=len(draws),
+    )
+
+
+@pytest.mark.parametrize("seed", sorted(R101_FP16))
+def test_the_fp16_verdict_does_not_flip_with_the_seed(seed):
+    case = R101_FP16[seed]
+    backend = figures(match_f1=case["backend"], box_iou=0.984, score_max_diff=0.021)
+    floor = _floor_of(case["eager_draws"])
+    assert floor.draws == 5 and floor.match_f1 == min(case["eager_draws"])
+    assert verdict(backend, FP16, floor) == []
+    # the rule it replaces: one draw (the run's input), loosened only below the tolerance
+    one_draw = _floor_of(case["eager_draws"][:1])
+    old_bound = one_draw.match_f1 - 0.1 if one_draw.match_f1 < FP16.min_match else 0.9
+    assert (case["backend"] >= old_bound) is (seed != 0)
+
+
+def test_boxes_5_px_off_still_fail_against_a_noisy_fp16_floor():
+    """Teeth: the noisiest fp16 floor above, and a backend whose boxes are all 5 px off in x and
+    y: 60 px boxes still match (IoU 55^2 / (2 x 60^2 - 55^2) = 0.72 >= match_iou), but their
+    IoU is far under the bound (the tolerance 0.95; the scaled floor, 0.97, is tighter)."""
+    floor = _floor_of(R101_FP16[0]["eager_draws"])
+    shifted = [[x + 5, y + 5, x2 + 5, y2 + 5] for x, y, x2, y2 in SIXTY_PX_BOXES]
+    ref = detections(SIXTY_PX_BOXES, [0.9, 0.8, 0.7], [1, 2, 3])
+    out = detections(shifted, [0.9, 0.8, 0.7], [1, 2, 3])
+    found = compare([ref], [out], 0.7)
+    assert found.match_f1 == 1.0 and found.box_iou == pytest.approx(3025 / 4175, abs=1e-5)
+    (broken,) = verdict(found, FP16, floor)
+    assert broken == "box_iou 0.7246 < 0.9500"
+
+
+SIXTY_PX_BOXES = [[0, 0, 60, 60], [100, 100, 160, 160], [200, 50, 260, 110]]
 
 
 def test_a_floor_without_masks_keeps_the_mask_bound():
@@ -292,10 +347,9 @@ def test_keypoint_distance_is_none_without_keypoints_and_checked_by_verdict():
 
 
 def test_a_keypoint_floor_loosens_the_bound_and_worst_takes_the_largest():
-    tolerances = dataclasses.replace(FP32, floor_margin=0.1)
     floor = figures(keypoint_max_dist=0.4)
-    assert limits(tolerances, floor)["keypoint_max_dist"] == pytest.approx(0.5)
-    assert verdict(figures(keypoint_max_dist=0.45), tolerances, floor) == []
+    assert limits(FP32, floor)["keypoint_max_dist"] == pytest.approx(0.8)
+    assert verdict(figures(keypoint_max_dist=0.75), FP32, floor) == []
     w = worst([figures(keypoint_max_dist=0.1), figures(keypoint_max_dist=None)])
     assert w.keypoint_max_dist == 0.1
     assert worst([figures(), figures()]).keypoint_max_dist is None

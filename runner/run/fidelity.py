@@ -9,6 +9,12 @@ precision; returns the reference detections, the floor, and the parity fields of
              fp32 with PyTorch's default flags on CUDA (TF32 convolutions). None for a strict
              precision (the reference's own settings) and for fp32 on the CPU, where TF32 does
              not exist: the floor would be the reference itself, so it is not computed there.
+             Measured on `precision.floor_draws` inputs: the run's own and jittered copies of
+             it (every pixel moved by up to JITTER_GREY_LEVELS, seeded by the run's seed), each
+             against its own strict reference; the floor is the worst figure over them. The
+             jitter changes no answer a model should care about but re-draws which rounding
+             lands where, so the floor measures how far the precision can move the answers
+             rather than one toss of it (runner.run.parity.limits: why that matters).
 """
 
 from __future__ import annotations
@@ -42,10 +48,36 @@ def eager_detections(exported, images, batch: int) -> dict:
         }
 
 
+JITTER_GREY_LEVELS = 0.5  # a floor draw moves each pixel by up to this, of 0..255
+
+
+def jittered(images, draw: int, seed: int, family: str):
+    """The input set with every pixel moved by a uniform draw in +-JITTER_GREY_LEVELS (in the
+    family's pixel range), from a generator seeded by (seed, draw); draw 0 is the input."""
+    import torch
+
+    from runner import families
+    from runner.run.inputs import InputSet
+
+    if draw == 0:
+        return images
+    amplitude = JITTER_GREY_LEVELS * families.get(family).PIXELS[1] / 255.0
+    generator = torch.Generator().manual_seed(seed * 1_000_003 + draw)
+    moved = {}
+    for shape, batch in images.images.items():
+        moved[shape] = tuple(
+            image + ((torch.rand(image.shape, generator=generator) * 2 - 1) * amplitude).to(image)
+            for image in batch
+        )
+    return InputSet(moved)
+
+
 def reference_and_floor(
-    exported, images, batch: int, precision: PrecisionConfig, device, match_iou
+    exported, images, batch: int, precision: PrecisionConfig, device, match_iou, seed: int = 0
 ):
     """(reference detections by input size, floor Figures or None); see the module docstring."""
+    import dataclasses
+
     import torch
 
     from runner.run.precision import at_precision, strict_fp32
@@ -54,15 +86,33 @@ def reference_and_floor(
         reference = eager_detections(exported, images, batch)
     if not needs_floor(precision, torch.device(device).type):
         return reference, None
-    with at_precision(precision, device):
-        at_run_precision = eager_detections(exported, images, batch)
-    floor = parity.worst(
-        [
-            parity.compare(reference[shape], at_run_precision[shape], match_iou)
-            for shape in images.shapes
-        ]
+    draws = []
+    for draw in range(precision.floor_draws):
+        inputs = jittered(images, draw, seed, exported.family)
+        if draw == 0:
+            strict = reference
+        else:
+            with strict_fp32():
+                strict = eager_detections(exported, inputs, batch)
+        with at_precision(precision, device):
+            at_run_precision = eager_detections(exported, inputs, batch)
+        draws.append(
+            parity.worst(
+                [
+                    parity.compare(strict[shape], at_run_precision[shape], match_iou)
+                    for shape in images.shapes
+                ]
+            )
+        )
+    floor = dataclasses.replace(parity.worst(draws), draws=len(draws))
+    log.info(
+        "floor (eager %s vs %s, worst of %d inputs): %s; match_f1 per input: %s",
+        precision.name,
+        REFERENCE,
+        len(draws),
+        asdict(floor),
+        " ".join(f"{d.match_f1:.3f}" for d in draws),
     )
-    log.info("floor (eager %s vs %s): %s", precision.name, REFERENCE, asdict(floor))
     return reference, floor
 
 
@@ -71,6 +121,7 @@ def parity_fields(worst: parity.Figures, floor: parity.Figures | None, broken: l
     fields = {f"parity_{name}": getattr(worst, name) for name in parity.FIGURES}
     if floor is not None:
         fields.update({f"parity_floor_{name}": getattr(floor, name) for name in parity.FIGURES})
+        fields["parity_floor_draws"] = floor.draws
     if worst.unchecked:
         log.warning(
             "parity: no figure compares %s; the row names them (parity_unchecked)",

@@ -181,7 +181,13 @@ class Measurement:
 
         cfg = self.cfg
         detections, floor = fidelity.reference_and_floor(
-            built.exported, built.images, cfg.batch, cfg.precision, self.device, cfg.bench.match_iou
+            built.exported,
+            built.images,
+            cfg.batch,
+            cfg.precision,
+            self.device,
+            cfg.bench.match_iou,
+            cfg.seed,
         )
         log.info(
             "reference (%s): %s detections at %s",
