@@ -63,9 +63,27 @@ def build(cfg: ModelConfig, device: torch.device, seed: int) -> tuple[nn.Module,
     model.to(device).eval()
     if cfg.weights is None:
         return model, f"random(seed={seed})"
-    state = load_checkpoint(Path(cfg.weights), cfg.allow_pickle)
-    _load_state(model, family.load_state(model, as_tensors(state), cfg), cfg)
-    return model, f"file:{Path(cfg.weights).name}@sha256:{_sha256(cfg.weights)[:12]}"
+    data = read_checkpoint(Path(cfg.weights), cfg.allow_pickle)
+    _load_state(model, family.load_state(model, as_tensors(state_of(data, cfg.weights)), cfg), cfg)
+    label = f"file:{Path(cfg.weights).name}@sha256:{_sha256(cfg.weights)[:12]}"
+    training = data.get(TRAINING_KEY) if isinstance(data, dict) else None
+    if isinstance(training, dict):  # written by scripts/train.py: say how it was trained
+        label = f"trained({training_text(training)}) {label}"
+    return model, label
+
+
+# scripts/train.py stores its settings and val AP under this key, next to "model"
+TRAINING_KEY = "d2bench_training"
+# the settings a row's weights label shows, in this order (the checkpoint's .json has them all)
+TRAINING_SHOWN = ("model", "iters", "batch", "lr", "schedule", "amp", "seconds", "seed", "data")
+
+
+def training_text(training: dict) -> str:
+    """'model=mask_rcnn_fpn iters=2400 ... val_box_ap=0.41': the settings of TRAINING_SHOWN
+    and every val figure the checkpoint carries."""
+    shown = [k for k in TRAINING_SHOWN if k in training]
+    shown += sorted(k for k in training if k.startswith("val_") and k.endswith("ap"))
+    return " ".join(f"{key}={training[key]}" for key in shown)
 
 
 def _sha256(path: str | Path) -> str:
@@ -123,7 +141,23 @@ def _reason(error: BaseException) -> str:
 
 
 def load_checkpoint(path: Path, allow_pickle: bool) -> dict:
-    """A state dict from a local checkpoint, loaded without running code from the file.
+    """A state dict from a local checkpoint, loaded without running code from the file
+    (read_checkpoint, then its state dict)."""
+    return state_of(read_checkpoint(path, allow_pickle), path)
+
+
+def state_of(data, path) -> dict:
+    """The state dict of what read_checkpoint returned: the file's "model" entry where it has
+    one (detectron2's and scripts/train.py's layout), else the whole of it."""
+    if isinstance(data, dict) and isinstance(data.get("model"), dict):
+        data = data["model"]
+    if not isinstance(data, dict) or not data:
+        raise ValueError(f"model.weights={path}: holds no state dict")
+    return data
+
+
+def read_checkpoint(path: Path, allow_pickle: bool):
+    """What a local checkpoint holds, loaded without running code from the file.
 
     .pth/.pt go through torch.load(weights_only=True); detectron2's .pkl files through an
     unpickler that accepts only arrays and containers. A file that is a sound pickle but holds
@@ -148,10 +182,6 @@ def load_checkpoint(path: Path, allow_pickle: bool) -> dict:
         if unsafe and not allow_pickle:  # torch's weights-only unpickler met an object
             raise ValueError(UNSAFE.format(path=path, name=unsafe.group(1))) from error
         raise ValueError(CORRUPT.format(path=path, kind=kind, reason=_reason(error))) from error
-    if isinstance(data, dict) and isinstance(data.get("model"), dict):
-        data = data["model"]
-    if not isinstance(data, dict) or not data:
-        raise ValueError(f"model.weights={path}: holds no state dict")
     return data
 
 
