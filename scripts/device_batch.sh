@@ -9,7 +9,9 @@
 #   BATCH_SECONDS: every command must end within N s of the batch's start (a GPU call has a hard
 #   limit): a command is interrupted (SIGINT, as Ctrl-C: a sweep keeps its finished rows, and
 #   running it again resumes) when the time is up, and later commands are skipped, so that
-#   outputs.tgz is always written.
+#   outputs.tgz is always written. A command that needs N s can ask first with
+#   `scripts/time_left.sh N && ...` (BATCH_DEADLINE, exported here), instead of starting work
+#   the time limit would cut off.
 # It assumes d2bench's dependencies, detectron2 included, are importable (README: Install).
 set -u
 batch=${1:?usage: scripts/device_batch.sh BATCH_FILE}
@@ -34,6 +36,8 @@ if [ "${RUN_TESTS:-1}" = 1 ]; then
 fi
 
 began=$(date +%s)
+# when the last command must have ended (20 s kept for the archive): scripts/time_left.sh reads it
+[ -n "${BATCH_SECONDS:-}" ] && export BATCH_DEADLINE=$(( began + BATCH_SECONDS - 20 ))
 while IFS= read -r command || [ -n "$command" ]; do
   case "$command" in ''|'#'*) continue ;; esac
   start=$(date +%s)

@@ -77,3 +77,26 @@ def test_a_session_with_a_dataset_writes_the_ap_columns_for_each_backend(tmp_pat
     logs = "".join((path.parent / "child.log").read_text() for path in sweep.rglob("result.csv"))
     assert "accuracy reference (eager fp32 strict): 3 images" in logs
     assert "COCOeval bbox on 3 images" in logs
+
+
+def test_sweep_trained_loads_each_architectures_checkpoint_and_scores_the_val_split(tmp_path):
+    """conf/sweep/trained.yaml: the seven variants x fp32_strict / fp16 x four backend points, each
+    job with its architecture's checkpoint and dataset=generated (the plan only: every job is
+    refused before it runs)."""
+    from tests.test_sweeper import NO_RUN, REFUSED, launched_jobs, launched_sessions
+
+    done = run_runner("sweep=trained", *NO_RUN, f"hydra.sweep.dir={tmp_path}", timeout=300)
+    log = done.stdout + done.stderr
+    jobs = launched_jobs(log)
+    assert len(jobs) == 56 and launched_sessions(log) == 14
+    assert {j["precision"] for j in jobs} == {"fp32_strict", "fp16"}
+    for job in jobs:
+        assert job["model.weights"] == f"checkpoints/{job['model']}.pth", job
+        assert job["dataset"] == "generated"
+    assert {(j["backend"], j.get("backend.options.compile", "")) for j in jobs} == {
+        ("eager", ""),
+        ("torchscript", ""),
+        ("static_graph", ""),
+        ("static_graph", "true"),
+    }
+    assert REFUSED.format(56) in log
