@@ -4,7 +4,7 @@ bench        the session: members built at once, timed blocks in turns, a row pe
 member       one member as the parent sees it: folder, kept rows, worker, identity
 workers      the fresh spawned child per member (isolate: processes, timeouts, signals)
 measurement  the child's steps: environment -> build -> reference -> optimize -> warm-up
-             -> parity; timed blocks; profile
+             -> parity; timed blocks; the accuracy pass (runner.accuracy); profile
 steps        the typed values the steps hand on, and the Row they make (always a row)
 models, inputs, export   the build step (the family's own parts: runner.families)
 fidelity, parity         the reference and the parity step
