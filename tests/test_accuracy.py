@@ -261,3 +261,88 @@ def test_figures_are_the_row_columns_with_the_difference_from_the_reference(tiny
     assert fields["accuracy_box_ap_vs_ref"] == pytest.approx(shifted["box"].ap - 1.0)
     assert fields["accuracy_mask_ap_vs_ref"] == pytest.approx(0.0)  # masks were not shifted
     assert "accuracy_keypoint_ap" not in fields
+
+
+# ---- keypoints -----------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def people(tmp_path_factory):
+    """Two images of 120x160 with two 'persons' each, COCO's 17 keypoints all visible."""
+    from PIL import Image
+
+    out = tmp_path_factory.mktemp("people")
+    (out / "val").mkdir()
+    rng = np.random.default_rng(0)
+    images, annotations = [], []
+    for image_id in (1, 2):
+        name = f"{image_id:06d}.jpg"
+        pixels = rng.integers(0, 255, (120, 160, 3), dtype=np.uint8)
+        Image.fromarray(pixels).save(out / "val" / name)
+        images.append({"id": image_id, "file_name": name, "height": 120, "width": 160})
+        for left in (10, 90):
+            xs = rng.uniform(left, left + 50, 17)
+            ys = rng.uniform(20, 100, 17)
+            points = np.stack([xs, ys, np.full(17, 2.0)], axis=1)
+            annotations.append(
+                {
+                    "id": len(annotations) + 1,
+                    "image_id": image_id,
+                    "category_id": 1,
+                    "bbox": [left, 20.0, 50.0, 80.0],
+                    "area": 4000.0,
+                    "iscrowd": 0,
+                    "num_keypoints": 17,
+                    "keypoints": [float(v) for v in points.reshape(-1)],
+                }
+            )
+    categories = [{"id": 1, "name": "person", "keypoints": [str(k) for k in range(17)]}]
+    coco_json = {"images": images, "annotations": annotations, "categories": categories}
+    (out / "val.json").write_text(json.dumps(coco_json))
+    return out
+
+
+def test_keypoints_through_the_letterboxed_pass_score_ap_1(people):
+    """Predicted keypoints in input coordinates (an input of 240x240: scaled by 1.5, padded
+    below) come back to the image's and COCOeval's OKS gives them AP 1.0."""
+    dataset = dataset_of(people)
+    hw = (240, 240)
+    by_pixels = {}
+    for image_id in dataset.image_ids:
+        rgb = dataset.read_rgb(image_id)
+        fitted = letterbox.fit(*rgb.shape[:2], *hw)
+        pixels = to_tensor(letterbox.apply(rgb, fitted), "detectron2")
+        anns = dataset.ground_truth.imgToAnns[image_id]
+        boxes = torch.tensor([[x, y, x + w, y + h] for x, y, w, h in (a["bbox"] for a in anns)])
+        points = torch.tensor([a["keypoints"] for a in anns]).reshape(len(anns), 17, 3)[..., :2]
+        points = points * torch.tensor([fitted.scale_x, fitted.scale_y])
+        by_pixels[pixels.sum().item()] = Detections(
+            letterbox.to_input(boxes, fitted),
+            torch.ones(len(anns)),
+            torch.zeros(len(anns), dtype=torch.int64),
+            keypoints=points,
+            extra={"keypoint_scores": torch.ones(len(anns), 17)},
+        )
+    results = evaluate.predictions(
+        dataset,
+        lambda batch: [by_pixels[image.sum().item()] for image in batch],
+        "detectron2",
+        hw,
+        1,
+        to_tensor,
+        torch.device("cpu"),
+        "oracle",
+    )
+    found = evaluate.scores(dataset, results, results)
+    assert found["keypoint"].ap == pytest.approx(1.0) and found["box"].ap == pytest.approx(1.0)
+    fields = evaluate.figures(dataset, found, found)
+    assert fields["accuracy_keypoint_ap"] == pytest.approx(1.0)
+    assert fields["accuracy_keypoint_ap_vs_ref"] == 0.0
+
+
+def test_keypoints_are_not_scored_where_the_dataset_has_none(tiny, caplog):
+    dataset = dataset_of(tiny)
+    with caplog.at_level("WARNING"):
+        found = evaluate.scores(dataset, {"box": [], "keypoint": []}, ["box", "keypoint"])
+    assert set(found) == {"box"}
+    assert "no keypoint AP: the dataset's annotations have no keypoints" in caplog.text
