@@ -110,3 +110,18 @@ def test_bad_arguments_are_refused_in_one_line(tmp_path, capsys):
         TRAIN.main(["--model", "retinanet", "--data", str(tmp_path), "--out", str(tmp_path)])
     assert stop.value.code == 2
     assert "no train.json (python -m runner.accuracy.shapes)" in capsys.readouterr().err
+
+
+@pytest.mark.gpu
+def test_amp_training_on_cuda_fits_its_minutes_and_loads_into_the_zoo(data, tmp_path):
+    """The H200 path: AMPTrainer, the whole-model clip under the grad scaler, and --minutes
+    fixing the iteration count from the probe's speed (half a minute of training loop)."""
+    args = ["--model", "mask_rcnn_fpn", "--data", str(data), "--out", str(tmp_path)]
+    summary = TRAIN.main([*args, "--minutes", "0.5", "--batch", "4", "--workers", "2"])
+    assert summary["amp"] == "fp16" and summary["iters"] > TRAIN.PROBE_ITERS
+    assert summary["seconds"] < 0.5 * 60 * 1.2  # the budget, give or take the last iteration
+    assert summary["loss_last20"] < summary["loss_first20"]  # it learns
+    base = TRAIN.model_config("mask_rcnn_fpn")
+    checkpoint = tmp_path / "mask_rcnn_fpn.pth"
+    _, label = models.build(dataclasses.replace(base, weights=str(checkpoint)), CPU, seed=0)
+    assert label.startswith("trained(model=mask_rcnn_fpn ") and "amp=fp16" in label
