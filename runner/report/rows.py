@@ -35,7 +35,7 @@ from runner.run.record import Row
 log = logging.getLogger(__name__)
 
 SEED_SWEEP = Path(__file__).resolve().parents[2] / "conf" / "sweep" / "seed.yaml"
-PRECISION_ORDER = ("fp32", "fp16", "bf16")
+PRECISION_ORDER = ("fp32", "fp32_strict", "fp16", "bf16")
 SHAPES_ORDER = ("static", "dynamic")
 
 
