@@ -109,7 +109,7 @@ class DatasetConfig:
     """conf/dataset/<name>.yaml: the COCO-format dataset of the accuracy pass (runner.accuracy);
     name `none`: no pass."""
 
-    name: str = "none"
+    name: str = "none"  # NO_DATASET
     root: str | None = None  # the folder the two paths below are relative to (null: as given)
     annotations: str = ""  # COCO instances JSON
     images: str = ""  # the folder its images' file_name are in
@@ -277,6 +277,7 @@ def validate(cfg: Config) -> None:
 
 
 CLASS_MAPS = ("contiguous", "category_id")  # runner.accuracy.dataset says what each means
+NO_DATASET = "none"  # conf/dataset/none.yaml: no accuracy pass
 
 
 def _check_dataset(d: DatasetConfig) -> None:
@@ -286,7 +287,7 @@ def _check_dataset(d: DatasetConfig) -> None:
     _check(
         d.class_map in CLASS_MAPS, f"dataset.class_map={d.class_map!r}; allowed: {list(CLASS_MAPS)}"
     )
-    if d.name != "none":
+    if d.name != NO_DATASET:
         for key in ("annotations", "images"):
             _check(bool(getattr(d, key)), f"dataset.{key} is empty; dataset={d.name} needs it")
 

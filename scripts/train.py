@@ -338,7 +338,7 @@ def val_ap(model: torch.nn.Module, model_cfg, data: Path, device: str, batch: in
     results = evaluate.predictions(
         val, predict, "detectron2", (height, width), batch, inputs.to_tensor, target, "val"
     )
-    scores = evaluate.scores(val, results, results)
+    scores = evaluate.scores(val, results)
     return {
         "val_images": len(val.image_ids),
         **{f"val_{kind}_ap": round(s.ap, 4) for kind, s in scores.items()},

@@ -105,7 +105,7 @@ def scored(dataset, predictions) -> dict[str, coco.Scores]:
     for prediction in predictions:
         for kind, records in coco.results(prediction).items():
             results.setdefault(kind, []).extend(records)
-    return evaluate.scores(dataset, results, results)
+    return evaluate.scores(dataset, results)
 
 
 def test_perfect_predictions_score_ap_1(tiny):
@@ -246,7 +246,7 @@ def test_an_oracle_through_the_letterboxed_pass_scores_ap_1(tiny, batch):
             dataset, predict, "detectron2", hw, batch, to_tensor, cpu, "oracle"
         )
         assert {r["image_id"] for r in results["box"]} == set(dataset.image_ids)
-        found = evaluate.scores(dataset, results, results)
+        found = evaluate.scores(dataset, results)
         assert found["box"].ap == pytest.approx(1.0)
         assert least_mask_ap < found["mask"].ap <= 1.0
 
@@ -333,7 +333,7 @@ def test_keypoints_through_the_letterboxed_pass_score_ap_1(people):
         torch.device("cpu"),
         "oracle",
     )
-    found = evaluate.scores(dataset, results, results)
+    found = evaluate.scores(dataset, results)
     assert found["keypoint"].ap == pytest.approx(1.0) and found["box"].ap == pytest.approx(1.0)
     fields = evaluate.figures(dataset, found, found)
     assert fields["accuracy_keypoint_ap"] == pytest.approx(1.0)
@@ -343,6 +343,6 @@ def test_keypoints_through_the_letterboxed_pass_score_ap_1(people):
 def test_keypoints_are_not_scored_where_the_dataset_has_none(tiny, caplog):
     dataset = dataset_of(tiny)
     with caplog.at_level("WARNING"):
-        found = evaluate.scores(dataset, {"box": [], "keypoint": []}, ["box", "keypoint"])
+        found = evaluate.scores(dataset, {"box": [], "keypoint": []})
     assert set(found) == {"box"}
     assert "no keypoint AP: the dataset's annotations have no keypoints" in caplog.text

@@ -24,10 +24,10 @@ from pathlib import Path
 
 import numpy as np
 
+from runner.config import NO_DATASET
+
 log = logging.getLogger(__name__)
 
-CLASS_MAPS = ("contiguous", "category_id")
-NO_DATASET = "none"  # conf/dataset/none.yaml: no accuracy pass
 PYCOCOTOOLS = "the accuracy pass needs pycocotools: pip install pycocotools"
 
 

@@ -28,7 +28,6 @@ from runner.accuracy.dataset import Dataset
 log = logging.getLogger(__name__)
 
 PROGRESS_S = 15.0
-KINDS = ("box", "mask", "keypoint")
 
 
 def _prediction(dataset: Dataset, image_id: int, found, box: letterbox.Letterbox, first: int):
@@ -102,10 +101,11 @@ def predictions(
     return found
 
 
-def scores(dataset: Dataset, results: dict[str, list[dict]], kinds) -> dict[str, coco.Scores]:
-    """COCOeval's figures for each of `kinds` that the ground truth can judge."""
+def scores(dataset: Dataset, results: dict[str, list[dict]]) -> dict[str, coco.Scores]:
+    """COCOeval's figures for each kind the results have (predictions() gives every kind the
+    model outputs, detections or not) that the ground truth can judge."""
     scored = {}
-    for kind in kinds:
+    for kind in results:
         reason = coco.judges(dataset.ground_truth, kind)
         if reason:
             log.warning("accuracy: no %s AP: %s", kind, reason)

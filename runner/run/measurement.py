@@ -28,7 +28,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from runner.config import Config, parse_device
+from runner.config import NO_DATASET, Config, parse_device
 from runner.run import record
 from runner.run.steps import (
     Accuracy,
@@ -253,7 +253,7 @@ class Measurement:
     def accuracy_reference(self, built: Built) -> None:
         """With dataset=...: eager fp32 with TF32 off over the dataset, scored; before optimize,
         since backends may rework the model in place."""
-        if self.cfg.dataset.name == "none":
+        if self.cfg.dataset.name == NO_DATASET:
             return
         import torch
 
@@ -267,7 +267,7 @@ class Measurement:
                 return built.exported.decode(built.exported.module(*batch), self.cfg.batch)
 
         results = self._dataset_pass(eager, "reference (eager fp32 strict)")
-        self.reference_scores = evaluate.scores(self.dataset, results, results)
+        self.reference_scores = evaluate.scores(self.dataset, results)
 
     def _dataset_pass(self, predict, what: str) -> dict:
         from runner.accuracy import evaluate
@@ -303,7 +303,7 @@ class Measurement:
                 self.cfg.backend.name,
             )
             figures = evaluate.figures(
-                self.dataset, evaluate.scores(self.dataset, results, results), self.reference_scores
+                self.dataset, evaluate.scores(self.dataset, results), self.reference_scores
             )
         except Exception as error:  # noqa: BLE001 - the row says why; the timings stand
             log.exception("accuracy pass failed")
