@@ -389,7 +389,8 @@ def main(argv: list[str] | None = None) -> dict:
     from runner.run.models import TRAINING_KEY, quiet_library_warnings
 
     quiet_library_warnings()
-    torch.backends.cudnn.benchmark = True  # one input size: autotune once
+    # cuDNN's autotuner stays off (detectron2's default): the heads see a new number of ROIs at
+    # almost every iteration, and the autotuner would time its algorithms again for each
     model_cfg = model_config(args.model)
     cfg = train_config(model_cfg, args.data, args)
     trained, loop = train(cfg, args)
