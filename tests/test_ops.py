@@ -21,6 +21,7 @@ import torchvision
 
 import runner.ops  # noqa: F401 - registers torch.ops.d2bench
 from runner.backends.static_graph.nms import batched_nms_topk
+from tests.helpers import clean_environment
 from tests.test_static_nms import random_case
 
 REPO = Path(__file__).resolve().parents[1]
@@ -168,7 +169,7 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        env=clean_environment(),
         timeout=600,
     )
     assert done.returncode == 0, done.stderr[-3000:]
@@ -183,7 +184,7 @@ def test_the_blocking_preamble_blocks():
         capture_output=True,
         text=True,
         cwd=REPO,
-        env={"PYTHONPATH": str(REPO), "PATH": "/usr/bin:/bin"},
+        env=clean_environment(),
         timeout=120,
     )
     assert done.returncode != 0 and "is blocked in this process" in done.stderr
