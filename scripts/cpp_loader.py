@@ -3,6 +3,7 @@ and the latency of each, measured back to back on this host.
 
     PYTHONPATH=. python scripts/cpp_loader.py --binary build/cpp/load_package \
         [--torchvision LIB.so] [--warmup 50] [--iters 200] --csv OUT.csv PACKAGE.pt2 ...
+    ... --cache outputs/packages --precision fp16      # the cache's packages of a precision
 
 For each package: the project's sample photo (runner.run.inputs: covered and cropped to the
 package's input size, in its family's pixel format) written as the raw float32 file the C++
@@ -19,6 +20,7 @@ from __future__ import annotations
 
 import argparse
 import csv
+import json
 import shlex
 import statistics
 import subprocess
@@ -139,7 +141,7 @@ def measure(package: Path, args, work: Path) -> list[dict]:
     same, box_diff, score_diff = compare(python_flat, read_detections(work / f"{package.stem}.txt"))
     common = {
         "package": package.name,
-        "model": meta.get("d2bench.model", ""),
+        "model": meta.get("d2bench.model") or meta.get("d2bench.detector", ""),
         "precision": meta.get("d2bench.precision", ""),
         "inputs": meta["d2bench.inputs"],
         "device": device.type,
@@ -190,9 +192,22 @@ def _p99(samples: list[float]) -> float:
     return ordered[min(len(ordered) - 1, round(0.99 * (len(ordered) - 1)))]
 
 
+def cached(cache: Path, precision: str) -> list[Path]:
+    """The aot_package backend's packages in `cache` (their build records) of `precision`, at
+    the run's own input size (shape opt), one per model, in model order."""
+    found = {}
+    for record in sorted(cache.glob("*.json")):
+        meta = json.loads(record.read_text())["metadata"]
+        if meta.get("d2bench.precision") == precision and meta.get("d2bench.shape") == "opt":
+            found[record.with_suffix(".pt2")] = meta.get("d2bench.detector", "")
+    return sorted((p for p in found if p.is_file()), key=lambda p: (found[p], p.name))
+
+
 def main(argv: list[str]) -> int:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("packages", nargs="+", type=Path)
+    parser.add_argument("packages", nargs="*", type=Path)
+    parser.add_argument("--cache", type=Path, help="take the packages of this cache folder")
+    parser.add_argument("--precision", default="fp16", help="with --cache: of this precision")
     parser.add_argument("--binary", type=Path, required=True)
     parser.add_argument("--torchvision", default="", help="torchvision's native library (.so)")
     parser.add_argument("--warmup", type=int, default=50)
@@ -200,6 +215,10 @@ def main(argv: list[str]) -> int:
     parser.add_argument("--csv", type=Path, required=True)
     args = parser.parse_args(argv)
     args.command = shlex.join(["python", "scripts/cpp_loader.py", *argv])
+    if args.cache is not None:
+        args.packages += cached(args.cache, args.precision)
+    if not args.packages:
+        parser.error("no packages: name them, or --cache DIR with packages of --precision")
     rows = []
     with tempfile.TemporaryDirectory() as work:
         for package in args.packages:

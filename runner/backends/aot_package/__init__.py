@@ -55,10 +55,13 @@ class ByShape:
 @register("aot_package", options=OPTIONS, owns_precision=True)
 def optimize(exported, inputs, precision, options):
     from runner.backends.aot_package import build
-    from runner.backends.static_graph import rewrite
+    from runner.backends.static_graph import _postprocess, rewrite
     from runner.backends.static_graph.capture import Replay
 
     outputs, notes = rewrite(exported, precision, options)
+    heads = getattr(exported.model, "roi_heads", None)
+    detector = type(exported.model).__name__ + (f"/{type(heads).__name__}" if heads else "")
+    described = {"detector": detector, "postprocess": _postprocess(exported)}
     device = exported.example[0].device
     cache_dir = Path(options.get("cache_dir", "outputs/packages"))
     forward = ByShape()
@@ -68,7 +71,7 @@ def optimize(exported, inputs, precision, options):
         package = build.build(
             outputs,
             images,
-            {"precision": precision.name, "shape": shape},
+            {**described, "precision": precision.name, "shape": shape},
             cache_dir=cache_dir,
             reuse=options.get("reuse", True),
         )
