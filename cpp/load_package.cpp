@@ -34,6 +34,7 @@
 #include <torch/torch.h>
 
 #ifdef D2BENCH_CUDA
+#include <ATen/cuda/CUDAEvent.h>
 #include <ATen/cuda/CUDAGraph.h>
 #include <c10/cuda/CUDAGuard.h>
 #include <c10/cuda/CUDAStream.h>
@@ -173,13 +174,17 @@ int main(int argc, char** argv) {
   if (device.is_cuda()) {
     std::vector<at::Tensor> inputs;
     for (auto& image : images) inputs.push_back(image.clone());
+    auto main_stream = c10::cuda::getCurrentCUDAStream();
     auto side = c10::cuda::getStreamFromPool();
-    side.wait_stream(c10::cuda::getCurrentCUDAStream());
+    at::cuda::CUDAEvent ready, warm;
+    ready.record(main_stream);
+    ready.block(side);  // the side stream waits for the inputs
     {
       c10::cuda::CUDAStreamGuard guard(side);
       for (int i = 0; i < 3; ++i) loader.run(inputs);
     }
-    c10::cuda::getCurrentCUDAStream().wait_stream(side);
+    warm.record(side);
+    warm.block(main_stream);
     at::cuda::CUDAGraph graph;
     std::vector<at::Tensor> static_out;
     {

@@ -156,6 +156,9 @@ def report(out: Path, made: dict) -> str:
 
 
 def main(argv: list[str]) -> int:
+    # this process loads the package it makes: no pool of compile workers from the start
+    # (runner/backends/aot_package/compile_worker.py says why; the compile has its own process)
+    os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     from runner.config import ConfigError
 
     logging.basicConfig(level=logging.INFO, format="[%(asctime)s][%(name)s] %(message)s")

@@ -21,6 +21,7 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import os
 import shlex
 import statistics
 import subprocess
@@ -29,8 +30,11 @@ import tempfile
 import time
 from pathlib import Path
 
-import torch
-import torchvision  # noqa: F401 - registers torchvision::roi_align, which packages call
+# a process that loads packages starts no pool of compile workers (aot_package/compile_worker.py)
+os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
+
+import torch  # noqa: E402
+import torchvision  # noqa: E402, F401 - registers torchvision::roi_align, which packages call
 
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))

@@ -51,7 +51,7 @@ class TopK(nn.Module):
         x, y = (index % width).float() * 8, (index // width).float() * 8
         boxes = torch.stack([x, y, x + 16, y + 16], -1)
         valid = top > 0.545
-        exact = torch.ones(valid.shape[0], dtype=torch.bool)
+        exact = torch.ones(valid.shape[0], dtype=torch.bool, device=valid.device)
         return compact(Slots(boxes, top, index % 3, valid, exact))
 
 

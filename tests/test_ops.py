@@ -108,8 +108,9 @@ class Detect(torch.nn.Module):
         height, width = image.shape[-2:]
         scores = features[:, 0].flatten(1).sigmoid()
         size = 3 + 6 * features[:, 1].flatten(1).sigmoid()[0]
-        ys = torch.arange(height, dtype=torch.float32).repeat_interleave(width)
-        xs = torch.arange(width, dtype=torch.float32).repeat(height)
+        grid = dict(dtype=torch.float32, device=features.device)
+        ys = torch.arange(height, **grid).repeat_interleave(width)
+        xs = torch.arange(width, **grid).repeat(height)
         boxes = torch.stack([xs - size, ys - size, xs + size, ys + size], -1)[None]
         classes = (features[:, 2].flatten(1) > 0).long()
         index, kept, exact = batched_nms_topk(

@@ -32,13 +32,14 @@ FEWER = "+model.arch_options.MODEL.RPN.POST_NMS_TOPK_TEST=100"
 
 
 def run_blocked(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
-    """`code` in a fresh interpreter where detectron2 and runner.backends cannot be imported."""
+    """`code` in a fresh interpreter where detectron2 and runner.backends cannot be imported,
+    set up as a process that loads packages is (build.LOADER_ENVIRONMENT)."""
     return subprocess.run(
         [sys.executable, "-c", BLOCK_MODEL_CODE + code],
         capture_output=True,
         text=True,
         cwd=REPO,
-        env=clean_environment(),
+        env={**clean_environment(), **build.LOADER_ENVIRONMENT},
         timeout=timeout,
     )
 
@@ -91,8 +92,9 @@ class TinyDetector(nn.Module):
         n, _, height, width = features.shape
         scores = features[:, 0].flatten(1).sigmoid()
         size = 12 + 12 * features[:, 1].flatten(1).sigmoid()
-        ys = (torch.arange(height, dtype=torch.float32) * 4).repeat_interleave(width)
-        xs = (torch.arange(width, dtype=torch.float32) * 4).repeat(height)
+        grid = dict(dtype=torch.float32, device=features.device)
+        ys = (torch.arange(height, **grid) * 4).repeat_interleave(width)
+        xs = (torch.arange(width, **grid) * 4).repeat(height)
         boxes = torch.stack([xs - size, ys - size, xs + size, ys + size], -1)
         classes = (features[:, 2].flatten(1) > 0).long()
         slots = heads.select(boxes, scores, classes, scores > 0.5, 0.5, 40, 128)
@@ -165,7 +167,7 @@ def test_build_takes_a_path_or_a_cache_not_both(tmp_path):
 
 @pytest.mark.detectron2
 @pytest.mark.slow
-@pytest.mark.parametrize("device", ["cpu", "cuda"])
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
 def test_the_command_packages_a_detector_that_answers_without_detectron2(tmp_path, device):
     """`python -m runner.package` on Mask R-CNN FPN (masks included), then the package in a
     process without detectron2 or the backends: its detections equal the in-process rewrite's

@@ -155,7 +155,8 @@ def _measure(active: list[Member], todo: list[int], session: str, gpu: str, env:
         if cfg.bench.isolate:
             if gpu:
                 cfg = dataclasses.replace(cfg, device="cuda:0")  # the child sees one GPU
-            member.worker = Worker(Measurement, (cfg,), env=env, cpus=cpus)
+            child_env = {**env, **backends.environment(cfg.backend.name)}
+            member.worker = Worker(Measurement, (cfg,), env=child_env, cpus=cpus)
         else:
             member.worker = InlineWorker(Measurement, (cfg,))
         member.worker.send("prepare")  # the children build and optimize at the same time

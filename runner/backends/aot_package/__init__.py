@@ -9,11 +9,13 @@ replayed inside a CUDA graph, the input copy and the output slicing in the timed
               -> static_graph's Replay over the loaded packages, with no eager fallback (a
               package stands alone; calls whose exactness flag is off are counted)
 
-Packages are kept in `cache_dir` under a key of what they hold (build.package_key): a run whose
-package exists reuses it (`reuse: true`), as Inductor's own cache serves torch.compile, and its
-notes say so. optimize_s covers this run's export (always) and compile (where it built the
-package); the notes carry the package's size (MB), what building it cost, the load time (s) and
-the graph memory.
+The measuring process loads packages and never compiles (build.compile_package compiles in a
+process of its own), with no pool of compile workers from its start (`environment`; the
+compile worker's docstring says why). Packages are kept in `cache_dir` under a key of what
+they hold (build.package_key): a run whose package exists reuses it (`reuse: true`), as
+Inductor's own cache serves torch.compile, and its notes say so. optimize_s covers this run's
+export (always) and compile (where it built the package); the notes carry the package's size
+(MB), what building it cost, the load time (s) and the graph memory.
 """
 
 from __future__ import annotations
@@ -52,7 +54,12 @@ class ByShape:
         return self.packages[key](*images)
 
 
-@register("aot_package", options=OPTIONS, owns_precision=True)
+@register(
+    "aot_package",
+    options=OPTIONS,
+    owns_precision=True,
+    environment={"TORCHINDUCTOR_COMPILE_THREADS": "1"},  # build.LOADER_ENVIRONMENT, for loading
+)
 def optimize(exported, inputs, precision, options):
     from runner.backends.aot_package import build
     from runner.backends.static_graph import _postprocess, rewrite

@@ -123,20 +123,33 @@ def metadata(outputs: tuple, images: tuple[torch.Tensor, ...], extra: dict) -> d
 
 
 def compile_package(program, path: Path, meta: dict[str, str]) -> Path:
-    """AOTInductor's compile of `program` into `path`, written to a temporary name first and
-    renamed, so that a reader never sees half a package."""
+    """AOTInductor's compile of `program` into `path`, in a process of its own
+    (compile_worker.py says why): the program is saved next to `path` (torch.export.save), the
+    worker compiles it with Inductor's usual pool of compile workers, and the package is written
+    to a temporary name first and renamed, so that a reader never sees half a package."""
+    import subprocess
+    import sys
+    import tempfile
+
     path.parent.mkdir(parents=True, exist_ok=True)
     partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.pt2")
-    try:
-        with torch.no_grad():
-            torch._inductor.aoti_compile_and_package(
-                program,
-                package_path=str(partial),
-                inductor_configs={"aot_inductor.metadata": meta},
-            )
-        os.replace(partial, path)
-    finally:
-        partial.unlink(missing_ok=True)
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".compile-") as work:
+        saved, meta_file = Path(work) / "program.pt2", Path(work) / "metadata.json"
+        torch.export.save(program, saved)
+        meta_file.write_text(json.dumps(meta))
+        env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_COMPILE_THREADS"}
+        root = str(Path(__file__).resolve().parents[3])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        worker = "runner.backends.aot_package.compile_worker"
+        command = [sys.executable, "-m", worker, str(saved), str(partial), str(meta_file)]
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                tail = "\n".join(done.stderr.strip().splitlines()[-20:])
+                raise RuntimeError(f"AOTInductor's compile failed ({done.returncode}):\n{tail}")
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
     return path
 
 
@@ -188,9 +201,19 @@ def build(
     return package
 
 
+# What a process that loads packages sets before torch starts: no pool of compile workers (on
+# torch 2.11 a package crashed at load wherever that pool ran: compile_worker.py).
+LOADER_ENVIRONMENT = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
+
+
 def load(path: Path, device: torch.device):
     """The package loaded as a user would (torch._inductor.aoti_load_package), with the
-    single-threaded runner, the one a CUDA graph may capture; and the seconds it took."""
+    single-threaded runner, the one a CUDA graph may capture; and the seconds it took. The
+    process should have LOADER_ENVIRONMENT from its start; Inductor's setting is made here too,
+    for a pool that has not been started yet."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
     started = time.perf_counter()
     index = device.index if device.type == "cuda" and device.index is not None else -1
     loaded = torch._inductor.aoti_load_package(
