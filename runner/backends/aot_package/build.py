@@ -125,8 +125,9 @@ def metadata(outputs: tuple, images: tuple[torch.Tensor, ...], extra: dict) -> d
 def compile_package(program, path: Path, meta: dict[str, str]) -> Path:
     """AOTInductor's compile of `program` into `path`, in a process of its own
     (compile_worker.py says why): the program is saved next to `path` (torch.export.save), the
-    worker compiles it with Inductor's usual pool of compile workers, and the package is written
-    to a temporary name first and renamed, so that a reader never sees half a package."""
+    worker compiles it with Inductor's usual pool of compile workers (D2BENCH_COMPILE_THREADS
+    sets its size where several builds share a machine), and the package is written to a
+    temporary name first and renamed, so that a reader never sees half a package."""
     import subprocess
     import sys
     import tempfile
@@ -138,6 +139,8 @@ def compile_package(program, path: Path, meta: dict[str, str]) -> Path:
         torch.export.save(program, saved)
         meta_file.write_text(json.dumps(meta))
         env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_COMPILE_THREADS"}
+        if os.environ.get("D2BENCH_COMPILE_THREADS"):  # several builds sharing one machine
+            env["TORCHINDUCTOR_COMPILE_THREADS"] = os.environ["D2BENCH_COMPILE_THREADS"]
         root = str(Path(__file__).resolve().parents[3])
         env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         worker = "runner.backends.aot_package.compile_worker"
