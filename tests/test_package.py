@@ -15,6 +15,7 @@ import json
 import subprocess
 import sys
 import textwrap
+from pathlib import Path
 
 import pytest
 import torch
@@ -221,3 +222,47 @@ def test_the_command_packages_a_detector_that_answers_without_detectron2(tmp_pat
     done = run_blocked(code, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert "same detections" in done.stdout
+
+
+# --- the docs and the README say what the command prints --------------------------------------
+
+DOCS = REPO / "docs" / "packages.md"
+EXAMPLE = {  # the metadata of the docs' example package (Mask R-CNN FPN, fp16, batch 1, CUDA)
+    "d2bench.inputs": "1 x [3, 480, 640] float32",
+    "d2bench.outputs": "boxes,scores,classes,counts,exact,masks",
+    "d2bench.device": "cuda",
+}
+
+
+def test_the_docs_show_the_snippet_the_command_prints():
+    text = DOCS.read_text()
+    block = text.split("## Load it in Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert block.strip() == build.snippet(Path("mask_rcnn_fpn_fp16.pt2"), EXAMPLE).strip()
+
+
+def test_the_docs_name_every_output_of_the_contract():
+    text = DOCS.read_text().split("## What it takes and returns", 1)[1].split("\n## ", 1)[0]
+    for name in (*FIELDS, "masks"):
+        assert f"`{name}" in text, name
+
+
+def test_the_package_commands_of_the_readme_and_docs_pass_the_commands_checks(tmp_path):
+    """Every `python -m runner.package` line shown composes (the command's own checks up to
+    building, on this machine's device)."""
+    import shlex
+
+    from runner import package
+
+    readme = (REPO / "README.md").read_text()
+    lines = [
+        line.replace("\\\n", " ")
+        for text in (readme, DOCS.read_text())
+        for line in text.replace("\\\n    ", " ").splitlines()
+        if line.startswith("python -m runner.package ")
+    ]
+    assert len(lines) >= 3, lines
+    for line in lines:
+        out, overrides = package.split_out(shlex.split(line)[3:])
+        overrides = [o for o in overrides if not o.startswith("model.weights=")]
+        cfg = package.compose([*overrides, "device=cpu"], line, tmp_path)
+        assert cfg.backend.name == "aot_package" and out.suffix == ".pt2"
