@@ -16,7 +16,6 @@ import csv
 import importlib.util
 import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import pytest
@@ -26,7 +25,7 @@ from torch import nn
 from runner.backends.aot_package import build
 from runner.backends.static_graph.heads import Slots, compact
 from runner.backends.static_graph.outputs import Outputs
-from tests.helpers import REPO, clean_environment
+from tests.helpers import REPO, run_python
 
 pytestmark = [
     pytest.mark.slow,
@@ -90,26 +89,10 @@ def test_the_cpp_loader_gives_pythons_detections(tmp_path, binary):
     images = tuple(script.package_images({"d2bench.inputs": "2 x [3, 64, 96] float32"}))
     package = build.build(outputs, images, {"model": "topk"}, path=tmp_path / "topk.pt2")
 
-    done = subprocess.run(
-        [
-            sys.executable,
-            str(REPO / "scripts" / "cpp_loader.py"),
-            "--binary",
-            str(binary),
-            "--warmup",
-            "2",
-            "--iters",
-            "5",
-            "--csv",
-            str(tmp_path / "cpp.csv"),
-            str(package.path),
-        ],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=clean_environment(),
-        timeout=600,
-    )
+    script = str(REPO / "scripts" / "cpp_loader.py")
+    csv_path = str(tmp_path / "cpp.csv")
+    arguments = ("--binary", str(binary), "--warmup", "2", "--iters", "5", "--csv", csv_path)
+    done = run_python(script, *arguments, str(package.path), timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     rows = {row["loader"]: row for row in csv.DictReader((tmp_path / "cpp.csv").open())}
     assert set(rows) == {"cpp", "python"}

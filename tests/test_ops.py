@@ -10,8 +10,6 @@ test_static_nms.py (its interpreter test on the CPU, its gpu tests on a GPU).
 
 from __future__ import annotations
 
-import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -21,7 +19,7 @@ import torchvision
 
 import runner.ops  # noqa: F401 - registers torch.ops.d2bench
 from runner.backends.static_graph.nms import batched_nms_topk
-from tests.helpers import clean_environment
+from tests.helpers import run_python
 from tests.test_static_nms import random_case
 
 REPO = Path(__file__).resolve().parents[1]
@@ -165,14 +163,7 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
         print("same answers")
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=clean_environment(),
-        timeout=600,
-    )
+    done = run_python("-c", code, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("same answers")
 
@@ -180,12 +171,5 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
 def test_the_blocking_preamble_blocks():
     """The preamble the package tests rely on does make those imports fail."""
     code = BLOCK_MODEL_CODE + "import runner.backends.static_graph\n"
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=clean_environment(),
-        timeout=120,
-    )
+    done = run_python("-c", code, timeout=120)
     assert done.returncode != 0 and "is blocked in this process" in done.stderr

@@ -13,7 +13,6 @@ from __future__ import annotations
 
 import json
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -24,7 +23,7 @@ from torch import nn
 from runner.backends.aot_package import build
 from runner.backends.static_graph import heads
 from runner.backends.static_graph.outputs import FIELDS, Outputs, slice_detections
-from tests.helpers import REPO, clean_environment, have_cuda, run_module
+from tests.helpers import REPO, have_cuda, run_module, run_python
 from tests.test_exit_codes import assert_refused_in_one_line
 from tests.test_ops import BLOCK_MODEL_CODE
 
@@ -35,14 +34,7 @@ FEWER = "+model.arch_options.MODEL.RPN.POST_NMS_TOPK_TEST=100"
 def run_blocked(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
     """`code` in a fresh interpreter where detectron2 and runner.backends cannot be imported,
     set up as a process that loads packages is (build.LOADER_ENVIRONMENT)."""
-    return subprocess.run(
-        [sys.executable, "-c", BLOCK_MODEL_CODE + code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**clean_environment(), **build.LOADER_ENVIRONMENT},
-        timeout=timeout,
-    )
+    return run_python("-c", BLOCK_MODEL_CODE + code, env=build.LOADER_ENVIRONMENT, timeout=timeout)
 
 
 # --- the command's refusals ----------------------------------------------------------------
