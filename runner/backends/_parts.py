@@ -15,7 +15,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from runner.backends import Unsupported
-from runner.run.precision import autocast
+from runner.precision import autocast
 
 log = logging.getLogger(__name__)
 

@@ -8,8 +8,11 @@ measurement  the child's steps: environment -> build -> reference -> optimize ->
 steps        the typed values the steps hand on, and the Row they make (always a row)
 models, inputs, export   the build step (the family's own parts: runner.families)
 fidelity, parity         the reference and the parity step
-precision    what a precision means at call time (one owner: harness or backend)
 timing       synchronized timed calls, summaries, the GPU profile
 record       the Row, its CSV, the environment it states
 gpus, progress           a GPU per session (lock files); one progress line
+
+Imports run one way: runner.run uses runner.families and runner.backends, and what all three
+share sits below them (runner.config, runner.precision, runner.exported, runner.library_noise);
+nothing there imports runner.run (tests/test_layering.py).
 """

@@ -25,7 +25,7 @@ log = logging.getLogger(__name__)
 class Built(NamedTuple):
     """The build step: the exported model, its inputs, and where its weights came from."""
 
-    exported: Any  # runner.run.export.Exported
+    exported: Any  # runner.exported.Exported
     images: Any  # runner.run.inputs.InputSet
     weights: str
 
