@@ -2,7 +2,7 @@
 
 bench        the session: members built at once, timed blocks in turns, a row per repeat
 member       one member as the parent sees it: folder, kept rows, worker, identity
-workers      the fresh spawned child per member (isolate: processes, timeouts, signals)
+workers      the fresh spawned child per member: requests, timeouts, signals (call: one request)
 measurement  the child's steps: environment -> build -> reference -> optimize -> warm-up
              -> parity; timed blocks; profile
 steps        the typed values the steps hand on, and the Row they make (always a row)

@@ -21,9 +21,9 @@ from runner.config import (
 )
 from runner.config import fingerprint as config_fingerprint
 from runner.run import record, steps
-from runner.run.isolate import ChildFailed
 from runner.run.record import Row
 from runner.run.steps import Block, Environment, Prepared
+from runner.run.workers import ChildFailed
 
 log = logging.getLogger(__name__)
 
