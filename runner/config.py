@@ -1,12 +1,15 @@
 """Typed, validated configuration for one run.
 
-Takes the DictConfig that Hydra composed from conf/ and returns a `Config` made of one dataclass
-per group. Everything that can be wrong with the user's input is caught here, before any model is
-built, and reported as a `ConfigError` whose message names the field and the allowed values.
+Takes the DictConfig that Hydra composed from conf/ and returns two objects (`split`): the
+measured `Config`, one dataclass per group, and the `Job`, where and why the run is made (its
+folder, the command, `redo`, the sweep's session), which is never part of what is measured.
+Everything that can be wrong with the user's input is caught here, before any model is built,
+and reported as a `ConfigError` whose message names the field and the allowed values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -77,6 +80,11 @@ class BackendConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+# Field metadata of the composed keys that Hydra, the runner or the sweeper set, never the user:
+# `python -m runner --help` does not list them (runner.help_text).
+SET_FOR_THE_USER = "set_for_the_user"
+
+
 @dataclass
 class BackendFile:
     """conf/backend/<name>.yaml as written, composed by Hydra next to `backend` (which the
@@ -116,6 +124,8 @@ class BenchConfig:  # values and their meaning: conf/config.yaml
 
 @dataclass
 class Config:
+    """What a run measures: every key of it decides its figures (runner.identity.fingerprint)."""
+
     model: ModelConfig
     precision: PrecisionConfig
     backend: BackendConfig
@@ -128,17 +138,38 @@ class Config:
     device: str
     seed: int
     variant: str | None
-    output_dir: str
-    command: str
-    redo: bool
-    backend_file: BackendFile = field(default_factory=BackendFile)
-    # set by the sweeper: the backends of one session ("backend=X [backend.options.k=v ...]"
-    # each), built in parallel children and timed in turn (runner.run.bench.run_group)
-    members: list[str] = field(default_factory=list)
-    # set by the sweeper for its jobs' progress lines: how many jobs it launched, and when
-    # (time.time()); 0 outside a sweep. Like output_dir and command, no part of what is measured
-    sweep_jobs: int = 0
-    sweep_started: float = 0.0
+    backend_file: BackendFile = field(
+        default_factory=BackendFile, metadata={SET_FOR_THE_USER: "by the defaults list"}
+    )
+
+
+@dataclass
+class Job:
+    """Where and why a run is made, never what it measures: outside the fingerprint and a
+    sweep's folder names (conf/config.yaml: exclude_keys). Top-level keys of the composed config,
+    as the measured ones are: `redo=true` on the command line, `members=[...]` from the sweeper."""
+
+    output_dir: str = field(default="", metadata={SET_FOR_THE_USER: "by Hydra (the run's folder)"})
+    # the command line that made the row (a sweep's jobs get the sweep's)
+    command: str = field(default="", metadata={SET_FOR_THE_USER: "by the runner and the sweeper"})
+    redo: bool = False  # true: measure again what the folder already holds (runner.run.bench)
+    # the backends of one session ("backend=X [backend.options.k=v ...]" each), built in
+    # parallel children and timed in turn (runner.run.bench.run_group)
+    members: list[str] = field(default_factory=list, metadata={SET_FOR_THE_USER: "by the sweeper"})
+    # for the jobs' progress lines: how many jobs the sweep launched, and when (time.time());
+    # 0 outside a sweep
+    sweep_jobs: int = field(default=0, metadata={SET_FOR_THE_USER: "by the sweeper"})
+    sweep_started: float = field(default=0.0, metadata={SET_FOR_THE_USER: "by the sweeper"})
+
+
+@dataclass
+class Composed(Job, Config):
+    """conf/config.yaml's schema: the measured Config's keys and the Job's, side by side."""
+
+
+def job_keys() -> tuple[str, ...]:
+    """The composed config's keys that are the Job's."""
+    return tuple(f.name for f in dataclasses.fields(Job))
 
 
 def register_schema() -> None:
@@ -146,8 +177,15 @@ def register_schema() -> None:
     that Hydra fills defaults, converts types and rejects unknown keys while composing."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="d2bench_schema", node=Config)
+    ConfigStore.instance().store(name="d2bench_schema", node=Composed)
     OmegaConf.register_new_resolver("d2bench_dirname", job_dirname, replace=True)
+    OmegaConf.register_new_resolver("d2bench_not_in_dirname", not_in_dirname, replace=True)
+
+
+def not_in_dirname() -> list[str]:
+    """The overrides that do not name a sweep job's folder (hydra.job.config.override_dirname
+    .exclude_keys): `sweep`, whose variants name it instead, and the Job's keys."""
+    return ["sweep", *job_keys()]
 
 
 DIRNAME_BYTES = 200  # file systems refuse a name over 255 bytes
@@ -167,7 +205,6 @@ def job_dirname(override_dirname: str) -> str:
 def unknown_keys(node: Any, cls: type, prefix: str = "") -> list[str]:
     """Keys of `node` that no field of dataclass `cls` (or of its dataclass fields) declares.
     Hydra lets `+key=value` add keys to a typed config; they would be ignored silently."""
-    import dataclasses
     import typing
 
     if not isinstance(node, (dict, DictConfig)):
@@ -182,19 +219,27 @@ def unknown_keys(node: Any, cls: type, prefix: str = "") -> list[str]:
     return unknown
 
 
-def to_config(cfg: DictConfig) -> Config:
-    """The composed Hydra config as a validated `Config`."""
+def split(cfg: DictConfig) -> tuple[Config, Job]:
+    """The composed Hydra config (without its `hydra` node) as a validated `Config` and its
+    `Job`."""
     from omegaconf.errors import OmegaConfBaseException
 
-    unknown = unknown_keys(cfg, Config)
+    unknown = unknown_keys(cfg, Composed)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown}: not part of the configuration")
     try:
-        config = OmegaConf.to_object(cfg)
+        composed = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
         raise ConfigError(str(error).splitlines()[0]) from None
+    config = Config(**{f.name: getattr(composed, f.name) for f in dataclasses.fields(Config)})
+    job = Job(**{name: getattr(composed, name) for name in job_keys()})
     validate(config)
-    return config
+    return config, job
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The composed Hydra config's measured part, validated (`split`)."""
+    return split(cfg)[0]
 
 
 DEVICE = re.compile(r"(cpu|cuda)(?::(\d+))?")
@@ -285,22 +330,6 @@ def options_text(cfg: Config) -> str:
         if key not in defaults or defaults[key] != value or type(defaults[key]) is not type(value)
     }
     return " ".join(f"{key}={value_text(changed[key])}" for key in sorted(changed))
-
-
-# what says where and why a run was made, not what it measures: outside the fingerprint
-NOT_MEASURED = ("output_dir", "command", "redo", "sweep_jobs", "sweep_started")
-
-
-def fingerprint(cfg: Config, code_version: str) -> str:
-    """12 hex digits naming what a run measures: its resolved config (not where it writes or
-    the command that asked for it) and the code that measures it."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    payload = {k: v for k, v in asdict(cfg).items() if k not in NOT_MEASURED}
-    text = json.dumps(payload, sort_keys=True, default=str) + code_version
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
 
 
 # ---- the command line, before Hydra runs -----------------------------------------------------

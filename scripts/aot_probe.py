@@ -54,7 +54,7 @@ def build(out: Path, overrides: list[str]) -> dict:
             overrides=[*overrides, "backend=static_graph", f"output_dir={out}", "command=aot"],
         )
     cfg = to_config(composed)
-    measurement = Measurement(cfg)
+    measurement = Measurement(cfg, out)
     prepared = measurement.prepare()
     if not prepared.measured:
         raise SystemExit(f"prepare: {prepared.status}: {prepared.error}")

@@ -1,5 +1,5 @@
 """Fixtures: configs composed from conf/ as `python -m runner` would (without Hydra's runtime, so
-output_dir and command are given explicitly), and the markers' skips.
+the Job's output_dir and command are given explicitly), and the markers' skips.
 
 `detectron2` and `gpu` tests skip with a stated reason where their dependency is missing; the
 skip is decided here, from the markers, so a test module only has to carry the marker
@@ -14,7 +14,7 @@ from collections.abc import Callable
 import pytest
 from omegaconf import DictConfig
 
-from runner.config import Config, to_config
+from runner.config import Config, Job, split, to_config
 from tests.helpers import (
     CUDA_MISSING,
     DETECTRON2_MISSING,
@@ -57,6 +57,17 @@ def make_config(compose) -> Callable[..., Config]:
 
     def _make(*overrides: str) -> Config:
         return to_config(compose(*overrides))
+
+    return _make
+
+
+@pytest.fixture
+def make_run(compose) -> Callable[..., tuple[Config, Job]]:
+    """make_run(*overrides) -> (Config, Job) (runner.config.split of compose(...)): what
+    runner.run.bench.run takes."""
+
+    def _make(*overrides: str) -> tuple[Config, Job]:
+        return split(compose(*overrides))
 
     return _make
 

@@ -55,15 +55,16 @@ def test_launcher_option_files_compose():
         assert cfg.hydra.launcher._target_.endswith("Launcher"), path
 
 
-def test_defaults_are_the_seed_protocol(make_config):
-    config = make_config()
+def test_defaults_are_the_seed_protocol(make_run):
+    config, job = make_run()
     assert (config.bench.warmup, config.bench.iters) == (100, 200)
     assert (config.inputs.height, config.inputs.width) == (480, 640)
     assert config.model.name == "mask_rcnn_fpn"
     assert config.precision.name == "fp32"
     assert config.backend.name == "eager"
     assert config.shapes.name == "static"
-    assert (config.batch, config.export, config.redo) == (1, "trace", False)
+    assert (config.batch, config.export) == (1, "trace")
+    assert job.redo is False and job.members == []
     assert config.bench.isolate is True
 
 

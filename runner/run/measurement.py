@@ -1,5 +1,6 @@
-"""The measuring side of one run: takes a validated Config, builds and optimizes the model once,
-then answers the parent's requests (runner.run.workers) with Row fields and latency samples.
+"""The measuring side of one run: takes a validated Config and its folder, builds and optimizes
+the model once, then answers the parent's requests (runner.run.workers) with Row fields and
+latency samples.
 
     prepare()         the steps, each a method returning its typed value (runner.run.steps):
                       environment -> build (models.build, inputs.make, export.wrap, calibrate
@@ -82,9 +83,9 @@ def build(cfg: Config, device) -> Built:
 class Measurement:
     """One configuration, built once in this process; see the module docstring."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, out: str | Path):
         self.cfg = cfg
-        self.out = Path(cfg.output_dir)
+        self.out = Path(out)  # the run's folder: its log and profile
         self.fn = None
         self.images = None
         self.stages: dict[str, float] = {}  # seconds per stage, logged (README: overhead)
