@@ -180,6 +180,14 @@ def register_schema() -> None:
     ConfigStore.instance().store(name="d2bench_schema", node=Composed)
     OmegaConf.register_new_resolver("d2bench_dirname", job_dirname, replace=True)
     OmegaConf.register_new_resolver("d2bench_not_in_dirname", not_in_dirname, replace=True)
+    OmegaConf.register_new_resolver("d2bench_help", _help_template, replace=True)
+
+
+def _help_template(*, _root_: DictConfig) -> str:
+    """hydra.help.template: runner.help_text for the composed config."""
+    from runner.help_text import help_text
+
+    return help_text(_root_)
 
 
 def not_in_dirname() -> list[str]:
