@@ -343,43 +343,47 @@ def options_text(cfg: Config) -> str:
 # ---- the command line, before Hydra runs -----------------------------------------------------
 
 
+MULTIRUN_FLAGS = ("--multirun", "-m")
+
+
 def check_command_line(argv: list[str]) -> None:
     """Raise ConfigError, with one line naming the choices, for a command line no run can use:
     an unknown group option (also inside a sweep list), an unknown key, a value of the wrong
     type, a sweep list without --multirun. Hydra would say so itself, in 7 to 15 lines with exit
-    code 1, and for a sweep only once per job; this check runs before Hydra writes anything."""
-    from hydra import initialize_config_dir
-    from hydra._internal.utils import get_args_parser
+    code 1, and for a sweep only once per job; this check runs before Hydra writes anything.
+
+    It composes once, through Hydra's public compose API, with the overrides that are no sweep
+    (a sweep's values are each a job's, which the sweeper checks before it launches any);
+    a command line with any flag but --multirun (--help, --cfg, --info, ...) is Hydra's to
+    answer."""
+    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        args = get_args_parser().parse_args(argv)
-    except SystemExit:  # Hydra's own usage error: let Hydra report it
+    flags = [argument for argument in argv if argument.startswith("-")]
+    if any(flag not in MULTIRUN_FLAGS for flag in flags):
         return
-    asks_hydra = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
-    if asks_hydra or args.config_path or args.config_name or args.config_dir:
-        return
+    overrides = [argument for argument in argv if not argument.startswith("-")]
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         try:
-            overrides = OverridesParser.create().parse_overrides(args.overrides)
+            parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)
         except HydraException as error:
             raise ConfigError(_first_line(error)) from None
-        for override in overrides:
+        for override in parsed:
             _check_group_option(loader, override)
+        sweeps = [override for override in parsed if override.is_sweep_override()]
+        fixed = [override.input_line for override in parsed if override not in sweeps]
         try:
-            cfg = loader.load_configuration(
-                "config", args.overrides, run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False
-            )
-            if not args.multirun and cfg.hydra.mode != RunMode.MULTIRUN:
-                loader.load_configuration("config", args.overrides, run_mode=RunMode.RUN)
+            cfg = compose("config", overrides=fixed, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as error:
-            raise ConfigError(_composition_error(loader, error)) from None
+            raise ConfigError(_composition_error(error)) from None
+    if sweeps and not flags and cfg.hydra.mode != RunMode.MULTIRUN:
+        raise ConfigError(f"{sweeps[0].input_line}: a list of values sweeps only with --multirun")
 
 
 def _first_line(error: BaseException | None) -> str:
@@ -407,19 +411,19 @@ def _check_group_option(loader, override) -> None:
         )
 
 
-def _composition_error(loader, error: BaseException) -> str:
-    """One line for a composition error, with the keys that exist where a key was unknown."""
-    from hydra.types import RunMode
+def _composition_error(error: BaseException) -> str:
+    """One line for a composition error, with the keys that exist where a key was unknown (not
+    those the user never sets); inside the caller's Hydra context."""
+    from hydra import compose
+
+    from runner.help_text import set_for_the_user
 
     text, cause = _first_line(error), error.__cause__
-    ambiguous = re.match(r"Ambiguous value for argument '([^']+)'", text)
-    if ambiguous:
-        return f"{ambiguous.group(1)}: a list of values sweeps only with --multirun"
     unknown = re.match(r"Could not override '([^']+)'", text)
     if unknown and cause is not None and "not in" in str(cause):
         key = unknown.group(1)
         parent = key.rpartition(".")[0]
-        base = loader.load_configuration("config", [], run_mode=RunMode.MULTIRUN)
+        base = compose("config", overrides=[])
         node = OmegaConf.select(base, parent) if parent else base
         opened = parent  # the deepest part of the key that exists
         while opened and OmegaConf.select(base, opened) is None:
@@ -427,6 +431,9 @@ def _composition_error(loader, error: BaseException) -> str:
         mapping = OmegaConf.select(base, opened) if opened else base
         if isinstance(mapping, DictConfig) and OmegaConf.get_type(mapping) is dict:
             return f"{key}: not set in the config; add it with a leading +: +{key}=..."
-        keys = sorted(k for k in node if k != "hydra") if isinstance(node, DictConfig) else []
+        keys = []
+        if isinstance(node, DictConfig):
+            hidden = set_for_the_user()
+            keys = sorted(k for k in node if ".".join(filter(None, [parent, k])) not in hidden)
         return f"{key}: no such key; keys{f' of {parent}' if parent else ''}: {', '.join(keys)}"
     return f"{text}: {_first_line(cause)}" if cause is not None else text
