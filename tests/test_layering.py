@@ -95,3 +95,10 @@ def test_the_check_sees_every_form_of_import(tmp_path, source):
     assert imports_the_run(module, tmp_path), source
     module.write_text(source.replace("run", "config"))
     assert not imports_the_run(module, tmp_path), source
+
+
+def test_nothing_uses_hydras_internals():
+    """The sweeper and the command-line check use Hydra's public surface (plugins, compose)."""
+    for path in [*RUNNER.rglob("*.py"), *(REPO / "hydra_plugins").rglob("*.py")]:
+        internal = sorted(name for name in imported_modules(path) if "hydra._internal" in name)
+        assert internal == [], f"{module_name(path)} imports {internal}"
