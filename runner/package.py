@@ -103,8 +103,8 @@ def make(cfg, out: Path) -> dict:
     from runner.backends import static_graph, validate_options
     from runner.backends.aot_package import _largest_difference, build
     from runner.config import parse_device
+    from runner.precision import strict_if_asked
     from runner.run.measurement import build as build_run
-    from runner.run.precision import strict_if_asked
 
     kind, index = parse_device(cfg.device)
     device = torch.device(kind, index or 0) if kind == "cuda" else torch.device(kind)

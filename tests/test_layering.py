@@ -12,9 +12,10 @@ import pytest
 from tests.helpers import REPO
 
 RUNNER = REPO / "runner"
-# the modules above the run, which may use it: the entry point, its input checks (preflight
-# asks the run's checkpoint loader) and the report (it reads the run's rows)
-ABOVE_THE_RUN = ("__main__.py", "preflight.py", "report")
+# the modules above the run, which may use it: the entry points (python -m runner, and
+# python -m runner.package, which builds a run's model to package it), the input checks
+# (preflight asks the run's checkpoint loader) and the report (it reads the run's rows)
+ABOVE_THE_RUN = ("__main__.py", "package.py", "preflight.py", "report")
 
 
 def module_name(path: Path, root: Path = REPO) -> str:
