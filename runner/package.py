@@ -55,12 +55,13 @@ def check_out(out: Path) -> None:
         raise Refused(f"out={out}: the file exists and cannot be overwritten")
 
 
-def compose(overrides: list[str], command: str, output_dir: Path):
-    """The run's Config for these overrides with backend=aot_package, validated and preflight
-    checked (ConfigError on bad input)."""
+def compose(overrides: list[str], output_dir: Path):
+    """The run's Config for these overrides with backend=aot_package, validated, with the
+    package's own requirements checked (ConfigError on bad input); `preflight` then asks what
+    this machine can run."""
     import hydra
 
-    from runner import preflight
+    from runner import backends, families
     from runner.config import CONF_DIR, ConfigError, check_command_line, register_schema, to_config
 
     for override in overrides:
@@ -78,10 +79,6 @@ def compose(overrides: list[str], command: str, output_dir: Path):
     with hydra.initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         composed = hydra.compose("config", overrides=[*overrides, f"output_dir={output_dir}"])
     cfg = to_config(composed)
-    cfg.command = command  # what the rows of a run record; the package's metadata keeps it
-    preflight.check(cfg)
-    from runner import families
-
     if not families.get(cfg.model.family).REWRITABLE:
         raise ConfigError(
             f"model={cfg.model.name}: packages are made of static_graph's rewrite of a "
@@ -92,10 +89,21 @@ def compose(overrides: list[str], command: str, output_dir: Path):
             "shapes=dynamic: a package serves one input size and batch; make one per size "
             "with inputs.height=H inputs.width=W"
         )
+    try:
+        backends.validate_options(cfg.backend.name, cfg.backend.options)
+    except ValueError as error:
+        raise ConfigError(str(error)) from None
     return cfg
 
 
-def make(cfg, out: Path) -> dict:
+def preflight(cfg) -> None:
+    """What this machine cannot make the package of (device, detectron2, files): ConfigError."""
+    from runner import preflight as checks
+
+    checks.check(cfg)
+
+
+def make(cfg, out: Path, command: str) -> dict:
     """Build the model as a run does, rewrite it, package it into `out`, load it back and
     compare; returns what the CLI prints."""
     import torch
@@ -103,8 +111,8 @@ def make(cfg, out: Path) -> dict:
     from runner.backends import static_graph, validate_options
     from runner.backends.aot_package import _largest_difference, build
     from runner.config import parse_device
+    from runner.precision import strict_if_asked
     from runner.run.measurement import build as build_run
-    from runner.run.precision import strict_if_asked
 
     kind, index = parse_device(cfg.device)
     device = torch.device(kind, index or 0) if kind == "cuda" else torch.device(kind)
@@ -124,7 +132,7 @@ def make(cfg, out: Path) -> dict:
             "precision": cfg.precision.name,
             "postprocess": cfg.postprocess,
             "rewrite": "; ".join(notes),
-            "command": cfg.command,
+            "command": command,
         }
         package = build.build(outputs, images, meta, path=out)
     loaded, load_s = build.load(out, device)
@@ -166,12 +174,13 @@ def main(argv: list[str]) -> int:
     try:
         out, overrides = split_out(argv)
         check_out(out)
-        cfg = compose(overrides, command, out.parent.resolve())
+        cfg = compose(overrides, out.parent.resolve())
+        preflight(cfg)
     except (Refused, ConfigError) as error:
         sys.stderr.write(f"invalid configuration: {error}\n")
         return 2
     try:
-        made = make(cfg, out)
+        made = make(cfg, out, command)
     except Exception as error:  # noqa: BLE001 - the reason, on one line, after the traceback
         log.exception("making the package failed")
         sys.stderr.write(f"package not made: {type(error).__name__}: {error}\n")

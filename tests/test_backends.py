@@ -14,7 +14,7 @@ from torch import nn
 from runner import backends, families
 from runner.backends import Unsupported, check_options
 from runner.config import PrecisionConfig
-from runner.run.export import Exported, Layout
+from runner.exported import Exported, Layout
 from runner.run.inputs import InputSet
 from tests.helpers import option_files
 

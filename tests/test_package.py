@@ -94,6 +94,7 @@ class TinyDetector(nn.Module):
         return heads.compact(slots)
 
 
+@pytest.mark.slow
 def test_a_package_is_built_reused_described_and_loaded_by_its_snippet(tmp_path):
     outputs = Outputs(TinyDetector().eval(), None).eval()
     images = (torch.rand(3, 64, 80) * 255,)
@@ -256,5 +257,5 @@ def test_the_package_commands_of_the_readme_and_docs_pass_the_commands_checks(tm
     for line in lines:
         out, overrides = package.split_out(shlex.split(line)[3:])
         overrides = [o for o in overrides if not o.startswith("model.weights=")]
-        cfg = package.compose([*overrides, "device=cpu"], line, tmp_path)
+        cfg = package.compose([*overrides, "device=cpu"], tmp_path)
         assert cfg.backend.name == "aot_package" and out.suffix == ".pt2"

@@ -90,7 +90,7 @@ def test_gpu_forward_has_no_host_sync_and_replays_the_same(make_config, name, pr
     if not torch.cuda.is_available():
         pytest.skip(CUDA_MISSING)
     from runner.backends.static_graph.detector import Budgets, StaticDetector
-    from runner.run.precision import autocast
+    from runner.precision import autocast
 
     cfg = make_config(*variant_overrides(name), "device=cuda", f"precision={precision}")
     device = torch.device("cuda", 0)

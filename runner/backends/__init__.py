@@ -13,7 +13,7 @@ the run then records status=unsupported with that reason. Optional packages are 
 function, so importing this registry never needs them; a backend that names them in `requires`
 is reported unsupported by the parent at once, without building a model, when one is absent
 (`missing`). A backend that applies the precision's dtype itself registers `owns_precision=True`
-and the harness then does not wrap its calls in autocast (runner.run.precision). A backend whose
+and the harness then does not wrap its calls in autocast (runner.precision). A backend whose
 measuring process needs environment variables set from its start names them in `environment`
 (`environment(name)`; the parent adds them to that child's environment).
 """
@@ -93,7 +93,7 @@ def get(name: str) -> Backend:
 
 
 def owns_precision(name: str) -> bool:
-    """Whether backend `name` applies the precision's dtype itself (runner.run.precision)."""
+    """Whether backend `name` applies the precision's dtype itself (runner.precision)."""
     get(name)
     return name in _OWNS_PRECISION
 

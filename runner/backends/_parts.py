@@ -18,7 +18,7 @@ from torch import nn
 from torch.utils import _pytree as pytree
 
 from runner.backends import Unsupported
-from runner.run.precision import autocast
+from runner.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -36,7 +36,7 @@ TUNING = {
 
 def tune(model: nn.Module, options: dict) -> None:
     """Apply the TUNING options a run asked for to `model`. cudnn_benchmark is process-wide:
-    each run has its own process (runner.run.isolate), so it reaches no other run."""
+    each run has its own process (runner.run.workers), so it reaches no other run."""
     if options.get("channels_last"):
         model.to(memory_format=torch.channels_last)
     if options.get("cudnn_benchmark"):

@@ -77,7 +77,7 @@ def package_key(program, device: torch.device, extra: dict) -> str:
     """24 hex digits naming what a package would hold: the exported graph, its weights and
     constants, the kernels' sources, torch's version, the GPU's kind and the flags that steer
     compilation (TF32, `extra`). Two builds with the same key make the same package."""
-    from runner.run.precision import tf32_state
+    from runner.precision import tf32_state
 
     hasher = hashlib.sha256()
     hasher.update(str(program.graph_module.code).encode())

@@ -70,7 +70,7 @@ def rewrite(exported, precision, options) -> tuple:
         fold_frozen_batchnorm,
     )
     from runner.backends.static_graph.outputs import Outputs
-    from runner.run.precision import torch_dtype
+    from runner.precision import torch_dtype
 
     if not families.get(exported.family).REWRITABLE:
         raise Unsupported(
@@ -106,7 +106,7 @@ def rewrite(exported, precision, options) -> tuple:
 def at_precision(module, precision):
     """`module` called at the run's precision (the eager fallback: the harness does not wrap
     the calls of a backend that owns the precision)."""
-    from runner.run.precision import autocast
+    from runner.precision import autocast
 
     def call(*images):
         with autocast(precision, images[0].device):
