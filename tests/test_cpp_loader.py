@@ -23,8 +23,8 @@ import torch
 from torch import nn
 
 from runner.backends.aot_package import build
-from runner.backends.static_graph.heads import Slots, compact
 from runner.backends.static_graph.outputs import Outputs
+from runner.backends.static_graph.slots import Slots, compact
 from tests.helpers import REPO, run_python
 
 pytestmark = [
@@ -34,7 +34,7 @@ pytestmark = [
 
 
 class TopK(nn.Module):
-    """Images -> heads.Slots: a strided conv scores a grid, the best 12 cells above 0.545 become
+    """Images -> slots.Slots: a strided conv scores a grid, the best 12 cells above 0.545 become
     boxes of three classes (compacted, valid first, as the rewrite's detections are)."""
 
     def __init__(self):

@@ -21,7 +21,7 @@ import torch
 from torch import nn
 
 from runner.backends.aot_package import build
-from runner.backends.static_graph import heads
+from runner.backends.static_graph import slots as heads_slots
 from runner.backends.static_graph.outputs import FIELDS, Outputs, slice_detections
 from tests.helpers import REPO, have_cuda, run_module, run_python
 from tests.test_exit_codes import assert_refused_in_one_line
@@ -71,7 +71,7 @@ def test_an_output_folder_is_refused(tmp_path):
 
 
 class TinyDetector(nn.Module):
-    """Images -> heads.Slots, as detector.StaticDetector answers: a conv scores each pixel of a
+    """Images -> slots.Slots, as detector.StaticDetector answers: a conv scores each pixel of a
     coarse grid, a box per pixel, static_graph's own selection (per-class NMS through
     d2bench::greedy_nms, best detections) and compaction."""
 
@@ -90,8 +90,8 @@ class TinyDetector(nn.Module):
         xs = (torch.arange(width, **grid) * 4).repeat(height)
         boxes = torch.stack([xs - size, ys - size, xs + size, ys + size], -1)
         classes = (features[:, 2].flatten(1) > 0).long()
-        slots = heads.select(boxes, scores, classes, scores > 0.5, 0.5, 40, 128)
-        return heads.compact(slots)
+        slots = heads_slots.select(boxes, scores, classes, scores > 0.5, 0.5, 40, 128)
+        return heads_slots.compact(slots)
 
 
 @pytest.mark.slow

@@ -9,8 +9,11 @@ detection count leaves the GPU once, at the end of the call. Parts, one file eac
     nms.py        sync-free batched NMS around the custom op d2bench::greedy_nms (runner.ops)
     proposals.py  the RPN: per-level top-k, decode, clip, masks, NMS, post-NMS top-k
     pooling.py    multi-level ROIAlign without per-level nonzero; mask paste
-    heads.py      box heads (standard, Cascade, C4's res5), mask head, RetinaNet, postprocess
-    detector.py   the whole forward of a detectron2 detector from those parts
+    slots.py      fixed detection slots: selection (NMS, best detections) and compaction
+    roi_heads.py  ROI box stages (standard, Cascade, C4's res5) by a table, and the mask head
+    dense.py      RetinaNet's dense head
+    postprocess.py  detector_postprocess at the input size: clip, mask empty boxes, paste masks
+    detector.py   the whole forward of a detectron2 detector from those parts, chosen by tables
     outputs.py    its answer as flat fixed-shape tensors at the run's precision (the contract
                   of the replay and of every package: runner.backends.aot_package)
     capture.py    CUDA graph capture and replay, output slicing, eager fallback, notes

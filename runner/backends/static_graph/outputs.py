@@ -48,7 +48,7 @@ class Outputs(nn.Module):
             device = images[0].device.type
             with torch.autocast(device, dtype=self.dtype, cache_enabled=False):
                 slots = self.detector(*images)
-        counts = slots.valid.sum(dim=1)  # the valid slots are the first ones (heads.compact)
+        counts = slots.valid.sum(dim=1)  # the valid slots are the first ones (slots.compact)
         flat = (slots.boxes, slots.scores, slots.classes, counts, slots.exact)
         return flat if slots.masks is None else (*flat, slots.masks)
 
