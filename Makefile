@@ -1,6 +1,5 @@
-# d2bench: the two commands of the README's quickstart, and their setup.
-#   make test    set up .venv and run the test suite (CPU; what CI runs)
-#   make demo    set up .venv and run a whole benchmark on the CPU (torchvision detector)
+# d2bench: the commands of the README's quickstart, and their setup (`make help` lists them).
+# Each installs into .venv only, except test-all, which also installs SLURM's packages (apt).
 PYTHON ?= python3
 VENV   ?= .venv
 # torch from the package index pip is configured with (PyPI: its Linux build carries CUDA
@@ -18,12 +17,21 @@ $(VENV)/.installed: pyproject.toml
 	$(VENV)/bin/python -m pip install --quiet -e '.[dev]'
 	touch $@
 
-.PHONY: setup test demo
-setup: $(VENV)/.installed
+.PHONY: help setup check test test-all demo
+help:  ## list these commands
+	@grep -E '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | sed -E 's/^([a-z-]+):.*## /  make \1\t/'
 
-test: setup
+setup: $(VENV)/.installed  ## make .venv: the pinned torch, d2bench and its test tools
+
+check: setup  ## the quick tier for the edit-test loop: every test but the slow and SLURM ones
+	$(VENV)/bin/python -m pytest -m "not slow and not slurm"
+
+test: setup  ## the full suite on the CPU (the SLURM tier skips, saying how to ask for it)
 	$(VENV)/bin/python -m pytest
 
-demo: setup
+test-all: setup  ## the full suite and the SLURM tier, which installs SLURM with apt (CI runs it)
+	$(VENV)/bin/python -m pytest --slurm
+
+demo: setup  ## a whole benchmark on the CPU (torchvision detector): outputs/demo/result.csv
 	$(VENV)/bin/python -m runner model=tv_fasterrcnn_mobilenet device=cpu \
 		bench.warmup=5 bench.iters=20 hydra.run.dir=outputs/demo

@@ -21,9 +21,10 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from runner import preflight
-from runner.config import ConfigError, check_command_line, register_schema, to_config
+from runner.config import ConfigError, check_command_line, register_schema, split
+from runner.identity import describe
 from runner.run import gpus
-from runner.run.bench import describe, run
+from runner.run.bench import run
 from runner.run.progress import Progress
 from runner.run.record import Row
 
@@ -68,7 +69,7 @@ def run_job(cfg: DictConfig) -> Row | None:
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode == RunMode.RUN
     try:
-        config = to_config(cfg)
+        config, job = split(cfg)
         preflight.check(config)
     except ConfigError as error:
         log.error("invalid configuration: %s", error)
@@ -76,13 +77,14 @@ def run_job(cfg: DictConfig) -> Row | None:
         if single:
             raise SystemExit(2) from None
         return None
-    config.command = config.command or command_line()
+    job.command = job.command or command_line()
     index = None if single else hydra_cfg.job.num
-    with Progress(describe(config), index, (config.sweep_jobs, config.sweep_started)):
+    named = describe(config, job.members)
+    with Progress(named, index, (job.sweep_jobs, job.sweep_started)):
         try:
-            row = run(config)
+            row = run(config, job)
         except KeyboardInterrupt:  # the children are dead and the rows written (runner.run.bench)
-            where = f"{describe(config)}: stopped; its rows are in {config.output_dir}"
+            where = f"{named}: stopped; its rows are in {job.output_dir}"
             raise Stopped(where) from None
     if single and row.status in ("error", "parity_fail"):
         raise SystemExit(1)

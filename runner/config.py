@@ -1,12 +1,15 @@
 """Typed, validated configuration for one run.
 
-Takes the DictConfig that Hydra composed from conf/ and returns a `Config` made of one dataclass
-per group. Everything that can be wrong with the user's input is caught here, before any model is
-built, and reported as a `ConfigError` whose message names the field and the allowed values.
+Takes the DictConfig that Hydra composed from conf/ and returns two objects (`split`): the
+measured `Config`, one dataclass per group, and the `Job`, where and why the run is made (its
+folder, the command, `redo`, the sweep's session), which is never part of what is measured.
+Everything that can be wrong with the user's input is caught here, before any model is built,
+and reported as a `ConfigError` whose message names the field and the allowed values.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import hashlib
 import re
 from dataclasses import dataclass, field
@@ -80,6 +83,11 @@ class BackendConfig:
     options: dict[str, Any] = field(default_factory=dict)
 
 
+# Field metadata of the composed keys that Hydra, the runner or the sweeper set, never the user:
+# `python -m runner --help` does not list them (runner.help_text).
+SET_FOR_THE_USER = "set_for_the_user"
+
+
 @dataclass
 class BackendFile:
     """conf/backend/<name>.yaml as written, composed by Hydra next to `backend` (which the
@@ -132,6 +140,8 @@ class BenchConfig:  # values and their meaning: conf/config.yaml
 
 @dataclass
 class Config:
+    """What a run measures: every key of it decides its figures (runner.identity.fingerprint)."""
+
     model: ModelConfig
     precision: PrecisionConfig
     backend: BackendConfig
@@ -144,18 +154,39 @@ class Config:
     device: str
     seed: int
     variant: str | None
-    output_dir: str
-    command: str
-    redo: bool
-    backend_file: BackendFile = field(default_factory=BackendFile)
+    backend_file: BackendFile = field(
+        default_factory=BackendFile, metadata={SET_FOR_THE_USER: "by the defaults list"}
+    )
     dataset: DatasetConfig = field(default_factory=DatasetConfig)  # the accuracy pass's data
-    # set by the sweeper: the backends of one session ("backend=X [backend.options.k=v ...]"
-    # each), built in parallel children and timed in turn (runner.run.bench.run_group)
-    members: list[str] = field(default_factory=list)
-    # set by the sweeper for its jobs' progress lines: how many jobs it launched, and when
-    # (time.time()); 0 outside a sweep. Like output_dir and command, no part of what is measured
-    sweep_jobs: int = 0
-    sweep_started: float = 0.0
+
+
+@dataclass
+class Job:
+    """Where and why a run is made, never what it measures: outside the fingerprint and a
+    sweep's folder names (conf/config.yaml: exclude_keys). Top-level keys of the composed config,
+    as the measured ones are: `redo=true` on the command line, `members=[...]` from the sweeper."""
+
+    output_dir: str = field(default="", metadata={SET_FOR_THE_USER: "by Hydra (the run's folder)"})
+    # the command line that made the row (a sweep's jobs get the sweep's)
+    command: str = field(default="", metadata={SET_FOR_THE_USER: "by the runner and the sweeper"})
+    redo: bool = False  # true: measure again what the folder already holds (runner.run.bench)
+    # the backends of one session ("backend=X [backend.options.k=v ...]" each), built in
+    # parallel children and timed in turn (runner.run.bench.run_group)
+    members: list[str] = field(default_factory=list, metadata={SET_FOR_THE_USER: "by the sweeper"})
+    # for the jobs' progress lines: how many jobs the sweep launched, and when (time.time());
+    # 0 outside a sweep
+    sweep_jobs: int = field(default=0, metadata={SET_FOR_THE_USER: "by the sweeper"})
+    sweep_started: float = field(default=0.0, metadata={SET_FOR_THE_USER: "by the sweeper"})
+
+
+@dataclass
+class Composed(Job, Config):
+    """conf/config.yaml's schema: the measured Config's keys and the Job's, side by side."""
+
+
+def job_keys() -> tuple[str, ...]:
+    """The composed config's keys that are the Job's."""
+    return tuple(f.name for f in dataclasses.fields(Job))
 
 
 def register_schema() -> None:
@@ -163,8 +194,23 @@ def register_schema() -> None:
     that Hydra fills defaults, converts types and rejects unknown keys while composing."""
     from hydra.core.config_store import ConfigStore
 
-    ConfigStore.instance().store(name="d2bench_schema", node=Config)
+    ConfigStore.instance().store(name="d2bench_schema", node=Composed)
     OmegaConf.register_new_resolver("d2bench_dirname", job_dirname, replace=True)
+    OmegaConf.register_new_resolver("d2bench_not_in_dirname", not_in_dirname, replace=True)
+    OmegaConf.register_new_resolver("d2bench_help", _help_template, replace=True)
+
+
+def _help_template(*, _root_: DictConfig) -> str:
+    """hydra.help.template: runner.help_text for the composed config."""
+    from runner.help_text import help_text
+
+    return help_text(_root_)
+
+
+def not_in_dirname() -> list[str]:
+    """The overrides that do not name a sweep job's folder (hydra.job.config.override_dirname
+    .exclude_keys): `sweep`, whose variants name it instead, and the Job's keys."""
+    return ["sweep", *job_keys()]
 
 
 DIRNAME_BYTES = 200  # file systems refuse a name over 255 bytes
@@ -184,7 +230,6 @@ def job_dirname(override_dirname: str) -> str:
 def unknown_keys(node: Any, cls: type, prefix: str = "") -> list[str]:
     """Keys of `node` that no field of dataclass `cls` (or of its dataclass fields) declares.
     Hydra lets `+key=value` add keys to a typed config; they would be ignored silently."""
-    import dataclasses
     import typing
 
     if not isinstance(node, (dict, DictConfig)):
@@ -199,19 +244,27 @@ def unknown_keys(node: Any, cls: type, prefix: str = "") -> list[str]:
     return unknown
 
 
-def to_config(cfg: DictConfig) -> Config:
-    """The composed Hydra config as a validated `Config`."""
+def split(cfg: DictConfig) -> tuple[Config, Job]:
+    """The composed Hydra config (without its `hydra` node) as a validated `Config` and its
+    `Job`."""
     from omegaconf.errors import OmegaConfBaseException
 
-    unknown = unknown_keys(cfg, Config)
+    unknown = unknown_keys(cfg, Composed)
     if unknown:
         raise ConfigError(f"unknown key(s) {unknown}: not part of the configuration")
     try:
-        config = OmegaConf.to_object(cfg)
+        composed = OmegaConf.to_object(cfg)
     except OmegaConfBaseException as error:
         raise ConfigError(str(error).splitlines()[0]) from None
+    config = Config(**{f.name: getattr(composed, f.name) for f in dataclasses.fields(Config)})
+    job = Job(**{name: getattr(composed, name) for name in job_keys()})
     validate(config)
-    return config
+    return config, job
+
+
+def to_config(cfg: DictConfig) -> Config:
+    """The composed Hydra config's measured part, validated (`split`)."""
+    return split(cfg)[0]
 
 
 DEVICE = re.compile(r"(cpu|cuda)(?::(\d+))?")
@@ -323,62 +376,50 @@ def options_text(cfg: Config) -> str:
     return " ".join(f"{key}={value_text(changed[key])}" for key in sorted(changed))
 
 
-# what says where and why a run was made, not what it measures: outside the fingerprint
-NOT_MEASURED = ("output_dir", "command", "redo", "sweep_jobs", "sweep_started")
-
-
-def fingerprint(cfg: Config, code_version: str) -> str:
-    """12 hex digits naming what a run measures: its resolved config (not where it writes or
-    the command that asked for it) and the code that measures it."""
-    import hashlib
-    import json
-    from dataclasses import asdict
-
-    payload = {k: v for k, v in asdict(cfg).items() if k not in NOT_MEASURED}
-    text = json.dumps(payload, sort_keys=True, default=str) + code_version
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
 # ---- the command line, before Hydra runs -----------------------------------------------------
+
+
+MULTIRUN_FLAGS = ("--multirun", "-m")
 
 
 def check_command_line(argv: list[str]) -> None:
     """Raise ConfigError, with one line naming the choices, for a command line no run can use:
     an unknown group option (also inside a sweep list), an unknown key, a value of the wrong
     type, a sweep list without --multirun. Hydra would say so itself, in 7 to 15 lines with exit
-    code 1, and for a sweep only once per job; this check runs before Hydra writes anything."""
-    from hydra import initialize_config_dir
-    from hydra._internal.utils import get_args_parser
+    code 1, and for a sweep only once per job; this check runs before Hydra writes anything.
+
+    It composes once, through Hydra's public compose API, with the overrides that are no sweep
+    (a sweep's values are each a job's, which the sweeper checks before it launches any);
+    a command line with any flag but --multirun (--help, --cfg, --info, ...) is Hydra's to
+    answer."""
+    from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
     from hydra.errors import HydraException
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    try:
-        args = get_args_parser().parse_args(argv)
-    except SystemExit:  # Hydra's own usage error: let Hydra report it
+    flags = [argument for argument in argv if argument.startswith("-")]
+    if any(flag not in MULTIRUN_FLAGS for flag in flags):
         return
-    asks_hydra = args.help or args.hydra_help or args.cfg or args.info or args.shell_completion
-    if asks_hydra or args.config_path or args.config_name or args.config_dir:
-        return
+    overrides = [argument for argument in argv if not argument.startswith("-")]
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
         try:
-            overrides = OverridesParser.create().parse_overrides(args.overrides)
+            parsed = OverridesParser.create(config_loader=loader).parse_overrides(overrides)
         except HydraException as error:
             raise ConfigError(_first_line(error)) from None
-        for override in overrides:
+        for override in parsed:
             _check_group_option(loader, override)
+        sweeps = [override for override in parsed if override.is_sweep_override()]
+        fixed = [override.input_line for override in parsed if override not in sweeps]
         try:
-            cfg = loader.load_configuration(
-                "config", args.overrides, run_mode=RunMode.MULTIRUN, validate_sweep_overrides=False
-            )
-            if not args.multirun and cfg.hydra.mode != RunMode.MULTIRUN:
-                loader.load_configuration("config", args.overrides, run_mode=RunMode.RUN)
+            cfg = compose("config", overrides=fixed, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as error:
-            raise ConfigError(_composition_error(loader, error)) from None
+            raise ConfigError(_composition_error(error)) from None
+    if sweeps and not flags and cfg.hydra.mode != RunMode.MULTIRUN:
+        raise ConfigError(f"{sweeps[0].input_line}: a list of values sweeps only with --multirun")
 
 
 def _first_line(error: BaseException | None) -> str:
@@ -406,19 +447,19 @@ def _check_group_option(loader, override) -> None:
         )
 
 
-def _composition_error(loader, error: BaseException) -> str:
-    """One line for a composition error, with the keys that exist where a key was unknown."""
-    from hydra.types import RunMode
+def _composition_error(error: BaseException) -> str:
+    """One line for a composition error, with the keys that exist where a key was unknown (not
+    those the user never sets); inside the caller's Hydra context."""
+    from hydra import compose
+
+    from runner.help_text import set_for_the_user
 
     text, cause = _first_line(error), error.__cause__
-    ambiguous = re.match(r"Ambiguous value for argument '([^']+)'", text)
-    if ambiguous:
-        return f"{ambiguous.group(1)}: a list of values sweeps only with --multirun"
     unknown = re.match(r"Could not override '([^']+)'", text)
     if unknown and cause is not None and "not in" in str(cause):
         key = unknown.group(1)
         parent = key.rpartition(".")[0]
-        base = loader.load_configuration("config", [], run_mode=RunMode.MULTIRUN)
+        base = compose("config", overrides=[])
         node = OmegaConf.select(base, parent) if parent else base
         opened = parent  # the deepest part of the key that exists
         while opened and OmegaConf.select(base, opened) is None:
@@ -426,6 +467,9 @@ def _composition_error(loader, error: BaseException) -> str:
         mapping = OmegaConf.select(base, opened) if opened else base
         if isinstance(mapping, DictConfig) and OmegaConf.get_type(mapping) is dict:
             return f"{key}: not set in the config; add it with a leading +: +{key}=..."
-        keys = sorted(k for k in node if k != "hydra") if isinstance(node, DictConfig) else []
+        keys = []
+        if isinstance(node, DictConfig):
+            hidden = set_for_the_user()
+            keys = sorted(k for k in node if ".".join(filter(None, [parent, k])) not in hidden)
         return f"{key}: no such key; keys{f' of {parent}' if parent else ''}: {', '.join(keys)}"
     return f"{text}: {_first_line(cause)}" if cause is not None else text

@@ -2,7 +2,8 @@
 # Runs a batch of d2bench work on a GPU machine in one call and leaves the evidence in $OUT:
 #   batch.log      every command with its output and exit code, plus the machine's description
 #   pytest.log     the GPU and detectron2 tests (RUN_TESTS=0 skips them)
-#   outputs.tgz    outputs/ (every run's result.csv, samples.csv, logs)
+#   outputs.tgz    outputs/ (every run's result.csv, samples.csv, logs; not the packages: *.pt2
+#                  files are hundreds of MB and stay on the machine)
 # Usage: [BATCH_SECONDS=N] scripts/device_batch.sh scripts/batches/NAME.txt
 #   The batch file holds one shell command per line (usually `python -m runner ...`);
 #   blank lines and lines starting with # are skipped. A failing command does not stop the batch.
@@ -55,5 +56,5 @@ while IFS= read -r command || [ -n "$command" ]; do
   echo "# <<< rc=${PIPESTATUS[0]} in $(( $(date +%s) - start )) s" | tee -a "$log"
 done < "$batch"
 
-[ -d outputs ] && tar czf "$OUT/outputs.tgz" outputs
+[ -d outputs ] && tar czf "$OUT/outputs.tgz" --exclude='*.pt2' outputs
 echo "# done $(date -u +%FT%TZ)" | tee -a "$log"

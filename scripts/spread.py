@@ -125,7 +125,7 @@ def child(args: argparse.Namespace) -> None:
     out = Path(args.out) / f"process{args.process}"
     out.mkdir(parents=True, exist_ok=True)
     cfg = compose(args.overrides, out)
-    measurement = Measurement(cfg)
+    measurement = Measurement(cfg, out)
     prepared = measurement.prepare()
     if not prepared.measured:
         raise SystemExit(f"prepare: {prepared.status}: {prepared.error}")

@@ -278,7 +278,7 @@ def check_fold(trained: torch.nn.Module, zoo: torch.nn.Module, height: int, widt
     """The largest relative difference between the trained model and the zoo model with the
     folded weights: the backbone's outputs on a random image, and each folded conv's output on
     a random input. Both models in eval mode, on the CPU, in fp32."""
-    from runner.run.precision import strict_fp32
+    from runner.precision import strict_fp32
 
     torch.manual_seed(0)
     worst = 0.0
@@ -319,8 +319,8 @@ def val_ap(model: torch.nn.Module, model_cfg, data: Path, device: str, batch: in
     benchmark runs (runner.accuracy), eager fp32 with TF32 off."""
     from runner.accuracy import dataset, evaluate
     from runner.config import DatasetConfig
+    from runner.precision import strict_fp32
     from runner.run import export, inputs
-    from runner.run.precision import strict_fp32
 
     height, width = image_size(data, "val")
     target = torch.device(device)
@@ -386,7 +386,8 @@ def main(argv: list[str] | None = None) -> dict:
         parser.error("; ".join(problems))
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s", force=True)
     from runner.accuracy.dataset import sha256
-    from runner.run.models import TRAINING_KEY, quiet_library_warnings
+    from runner.library_noise import quiet_library_warnings
+    from runner.run.models import TRAINING_KEY
 
     quiet_library_warnings()
     # cuDNN's autotuner stays off (detectron2's default): the heads see a new number of ROIs at

@@ -1,9 +1,11 @@
 """Fixtures: configs composed from conf/ as `python -m runner` would (without Hydra's runtime, so
-output_dir and command are given explicitly), and the markers' skips.
+the Job's output_dir and command are given explicitly), and the markers' skips.
 
 `detectron2` and `gpu` tests skip with a stated reason where their dependency is missing; the
 skip is decided here, from the markers, so a test module only has to carry the marker
 (tests.helpers.skip_without_detectron2 / skip_without_cuda do the same from inside a test).
+`slurm` tests run only when asked with --slurm (`make test-all`, what CI runs): they install
+SLURM's packages with apt and start its daemons.
 """
 
 from __future__ import annotations
@@ -14,7 +16,7 @@ from collections.abc import Callable
 import pytest
 from omegaconf import DictConfig
 
-from runner.config import Config, to_config
+from runner.config import Config, Job, split, to_config
 from tests.helpers import (
     CUDA_MISSING,
     DETECTRON2_MISSING,
@@ -23,11 +25,28 @@ from tests.helpers import (
     have_detectron2,
 )
 
+SLURM_NOT_ASKED = (
+    "the SLURM tier installs SLURM's packages with apt and starts its daemons: it runs only "
+    "when asked, with `make test-all` (pytest --slurm)"
+)
+
+
+def pytest_addoption(parser):
+    parser.addoption(
+        "--slurm",
+        action="store_true",
+        help="run the `slurm` tier too: as root it installs slurmctld, slurmd, slurm-client and "
+        "munge with apt and starts them (scripts/slurm/cluster.sh); make test-all",
+    )
+
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `detectron2` or `gpu` skip, with the reason, where that is missing (the
-    check runs only when such a test is collected: importing detectron2 takes seconds)."""
+    check runs only when such a test is collected: importing detectron2 takes seconds); tests
+    marked `slurm` skip unless --slurm asks for them."""
     for item in items:
+        if item.get_closest_marker("slurm") and not config.getoption("--slurm"):
+            item.add_marker(pytest.mark.skip(reason=SLURM_NOT_ASKED))
         if item.get_closest_marker("detectron2") and not have_detectron2():
             item.add_marker(pytest.mark.skip(reason=DETECTRON2_MISSING))
         if item.get_closest_marker("gpu") and not have_cuda():
@@ -57,6 +76,17 @@ def make_config(compose) -> Callable[..., Config]:
 
     def _make(*overrides: str) -> Config:
         return to_config(compose(*overrides))
+
+    return _make
+
+
+@pytest.fixture
+def make_run(compose) -> Callable[..., tuple[Config, Job]]:
+    """make_run(*overrides) -> (Config, Job) (runner.config.split of compose(...)): what
+    runner.run.bench.run takes."""
+
+    def _make(*overrides: str) -> tuple[Config, Job]:
+        return split(compose(*overrides))
 
     return _make
 

@@ -129,18 +129,26 @@ def clean_environment() -> dict[str, str]:
     return env
 
 
-def run_module(
-    module: str, *args: str, cwd: Path = REPO, timeout: float = 300
+def run_python(
+    *args: str, cwd: Path = REPO, timeout: float = 300, env: dict | None = None
 ) -> subprocess.CompletedProcess:
-    """`python -m MODULE ARGS` in a real subprocess; output captured as text."""
+    """`python ARGS` (this interpreter) in a real subprocess, in `clean_environment()` plus
+    `env`; output captured as text."""
     return subprocess.run(
-        [sys.executable, "-m", module, *args],
+        [sys.executable, *args],
         cwd=cwd,
-        env=clean_environment(),
+        env={**clean_environment(), **(env or {})},
         capture_output=True,
         text=True,
         timeout=timeout,
     )
+
+
+def run_module(
+    module: str, *args: str, cwd: Path = REPO, timeout: float = 300
+) -> subprocess.CompletedProcess:
+    """`python -m MODULE ARGS` in a real subprocess; output captured as text."""
+    return run_python("-m", module, *args, cwd=cwd, timeout=timeout)
 
 
 def run_runner(*args: str, timeout: float = 300) -> subprocess.CompletedProcess:

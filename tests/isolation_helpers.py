@@ -1,4 +1,4 @@
-"""Functions that runner.run.isolate runs in spawned children: they must be importable by name."""
+"""Functions that runner.run.workers runs in spawned children: they must be importable by name."""
 
 from __future__ import annotations
 
@@ -47,7 +47,7 @@ def _restore_slowly(value, seconds: float):
 
 class SlowToUnpickle:
     """An argument that takes `seconds` to unpickle in the child: a child start-up that takes
-    that long (heavy imports), before the child runs any code of runner.run.isolate."""
+    that long (heavy imports), before the child runs any code of runner.run.workers."""
 
     def __init__(self, value, seconds: float):
         self.value, self.seconds = value, seconds
@@ -73,3 +73,26 @@ def start_worker_and_die(pid_file: str, signum: int):
     Path(pid_file).write_text(f"{os.getpid()} {worker}")
     os.kill(os.getpid(), signum)
     time.sleep(30)  # not reached
+
+
+class Counter:
+    """A handler a Worker builds once and asks many times (as bench asks a Measurement)."""
+
+    def __init__(self, start: int):
+        self.value = start
+        self.pid = os.getpid()
+
+    def add(self, amount: int) -> tuple[int, int]:
+        self.value += amount
+        return self.value, self.pid
+
+    def sleep(self, seconds: float) -> str:
+        time.sleep(seconds)
+        return "woke up"
+
+    def start_worker_and_sleep(self, pid_file: str, seconds: float) -> None:
+        start_worker_and_sleep(pid_file, seconds)
+
+
+def refuse_to_build(reason: str):
+    raise ValueError(reason)

@@ -14,7 +14,7 @@ from torch import nn
 from runner import backends, families
 from runner.backends import Unsupported, check_options
 from runner.config import PrecisionConfig
-from runner.run.export import Exported, Layout
+from runner.exported import Exported, Layout
 from runner.run.inputs import InputSet
 from tests.helpers import option_files
 
@@ -285,3 +285,14 @@ def test_inductor_compiles_the_backbone_and_keeps_the_answers(tiny):
         got = fn(*images)
     for a, b in zip(got, expected, strict=True):
         torch.testing.assert_close(a, b, rtol=1e-4, atol=1e-5)
+
+
+def test_a_backend_names_the_environment_its_measuring_process_needs(monkeypatch):
+    """aot_package's children start without Inductor's compile-worker pool (a loaded package
+    crashed beside it on torch 2.11); the parent adds the variable to that child only."""
+    from runner.backends.aot_package import build
+
+    assert backends.environment("aot_package") == build.LOADER_ENVIRONMENT
+    assert backends.environment("eager") == {}
+    backends.environment("aot_package")["X"] = "1"  # a copy: the registry is not changed
+    assert "X" not in backends.environment("aot_package")

@@ -8,7 +8,7 @@ import pytest
 import yaml
 from hydra.errors import ConfigCompositionException
 
-from runner.config import ConfigError, to_config
+from runner.config import ConfigError, check_command_line, to_config
 from tests.helpers import (
     CONF,
     compose_config,
@@ -55,15 +55,16 @@ def test_launcher_option_files_compose():
         assert cfg.hydra.launcher._target_.endswith("Launcher"), path
 
 
-def test_defaults_are_the_seed_protocol(make_config):
-    config = make_config()
+def test_defaults_are_the_seed_protocol(make_run):
+    config, job = make_run()
     assert (config.bench.warmup, config.bench.iters) == (100, 200)
     assert (config.inputs.height, config.inputs.width) == (480, 640)
     assert config.model.name == "mask_rcnn_fpn"
     assert config.precision.name == "fp32"
     assert config.backend.name == "eager"
     assert config.shapes.name == "static"
-    assert (config.batch, config.export, config.redo) == (1, "trace", False)
+    assert (config.batch, config.export) == (1, "trace")
+    assert job.redo is False and job.members == []
     assert config.bench.isolate is True
 
 
@@ -282,3 +283,29 @@ def test_options_text_lists_every_option_of_a_backend_without_a_file(make_config
     cfg = make_config("device=cpu")  # composes conf/backend/eager.yaml, not mine's
     backend = BackendConfig(name="mine", options={"b": False, "a": None, "c": 3})
     assert options_text(dataclasses.replace(cfg, backend=backend)) == "a=null b=false c=3"
+
+
+# ---- the command line, before Hydra runs ---------------------------------------------------
+
+
+def test_a_glob_sweep_of_a_group_is_checked_against_the_groups_options():
+    """glob() needs the config loader to list the group: the check gives the parser one."""
+    check_command_line(["--multirun", "backend=glob(*)"])
+    with pytest.raises(ConfigError, match="model=nope: no such option"):
+        check_command_line(["--multirun", "backend=glob(*)", "model=nope"])
+
+
+def test_hydras_own_flags_are_left_to_hydra_and_multirun_is_looked_at():
+    check_command_line(["--help", "model=nope"])  # Hydra answers --help itself
+    with pytest.raises(ConfigError, match="sweeps only with --multirun"):
+        check_command_line(["backend=eager,torchscript"])
+    check_command_line(["backend=eager,torchscript", "-m"])
+    check_command_line(["sweep=seed", "backend=eager,torchscript"])  # the sweep file sets it
+
+
+def test_an_unknown_key_lists_the_keys_a_user_sets():
+    with pytest.raises(ConfigError) as refused:
+        check_command_line(["foo=1"])
+    listed = str(refused.value).split("keys: ", 1)[1].split(", ")
+    assert {"batch", "bench", "model", "redo"} <= set(listed)
+    assert not {"members", "command", "output_dir", "backend_file"} & set(listed)

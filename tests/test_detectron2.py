@@ -86,10 +86,10 @@ def test_model_files_exist_for_every_seed_variant():
 
 @pytest.mark.gpu
 @pytest.mark.slow
-def test_a_real_run_on_the_gpu(make_config, tmp_path):
+def test_a_real_run_on_the_gpu(make_run, tmp_path):
     out = tmp_path / "gpu"
     row = run(
-        make_config(
+        *make_run(
             "model=mask_rcnn_fpn",
             "device=cuda",
             "bench.warmup=5",
@@ -108,7 +108,7 @@ def test_a_real_run_on_the_gpu(make_config, tmp_path):
 @pytest.mark.gpu
 @pytest.mark.slow
 @pytest.mark.parametrize("backend", ["eager", "torchscript"])
-def test_fp16_on_the_gpu_has_one_owner_and_the_eager_floor(make_config, tmp_path, backend):
+def test_fp16_on_the_gpu_has_one_owner_and_the_eager_floor(make_run, tmp_path, backend):
     """TorchScript applies fp16 itself (owns_precision: the harness does not wrap it in autocast
     a second time); eager is wrapped by the harness. Either way the detections are eager fp16's:
     parity passes against the strict reference with the fp16 floor, and the call is faster on
@@ -116,7 +116,7 @@ def test_fp16_on_the_gpu_has_one_owner_and_the_eager_floor(make_config, tmp_path
     rows = {}
     for precision in ("fp16", "fp32"):
         rows[precision] = run(
-            make_config(
+            *make_run(
                 "model=mask_rcnn_fpn",
                 "device=cuda",
                 f"backend={backend}",

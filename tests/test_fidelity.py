@@ -9,10 +9,10 @@ import pytest
 import torch
 from torch import nn
 
+from runner.exported import Exported, Layout
+from runner.precision import at_precision, strict_fp32, tf32_state
 from runner.run import fidelity, parity
-from runner.run.export import Exported, Layout
 from runner.run.inputs import InputSet
-from runner.run.precision import at_precision, strict_fp32, tf32_state
 
 STRICT = {"matmul": False, "cudnn": False, "float32_matmul_precision": "highest"}
 

@@ -11,9 +11,9 @@ import copy
 import pytest
 import torch
 
+from runner.precision import at_precision
 from runner.run import fidelity, parity
 from runner.run.measurement import build
-from runner.run.precision import at_precision
 from tests.helpers import SMALL_CPU_RUN
 
 pytestmark = pytest.mark.slow

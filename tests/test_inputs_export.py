@@ -7,9 +7,9 @@ import numpy as np
 import pytest
 import torch
 
+from runner.exported import Exported, Layout
+from runner.precision import autocast
 from runner.run import inputs
-from runner.run.export import Exported, Layout
-from runner.run.precision import autocast
 
 
 def test_default_photo_is_a_real_picture():

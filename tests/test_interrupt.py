@@ -25,11 +25,11 @@ pytestmark = pytest.mark.slow
 # the isolation layer alone: a parent that runs a sleeping child with a worker, as a sweep would
 PARENT = """
 import sys
-from runner.run import isolate
+from runner.run import workers
 from tests import isolation_helpers as helpers
 try:
-    isolate.call(helpers.start_worker_and_sleep, sys.argv[1], 600, timeout_s=1800)
-except isolate.Interrupted as stop:
+    workers.call(helpers.start_worker_and_sleep, sys.argv[1], 600, timeout_s=1800)
+except workers.Interrupted as stop:
     print("CAUGHT", stop.cause, stop)
 """
 

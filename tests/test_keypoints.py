@@ -27,8 +27,8 @@ SMALL_KEYPOINTS = (
 
 
 @pytest.mark.slow
-def test_a_whole_keypoint_run_checks_every_field(make_config, tmp_path):
-    cfg = make_config(
+def test_a_whole_keypoint_run_checks_every_field(make_run, tmp_path):
+    cfg, job = make_run(
         *SMALL_KEYPOINTS,
         "backend=torchscript",
         "precision=fp32_strict",
@@ -38,7 +38,7 @@ def test_a_whole_keypoint_run_checks_every_field(make_config, tmp_path):
         "bench.rewarm=0",
         f"output_dir={tmp_path / 'run'}",
     )
-    row = run(cfg)
+    row = run(cfg, job)
     assert row.status == "ok", row.error
     assert row.num_detections_ref > 0, "no detections: parity would prove nothing"
     assert row.parity_pass is True and row.parity_match_f1 == 1.0

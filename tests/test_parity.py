@@ -8,7 +8,8 @@ import pytest
 import torch
 
 from runner.config import PrecisionConfig
-from runner.run.parity import Detections, Figures, box_iou, compare, limits, match, verdict, worst
+from runner.exported import Detections
+from runner.run.parity import Figures, box_iou, compare, limits, match, verdict, worst
 
 
 def detections(boxes, scores, classes, masks=None) -> Detections:

@@ -14,7 +14,8 @@ import sys
 import numpy as np
 import pytest
 
-from runner.config import fingerprint, to_config
+from runner.config import to_config
+from runner.identity import fingerprint
 from runner.run import record
 from runner.run.record import COLUMNS, STATUSES, Row, read_rows, write_atomic, write_rows
 
@@ -276,7 +277,16 @@ def test_physical_gpu_follows_cuda_visible_devices(monkeypatch):
 
 def test_fingerprint_follows_what_is_measured_not_where_it_is_written(compose, tmp_path):
     base = to_config(compose(f"output_dir={tmp_path / 'a'}", "command=one"))
-    moved = to_config(compose(f"output_dir={tmp_path / 'b'}", "command=two", "redo=true"))
+    moved = to_config(
+        compose(
+            f"output_dir={tmp_path / 'b'}",
+            "command=two",
+            "redo=true",
+            "members=['backend=eager']",
+            "sweep_jobs=3",
+            "sweep_started=12.5",
+        )
+    )
     changed = to_config(compose(f"output_dir={tmp_path / 'a'}", "command=one", "bench.iters=7"))
     other_model = to_config(compose("model=retinanet"))
     code = "abc123"

@@ -24,9 +24,9 @@ def samples_of(folder) -> list[dict]:
         return list(csv.DictReader(f))
 
 
-def test_a_whole_run(make_config, tmp_path):
+def test_a_whole_run(make_run, tmp_path):
     out = tmp_path / "run"
-    row = run(make_config(*SMALL_CPU_RUN, f"output_dir={out}"))
+    row = run(*make_run(*SMALL_CPU_RUN, f"output_dir={out}"))
     assert row.status == "ok", row.error
     assert row.error == ""
     assert row.parity_pass is True
@@ -63,10 +63,10 @@ def test_a_whole_run(make_config, tmp_path):
 
 
 @pytest.mark.parametrize("export", ["trace", "script"])
-def test_torchscript_backend(make_config, tmp_path, export):
+def test_torchscript_backend(make_run, tmp_path, export):
     out = tmp_path / "run"
     row = run(
-        make_config(*SMALL_CPU_RUN, "backend=torchscript", f"export={export}", f"output_dir={out}")
+        *make_run(*SMALL_CPU_RUN, "backend=torchscript", f"export={export}", f"output_dir={out}")
     )
     assert row.status == "ok", row.error
     assert (row.backend, row.export) == ("torchscript", export)
@@ -75,9 +75,9 @@ def test_torchscript_backend(make_config, tmp_path, export):
     assert (out / "result.csv").exists() and (out / "samples.csv").exists()
 
 
-def test_dynamic_shapes_time_every_size(make_config, tmp_path):
+def test_dynamic_shapes_time_every_size(make_run, tmp_path):
     out = tmp_path / "run"
-    row = run(make_config(*SMALL_CPU_RUN, "shapes=dynamic", f"output_dir={out}"))
+    row = run(*make_run(*SMALL_CPU_RUN, "shapes=dynamic", f"output_dir={out}"))
     assert row.status == "ok", row.error
     # shapes=dynamic: min_scale 0.6 and max_scale 2.5 of 160x224
     assert (row.image_hw, row.image_hw_min, row.image_hw_max) == ("160x224", "96x134", "400x560")
@@ -92,17 +92,17 @@ def test_dynamic_shapes_time_every_size(make_config, tmp_path):
     }
 
 
-def test_a_finished_run_is_kept_and_redo_measures_again(make_config, tmp_path):
+def test_a_finished_run_is_kept_and_redo_measures_again(make_run, tmp_path):
     out = tmp_path / "run"
-    first = run(make_config(*SMALL_CPU_RUN, f"output_dir={out}"))
+    first = run(*make_run(*SMALL_CPU_RUN, f"output_dir={out}"))
     assert first.status == "ok", first.error
     samples_written = (out / "samples.csv").stat().st_mtime_ns
 
-    kept = run(make_config(*SMALL_CPU_RUN, f"output_dir={out}", "command=another command"))
+    kept = run(*make_run(*SMALL_CPU_RUN, f"output_dir={out}", "command=another command"))
     assert kept == first, "the finished run was measured again"  # timestamp included
     assert (out / "samples.csv").stat().st_mtime_ns == samples_written
 
-    again = run(make_config(*SMALL_CPU_RUN, f"output_dir={out}", "redo=true"))
+    again = run(*make_run(*SMALL_CPU_RUN, f"output_dir={out}", "redo=true"))
     assert again.status == "ok", again.error
     assert (out / "samples.csv").stat().st_mtime_ns != samples_written
     assert again.fingerprint == first.fingerprint
@@ -110,19 +110,19 @@ def test_a_finished_run_is_kept_and_redo_measures_again(make_config, tmp_path):
     assert read_rows(out / "result.csv") == [again]
 
 
-def test_a_run_of_another_config_in_the_same_folder_is_measured(make_config, tmp_path):
+def test_a_run_of_another_config_in_the_same_folder_is_measured(make_run, tmp_path):
     out = tmp_path / "run"
     (out).mkdir()
     (out / "result.csv").write_text("not a result file\n")
-    row = run(make_config(*SMALL_CPU_RUN, f"output_dir={out}", "bench.iters=2"))
+    row = run(*make_run(*SMALL_CPU_RUN, f"output_dir={out}", "bench.iters=2"))
     assert row.status == "ok" and row.iters == 2
     assert len(samples_of(out)) == 2
 
 
-def test_a_timeout_is_an_error_row(make_config, tmp_path):
+def test_a_timeout_is_an_error_row(make_run, tmp_path):
     out = tmp_path / "run"
     started = time.monotonic()
-    row = run(make_config(*SMALL_CPU_RUN, "bench.timeout_s=2", f"output_dir={out}"))
+    row = run(*make_run(*SMALL_CPU_RUN, "bench.timeout_s=2", f"output_dir={out}"))
     assert time.monotonic() - started < 2 + 10
     assert row.status == "error"
     assert row.error.startswith("timeout:"), row.error
@@ -131,9 +131,9 @@ def test_a_timeout_is_an_error_row(make_config, tmp_path):
     assert read_rows(out / "result.csv") == [row]
 
 
-def test_inline_mode_gives_the_same_kind_of_row(make_config, tmp_path, restore_logging):
+def test_inline_mode_gives_the_same_kind_of_row(make_run, tmp_path, restore_logging):
     out = tmp_path / "run"
-    row = run(make_config(*SMALL_CPU_RUN, "bench.isolate=false", f"output_dir={out}"))
+    row = run(*make_run(*SMALL_CPU_RUN, "bench.isolate=false", f"output_dir={out}"))
     assert row.status == "ok", row.error
     assert row.parity_pass is True and row.latency_ms_median > 0
     assert read_rows(out / "result.csv") == [row]
@@ -204,10 +204,10 @@ def test_python_m_runner_error_is_exit_1(tmp_path):
     assert "Traceback" in (out / "error.txt").read_text()
 
 
-def test_an_error_in_the_child_is_an_error_row_with_its_traceback(make_config, tmp_path):
+def test_an_error_in_the_child_is_an_error_row_with_its_traceback(make_run, tmp_path):
     out = tmp_path / "run"
     row = run(
-        make_config(
+        *make_run(
             *SMALL_CPU_RUN, "backend=torchscript", "backend.options.freeze=1", f"output_dir={out}"
         )
     )

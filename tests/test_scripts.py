@@ -133,24 +133,3 @@ def test_spread_reading_compares_statistics_across_processes_and_correlates_bloc
     assert "mean of all calls: 10.00, 12.00 ms -> 1.200x" in text
     assert "sm_mhz_after: n/a (constant)" in text
     assert "min_ms: +1.00" in text and "power_w_after: -1.00" in text
-
-
-AOT_PROBE = Path(__file__).parents[1] / "scripts" / "aot_probe.py"
-
-
-@pytest.mark.parametrize(
-    "arguments, message",
-    [
-        (["time", "--out", "{out}", "--", "model=retinanet"], "time takes no overrides"),
-        (["export", "--out", "{out}"], "invalid choice: 'export'"),
-        (["build"], "the following arguments are required: --out"),
-    ],
-)
-def test_aot_probe_refuses_bad_arguments_before_any_work(tmp_path, arguments, message):
-    """scripts/aot_probe.py's usage errors (a whole build needs detectron2 and minutes of
-    AOTInductor: results/cpu_aot_probe/ records one on the CPU)."""
-    argv = [a.format(out=tmp_path / "probe") for a in arguments]
-    done = subprocess.run(
-        [sys.executable, str(AOT_PROBE), *argv], capture_output=True, text=True, timeout=120
-    )
-    assert done.returncode == 2 and message in done.stderr, done.stderr

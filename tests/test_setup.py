@@ -72,7 +72,7 @@ def test_a_torchscript_run_prints_no_library_warnings_a_user_cannot_act_on(tmp_p
 def test_warnings_a_user_can_act_on_are_still_shown():
     script = (
         "import warnings\n"
-        "from runner.run.models import quiet_library_warnings\n"
+        "from runner.library_noise import quiet_library_warnings\n"
         "quiet_library_warnings()\n"
         "warnings.warn('a warning about the run itself')\n"
         "import torch\n"

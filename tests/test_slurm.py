@@ -9,8 +9,9 @@ name the cause, without the sweep waiting forever; re-running a cancelled sweep 
 finished rows and runs the rest; inside a job SLURM, not the lock files, decides which GPU a
 run gets.
 
-Needs root and apt (the script installs the packages). Elsewhere the tier skips, saying so,
-except where CI=true: there a cluster that cannot start fails the tier with the daemons' logs.
+It runs only when asked (pytest --slurm; `make test-all`, which CI runs): it installs packages
+with apt and starts daemons. Needs root and apt. Elsewhere the tier skips, saying so, except
+where CI=true: there a cluster that cannot start fails the tier with the daemons' logs.
 """
 
 from __future__ import annotations

@@ -90,7 +90,7 @@ def test_gpu_forward_has_no_host_sync_and_replays_the_same(make_config, name, pr
     if not torch.cuda.is_available():
         pytest.skip(CUDA_MISSING)
     from runner.backends.static_graph.detector import Budgets, StaticDetector
-    from runner.run.precision import autocast
+    from runner.precision import autocast
 
     cfg = make_config(*variant_overrides(name), "device=cuda", f"precision={precision}")
     device = torch.device("cuda", 0)
@@ -187,3 +187,44 @@ def test_preprocessing_is_detectron2s_and_compiles_as_one_graph(make_config, mod
     compiled = torch.compile(lambda *ims: preprocess(net, ims)[0], backend=record, fullgraph=True)
     torch.testing.assert_close(compiled(*images), got, rtol=0, atol=0)
     assert ops and not any("item" in op or "local_scalar" in op for op in ops), ops
+
+
+@pytest.mark.detectron2
+def test_heads_are_chosen_by_table_and_subclasses_are_named_not_guessed(make_config):
+    """Meta-architectures and ROI heads are dispatched by class name (detector.META_ARCHITECTURES,
+    roi_heads.BOX_STAGES); a subclass of an entry that is exact (PanopticFPN is a
+    GeneralizedRCNN) is unsupported with its own name, one of an entry that is not (a Cascade
+    head's subclass) keeps its base's box stage."""
+    from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
+
+    from runner.backends.static_graph import roi_heads
+    from runner.backends.static_graph.detector import (
+        META_ARCHITECTURES,
+        Budgets,
+        StaticDetector,
+        lookup,
+    )
+
+    cfg = make_config("model=cascade_rcnn", *SMALL)
+    exported, _, _ = measurement.build(cfg, CPU)
+    assert lookup(roi_heads.BOX_STAGES, exported.model.roi_heads) is roi_heads.cascade_boxes
+
+    class MyCascade(CascadeROIHeads):
+        pass
+
+    class MyStandard(StandardROIHeads):
+        pass
+
+    exported.model.roi_heads.__class__ = MyCascade
+    assert lookup(roi_heads.BOX_STAGES, exported.model.roi_heads) is roi_heads.cascade_boxes
+    exported.model.roi_heads.__class__ = MyStandard
+    with pytest.raises(backends.Unsupported, match="ROI heads MyStandard are not rewritten"):
+        StaticDetector(exported.model, False, Budgets())
+
+    class Panoptic(type(exported.model)):
+        pass
+
+    exported.model.__class__ = Panoptic
+    with pytest.raises(backends.Unsupported, match="meta-architecture Panoptic"):
+        StaticDetector(exported.model, False, Budgets())
+    assert set(META_ARCHITECTURES) == {"GeneralizedRCNN", "RetinaNet"}

@@ -48,7 +48,7 @@ def test_an_error_row_keeps_the_reason_it_already_had():
 class _BrokenChild:
     """A measuring side that answers prepare with something that is not a Prepared."""
 
-    def __init__(self, cfg):
+    def __init__(self, cfg, out):
         pass
 
     def prepare(self):
@@ -56,14 +56,14 @@ class _BrokenChild:
 
 
 def test_a_parent_that_cannot_use_the_childs_answer_still_writes_an_error_row(
-    make_config, tmp_path, monkeypatch
+    make_run, tmp_path, monkeypatch
 ):
     monkeypatch.setattr(bench, "Measurement", _BrokenChild)
-    cfg = make_config(
+    cfg, job = make_run(
         "model=tv_fasterrcnn_mobilenet", "device=cpu", "bench.isolate=false", "backend=eager"
     )
-    cfg = dataclasses.replace(cfg, output_dir=str(tmp_path / "run"))
-    row = bench.run(cfg)
+    job = dataclasses.replace(job, output_dir=str(tmp_path / "run"))
+    row = bench.run(cfg, job)
     assert row.status == "error" and row.error.startswith("parent: AttributeError")
     (written,) = record.read_rows(tmp_path / "run" / "result.csv")
     assert written.status == "error" and written.backend == "eager"

@@ -293,3 +293,51 @@ def test_a_job_whose_overrides_name_a_folder_too_long_for_the_file_system_runs(t
     assert any(len(f) == 200 and "backend=eager" in f for f in folders), folders
     again = run_runner(*args)
     assert "kept" in again.stdout + again.stderr, again.stdout + again.stderr
+
+
+# ---- the sweeper's own product and launches (Hydra's public Sweeper interface) -------------
+
+
+def parsed(*overrides: str):
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    return OverridesParser.create().parse_overrides(list(overrides))
+
+
+def test_the_product_is_the_one_hydras_basic_sweeper_makes():
+    """A later value of a key replaces an earlier one (the command line replaces params)."""
+    from hydra._internal.core_plugins.basic_sweeper import BasicSweeper  # the oracle only
+
+    from hydra_plugins.d2bench_sweeper.d2bench_sweeper import cartesian
+
+    overrides = parsed("batch=1", "seed=0,1", "+model.arch_options.x=3", "batch=2,4", "~variant")
+    assert cartesian(overrides) == BasicSweeper.split_arguments(overrides, None)[0]
+    assert cartesian(overrides)[0] == [
+        "batch=2",
+        "seed=0",
+        "+model.arch_options.x=3",
+        "~variant=null",
+    ]
+    assert len(cartesian(overrides)) == 4
+
+
+def test_a_sweep_the_product_cannot_list_is_refused():
+    from hydra.errors import HydraException
+
+    from hydra_plugins.d2bench_sweeper.d2bench_sweeper import cartesian
+
+    with pytest.raises(HydraException, match="seed: the d2bench sweeper sweeps lists"):
+        cartesian(parsed("seed=interval(0,1)"))
+
+
+def test_jobs_are_launched_in_batches_of_max_batch_size():
+    from hydra.errors import HydraException
+
+    from hydra_plugins.d2bench_sweeper.d2bench_sweeper import batches, launch_size
+
+    jobs = [[f"seed={i}"] for i in range(5)]
+    assert [len(b) for b in batches(jobs, launch_size(2))] == [2, 2, 1]
+    assert batches(jobs, launch_size(None)) == batches(jobs, launch_size(-1)) == [jobs]
+    assert batches([], launch_size(None)) == []
+    with pytest.raises(HydraException, match="max_batch_size=0"):
+        launch_size(0)

@@ -375,30 +375,30 @@ def failure_rows(sweep_config: DictConfig, task_cfg: DictConfig, text: str, host
     member of a session of backends (None for a member whose config is refused)."""
     from hydra.core.hydra_config import HydraConfig
 
-    from runner.config import to_config
+    from runner.config import split
     from runner.run import member
 
-    cfg = to_config(task_cfg)  # its command: the sweep's (the sweeper sets it in each job)
-    if not cfg.members:
-        return failure_row(cfg, text, hostname)
+    cfg, job = split(task_cfg)  # its command: the sweep's (the sweeper sets it in each job)
+    if not job.members:
+        return failure_row(cfg, job, text, hostname)
     saved = HydraConfig.instance().cfg
     HydraConfig.instance().set_config(sweep_config)  # as inside the job (member folders)
     try:
-        members = member.member_configs(cfg)
+        members = member.member_runs(job)
     finally:
         HydraConfig.instance().cfg = saved
-    return [None if m is None else failure_row(m, text, hostname) for m in members]
+    return [None if m is None else failure_row(*m, text, hostname) for m in members]
 
 
-def failure_row(cfg, text: str, hostname: str = ""):
+def failure_row(cfg, job, text: str, hostname: str = ""):
     """Write (and return) the error row of a run whose job ended without finishing it, as
     runner.run.member does for a run that failed (the row alone in result.csv). A run whose every
     repeat is already measured, with this config and code, is kept: its last row."""
     from runner import provenance
-    from runner.config import fingerprint
-    from runner.run import member, record
+    from runner.identity import fingerprint, recorded
+    from runner.run import record
 
-    out = Path(cfg.output_dir)
+    out = Path(job.output_dir)
     code = fingerprint(cfg, provenance.code_digest())  # as runner.run.bench: the code's content
     out.mkdir(parents=True, exist_ok=True)
     with record.locked(out / ".lock"):
@@ -410,7 +410,7 @@ def failure_row(cfg, text: str, hostname: str = ""):
         if measured and {r.repeat for r in measured} >= set(range(cfg.bench.repeats)):
             return measured[-1]
         row = record.Row(
-            **member.identity(cfg),
+            **recorded(cfg, job),
             status="error",
             error=text,
             hostname=hostname if hostname not in ("None", "(null)") else "",

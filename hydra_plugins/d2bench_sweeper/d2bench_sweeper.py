@@ -1,7 +1,8 @@
-"""The d2bench sweeper: Hydra's basic sweeper (cartesian product of `params` and command-line
-sweeps) times an optional list of named `variants`, each a point in config space; for example
-the seed's seven detectron2 variants. After every job has run it prints one summary line and
-exits non-zero if any run failed, so a sweep never hides a failure and never stops at the first.
+"""The d2bench sweeper, a Hydra `Sweeper` (its public plugin interface): the cartesian product of
+`params` and command-line sweeps, as Hydra's basic sweeper makes it, times an optional list of
+named `variants`, each a point in config space; for example the seed's seven detectron2
+variants. After every job has run it prints one summary line and exits non-zero if any run
+failed, so a sweep never hides a failure and never stops at the first.
 
     hydra.sweeper.variants: {Name: {key: value, ...}, ...}   # each job gets variant=Name too
     variant=A,B on the command line runs only those variants.
@@ -16,6 +17,7 @@ runs sessions: local_gpus one session per GPU, slurm one job per session.
 """
 
 import collections
+import itertools
 import logging
 import re
 import shlex
@@ -25,11 +27,13 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from hydra._internal.core_plugins.basic_sweeper import BasicSweeper
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
+from hydra.core.override_parser.types import Override
 from hydra.errors import HydraException
-from omegaconf import OmegaConf
+from hydra.plugins.sweeper import Sweeper
+from hydra.types import HydraContext, TaskFunction
+from omegaconf import DictConfig, OmegaConf
 
 from runner.config import is_backend_override, value_text
 from runner.config import override_key as _key
@@ -76,19 +80,66 @@ def session_job(members: list[list[str]]) -> list[str]:
     return [*members[0], f"members=[{listed}]"]
 
 
-class D2benchSweeper(BasicSweeper):
+def cartesian(overrides: list[Override]) -> list[list[str]]:
+    """Every combination of the overrides' values, as Hydra's basic sweeper makes them: one
+    list per key (a later override of a key replaces an earlier one), a sweep's values each."""
+    by_key: dict[str, list[str]] = {}
+    for override in overrides:
+        key = override.get_key_element()
+        if not override.is_sweep_override():
+            by_key[key] = [f"{key}={override.get_value_element_as_str()}"]
+        elif override.is_discrete_sweep():
+            by_key[key] = [f"{key}={value}" for value in override.sweep_string_iterator()]
+        else:
+            kind = override.value_type.name if override.value_type else "?"
+            raise HydraException(f"{key}: the d2bench sweeper sweeps lists, not {kind} sweeps")
+    return [list(combo) for combo in itertools.product(*by_key.values())]
+
+
+def launch_size(max_batch_size: int | None) -> int | None:
+    """hydra.sweeper.max_batch_size as the jobs per launch (None: all in one launch)."""
+    if max_batch_size in (None, -1):
+        return None
+    if not isinstance(max_batch_size, int) or max_batch_size <= 0:
+        raise HydraException(
+            f"hydra.sweeper.max_batch_size={max_batch_size}; must be > 0, or -1 or null (all)"
+        )
+    return max_batch_size
+
+
+def batches(jobs: list[list[str]], size: int | None) -> list[list[list[str]]]:
+    """The jobs in launches of `size` each (None: all in one)."""
+    step = size or len(jobs) or 1
+    return [jobs[i : i + step] for i in range(0, len(jobs), step)]
+
+
+class D2benchSweeper(Sweeper):
     def __init__(self, max_batch_size=None, params=None, variants=None, backends=None) -> None:
-        params = dict(params or {})
+        self.params = dict(params or {})
         if backends:  # the listed backend points replace a `backend` param
-            params.pop("backend", None)
-        super().__init__(max_batch_size=max_batch_size, params=params or None)
+            self.params.pop("backend", None)
+        self.max_batch_size = max_batch_size
         self.variants = dict(variants or {})
         self.backends = [str(spec) for spec in backends or []]
+        self.config: DictConfig | None = None
+        self.hydra_context: HydraContext | None = None
+        self.launcher = None
+
+    def setup(
+        self, *, hydra_context: HydraContext, task_function: TaskFunction, config: DictConfig
+    ) -> None:
+        from hydra.core.plugins import Plugins
+
+        self.hydra_context, self.config = hydra_context, config
+        self.launcher = Plugins.instance().instantiate_launcher(
+            hydra_context=hydra_context, task_function=task_function, config=config
+        )
 
     def job_overrides(self, arguments: list[str]) -> list[list[str]]:
         """Every job's override list: variant points x the cartesian product of the rest."""
         parser = OverridesParser.create(config_loader=self.hydra_context.config_loader)
-        parsed = parser.parse_overrides(self._parse_config() + list(arguments))
+        params = [f"{key}={value}" for key, value in self.params.items()]
+        parsed = parser.parse_overrides(params + list(arguments))
         chosen = None
         rest = []
         for override in parsed:
@@ -100,7 +151,7 @@ class D2benchSweeper(BasicSweeper):
                 )
             else:
                 rest.append(override)
-        combos = self.split_arguments(rest, None)[0]
+        combos = cartesian(rest)
         if self.backends:
             if any(is_backend_override(o) for combo in combos for o in combo):
                 raise HydraException(
@@ -133,6 +184,7 @@ class D2benchSweeper(BasicSweeper):
     def sweep(self, arguments: list[str]) -> Any:
         try:
             jobs = self.job_overrides(arguments)
+            size = launch_size(self.max_batch_size)
         except HydraException as error:  # a mistake in the sweep itself: one line, no traceback
             log.error("sweep: %s", error)
             raise SystemExit(2) from None
@@ -153,15 +205,13 @@ class D2benchSweeper(BasicSweeper):
             f"sweep_started={time.time()}",
         ]
         launched = [session_job(group) + sweep for group in groups]
-        self.overrides = list(self.split_overrides_to_chunks(launched, self.max_batch_size))
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
         log.info("sweep: %d runs in %d sessions -> %s", len(jobs), len(groups), sweep_dir)
 
         returns, first = [], 0
-        while launched and not self.is_done():
-            batch = self.get_job_batch()
+        for batch in batches(launched, size):
             returns.append(self.launcher.launch(batch, initial_job_idx=first))
             first += len(batch)
         results = [r for batch in returns for r in batch]

@@ -13,7 +13,9 @@ the run then records status=unsupported with that reason. Optional packages are 
 function, so importing this registry never needs them; a backend that names them in `requires`
 is reported unsupported by the parent at once, without building a model, when one is absent
 (`missing`). A backend that applies the precision's dtype itself registers `owns_precision=True`
-and the harness then does not wrap its calls in autocast (runner.run.precision).
+and the harness then does not wrap its calls in autocast (runner.precision). A backend whose
+measuring process needs environment variables set from its start names them in `environment`
+(`environment(name)`; the parent adds them to that child's environment).
 """
 
 from __future__ import annotations
@@ -36,6 +38,7 @@ _BACKENDS: dict[str, tuple[Backend, dict[str, tuple], Callable[[], str]]] = {}
 # name -> (modules it needs, what to tell the user when one is missing)
 _REQUIRES: dict[str, tuple[tuple[str, ...], str]] = {}
 _OWNS_PRECISION: set[str] = set()  # backends that apply the dtype themselves
+_ENVIRONMENT: dict[str, dict[str, str]] = {}  # variables a backend's measuring process needs
 
 
 def _torch_version() -> str:
@@ -51,11 +54,13 @@ def register(
     requires: tuple[str, ...] = (),
     how_to_get: str = "",
     owns_precision: bool = False,
+    environment: dict[str, str] | None = None,
 ):
     """Register `optimize` under `name`. `options`: option name -> tuple of allowed values or
     types; `version()` names what does the work, for the row; `requires`: top-level modules it
     imports that may be absent, and `how_to_get` what to tell the user then; `owns_precision`:
-    it applies the precision's dtype itself, so the harness does not autocast its calls."""
+    it applies the precision's dtype itself, so the harness does not autocast its calls;
+    `environment`: variables its measuring process must have from its start."""
 
     def decorate(fn: Backend) -> Backend:
         if name in _BACKENDS and _BACKENDS[name][0] is not fn:
@@ -64,6 +69,7 @@ def register(
         _REQUIRES[name] = (tuple(requires), how_to_get)
         if owns_precision:
             _OWNS_PRECISION.add(name)
+        _ENVIRONMENT[name] = dict(environment or {})
         return fn
 
     return decorate
@@ -87,9 +93,15 @@ def get(name: str) -> Backend:
 
 
 def owns_precision(name: str) -> bool:
-    """Whether backend `name` applies the precision's dtype itself (runner.run.precision)."""
+    """Whether backend `name` applies the precision's dtype itself (runner.precision)."""
     get(name)
     return name in _OWNS_PRECISION
+
+
+def environment(name: str) -> dict[str, str]:
+    """The environment variables backend `name`'s measuring process needs from its start."""
+    get(name)
+    return dict(_ENVIRONMENT.get(name, {}))
 
 
 def missing(name: str) -> str | None:

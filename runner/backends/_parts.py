@@ -1,6 +1,7 @@
 """Shared by the compiler and CUDA-graph backends: which parts of a detector have shapes that
 depend only on the input size (so they can be compiled without recompiling per image and
-replayed as CUDA graphs), and a module that replays one CUDA graph per input shape.
+replayed as CUDA graphs), a module that replays one CUDA graph per input shape, and `capture`,
+the one place where a CUDA graph is captured (static_graph's replay uses it too).
 
 The data-dependent tail (proposal selection, NMS, ROI heads on a varying number of boxes,
 post-processing) stays as it is, so answers do not change.
@@ -8,14 +9,16 @@ post-processing) stays as it is, so answers do not change.
 
 from __future__ import annotations
 
+import contextlib
 import logging
+from collections.abc import Callable
 
 import torch
 from torch import nn
 from torch.utils import _pytree as pytree
 
 from runner.backends import Unsupported
-from runner.run.precision import autocast
+from runner.precision import autocast
 
 log = logging.getLogger(__name__)
 
@@ -33,7 +36,7 @@ TUNING = {
 
 def tune(model: nn.Module, options: dict) -> None:
     """Apply the TUNING options a run asked for to `model`. cudnn_benchmark is process-wide:
-    each run has its own process (runner.run.isolate), so it reaches no other run."""
+    each run has its own process (runner.run.workers), so it reaches no other run."""
     if options.get("channels_last"):
         model.to(memory_format=torch.channels_last)
     if options.get("cudnn_benchmark"):
@@ -67,6 +70,32 @@ def replace_parts(exported, scope: str, wrap) -> list[str]:
         setattr(parent, name, wrap(getattr(parent, name)))
         names.append(f"{type(parent).__name__}.{name}")
     return names
+
+
+def capture(
+    fn: Callable,
+    static_args: tuple,
+    *,
+    context: Callable = contextlib.nullcontext,
+    pool=None,
+    warmup: int = 3,
+):
+    """fn(*static_args) captured as one CUDA graph: `warmup` calls on a side stream first (lazy
+    initialisation, cuDNN and allocator warm-up stay out of the graph), then the capture into
+    `pool` (None: a new one). Every call runs inside `context()`: the run's precision (autocast
+    without its weight cache, so that the graph owns every cast), or nothing where the callable
+    applies it itself. Returns (graph, static outputs): replaying the graph recomputes the
+    outputs in place from whatever the static arguments hold then."""
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with torch.cuda.stream(side), context():
+        for _ in range(warmup):
+            fn(*static_args)
+    torch.cuda.current_stream().wait_stream(side)
+    graph = torch.cuda.CUDAGraph()
+    with torch.cuda.graph(graph, pool=pool), context():
+        static_out = fn(*static_args)
+    return graph, static_out
 
 
 def _tensors_key(args) -> tuple:
@@ -105,15 +134,9 @@ class GraphedByShape(nn.Module):
         static_args = pytree.tree_map(
             lambda t: t.clone() if isinstance(t, torch.Tensor) else t, args
         )
-        side = torch.cuda.Stream()
-        side.wait_stream(torch.cuda.current_stream())
-        with torch.cuda.stream(side), self._autocast():
-            for _ in range(self.warmup):
-                self.module(*static_args)
-        torch.cuda.current_stream().wait_stream(side)
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph, pool=self.pool), self._autocast():
-            static_out = self.module(*static_args)
+        graph, static_out = capture(
+            self.module, static_args, context=self._autocast, pool=self.pool, warmup=self.warmup
+        )
         self.pool = graph.pool()
         log.info(
             "captured a CUDA graph of %s for input shapes %s",

@@ -6,7 +6,7 @@ Reports `unsupported` with the reason where torch_tensorrt is not installed."""
 import torch
 
 from runner.backends import Unsupported, register
-from runner.run.precision import torch_dtype
+from runner.precision import torch_dtype
 
 
 def _version() -> str:

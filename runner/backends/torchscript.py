@@ -5,7 +5,7 @@ casts are in the graph) and called under it (a scripted module casts at call tim
 import torch
 
 from runner.backends import register
-from runner.run.precision import autocast
+from runner.precision import autocast
 
 
 @register("torchscript", options={"freeze": (bool,)}, owns_precision=True)

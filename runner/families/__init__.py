@@ -2,7 +2,7 @@
 that knows how its models are built, loaded, fed and wrapped. A family module provides:
 
     PIXELS            (channel order, value range) its models take: ("BGR", 255.0)
-    RENAMES           its output field name -> the Detections name (runner.run.parity)
+    RENAMES           its output field name -> the Detections name (runner.exported)
     KEYPOINT_SCORES   True: the third keypoint column is a score (else a visibility flag)
     FIRST_CLASS       the class index of its first object class (torchvision's 0 is the
                       background: 1); the accuracy pass maps classes to categories from it
@@ -12,7 +12,7 @@ that knows how its models are built, loaded, fed and wrapped. A family module pr
     check(cfg)        ValueError for a ModelConfig this machine cannot build (before any child)
     build(cfg, dev)   ModelConfig -> the model with its own initialisers (the caller seeds)
     load_state(model, state, cfg)   a checkpoint's tensors, aligned to the model's names
-    wrap(model, method, postprocess, example) -> runner.run.export.Exported
+    wrap(model, method, postprocess, example) -> runner.exported.Exported
 
 Adding a family is one module here; adding a model of a family is one conf/model/*.yaml.
 The registry imports nothing heavy: `names()` reads the package, `get()` imports one module.

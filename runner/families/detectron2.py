@@ -13,7 +13,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from runner.run.export import Exported, Layout, flatten, traced
+from runner.exported import Exported, Layout, flatten, traced
 
 PIXELS = ("BGR", 255.0)
 RENAMES = {
@@ -101,7 +101,7 @@ def flat_options(options: dict, prefix: str = "") -> dict[str, Any]:
 def config(cfg, device: str = "cpu"):
     """The model zoo's config for cfg.arch with the run's thresholds and `arch_options` merged.
     Raises ValueError naming the option for a key detectron2 does not have or a wrong type."""
-    from runner.run.models import quiet_library_warnings
+    from runner.library_noise import quiet_library_warnings
 
     quiet_library_warnings()
     require()

@@ -7,7 +7,7 @@ from __future__ import annotations
 import torch
 from torch import nn
 
-from runner.run.export import Exported, Layout, flatten, traced
+from runner.exported import Exported, Layout, flatten, traced
 
 PIXELS = ("RGB", 1.0)
 # boxes, scores, masks and keypoints are named as Detections names them already

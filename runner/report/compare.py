@@ -1,5 +1,5 @@
 """Compare: takes two results files (or run folders) and returns Markdown setting them side by
-side, to compare machines. Rows are paired by identity without the machine (COMPARE_FIELDS):
+side, to compare machines. Rows are paired by identity without the machine (compare_fields):
 each side's file, machine, software and protocol, then one table per variant with both medians,
 B/A latency, GPU busy and parity of each side, and the rows only in A and only in B.
 """
@@ -12,8 +12,8 @@ from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from runner.report.identity import (
-    COMPARE_FIELDS,
     backend_label,
+    compare_fields,
     machine_of,
     pair_key,
     title_of,
@@ -264,7 +264,7 @@ def comparison(a_rows: Sequence[Row], b_rows: Sequence[Row], a_name: str, b_name
     parts = [
         f"## Comparison: A `{a_name}`, B `{b_name}`",
         side_summary("A", a_name, a_rows) + "\n" + side_summary("B", b_name, b_rows),
-        f"Rows paired by identity without the machine ({', '.join(COMPARE_FIELDS)}): "
+        f"Rows paired by identity without the machine ({', '.join(compare_fields())}): "
         f"{counted(len(pairs), 'pair')}; {len(only_a)} only in A, {len(only_b)} only in B.",
     ]
     sections: dict[tuple[str, str], list[tuple[Row, Row]]] = {}

@@ -3,9 +3,10 @@ sets each identity's block medians against the host probe measured around the sa
 (`host_probe_ms`, runner.run.timing.host_probe), or "" where no row has a probe.
 
 Why: eager block medians on the H200 machine jump between levels ~1.5x apart inside one process
-while the GPU's own time stays put (results/h200_protocol_c.csv to _j.csv). If a block's latency follows the probe (a fixed piece of
-pure-Python work), the host's CPU ran slower then, and no protocol inside the process removes
-that; a row whose latency does not follow it (a replayed graph) is bound by the GPU instead.
+while the GPU's own time stays put (results/h200_protocol_c.csv to _j.csv). If a block's
+latency follows the probe (a fixed piece of pure-Python work), the host's CPU ran slower then,
+and no protocol inside the process removes that; a row whose latency does not follow it (a
+replayed graph) is bound by the GPU instead.
 """
 
 from __future__ import annotations

@@ -1,42 +1,16 @@
-"""What a row is: the fields that say what was measured, the machine it ran on, and the names the
-report gives it (variant title, backend label, the table it belongs to). Takes Rows, returns
-keys and labels; reads nothing."""
+"""What a row is, as the report sees it: the fields that say what was measured (runner.identity's
+columns, read when a key is made), the machine it ran on, and the names the report gives it
+(variant title, backend label, the table it belongs to). Takes Rows, returns keys and labels;
+reads nothing."""
 
 from __future__ import annotations
 
+from runner import identity
 from runner.run.record import Row
 
-IDENTITY = (
-    "model",
-    "variant",
-    "export",
-    "batch",
-    "postprocess",
-    "precision",
-    "backend",
-    "backend_options",
-    "shapes",
-    "image_hw",
-    # what else decides what is measured: rows that differ here are never merged
-    "image",
-    "arch_options",
-    "thresholds",
-    "seed",
-    "weights",
-    "warmup",
-    "iters",
-    "rewarm",
-    "timing_options",
-    "accuracy_dataset",  # the accuracy pass's data ("": none)
-)
-# what --compare pairs rows of two machines by: what the model computes, not the protocol
-COMPARE_FIELDS = tuple(
-    name
-    for name in IDENTITY
-    if name not in ("weights", "warmup", "iters", "rewarm", "timing_options", "accuracy_dataset")
-)
-# what pairs a row with its baseline: the identity without the backend
-PAIR_FIELDS = tuple(name for name in IDENTITY if name not in ("backend", "backend_options"))
+# the identity columns --compare does not pair rows of two machines by: what the model computes
+# is compared, not the protocol nor the weights' label
+NOT_COMPARED = ("weights", "warmup", "iters", "rewarm", "timing_options", "accuracy_dataset")
 # what else a table holds fixed: input photo, arch options, thresholds, seed, protocol, dataset
 SETUP_FIELDS = (
     "image",
@@ -58,14 +32,26 @@ def machine_of(row: Row) -> str:
     return f"CPU {row.cpu_model}" if row.cpu_model else "unknown machine"
 
 
+def compare_fields() -> tuple[str, ...]:
+    """What --compare pairs rows of two machines by: the identity without NOT_COMPARED."""
+    return tuple(name for name in identity.identity_columns() if name not in NOT_COMPARED)
+
+
+def pair_fields() -> tuple[str, ...]:
+    """What pairs a row with its baseline: the identity without the backend."""
+    backend = ("backend", "backend_options")
+    return tuple(name for name in identity.identity_columns() if name not in backend)
+
+
 def identity_of(row: Row) -> tuple:
-    """What a row measured: IDENTITY and the machine. Rows that differ here never merge."""
-    return (*(getattr(row, name) for name in IDENTITY), machine_of(row))
+    """What a row measured: its identity columns and the machine. Rows that differ here never
+    merge."""
+    return (*(getattr(row, name) for name in identity.identity_columns()), machine_of(row))
 
 
 def pair_key(row: Row) -> tuple:
-    """What --compare pairs rows of two files by: COMPARE_FIELDS (no machine, no protocol)."""
-    return tuple(getattr(row, name) for name in COMPARE_FIELDS)
+    """What --compare pairs rows of two files by: compare_fields (no machine, no protocol)."""
+    return tuple(getattr(row, name) for name in compare_fields())
 
 
 def is_baseline(row: Row) -> bool:

@@ -15,7 +15,7 @@ from collections.abc import Iterable, Sequence
 
 import pandas as pd
 
-from runner.report.identity import PAIR_FIELDS, is_baseline, machine_of
+from runner.report.identity import is_baseline, machine_of, pair_fields
 from runner.report.markdown import counted
 from runner.report.rows import frame, sort_rows
 from runner.run import record, timing
@@ -121,7 +121,7 @@ class SpeedUp:
 
 def place_of(row: Row) -> tuple:
     """Where a row and its baseline must agree: the identity but the backend, machine, host."""
-    return (*(getattr(row, name) for name in PAIR_FIELDS), machine_of(row), row.hostname)
+    return (*(getattr(row, name) for name in pair_fields()), machine_of(row), row.hostname)
 
 
 def speed_ups(rows: Sequence[Row]) -> dict[tuple, SpeedUp]:

@@ -1,5 +1,5 @@
-"""One session, top to bottom: takes validated Configs that differ only in their backend, returns
-the Rows it wrote, one result.csv per config (one row per repeat).
+"""One session, top to bottom: takes validated Configs that differ only in their backend, each with
+its Job (its folder), returns the Rows it wrote, one result.csv per config (one row per repeat).
 
 A session is what makes a speed-up fair: the backends of one variant, precision and input are
 measured by one parent on one host, close in time. Each backend gets its own fresh spawned child
@@ -34,14 +34,11 @@ import statistics
 import time
 
 from runner import backends
-from runner.config import (
-    Config,
-    ConfigError,
-    is_cuda,
-)
+from runner.config import Config, ConfigError, Job, is_cuda
+from runner.identity import describe
 from runner.run import gpus, record, steps
 from runner.run.measurement import Measurement
-from runner.run.member import Member, describe, member_configs
+from runner.run.member import Member, Run, member_runs
 from runner.run.record import Row
 from runner.run.steps import Prepared
 from runner.run.workers import InlineWorker, Worker, cpu_shares
@@ -58,21 +55,21 @@ def new_session() -> str:
     return f"{now:%Y%m%dT%H%M%SZ}-{os.getpid()}-{secrets.token_hex(2)}"
 
 
-def run(cfg: Config) -> Row | list[Row | None]:
-    """A single run (a session of one backend): its last Row. A config whose `members` the
+def run(cfg: Config, job: Job) -> Row | list[Row | None]:
+    """A single run (a session of one backend): its last Row. A job whose `members` the
     sweeper set is a session of those backends: one Row (or None, refused) per member."""
-    if cfg.members:
-        return run_group(member_configs(cfg))
-    return run_group([cfg])[0]
+    if job.members:
+        return run_group(member_runs(job))
+    return run_group([(cfg, job)])[0]
 
 
 # ---- the session ----- -------------------------------------------------------------------------
 
 
-def run_group(cfgs: list[Config | None]) -> list[Row | None]:
-    """Measure the configs (None: refused, passed through) as one session; see the module
-    docstring. Returns, per config, its last row (or its unsupported / error row)."""
-    members = [Member(cfg) if cfg is not None else None for cfg in cfgs]
+def run_group(runs: list[Run | None]) -> list[Row | None]:
+    """Measure the (Config, Job) pairs (None: refused, passed through) as one session; see the
+    module docstring. Returns, per config, its last row (or its unsupported / error row)."""
+    members = [Member(*pair) if pair is not None else None for pair in runs]
     present = [m for m in members if m is not None]
     folders = [m.out.resolve() for m in present]
     if len(set(folders)) != len(folders):
@@ -101,7 +98,7 @@ def run_group(cfgs: list[Config | None]) -> list[Row | None]:
 
 
 def _session(members: list[Member]) -> None:
-    redo = any(m.cfg.redo for m in members)
+    redo = any(m.job.redo for m in members)
     for member in members:
         if not redo:
             member.read_kept()
@@ -156,9 +153,10 @@ def _measure(active: list[Member], todo: list[int], session: str, gpu: str, env:
         if cfg.bench.isolate:
             if gpu:
                 cfg = dataclasses.replace(cfg, device="cuda:0")  # the child sees one GPU
-            member.worker = Worker(Measurement, (cfg,), env=env, cpus=cpus)
+            child_env = {**env, **backends.environment(cfg.backend.name)}
+            member.worker = Worker(Measurement, (cfg, member.out), env=child_env, cpus=cpus)
         else:
-            member.worker = InlineWorker(Measurement, (cfg,))
+            member.worker = InlineWorker(Measurement, (cfg, member.out))
         member.worker.send("prepare")  # the children build and optimize at the same time
     for member in list(active):
         try:

@@ -1,7 +1,7 @@
 """Fidelity: what a run's answers are held to. Takes the exported model, its inputs and the run's
 precision; returns the reference detections, the floor, and the parity fields of the row.
 
-  reference  eager fp32 under runner.run.precision.strict_fp32() (TF32 off for matmuls and
+  reference  eager fp32 under runner.precision.strict_fp32() (TF32 off for matmuls and
              convolutions), at every input size, whatever the run's precision: one exact answer
              that every precision and backend is compared with.
   floor      eager PyTorch at the run's precision (its autocast and TF32 flags) against that
@@ -80,7 +80,7 @@ def reference_and_floor(
 
     import torch
 
-    from runner.run.precision import at_precision, strict_fp32
+    from runner.precision import at_precision, strict_fp32
 
     with strict_fp32():
         reference = eager_detections(exported, images, batch)

@@ -1,12 +1,13 @@
-"""The measuring side of one run: takes a validated Config, builds and optimizes the model once,
-then answers the parent's requests (runner.run.workers) with Row fields and latency samples.
+"""The measuring side of one run: takes a validated Config and its folder, builds and optimizes
+the model once, then answers the parent's requests (runner.run.workers) with Row fields and
+latency samples.
 
     prepare()         the steps, each a method returning its typed value (runner.run.steps):
                       environment -> build (models.build, inputs.make, export.wrap, calibrate
                       random weights) -> reference (eager fp32, TF32 off, + the floor) ->
                       optimize (and a first call at each size) -> warm_up -> parity (on the
                       timed executable). Returns Prepared: ok | parity_fail | unsupported.
-                      Every call runs at the precision (runner.run.precision.at_precision).
+                      Every call runs at the precision (runner.precision.at_precision).
                       With dataset=..., the reference step also runs the eager fp32 strict
                       model over the dataset (before any backend touches the model) and
                       scores it: the accuracy pass's reference.
@@ -88,13 +89,13 @@ def build(cfg: Config, device) -> Built:
 class Measurement:
     """One configuration, built once in this process; see the module docstring."""
 
-    def __init__(self, cfg: Config):
+    def __init__(self, cfg: Config, out: str | Path):
         self.cfg = cfg
-        self.out = Path(cfg.output_dir)
+        self.out = Path(out)  # the run's folder: its log and profile
         self.fn = None
         self.images = None
         self.stages: dict[str, float] = {}  # seconds per stage, logged (README: overhead)
-        self.owned = False  # the backend applies the dtype itself (runner.run.precision)
+        self.owned = False  # the backend applies the dtype itself (runner.precision)
         self.exported = None
         self.dataset = None  # runner.accuracy.dataset.Dataset, with dataset=...
         self.reference_scores: dict = {}  # the reference's COCOeval figures by kind
@@ -110,7 +111,7 @@ class Measurement:
     def _call(self, batch):
         import torch
 
-        from runner.run.precision import at_precision
+        from runner.precision import at_precision
 
         with torch.no_grad(), at_precision(self.cfg.precision, self.device, self.owned):
             return self.fn(*batch)
@@ -201,7 +202,7 @@ class Measurement:
         """The backend's optimize, then a first call at each size (lazy compilers compile on
         it): optimize_s is both."""
         from runner import backends
-        from runner.run.precision import strict_if_asked
+        from runner.precision import strict_if_asked
 
         cfg = self.cfg
         optimize = backends.get(cfg.backend.name)
@@ -258,7 +259,7 @@ class Measurement:
         import torch
 
         from runner.accuracy import dataset, evaluate
-        from runner.run.precision import strict_fp32
+        from runner.precision import strict_fp32
 
         self.dataset = dataset.open_dataset(self.cfg.dataset)
 

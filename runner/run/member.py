@@ -1,6 +1,6 @@
-"""One member of a session, as the parent sees it: takes a Config, keeps its folder's rows,
-its worker and the rows it measures, and says what the run is (identity, describe). Also the
-Configs of the members that the sweeper asked for (member_configs)."""
+"""One member of a session, as the parent sees it: takes a Config and its Job, keeps its folder's
+rows, its worker and the rows it measures (what the run is: runner.identity). Also the Configs
+and Jobs of the members that the sweeper asked for (member_runs)."""
 
 from __future__ import annotations
 
@@ -11,89 +11,31 @@ import time
 from pathlib import Path
 
 from runner import provenance
-from runner.config import (
-    Config,
-    ConfigError,
-    is_backend_override,
-    options_text,
-    override_key,
-    value_text,
-)
-from runner.config import fingerprint as config_fingerprint
+from runner.config import Config, ConfigError, Job, is_backend_override, override_key
+from runner.identity import describe, fingerprint, recorded
 from runner.run import record, steps
-from runner.run.isolate import ChildFailed
 from runner.run.record import Row
 from runner.run.steps import Block, Environment, Prepared
+from runner.run.workers import ChildFailed
 
 log = logging.getLogger(__name__)
 
-
-def arch_options_text(options: dict) -> str:
-    return " ".join(f"{key}={value_text(options[key])}" for key in sorted(options))
-
-
-def thresholds_text(cfg: Config) -> str:
-    m = cfg.model
-    return f"score={m.score_thresh:g} nms={m.nms_thresh:g} detections={m.detections_per_image}"
-
-
-def timing_options_text(cfg: Config) -> str:
-    return f"gc={cfg.bench.gc} pin_cpus={value_text(cfg.bench.pin_cpus)}"
-
-
-def identity(cfg: Config) -> dict:
-    return {
-        "model": cfg.model.name,
-        "variant": cfg.variant or "",
-        "export": cfg.export,
-        "batch": cfg.batch,
-        "postprocess": cfg.postprocess,
-        "precision": cfg.precision.name,
-        "backend": cfg.backend.name,
-        "backend_options": options_text(cfg),
-        "shapes": cfg.shapes.name,
-        "image_hw": f"{cfg.inputs.height}x{cfg.inputs.width}",
-        "image": cfg.inputs.image or "",
-        "arch_options": arch_options_text(cfg.model.arch_options),
-        "thresholds": thresholds_text(cfg),
-        "seed": cfg.seed,
-        "device": cfg.device,
-        "warmup": cfg.bench.warmup,
-        "iters": cfg.bench.iters,
-        "rewarm": cfg.bench.rewarm,
-        "timing_options": timing_options_text(cfg),
-        "repeats": cfg.bench.repeats,
-        "command": cfg.command,
-        "output_dir": cfg.output_dir,
-    }
-
-
-def describe(cfg: Config) -> str:
-    options = options_text(cfg)
-    backend = (
-        f"backends={','.join(spec.split()[0].split('=', 1)[1] for spec in cfg.members)}"
-        if cfg.members
-        else f"backend={cfg.backend.name}{f'[{options}]' if options else ''}"
-    )
-    return (
-        f"{cfg.variant or cfg.model.name} export={cfg.export} batch={cfg.batch} "
-        f"precision={cfg.precision.name} {backend} shapes={cfg.shapes.name}"
-    )
+Run = tuple[Config, Job]  # what a session measures for one member, and where
 
 
 # ---- members of a sweep's session --------------------------------------------------------
 
 
-def member_configs(cfg: Config) -> list[Config | None]:
-    """The Config of each member of the session the sweeper asked for (inside its Hydra job):
-    the job's overrides with the backend's replaced by the member's, in the folder Hydra would
-    give that job on its own. None (logged) where a member's config is refused."""
+def member_runs(job: Job) -> list[Run | None]:
+    """The Config and Job of each member of the session the sweeper asked for (inside its Hydra
+    job): the job's overrides with the backend's replaced by the member's, in the folder Hydra
+    would give that job on its own. None (logged) where a member's config is refused."""
     from hydra import compose
     from hydra.core.hydra_config import HydraConfig
     from omegaconf import open_dict
 
     from runner import preflight
-    from runner.config import job_dirname, to_config
+    from runner.config import job_dirname, split
 
     hydra_cfg = HydraConfig.get()
     shared = [
@@ -104,8 +46,8 @@ def member_configs(cfg: Config) -> list[Config | None]:
     sweep_dir = Path(hydra_cfg.runtime.output_dir)  # sweep.dir / subdir (override_dirname)
     for _ in Path(job_dirname(hydra_cfg.job.override_dirname)).parts:
         sweep_dir = sweep_dir.parent
-    configs: list[Config | None] = []
-    for spec in cfg.members:
+    runs: list[Run | None] = []
+    for spec in job.members:
         overrides = shared + spec.split()
         try:
             composed = compose("config", overrides=overrides, return_hydra_config=True)
@@ -113,20 +55,20 @@ def member_configs(cfg: Config) -> list[Config | None]:
             with open_dict(composed):
                 del composed["hydra"]
                 composed.output_dir = str(folder)
-                composed.command = cfg.command
+                composed.command = job.command
                 composed.members = []
-            member = to_config(composed)
+            member, member_job = split(composed)
             preflight.check(member)
         except ConfigError as error:
             log.error("invalid configuration %s: %s", " ".join(overrides), error)
-            configs.append(None)
+            runs.append(None)
             continue
         except Exception as error:  # noqa: BLE001 - Hydra raises many kinds for bad overrides
             log.error("invalid configuration %s: %s", " ".join(overrides), error)
-            configs.append(None)
+            runs.append(None)
             continue
-        configs.append(member)
-    return configs
+        runs.append((member, member_job))
+    return runs
 
 
 # ---- one member of a session -------------------------------------------------------------
@@ -135,10 +77,10 @@ def member_configs(cfg: Config) -> list[Config | None]:
 class Member:
     """The parent's view of one config: its folder, kept rows, worker and new rows."""
 
-    def __init__(self, cfg: Config):
-        self.cfg = cfg
-        self.out = Path(cfg.output_dir)
-        self.fingerprint = config_fingerprint(cfg, provenance.code_digest())  # content
+    def __init__(self, cfg: Config, job: Job):
+        self.cfg, self.job = cfg, job
+        self.out = Path(job.output_dir)
+        self.fingerprint = fingerprint(cfg, provenance.code_digest())  # content
         self.kept: dict[int, Row] = {}  # measured rows of this fingerprint, by repeat
         self.kept_unsupported: Row | None = None
         self.new: dict[int, Row] = {}
@@ -174,7 +116,7 @@ class Member:
             here = Environment(**record.environment(self.cfg.device), gpu_index=gpu)
             prepared = dataclasses.replace(prepared, environment=here)
         self.final = steps.row(
-            identity(self.cfg), prepared.fields(), {"fingerprint": self.fingerprint}
+            recorded(self.cfg, self.job), prepared.fields(), {"fingerprint": self.fingerprint}
         )
         record.write_rows(self.out / "result.csv", [self.final])
         self.close()
@@ -202,7 +144,7 @@ class Member:
     def add_block(self, repeat: int, block: Block, session: str) -> None:
         self.blocks[repeat] = block
         self.new[repeat] = steps.row(
-            identity(self.cfg),
+            recorded(self.cfg, self.job),
             self.prepared.fields(),
             block.fields(self.cfg.batch),
             {"repeat": repeat, "session": session, "fingerprint": self.fingerprint},

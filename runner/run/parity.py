@@ -18,11 +18,12 @@ least `match_iou`. Figures:
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 
 import torch
 
 from runner.config import PrecisionConfig
+from runner.exported import Detections
 
 HIGHER_IS_BETTER = ("match_f1", "box_iou", "mask_iou")
 LOWER_IS_BETTER = ("score_max_diff", "keypoint_max_dist")
@@ -35,21 +36,6 @@ TOLERANCES = {
     "mask_iou": "min_mask_iou",
     "keypoint_max_dist": "max_keypoint_dist",
 }
-
-
-@dataclass
-class Detections:
-    boxes: torch.Tensor  # (N, 4) x1, y1, x2, y2
-    scores: torch.Tensor  # (N,)
-    classes: torch.Tensor  # (N,) int64
-    masks: torch.Tensor | None = None  # (N, [1,] h, w) probabilities or booleans
-    keypoints: torch.Tensor | None = None  # (N, K, 2) x, y
-    # every other per-detection output, by name (runner.run.export names them): no figure compares
-    # these, so they are listed as unchecked
-    extra: dict[str, torch.Tensor] = field(default_factory=dict)
-
-    def __len__(self) -> int:
-        return int(self.scores.numel())
 
 
 @dataclass

@@ -7,7 +7,7 @@ into a Row and never raises: a value that does not fit ends as an error row sayi
              timed block (one per repeat)                                          = Block
              accuracy pass over a dataset (dataset=...; else nothing)              = Accuracy
              profile and the backend's notes                                       = Finished
-    parent:  identity (runner.run.bench) + Prepared + Block + Finished + Accuracy      = Row
+    parent:  identity (runner.identity) + Prepared + Block + Finished + Accuracy     = Row
 """
 
 from __future__ import annotations
@@ -17,6 +17,7 @@ import logging
 from dataclasses import dataclass, field
 from typing import Any, NamedTuple
 
+from runner import identity
 from runner.run import record
 from runner.run.record import Row
 
@@ -26,7 +27,7 @@ log = logging.getLogger(__name__)
 class Built(NamedTuple):
     """The build step: the exported model, its inputs, and where its weights came from."""
 
-    exported: Any  # runner.run.export.Exported
+    exported: Any  # runner.exported.Exported
     images: Any  # runner.run.inputs.InputSet
     weights: str
 
@@ -159,22 +160,6 @@ class Accuracy:
         return values
 
 
-# what an error row keeps of the fields that did not make a Row: what was run, and where
-KEPT = (
-    *record.COLUMNS[: record.COLUMNS.index("gpu_index")],
-    "warmup",
-    "iters",
-    "rewarm",
-    "timing_options",
-    "repeats",
-    "repeat",
-    "session",
-    "command",
-    "output_dir",
-    "fingerprint",
-)
-
-
 def row(*parts: dict) -> Row:
     """A Row from field mappings (later ones win). Never raises: names that are no column, or
     values the Row refuses, give an error row that names them, with what could be kept."""
@@ -191,6 +176,6 @@ def row(*parts: dict) -> Row:
         reason = f"row: {type(error).__name__}: {error}"
         log.error("%s", reason)
         previous = values.get("error") or ""
-        kept = {k: known[k] for k in KEPT if k in known}
+        kept = {k: known[k] for k in identity.kept_columns() if k in known}  # what ran, where
         error = f"{reason}; {previous}" if previous else reason
         return Row(**{"model": "", **kept}, status="error", error=error)

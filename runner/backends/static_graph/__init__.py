@@ -6,11 +6,16 @@ a run-time box count, mask paste) running op by op, this one rewrites it: every 
 shape fixed by the config and the input size, what eager would remove is masked, and the
 detection count leaves the GPU once, at the end of the call. Parts, one file each:
 
-    nms.py        sync-free batched NMS (plain torch everywhere, Triton on CUDA)
+    nms.py        sync-free batched NMS around the custom op d2bench::greedy_nms (runner.ops)
     proposals.py  the RPN: per-level top-k, decode, clip, masks, NMS, post-NMS top-k
     pooling.py    multi-level ROIAlign without per-level nonzero; mask paste
-    heads.py      box heads (standard, Cascade, C4's res5), mask head, RetinaNet, postprocess
-    detector.py   the whole forward of a detectron2 detector from those parts
+    slots.py      fixed detection slots: selection (NMS, best detections) and compaction
+    roi_heads.py  ROI box stages (standard, Cascade, C4's res5) by a table, and the mask head
+    dense.py      RetinaNet's dense head
+    postprocess.py  detector_postprocess at the input size: clip, mask empty boxes, paste masks
+    detector.py   the whole forward of a detectron2 detector from those parts, chosen by tables
+    outputs.py    its answer as flat fixed-shape tensors at the run's precision (the contract
+                  of the replay and of every package: runner.backends.aot_package)
     capture.py    CUDA graph capture and replay, output slicing, eager fallback, notes
 
 The export setting does not matter here: the rewrite replaces the exported module (traced or
@@ -40,16 +45,35 @@ OPTIONS = {
 }
 
 
-@register("static_graph", options=OPTIONS)
+@register("static_graph", options=OPTIONS, owns_precision=True)
 def optimize(exported, inputs, precision, options):
-    from runner import families
     from runner.backends.static_graph.capture import Replay
+
+    outputs, notes = rewrite(exported, precision, options)
+    forward = outputs
+    if options.get("compile"):
+        forward = torch.compile(outputs, mode=options.get("mode", "default"), dynamic=False)
+        notes.append(_CompileCache())
+    graphs = options.get("graphs", True) and exported.example[0].device.type == "cuda"
+    return Replay(
+        forward, fallback=at_precision(exported.module, precision), graphs=graphs, notes=notes
+    )
+
+
+def rewrite(exported, precision, options) -> tuple:
+    """The detector of `exported` rewritten (detector.StaticDetector) with the weight rewrites
+    and tuning that `options` ask for, answering as outputs.Outputs at `precision`; and the
+    notes that say what was done. Shared by static_graph and the package backend (aot_package),
+    so both run the same rewrite. The exported module keeps its own weights."""
+    from runner import families
     from runner.backends.static_graph.detector import (
         Budgets,
         StaticDetector,
         cast_weights,
         fold_frozen_batchnorm,
     )
+    from runner.backends.static_graph.outputs import Outputs
+    from runner.precision import torch_dtype
 
     if not families.get(exported.family).REWRITABLE:
         raise Unsupported(
@@ -59,8 +83,6 @@ def optimize(exported, inputs, precision, options):
     candidates = options.get("max_candidates", 2048)
     if candidates < 1:
         raise ValueError(f"backend=static_graph: options.max_candidates={candidates}; need >= 1")
-    on_cuda = exported.example[0].device.type == "cuda"
-    graphs = options.get("graphs", True) and on_cuda
     notes = []
     model = exported.model
     if options.get("fold_bn") or options.get("half_weights"):
@@ -69,9 +91,9 @@ def optimize(exported, inputs, precision, options):
         model = copy.deepcopy(model)
     if options.get("fold_bn"):
         notes.append(f"fold_bn={fold_frozen_batchnorm(model)}")
+    dtype = torch_dtype(precision.dtype) if precision.autocast else None
     if options.get("half_weights"):
-        if precision.autocast:
-            dtype = getattr(torch, precision.dtype)
+        if dtype is not None:
             notes.append(f"half_weights={cast_weights(model, dtype)}")
         else:  # the option means "in the reduced precision"; fp32 has none to cast to
             notes.append(f"half_weights=n/a at {precision.name}")
@@ -81,11 +103,19 @@ def optimize(exported, inputs, precision, options):
         max_candidates=candidates, half_roi_align=options.get("half_roi_align", False)
     )
     detector = StaticDetector(model, _postprocess(exported), budgets).eval()
-    forward = detector
-    if options.get("compile"):
-        forward = torch.compile(detector, mode=options.get("mode", "default"), dynamic=False)
-        notes.append(_CompileCache())
-    return Replay(forward, fallback=exported.module, graphs=graphs, notes=notes)
+    return Outputs(detector, dtype).eval(), notes
+
+
+def at_precision(module, precision):
+    """`module` called at the run's precision (the eager fallback: the harness does not wrap
+    the calls of a backend that owns the precision)."""
+    from runner.precision import autocast
+
+    def call(*images):
+        with autocast(precision, images[0].device):
+            return module(*images)
+
+    return call
 
 
 class _CompileCache:

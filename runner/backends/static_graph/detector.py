@@ -1,11 +1,13 @@
-"""Detector: takes a detectron2 detector (GeneralizedRCNN with standard, Cascade or Res5 ROI
-heads, or RetinaNet) and the run's post-processing choice, returns its inference forward
-rewritten as fixed-shape, sync-free tensor code: images -> `Slots`.
+"""Detector: takes a detectron2 detector and the run's post-processing choice, returns its
+inference forward rewritten as fixed-shape, sync-free tensor code: images -> `Slots`.
 
 Preprocessing and backbone are detectron2's own modules; proposals, ROI pooling, heads, NMS and
-post-processing are the rewritten parts (proposals.py, pooling.py, heads.py, nms.py). A model
-part this rewrite does not cover (keypoints, rotated boxes, other meta-architectures) raises
-`Unsupported` naming it.
+post-processing are the rewritten parts (proposals.py, pooling.py, roi_heads.py, dense.py,
+postprocess.py, nms.py). What is rewritten is chosen by tables, as detectron2 registers its
+parts by name: `META_ARCHITECTURES` (meta-architecture -> the head that turns features into
+Slots) and roi_heads.BOX_STAGES (ROI heads -> their box stage). Adding a head is one function
+and one table entry. A part no table covers (keypoint heads, rotated boxes, other proposal
+generators or meta-architectures) raises `Unsupported` naming it.
 """
 
 from __future__ import annotations
@@ -17,42 +19,78 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from runner.backends import Unsupported
-from runner.backends.static_graph import heads as H  # noqa: N812
+from runner.backends.static_graph import dense, roi_heads
+from runner.backends.static_graph.postprocess import postprocess
 from runner.backends.static_graph.proposals import Anchors, common_size, rpn_proposals
+from runner.backends.static_graph.slots import Slots, compact
 
 
 @dataclass(frozen=True)
 class Budgets:
-    max_candidates: int = 2048  # detection candidates entering the final NMS (see heads.py)
+    max_candidates: int = 2048  # detection candidates entering the final NMS (slots.select)
     half_roi_align: bool = False  # ROIAlign on fp16 features in fp16 (pooling.py)
 
 
-def _box_slots(roi_heads):
-    """The box stage of these ROI heads, or Unsupported."""
-    from detectron2.modeling.roi_heads import CascadeROIHeads, Res5ROIHeads, StandardROIHeads
-
-    if getattr(roi_heads, "keypoint_on", False):
-        raise Unsupported("backend=static_graph: the keypoint head is not rewritten")
-    if isinstance(roi_heads, CascadeROIHeads):
-        return H.cascade_boxes
-    if isinstance(roi_heads, Res5ROIHeads):
-        return H.res5_boxes
-    if type(roi_heads) is StandardROIHeads:
-        return H.standard_boxes
-    raise Unsupported(
-        f"backend=static_graph: ROI heads {type(roi_heads).__name__} are not rewritten "
-        "(covered: StandardROIHeads, CascadeROIHeads, Res5ROIHeads)"
-    )
+def lookup(table: dict, obj):
+    """`table`'s entry (class name -> (value, exact)) for `obj`: its class's own entry, else the
+    nearest base class's whose entry serves subclasses (exact=False); None where none does."""
+    for depth, cls in enumerate(type(obj).__mro__):
+        entry = table.get(cls.__name__)
+        if entry is not None and (depth == 0 or not entry[1]):
+            return entry[0]
+    return None
 
 
-def _check_rpn(model) -> None:
-    from detectron2.modeling.proposal_generator import RPN
+def covered(table: dict) -> str:
+    return ", ".join(sorted(table))
 
-    if type(model.proposal_generator) is not RPN:
-        raise Unsupported(
-            f"backend=static_graph: proposal generator {type(model.proposal_generator).__name__}"
-            " is not rewritten (covered: RPN)"
-        )
+
+class RCNNHead:
+    """GeneralizedRCNN: RPN proposals, the ROI heads' box stage, the mask head."""
+
+    def __init__(self, model):
+        if getattr(model.roi_heads, "keypoint_on", False):
+            raise Unsupported("backend=static_graph: the keypoint head is not rewritten")
+        self.box_stage = lookup(roi_heads.BOX_STAGES, model.roi_heads)
+        if self.box_stage is None:
+            raise Unsupported(
+                f"backend=static_graph: ROI heads {type(model.roi_heads).__name__} are not "
+                f"rewritten (covered: {covered(roi_heads.BOX_STAGES)})"
+            )
+        generator = type(model.proposal_generator).__name__
+        if generator != "RPN":
+            raise Unsupported(
+                f"backend=static_graph: proposal generator {generator} is not rewritten "
+                "(covered: RPN)"
+            )
+        self.mask_on = bool(getattr(model.roi_heads, "mask_on", False))
+
+    def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
+        proposals = rpn_proposals(model.proposal_generator, size, features, anchors)
+        slots = self.box_stage(model.roi_heads, features, proposals, size, budgets)
+        slots = replace(slots, exact=slots.exact & proposals.exact)
+        if self.mask_on:
+            slots = replace(slots, masks=roi_heads.masks(model.roi_heads, features, slots, budgets))
+        return slots
+
+
+class DenseHead:
+    """RetinaNet: its head over the backbone's levels, decoded and selected (dense.py)."""
+
+    def __init__(self, model):
+        self.in_features = list(model.head_in_features)
+
+    def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
+        levels = [features[f] for f in self.in_features]
+        return dense.retinanet_slots(model, levels, anchors, budgets)
+
+
+# meta-architecture -> (its head, exact: only that class, not its subclasses, which may change
+# what inference does: PanopticFPN is a GeneralizedRCNN)
+META_ARCHITECTURES = {
+    "GeneralizedRCNN": (RCNNHead, True),
+    "RetinaNet": (DenseHead, True),
+}
 
 
 def preprocess(model, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, list]:
@@ -85,47 +123,28 @@ class StaticDetector(nn.Module):
 
     def __init__(self, model: nn.Module, postprocess: bool, budgets: Budgets):
         super().__init__()
-        from detectron2.modeling import GeneralizedRCNN
-        from detectron2.modeling.meta_arch.retinanet import RetinaNet
-
         self.model = model
         self.postprocess = postprocess
         self.budgets = budgets
         self.anchors = Anchors()
-        if isinstance(model, RetinaNet):
-            self.kind = "retinanet"
-        elif isinstance(model, GeneralizedRCNN):
-            self.kind = "rcnn"
-            _check_rpn(model)
-            self.box_slots = _box_slots(model.roi_heads)
-            self.mask_on = bool(getattr(model.roi_heads, "mask_on", False))
-        else:
+        head = lookup(META_ARCHITECTURES, model)
+        if head is None:
             raise Unsupported(
                 f"backend=static_graph: meta-architecture {type(model).__name__} is not "
-                "rewritten (covered: GeneralizedRCNN, RetinaNet)"
+                f"rewritten (covered: {covered(META_ARCHITECTURES)})"
             )
+        self.head = head(model)
 
-    def forward(self, *images: torch.Tensor) -> H.Slots:
+    def forward(self, *images: torch.Tensor) -> Slots:
         model = self.model
         batch, image_sizes = preprocess(model, images)
         features = model.backbone(batch)
         size = common_size(image_sizes)
-        if self.kind == "retinanet":
-            slots = H.retinanet_slots(
-                model, [features[f] for f in model.head_in_features], self.anchors, self.budgets
-            )
-        else:
-            proposals = rpn_proposals(model.proposal_generator, size, features, self.anchors)
-            slots = self.box_slots(model.roi_heads, features, proposals, size, self.budgets)
-            slots = replace(slots, exact=slots.exact & proposals.exact)
-            if self.mask_on:
-                slots = replace(
-                    slots, masks=H.masks(model.roi_heads, features, slots, self.budgets)
-                )
+        slots = self.head(model, features, size, self.anchors, self.budgets)
         if self.postprocess:  # output size = input size (the detectron2 family asks for it)
             height, width = images[0].shape[-2:]
-            slots = H.postprocess(slots, int(height), int(width))
-        return H.compact(slots)
+            slots = postprocess(slots, int(height), int(width))
+        return compact(slots)
 
 
 def fold_frozen_batchnorm(model: nn.Module) -> int:

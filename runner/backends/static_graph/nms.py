@@ -20,20 +20,24 @@ What is mirrored, bit for bit:
   sorts stably on CPU and CUDA); invalid entries sort last as -inf and never suppress or get kept;
 - its IoU: no +1, `inter / (area_a + area_b - inter) > threshold` in fp32, IEEE rounding.
 
-Two paths give the same answers (`method=`):
-- "torch", the reference, on CPU and GPU. Its greedy solve (`solver=`) is either
+The greedy solve itself is the custom op `d2bench::greedy_nms` (runner.ops.nms), so that the
+measured backend and an exported package run the same kernels. Two paths give the same
+answers (`method=`):
+- "op" (what "auto" takes): the op. On CUDA its Triton kernels: an IoU bitmask kernel and one
+  program per batch element that scans 32-box tiles in score order, stopping once k boxes are
+  kept; exact in one pass. On the CPU its tile scan (below). Under Triton's interpreter
+  (TRITON_INTERPRET=1, tests), "triton" runs the op's Triton kernels on CPU tensors.
+- "torch", the reference, on CPU and GPU, in plain torch. Its greedy solve (`solver=`) is either
   "scan": tiles of 64 boxes in score order, each resolved box by box against the removals of
   the earlier tiles; exact always; ~3 small ops per box, so the CPU's choice (tens of ms at
-  5000 boxes) but launch-bound on a GPU; or
+  5000 boxes) but launch-bound on a GPU (the op's CPU kernel); or
   "fixpoint": the full upper-triangular suppression matrix M, then
   `keep <- valid & ~any_{j<i}(keep_j & M[j, i])` run `rounds` times (a few large ops each). Its
   fixed point is unique and equals greedy NMS; the iterates bracket it (odd ones below, even
   ones above), so wherever two successive iterates agree the answer is proven. `exact` is True
   when they agree on every box up to the k-th kept one, False when `rounds` was too few (never
   wrong in silence); real RPN and box-head inputs settle in about 10 rounds. The GPU's choice.
-- "triton" (CUDA): `nms_triton.py`, an IoU bitmask kernel and one program per batch element
-  that scans 32-box tiles in score order, stopping once k boxes are kept. Exact in one pass.
-"auto" takes Triton for CUDA tensors when triton imports, the torch path otherwise.
+"auto" takes the op, except where a solver is named or on CUDA without triton (the torch path).
 
 `max_candidates` C: only the top-C valid boxes by score enter NMS (cost ~ C^2). Greedy NMS is
 prefix-consistent (a box's fate depends only on higher-scored boxes), so the answer is still
@@ -49,12 +53,14 @@ import os
 
 import torch
 
+import runner.ops  # noqa: F401 - registers torch.ops.d2bench
+from runner.ops.nms import first_k_positions, greedy_nms_scan, iou_above
+
 log = logging.getLogger(__name__)
 
-METHODS = ("auto", "torch", "triton")
+METHODS = ("auto", "op", "torch", "triton")
 SOLVERS = ("auto", "scan", "fixpoint")
 DEFAULT_ROUNDS = 24
-SCAN_TILE = 64
 
 
 @torch.compiler.disable  # compiled callers (static_graph compile=true) run it as it is
@@ -84,7 +90,8 @@ def batched_nms_topk(
     max_candidates: only the top-`max_candidates` valid boxes by score enter NMS (cost ~
       max_candidates^2); exact stays True when num_valid <= max_candidates or at least k boxes
       were kept among the candidates (greedy NMS is prefix-consistent).
-    method: "auto" (Triton for CUDA tensors when triton imports, else torch), "torch", "triton".
+    method: "auto" (the op, except where `solver` is named or on CUDA without triton: torch),
+      "op", "torch", "triton" (the op's Triton kernels: CUDA, or CPU under TRITON_INTERPRET=1).
     solver: the torch path's greedy solve: "scan" (exact, ~3 small ops per box: the CPU's
       choice), "fixpoint" (`rounds` large ops, exact=False where too few: the GPU's), "auto".
     rounds: fixed-point rounds of the "fixpoint" solver.
@@ -112,9 +119,10 @@ def batched_nms_topk(
             torch.zeros((*lead, k), dtype=torch.bool, device=device),
             exact,
         )
-    use_triton = method == "triton" or (
-        method == "auto" and device.type == "cuda" and triton_available()
-    )
+    on_cuda = device.type == "cuda"
+    if method == "auto":  # a solver named is a request for the torch path
+        op_runs = (not on_cuda or triton_available()) and solver == "auto"
+        method = "op" if op_runs else "torch"
     if method == "triton" and not (triton_runs_on(device) and triton_available()):
         raise RuntimeError(
             f"method='triton' needs CUDA tensors (or TRITON_INTERPRET=1) and triton; got {device}"
@@ -128,13 +136,19 @@ def batched_nms_topk(
         valid.reshape(flat, n),
         c,
     )
-    if use_triton:
-        from runner.backends.static_graph.nms_triton import greedy_nms_triton
+    if method == "op" or (method == "triton" and on_cuda):
+        position, count = torch.ops.d2bench.greedy_nms(cand.boxes, cand.valid, iou_threshold, k)
+        exact = (cand.num_valid <= c) | (count >= k)
+    elif method == "triton":  # the op's Triton kernels on CPU tensors, in Triton's interpreter
+        from torch._library.triton import set_wrap_triton_enabled
 
-        position, count = greedy_nms_triton(cand.boxes, cand.valid, iou_threshold, k)
+        from runner.ops.nms_triton import greedy_nms_triton
+
+        with set_wrap_triton_enabled(False):
+            position, count = greedy_nms_triton(cand.boxes, cand.valid, iou_threshold, k)
         exact = (cand.num_valid <= c) | (count >= k)
     else:
-        if solver == "scan" or (solver == "auto" and device.type != "cuda"):
+        if solver == "scan" or (solver == "auto" and not on_cuda):
             keep = greedy_nms_scan(cand.boxes, cand.valid, iou_threshold)
             exact = torch.ones_like(cand.num_valid, dtype=torch.bool)
         else:
@@ -196,19 +210,6 @@ def sorted_candidates(
     )
 
 
-def iou_above(rows: torch.Tensor, cols: torch.Tensor, iou_threshold: float) -> torch.Tensor:
-    """rows [B, R, 4], cols [B, S, 4] -> [B, R, S] bool, IoU > threshold with torchvision's kernel
-    formula in fp32: no +1, inter / (area_row + area_col - inter), each op rounded on its own."""
-    ax1, ay1, ax2, ay2 = (t[:, :, None] for t in rows.unbind(-1))
-    bx1, by1, bx2, by2 = (t[:, None, :] for t in cols.unbind(-1))
-    area_rows = (ax2 - ax1) * (ay2 - ay1)
-    area_cols = (bx2 - bx1) * (by2 - by1)
-    width = (torch.minimum(ax2, bx2) - torch.maximum(ax1, bx1)).clamp_min_(0)
-    height = (torch.minimum(ay2, by2) - torch.maximum(ay1, by1)).clamp_min_(0)
-    inter = width.mul_(height)
-    return inter / ((area_rows + area_cols) - inter) > iou_threshold
-
-
 def suppression_matrix(boxes: torch.Tensor, iou_threshold: float) -> torch.Tensor:
     """boxes [B, C, 4] in score order -> M [B, C, C] bool, M[b, i, j] = j > i and
     IoU(box i, box j) > threshold (`iou_above`)."""
@@ -240,44 +241,3 @@ def greedy_nms_fixpoint(
     agreed = torch.cumprod((keep == previous).to(torch.int32), dim=-1).bool()  # decided prefix
     proven = agreed[:, -1] | ((keep & agreed).sum(-1) >= k)
     return keep, proven
-
-
-def greedy_nms_scan(
-    boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float, tile: int = SCAN_TILE
-) -> torch.Tensor:
-    """Greedy NMS over boxes [B, C, 4] already in score order -> keep [B, C] bool, exact.
-
-    Tiles of `tile` boxes in score order: the tile's IoU rows against itself and every later box
-    (never the C x C matrix), its own block resolved box by box, then its kept boxes' rows remove
-    later boxes in one product. The same walk as the Triton kernel, in ~3 small ops per box: the
-    CPU's torch path (tens of ms at C = 5000), slow on a GPU (one launch per op).
-    """
-    c = valid.shape[1]
-    removed = torch.zeros_like(valid)
-    kept = []
-    for start in range(0, c, tile):
-        stop = min(start + tile, c)
-        size = stop - start
-        m = iou_above(boxes[:, start:stop], boxes[:, start:], iou_threshold)
-        later = torch.ones(size, c - start, dtype=torch.bool, device=valid.device).triu_(1)
-        m &= later
-        open_ = valid[:, start:stop] & ~removed[:, start:stop]
-        spared = ~m[:, :, :size]
-        for row in range(size):  # a box still open at its turn is kept and closes what it hits
-            open_ = open_ & (spared[:, row] | ~open_[:, row : row + 1])
-        kept.append(open_)
-        if stop < c:
-            hit = torch.bmm(open_[:, None, :].to(torch.float32), m[:, :, size:].to(torch.float32))
-            removed[:, stop:] |= hit[:, 0] > 0
-    return torch.cat(kept, 1)
-
-
-def first_k_positions(keep: torch.Tensor, k: int) -> tuple[torch.Tensor, torch.Tensor]:
-    """keep [B, C] bool -> (position [B, k] int64 of the first k True entries, 0 past the end;
-    count [B] int64 = min(keep.sum, k)). A search in the running count: no data-dependent shape."""
-    running = keep.cumsum(-1)
-    wanted = torch.arange(1, k + 1, device=keep.device).expand(keep.shape[0], k).contiguous()
-    position = torch.searchsorted(running, wanted)
-    count = running[:, -1].clamp(max=k)
-    position = torch.where(position < keep.shape[1], position, torch.zeros_like(position))
-    return position, count

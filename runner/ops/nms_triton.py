@@ -1,28 +1,39 @@
-"""The Triton path of the static_graph NMS: greedy NMS over boxes already in score order.
+"""The CUDA kernels of `d2bench::greedy_nms` (runner.ops.nms): greedy NMS over boxes already in
+score order, in Triton.
 
-    greedy_nms_triton(boxes [B, C, 4] fp32 CUDA, valid [B, C] bool, iou_threshold, k)
+    greedy_nms_triton(boxes [B, C, 4] fp32, valid [B, C] bool, iou_threshold, k)
         -> position [B, k] int64 (sorted positions of the first k kept boxes, 0 past the count),
            count [B] int64 (kept boxes, at most k)
 
-Two kernels, no host sync, shapes fixed by B, C and k:
+Two kernels, no host sync, shapes fixed by B, C and k. Both are launched through
+`torch.library.wrap_triton`, so that torch.export keeps the op whole and Inductor (torch.compile,
+AOTInductor) compiles the kernels into what it makes; called eagerly, the op launches them
+directly.
 1. `_iou_mask_kernel` (parallel): bit j % 32 of word mask[b, i, j // 32] says box j > i has
-   IoU > threshold with box i, computed with torchvision's formula in fp32 (IEEE division, no
-   FMA contraction, so it matches the torch path and torchvision's CPU kernel bit for bit).
-   Blocks wholly below the diagonal are skipped and never read.
+   IoU > threshold with box i, computed with torchvision's formula in fp32: IEEE division and
+   explicitly rounded additions (libdevice's add_rn / sub_rn, which no compiler contracts into an
+   FMA), so it matches the torch path and torchvision's kernels bit for bit without depending on
+   a launch option that not every Inductor version passes on. Under Triton's interpreter (CPU
+   tests), which has no libdevice, plain operators do the same IEEE arithmetic (numpy never
+   contracts). Blocks wholly below the diagonal are skipped and never read.
 2. `_scan_kernel` (one program per batch row): walks 32-box tiles in score order, the removed
    bits of every word held in registers. A tile's own word is resolved serially (32 bit steps
    on scalars), then the rows of its kept boxes are OR-ed into the removed words of later tiles.
    It stops once k boxes are kept or no valid box is left, which is what keeps RetinaNet's
    top-100 and the box head cheap.
-`nms.batched_nms_topk(method="triton")` does the sorting and offsets (shared with the torch
-path) and calls this.
+`runner.backends.static_graph.nms.batched_nms_topk` does the sorting and offsets (shared with
+the torch path) and calls the op.
 """
 
 from __future__ import annotations
 
+import os
+
 import torch
 import triton
 import triton.language as tl
+from torch.library import wrap_triton
+from triton.language.extra import libdevice
 
 BITS = 32  # boxes per mask word and per scan tile
 ROWS_PER_PROGRAM = 64  # mask kernel: rows of one program (one 32-column word each)
@@ -38,6 +49,7 @@ def _iou_mask_kernel(
     threshold,
     ROWS: tl.constexpr,
     BITS: tl.constexpr,
+    ROUNDED: tl.constexpr,  # libdevice's explicitly rounded add/sub (False in the interpreter)
 ):
     row_block = tl.program_id(0)
     word = tl.program_id(1)
@@ -63,7 +75,10 @@ def _iou_mask_kernel(
         width = tl.minimum(ax2[:, None], bx2[None, :]) - tl.maximum(ax1[:, None], bx1[None, :])
         height = tl.minimum(ay2[:, None], by2[None, :]) - tl.maximum(ay1[:, None], by1[None, :])
         inter = tl.maximum(width, 0.0) * tl.maximum(height, 0.0)
-        union = (area_a[:, None] + area_b[None, :]) - inter
+        if ROUNDED:  # a product feeding an add could otherwise become one FMA (other rounding)
+            union = libdevice.sub_rn(libdevice.add_rn(area_a[:, None], area_b[None, :]), inter)
+        else:
+            union = (area_a[:, None] + area_b[None, :]) - inter
         iou = tl.div_rn(inter, union)
         hit = (iou > threshold) & (cols[None, :] > rows[:, None]) & col_in[None, :]
         packed = tl.sum(hit.to(tl.int64) << bits[None, :].to(tl.int64), axis=1).to(tl.int32)
@@ -124,11 +139,17 @@ def _scan_kernel(
     tl.store(count_ptr + batch, tl.minimum(count, K).to(tl.int64))
 
 
+def interpreted() -> bool:
+    """Whether Triton runs kernels in its interpreter (TRITON_INTERPRET=1: CPU tensors)."""
+    return os.environ.get("TRITON_INTERPRET") == "1"
+
+
 def greedy_nms_triton(
     boxes: torch.Tensor, valid: torch.Tensor, iou_threshold: float, k: int
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """boxes [B, C, 4] fp32 in score order (offset per category), valid [B, C] bool ->
-    (position [B, k] int64 of the first k kept boxes in sorted order, count [B] int64)."""
+    (position [B, k] int64 of the first k kept boxes in sorted order, count [B] int64).
+    The body of the op's CUDA kernel; also what the interpreter tests call directly."""
     batch, c = valid.shape
     if c > MAX_BOXES:
         raise ValueError(
@@ -137,7 +158,7 @@ def greedy_nms_triton(
     words = triton.cdiv(c, BITS)
     boxes = boxes.contiguous()
     mask = torch.empty((batch, c, words), dtype=torch.int32, device=boxes.device)
-    _iou_mask_kernel[(triton.cdiv(c, ROWS_PER_PROGRAM), words, batch)](
+    wrap_triton(_iou_mask_kernel)[(triton.cdiv(c, ROWS_PER_PROGRAM), words, batch)](
         boxes,
         mask,
         c,
@@ -145,17 +166,17 @@ def greedy_nms_triton(
         float(iou_threshold),
         ROWS=ROWS_PER_PROGRAM,
         BITS=BITS,
+        ROUNDED=not interpreted(),
         num_warps=4,
-        enable_fp_fusion=False,
     )
     # last valid position + 1, rounded up to tiles: the scan never walks the invalid tail
     span = torch.where(valid, torch.arange(1, c + 1, device=valid.device), 0).amax(-1)
     tiles = ((span + BITS - 1) // BITS).to(torch.int32)
     position = torch.zeros((batch, k), dtype=torch.int64, device=boxes.device)
     count = torch.empty(batch, dtype=torch.int64, device=boxes.device)
-    _scan_kernel[(batch,)](
+    wrap_triton(_scan_kernel)[(batch,)](
         mask,
-        valid.contiguous().view(torch.int8),
+        valid.to(torch.int8),
         tiles,
         position,
         count,

@@ -1,5 +1,7 @@
-"""Isolation: a function run in a fresh spawned child returns its value, or ChildFailed says how
-the child ended (exception, signal, timeout, exit); a timed-out child and its workers are gone."""
+"""Isolation, through what production uses (runner.run.workers): a Worker's child builds its
+handler once and answers request after request; `call` is one request on a Worker. A value comes
+back, or ChildFailed says how the child ended (exception, signal, timeout, exit); a timed-out
+child and its workers are gone. InlineWorker answers the same requests in this process."""
 
 from __future__ import annotations
 
@@ -9,22 +11,22 @@ import time
 
 import pytest
 
-from runner.run import isolate
-from runner.run.isolate import ChildFailed
+from runner.run import workers
+from runner.run.workers import ChildFailed, InlineWorker, Worker
 from tests import isolation_helpers as helpers
 from tests.helpers import process_gone
 
 
 def test_returns_the_childs_value():
-    assert isolate.call(helpers.add, 2, 3, timeout_s=60) == 5
-    assert isolate.call(helpers.add, [1], [2], timeout_s=60) == [1, 2]
+    assert workers.call(helpers.add, 2, 3, timeout_s=60) == 5
+    assert workers.call(helpers.add, [1], [2], timeout_s=60) == [1, 2]
 
 
 def test_the_child_gets_extra_environment_and_the_parent_keeps_its_own(monkeypatch):
     monkeypatch.setenv("D2BENCH_TEST_KEPT", "parent")
     monkeypatch.delenv("D2BENCH_TEST_NEW", raising=False)
     env = {"D2BENCH_TEST_KEPT": "child", "D2BENCH_TEST_NEW": "new"}
-    seen = isolate.call(helpers.environment, list(env), timeout_s=60, env=env)
+    seen = workers.call(helpers.environment, list(env), timeout_s=60, env=env)
     assert seen == env
     assert os.environ["D2BENCH_TEST_KEPT"] == "parent"
     assert "D2BENCH_TEST_NEW" not in os.environ
@@ -32,7 +34,7 @@ def test_the_child_gets_extra_environment_and_the_parent_keeps_its_own(monkeypat
 
 def test_the_child_is_another_process(tmp_path):
     pid_file = tmp_path / "pid"
-    assert isolate.call(helpers.write_pid_and_sleep, str(pid_file), 0, timeout_s=60) == "woke up"
+    assert workers.call(helpers.write_pid_and_sleep, str(pid_file), 0, timeout_s=60) == "woke up"
     child = int(pid_file.read_text())
     assert child != os.getpid()
     assert process_gone(child)
@@ -40,7 +42,7 @@ def test_the_child_is_another_process(tmp_path):
 
 def test_an_exception_in_the_child():
     with pytest.raises(ChildFailed) as failure:
-        isolate.call(helpers.raise_value_error, "bad input 42", timeout_s=60)
+        workers.call(helpers.raise_value_error, "bad input 42", timeout_s=60)
     assert failure.value.cause == "exception"
     assert "ValueError" in str(failure.value)
     assert "bad input 42" in str(failure.value)
@@ -50,7 +52,7 @@ def test_an_exception_in_the_child():
 
 def test_a_result_that_cannot_come_back_is_an_exception():
     with pytest.raises(ChildFailed) as failure:
-        isolate.call(helpers.return_unpicklable, timeout_s=60)
+        workers.call(helpers.return_unpicklable, timeout_s=60)
     assert failure.value.cause == "exception"
     assert "not transferable" in str(failure.value)
 
@@ -58,14 +60,14 @@ def test_a_result_that_cannot_come_back_is_an_exception():
 @pytest.mark.parametrize("signum", [signal.SIGKILL, signal.SIGSEGV], ids=["SIGKILL", "SIGSEGV"])
 def test_a_child_killed_by_a_signal(signum):
     with pytest.raises(ChildFailed) as failure:
-        isolate.call(helpers.kill_self, int(signum), timeout_s=60)
+        workers.call(helpers.kill_self, int(signum), timeout_s=60)
     assert failure.value.cause == "signal"
     assert signal.Signals(signum).name in str(failure.value)
 
 
 def test_a_child_that_exits_without_a_result():
     with pytest.raises(ChildFailed) as failure:
-        isolate.call(helpers.exit_with, 3, timeout_s=60)
+        workers.call(helpers.exit_with, 3, timeout_s=60)
     assert failure.value.cause == "exit"
     assert "3" in str(failure.value)
 
@@ -74,7 +76,7 @@ def test_a_timeout_kills_the_child(tmp_path):
     pid_file = tmp_path / "pid"
     started = time.monotonic()
     with pytest.raises(ChildFailed) as failure:
-        isolate.call(helpers.write_pid_and_sleep, str(pid_file), 60, timeout_s=3)
+        workers.call(helpers.write_pid_and_sleep, str(pid_file), 60, timeout_s=3)
     took = time.monotonic() - started
     assert failure.value.cause == "timeout"
     assert "3 s" in str(failure.value)
@@ -85,7 +87,7 @@ def test_a_timeout_kills_the_child(tmp_path):
 def test_a_timeout_kills_the_childs_workers_too(tmp_path):
     pid_file = tmp_path / "pids"
     with pytest.raises(ChildFailed) as failure:
-        isolate.call(helpers.start_worker_and_sleep, str(pid_file), 60, timeout_s=4)
+        workers.call(helpers.start_worker_and_sleep, str(pid_file), 60, timeout_s=4)
     assert failure.value.cause == "timeout"
     child, worker = (int(p) for p in pid_file.read_text().split())
     assert process_gone(child)
@@ -95,7 +97,7 @@ def test_a_timeout_kills_the_childs_workers_too(tmp_path):
 def test_a_crashed_childs_workers_do_not_survive_it(tmp_path):
     pid_file = tmp_path / "pids"
     with pytest.raises(ChildFailed) as failure:
-        isolate.call(helpers.start_worker_and_die, str(pid_file), int(signal.SIGKILL), timeout_s=60)
+        workers.call(helpers.start_worker_and_die, str(pid_file), int(signal.SIGKILL), timeout_s=60)
     assert failure.value.cause == "signal"
     child, worker = (int(p) for p in pid_file.read_text().split())
     try:
@@ -109,7 +111,7 @@ def test_a_timeout_during_the_childs_start_up_still_kills_it(tmp_path):
     pid_file = tmp_path / "pid"
     slow_start = helpers.SlowToUnpickle(30, seconds=1.0)  # the child starts for 1 s
     with pytest.raises(ChildFailed) as failure:
-        isolate.call(helpers.write_pid_and_sleep, str(pid_file), slow_start, timeout_s=0.3)
+        workers.call(helpers.write_pid_and_sleep, str(pid_file), slow_start, timeout_s=0.3)
     assert failure.value.cause == "timeout"
     deadline = time.monotonic() + 5
     while not pid_file.exists() and time.monotonic() < deadline:
@@ -128,6 +130,65 @@ def _kill_if_alive(pid: int) -> None:
         os.kill(pid, signal.SIGKILL)
     except ProcessLookupError:
         pass
+
+
+def test_a_worker_builds_its_handler_once_and_answers_every_request_in_one_child():
+    worker = Worker(helpers.Counter, (10,))
+    try:
+        first, pid = worker.request("add", 1, timeout_s=60)
+        worker.send("add", 5)
+        second, same_pid = worker.receive(timeout_s=60)
+    finally:
+        worker.close()
+    assert (first, second) == (11, 16)
+    assert pid == same_pid != os.getpid()
+    assert process_gone(pid)
+
+
+def test_a_request_that_outlives_its_timeout_kills_the_worker_and_its_workers(tmp_path):
+    """The production path: a child that answered before (prepare) hangs in a later request
+    (a timed block)."""
+    pid_file = tmp_path / "pids"
+    worker = Worker(helpers.Counter, (0,))
+    try:
+        _, pid = worker.request("add", 1, timeout_s=60)
+        started = time.monotonic()
+        with pytest.raises(ChildFailed) as failure:
+            worker.request("start_worker_and_sleep", str(pid_file), 60, timeout_s=3)
+        took = time.monotonic() - started
+    finally:
+        worker.close()
+    assert failure.value.cause == "timeout"
+    assert "3 s" in str(failure.value)
+    assert 3 <= took < 3 + 5, took
+    child, grandchild = (int(p) for p in pid_file.read_text().split())
+    assert child == pid
+    assert process_gone(child, wait_s=0.5)
+    assert process_gone(grandchild), "the worker's own worker outlived the timeout"
+
+
+def test_a_handler_that_cannot_be_built_is_the_first_requests_exception():
+    worker = Worker(helpers.refuse_to_build, ("no such model",))
+    try:
+        with pytest.raises(ChildFailed) as failure:
+            worker.request("add", 1, timeout_s=60)
+    finally:
+        worker.close()
+    assert failure.value.cause == "exception"
+    assert "ValueError: no such model" in str(failure.value)
+    assert "refuse_to_build" in failure.value.detail
+
+
+def test_the_inline_worker_answers_as_a_child_would():
+    inline = InlineWorker(helpers.Counter, (10,))
+    assert inline.request("add", 1, timeout_s=60) == (11, os.getpid())
+    with pytest.raises(ChildFailed) as failure:
+        inline.request("add", "one", timeout_s=60)
+    assert failure.value.cause == "exception"
+    assert "TypeError" in str(failure.value)
+    with pytest.raises(ChildFailed) as failure:
+        InlineWorker(helpers.refuse_to_build, ("no such model",)).request("add", 1, timeout_s=60)
+    assert "ValueError: no such model" in str(failure.value)
 
 
 def test_failures_are_runtime_errors_with_a_cause():

@@ -1,0 +1,273 @@
+"""Build: takes the rewritten detector as Outputs (runner/backends/static_graph/outputs.py) and
+example images of one size and batch, returns an AOTInductor package: one `.pt2` file that holds
+the compiled forward, its kernels (the Triton NMS of runner.ops included) and its weights, and
+that loads without detectron2 or d2bench's model code.
+
+    export(outputs, images)                 torch.export (non-strict) -> ExportedProgram
+    package_key(program, ...)               what makes two builds the same package (the cache)
+    compile_package(program, path, meta)    AOTInductor -> path (written atomically)
+    build(outputs, images, path | cache)    the three above, with a cache of packages by key
+    load(path)                              aoti_load_package (single-threaded runner: the
+                                            mode that a CUDA graph may capture)
+    requirements(meta), snippet(path, meta) what loading it needs, and how, in words
+
+One package serves one input size and batch, as a TensorRT engine serves one profile: the
+rewrite's budgets and every tensor shape follow from the size, and a CUDA graph replays one
+shape anyway, so `shapes=dynamic` makes one package per size rather than a graph with dynamic
+dimensions (which would give up the fixed-shape kernels and the replay).
+
+What a package needs at load time, in the loading process: the torch version it was built with
+(AOTInductor's runtime is not promised across versions) and, on CUDA, a GPU of the same compute
+capability (its kernels are compiled for it); torchvision's ops, which it calls by name
+(`torchvision::roi_align`: `import torchvision`, or in C++ load torchvision's library); and for a
+CPU package the CPU kernel of d2bench's NMS op (`import runner.ops`). The package's metadata
+(`get_metadata()`) records the contract, the sizes and what built it.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import time
+from dataclasses import asdict, dataclass
+from pathlib import Path
+
+import torch
+
+from runner.backends.static_graph.outputs import VERSION, field_names
+
+log = logging.getLogger(__name__)
+
+OPS_SOURCES = ("nms.py", "nms_triton.py")  # runner/ops files whose kernels a package compiles
+
+
+@dataclass
+class Package:
+    """A package on disk and what making it cost (None where it came from the cache)."""
+
+    path: Path
+    key: str
+    size_mb: float
+    export_s: float
+    compile_s: float | None  # None: reused from the cache
+    built_compile_s: float | None  # what the compile cost when the cached package was made
+
+
+def export(outputs: torch.nn.Module, images: tuple[torch.Tensor, ...]):
+    """The forward traced by torch.export (non-strict, no gradients): every shape static."""
+    with torch.no_grad():
+        return torch.export.export(outputs, tuple(images), strict=False)
+
+
+def _tensor_digest(hasher, tensors: dict) -> None:
+    for name in sorted(tensors):
+        value = tensors[name]
+        hasher.update(name.encode())
+        if isinstance(value, torch.Tensor):
+            value = value.detach()
+            hasher.update(f"{value.dtype}{tuple(value.shape)}{value.stride()}".encode())
+            hasher.update(value.contiguous().reshape(-1).cpu().view(torch.uint8).numpy().tobytes())
+        else:
+            hasher.update(repr(value).encode())
+
+
+def package_key(program, device: torch.device, extra: dict) -> str:
+    """24 hex digits naming what a package would hold: the exported graph, its weights and
+    constants, the kernels' sources, torch's version, the GPU's kind and the flags that steer
+    compilation (TF32, `extra`). Two builds with the same key make the same package."""
+    from runner.precision import tf32_state
+
+    hasher = hashlib.sha256()
+    hasher.update(str(program.graph_module.code).encode())
+    _tensor_digest(hasher, dict(program.state_dict))
+    _tensor_digest(hasher, dict(program.constants))
+    ops = Path(__file__).resolve().parents[2] / "ops"
+    for name in OPS_SOURCES:
+        hasher.update((ops / name).read_bytes())
+    gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
+    capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else ""
+    text = json.dumps(
+        {
+            "torch": torch.__version__,
+            "device": f"{gpu} {capability}",
+            "tf32": tf32_state(),
+            "contract": VERSION,
+            **extra,
+        },
+        sort_keys=True,
+        default=str,
+    )
+    hasher.update(text.encode())
+    return hasher.hexdigest()[:24]
+
+
+def metadata(outputs: tuple, images: tuple[torch.Tensor, ...], extra: dict) -> dict[str, str]:
+    """What the package says about itself (strings, as AOTInductor stores them)."""
+    device = images[0].device
+    meta = {
+        "d2bench.contract": VERSION,
+        "d2bench.outputs": ",".join(field_names(outputs)),
+        "d2bench.inputs": f"{len(images)} x [3, {images[0].shape[-2]}, {images[0].shape[-1]}]"
+        f" {str(images[0].dtype).replace('torch.', '')}",
+        "d2bench.torch": torch.__version__,
+        "d2bench.device": device.type,
+    }
+    if device.type == "cuda":
+        major, minor = torch.cuda.get_device_capability(device)
+        meta["d2bench.gpu"] = torch.cuda.get_device_name(device)
+        meta["d2bench.sm"] = f"sm_{major}{minor}"
+    meta.update({f"d2bench.{k}": str(v) for k, v in extra.items()})
+    return meta
+
+
+def compile_package(program, path: Path, meta: dict[str, str]) -> Path:
+    """AOTInductor's compile of `program` into `path`, in a process of its own
+    (compile_worker.py says why): the program is saved next to `path` (torch.export.save), the
+    worker compiles it with Inductor's usual pool of compile workers (D2BENCH_COMPILE_THREADS
+    sets its size where several builds share a machine), and the package is written to a
+    temporary name first and renamed, so that a reader never sees half a package."""
+    import subprocess
+    import sys
+    import tempfile
+
+    path.parent.mkdir(parents=True, exist_ok=True)
+    partial = path.with_name(f".{path.stem}.{os.getpid()}.partial.pt2")
+    with tempfile.TemporaryDirectory(dir=path.parent, prefix=".compile-") as work:
+        saved, meta_file = Path(work) / "program.pt2", Path(work) / "metadata.json"
+        torch.export.save(program, saved)
+        meta_file.write_text(json.dumps(meta))
+        env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_COMPILE_THREADS"}
+        if os.environ.get("D2BENCH_COMPILE_THREADS"):  # several builds sharing one machine
+            env["TORCHINDUCTOR_COMPILE_THREADS"] = os.environ["D2BENCH_COMPILE_THREADS"]
+        root = str(Path(__file__).resolve().parents[3])
+        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+        worker = "runner.backends.aot_package.compile_worker"
+        command = [sys.executable, "-m", worker, str(saved), str(partial), str(meta_file)]
+        try:
+            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            if done.returncode != 0:
+                tail = "\n".join(done.stderr.strip().splitlines()[-20:])
+                raise RuntimeError(f"AOTInductor's compile failed ({done.returncode}):\n{tail}")
+            os.replace(partial, path)
+        finally:
+            partial.unlink(missing_ok=True)
+    return path
+
+
+def build(
+    outputs: torch.nn.Module,
+    images: tuple[torch.Tensor, ...],
+    meta_extra: dict,
+    *,
+    path: Path | None = None,
+    cache_dir: Path | None = None,
+    reuse: bool = True,
+) -> Package:
+    """Export `outputs` at `images`, then compile it into `path`, or into `cache_dir` under its
+    key (reusing a package already there when `reuse`). The forward must have run eagerly at
+    this size before (anchors are made outside any trace: detector.Anchors)."""
+    if (path is None) == (cache_dir is None):
+        raise ValueError("build: give exactly one of path and cache_dir")
+    started = time.perf_counter()
+    log.info("exporting the rewritten forward at %s (torch.export)", _shapes(images))
+    program = export(outputs, images)
+    export_s = time.perf_counter() - started
+    key = package_key(program, images[0].device, {"meta": meta_extra})
+    record = None
+    if cache_dir is not None:
+        path = Path(cache_dir) / f"{key}.pt2"
+        record = path.with_suffix(".json")
+        if reuse and path.is_file() and record.is_file():
+            built = json.loads(record.read_text())
+            log.info("package %s: reused (built in %.1f s)", path, built["compile_s"])
+            return Package(path, key, _mb(path), export_s, None, built["compile_s"])
+    with torch.no_grad():
+        sample = outputs(*images)
+    meta = metadata(sample, images, {"key": key, **meta_extra})
+    log.info("compiling the package with AOTInductor (tens of seconds on a GPU host)")
+    started = time.perf_counter()
+    compile_package(program, Path(path), meta)
+    compile_s = time.perf_counter() - started
+    package = Package(Path(path), key, _mb(Path(path)), export_s, compile_s, compile_s)
+    if record is not None:
+        text = json.dumps({**asdict(package), "path": str(path), "metadata": meta}, indent=1)
+        record.write_text(text + "\n")
+    log.info(
+        "package %s: %.1f MB, export %.1f s, compile %.1f s",
+        path,
+        package.size_mb,
+        export_s,
+        compile_s,
+    )
+    return package
+
+
+# What a process that loads packages sets before torch starts: no pool of compile workers (on
+# torch 2.11 a package crashed at load wherever that pool ran: compile_worker.py).
+LOADER_ENVIRONMENT = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
+
+
+def load(path: Path, device: torch.device):
+    """The package loaded as a user would (torch._inductor.aoti_load_package), with the
+    single-threaded runner, the one a CUDA graph may capture; and the seconds it took. The
+    process should have LOADER_ENVIRONMENT from its start; Inductor's setting is made here too,
+    for a pool that has not been started yet."""
+    import torch._inductor.config as inductor_config
+
+    inductor_config.compile_threads = 1
+    started = time.perf_counter()
+    index = device.index if device.type == "cuda" and device.index is not None else -1
+    loaded = torch._inductor.aoti_load_package(
+        str(path), run_single_threaded=True, device_index=index
+    )
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+    return loaded, time.perf_counter() - started
+
+
+def requirements(meta: dict[str, str]) -> list[str]:
+    """What a process needs to load a package with this metadata, one line each."""
+    needs = [f"torch {meta['d2bench.torch']} (AOTInductor packages are built for one version)"]
+    if meta.get("d2bench.device") == "cuda":
+        needs.append(
+            f"a CUDA GPU of compute capability {meta['d2bench.sm']} (built on "
+            f"{meta['d2bench.gpu']}); neither Triton nor a compiler"
+        )
+    else:
+        needs.append("the CPU kernel of d2bench's NMS op: `import runner.ops` before loading")
+    needs.append(
+        "torchvision's ops, which the package calls by name (torchvision::roi_align): "
+        "`import torchvision` (C++: load torchvision's library, libtorchvision or _C.so)"
+    )
+    needs.append("no detectron2 and none of d2bench's model code")
+    return needs
+
+
+def snippet(path: Path, meta: dict[str, str]) -> str:
+    """A short program that loads the package and runs one image (what the CLI prints)."""
+    batch, shape = meta["d2bench.inputs"].split(" x ")
+    _, height, width = (int(v) for v in shape.split("]")[0].strip("[").split(","))
+    device = meta.get("d2bench.device", "cuda")
+    imports = "import torch, torchvision" + (
+        "\nimport runner.ops  # the CPU kernel of d2bench::greedy_nms" if device == "cpu" else ""
+    )
+    names = meta["d2bench.outputs"].replace(",", ", ")
+    images = ", ".join(["image"] * int(batch))
+    return f"""{imports}
+
+model = torch._inductor.aoti_load_package("{path}")
+# one float32 [3, {height}, {width}] tensor per image: BGR, 0-255, as detectron2 takes it
+image = torch.rand(3, {height}, {width}, device="{device}") * 255
+{names} = model({images})
+n = int(counts[0])  # image 0's detections: the first n slots
+print(boxes[0, :n], scores[0, :n], classes[0, :n])"""
+
+
+def _mb(path: Path) -> float:
+    return path.stat().st_size / 1e6
+
+
+def _shapes(images) -> str:
+    return f"{len(images)} x {list(images[0].shape)}"

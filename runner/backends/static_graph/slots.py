@@ -1,0 +1,75 @@
+"""Slots: a fixed number of detection slots per image with a validity mask, and the two ways
+every head fills them: `select` (per-class NMS through the custom op, the best detections) and
+`compact` (the valid slots first, in order, as removing the others would leave them).
+
+Every head of the rewrite (roi_heads.py, dense.py) answers with Slots; post-processing
+(postprocess.py) and the package's Outputs (outputs.py) take them. Nothing is removed: what
+detectron2 would drop is masked and rides along in padded slots.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import torch
+
+from runner.backends.static_graph.nms import batched_nms_topk
+
+
+@dataclass
+class Slots:
+    """Detections of N images in D fixed slots each; `valid` marks the real ones."""
+
+    boxes: torch.Tensor  # [N, D, 4] fp32
+    scores: torch.Tensor  # [N, D]
+    classes: torch.Tensor  # [N, D] int64
+    valid: torch.Tensor  # [N, D] bool
+    exact: torch.Tensor  # [N] bool: the slots are provably what detectron2 returns
+    masks: torch.Tensor | None = None  # [N, D, 1, S, S] probabilities or [N, D, H, W] bool
+
+
+def _gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
+    """values [N, M, ...] at index [N, D] -> [N, D, ...]."""
+    shape = index.shape + values.shape[2:]
+    expanded = index.view(*index.shape, *([1] * (values.dim() - 2))).expand(shape)
+    return values.gather(1, expanded)
+
+
+def select(
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    classes: torch.Tensor,
+    valid: torch.Tensor,
+    nms_thresh: float,
+    detections: int,
+    max_candidates: int,
+) -> Slots:
+    """Per-class NMS over [N, M] candidates, then the best `detections` survivors."""
+    index, kept, exact = batched_nms_topk(
+        boxes, scores, classes, valid, nms_thresh, detections, max_candidates=max_candidates
+    )
+    out_boxes = torch.where(
+        kept[..., None], _gather(boxes, index), torch.zeros((), device=boxes.device)
+    )
+    return Slots(
+        boxes=out_boxes,
+        scores=torch.where(
+            kept, _gather(scores, index), torch.zeros((), dtype=scores.dtype, device=scores.device)
+        ),
+        classes=torch.where(kept, _gather(classes, index), torch.zeros_like(index)),
+        valid=kept,
+        exact=exact,
+    )
+
+
+def compact(slots: Slots) -> Slots:
+    """Move the valid slots to the front, keeping their order (what removing the others does)."""
+    order = torch.sort((~slots.valid).to(torch.uint8), dim=1, stable=True).indices
+    return Slots(
+        boxes=_gather(slots.boxes, order),
+        scores=_gather(slots.scores, order),
+        classes=_gather(slots.classes, order),
+        valid=_gather(slots.valid, order),
+        exact=slots.exact,
+        masks=None if slots.masks is None else _gather(slots.masks, order),
+    )

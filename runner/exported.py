@@ -1,0 +1,156 @@
+"""The exported form of a model, shared by the run (runner.run) and the parts it uses: the model
+families, which wrap their models into it, and the backends, which optimize it. Takes a family's
+wrapped module; holds an `Exported`: an eager module with tensor-only I/O that a backend can
+optimize, the means to turn it into TorchScript, and the decoding of its outputs into per-image
+`Detections`.
+
+Every module made here has the same calling convention: ``module(*images)`` with one CHW tensor
+per image returns a flat tuple of tensors, the same fields for every image: every field the model
+returns, boxes, scores and classes first, then the others sorted by the family's name for them
+(detectron2: pred_keypoint_heatmaps, pred_keypoints, pred_masks; torchvision: keypoints,
+keypoints_scores, masks). The eager module records those names in the `Layout` when it runs
+(the parity reference runs it first); `decode` reads them back. Each family wraps its own
+models the way it supports (runner.families: `wrap`, which runner.run.export calls) and names
+their output fields (`RENAMES`).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import torch
+from torch import nn
+
+from runner import families
+
+LEADING = ("boxes", "scores", "classes")  # the Detections names that come first, in this order
+
+
+@dataclass
+class Detections:
+    """One image's detections, as parity (runner.run.parity) compares them."""
+
+    boxes: torch.Tensor  # (N, 4) x1, y1, x2, y2
+    scores: torch.Tensor  # (N,)
+    classes: torch.Tensor  # (N,) int64
+    masks: torch.Tensor | None = None  # (N, [1,] h, w) probabilities or booleans
+    keypoints: torch.Tensor | None = None  # (N, K, 2) x, y
+    # every other per-detection output, by name (the family names them): no figure compares
+    # these, so they are listed as unchecked
+    extra: dict[str, torch.Tensor] = field(default_factory=dict)
+
+    def __len__(self) -> int:
+        return int(self.scores.numel())
+
+
+class Layout:
+    """The family's field names of one image's part of the flat output, in order; recorded by
+    the flattening code whenever it runs in Python (eager, while tracing or scripting's Python
+    side), never inside torch.compile's tracing (that would be a side effect in the graph)."""
+
+    def __init__(self, family: str, names: tuple[str, ...] = ()):
+        self.family = family
+        self.names = tuple(names)
+
+    def ordered(self, names) -> list[str]:
+        """`names` in flat-output order: the leading three, then the rest sorted."""
+        renames = families.get(self.family).RENAMES
+        first = {renames.get(n, n): n for n in names if renames.get(n, n) in LEADING}
+        missing = [name for name in LEADING if name not in first]
+        if missing:
+            raise ValueError(f"{self.family} output has no {missing} (fields: {sorted(names)})")
+        return [first[n] for n in LEADING] + sorted(n for n in names if n not in first.values())
+
+    def record(self, names: list[str]) -> None:
+        if torch.compiler.is_compiling():
+            return
+        if self.names and tuple(names) != self.names:
+            raise ValueError(f"output fields changed from {self.names} to {tuple(names)}")
+        self.names = tuple(names)
+
+
+def _as_tensor(name: str, value) -> torch.Tensor:
+    value = getattr(value, "tensor", value)  # detectron2 Boxes
+    if not isinstance(value, torch.Tensor):
+        raise TypeError(f"output field {name!r} is a {type(value).__name__}, not a tensor")
+    return value
+
+
+def flatten(layout: Layout, results: list[dict]) -> tuple[torch.Tensor, ...]:
+    """Per-image field dicts -> the flat tuple, every field of every image, in layout order."""
+    flat: list[torch.Tensor] = []
+    for i, fields in enumerate(results):
+        names = layout.ordered(fields)
+        if i == 0:
+            layout.record(names)
+        flat += [_as_tensor(name, fields[name]) for name in names]
+    return tuple(flat)
+
+
+@dataclass
+class Exported:
+    module: nn.Module  # eager, tensor-only I/O
+    model: nn.Module  # the detector inside `module`, for backends that rework its parts
+    method: str  # trace | script
+    example: tuple[torch.Tensor, ...]
+    make_torchscript: Callable[[], torch.jit.ScriptModule]
+    layout: Layout | None = None
+
+    @property
+    def family(self) -> str:
+        """The model family (runner.families) whose model this is."""
+        return self.layout.family if self.layout is not None else ""
+
+    def to_torchscript(self) -> torch.jit.ScriptModule:
+        return self.make_torchscript()
+
+    def decode(self, flat: tuple[torch.Tensor, ...], batch: int) -> list[Detections]:
+        """Split a flat output tuple into one Detections per image (on the CPU)."""
+        names = self.layout.names if self.layout is not None else ()
+        if not names:
+            raise ValueError("decode before the eager module ran: the output layout is unknown")
+        if len(flat) != batch * len(names):
+            raise ValueError(
+                f"{len(flat)} output tensors do not split into {batch} images of "
+                f"{len(names)} fields {names}"
+            )
+        per_image = len(names)
+        return [
+            detections(self.layout.family, names, flat[i * per_image : (i + 1) * per_image])
+            for i in range(batch)
+        ]
+
+
+def detections(family: str, names: tuple[str, ...], parts) -> Detections:
+    """One image's output tensors, named by the family, as Detections. Keypoints keep x and y;
+    their third column is detectron2's per-keypoint score (to `extra` as keypoint_scores) or
+    torchvision's visibility flag, which torchvision sets to 1 for every keypoint (dropped)."""
+    own = families.get(family)
+    fields = {}
+    for name, tensor in zip(names, parts, strict=True):
+        fields[own.RENAMES.get(name, name)] = tensor.detach().float().cpu()
+    keypoints = fields.pop("keypoints", None)
+    if keypoints is not None:
+        if own.KEYPOINT_SCORES:
+            fields["keypoint_scores"] = keypoints[..., 2]
+        keypoints = keypoints[..., :2]
+    return Detections(
+        boxes=fields.pop("boxes").reshape(-1, 4),
+        scores=fields.pop("scores").reshape(-1),
+        classes=fields.pop("classes").reshape(-1).long(),
+        masks=fields.pop("masks", None),
+        keypoints=keypoints,
+        extra=fields,
+    )
+
+
+def traced(
+    module: nn.Module, model: nn.Module, example: tuple[torch.Tensor, ...], layout: Layout
+) -> Exported:
+    """Exported whose TorchScript form is `module` traced on `example`."""
+
+    def trace():
+        return torch.jit.trace(module, example, check_trace=False)
+
+    return Exported(module, model, "trace", example, trace, layout)

@@ -1,0 +1,261 @@
+"""Packages (runner/backends/aot_package, `python -m runner.package`): made, cached, described,
+and loaded where neither detectron2 nor d2bench's backends can be imported.
+
+CPU, for real, in CI: the command's refusals (one line, exit 2, nothing written); a small
+detector in the package contract (outputs.Outputs over static_graph's own selection and NMS)
+built into a package, reused from the cache by key, and loaded in a blocked process by the very
+snippet the command prints, with the in-process answers. detectron2-marked: the command on a
+whole detector, and the package's detections in a blocked process equal to the in-process
+rewrite's (on CUDA too where there is a GPU: `gpu`).
+"""
+
+from __future__ import annotations
+
+import json
+import subprocess
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from runner.backends.aot_package import build
+from runner.backends.static_graph import slots as heads_slots
+from runner.backends.static_graph.outputs import FIELDS, Outputs, slice_detections
+from tests.helpers import REPO, have_cuda, run_module, run_python
+from tests.test_exit_codes import assert_refused_in_one_line
+from tests.test_ops import BLOCK_MODEL_CODE
+
+SMALL_D2 = ("device=cpu", "inputs.height=128", "inputs.width=160")
+FEWER = "+model.arch_options.MODEL.RPN.POST_NMS_TOPK_TEST=100"
+
+
+def run_blocked(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter where detectron2 and runner.backends cannot be imported,
+    set up as a process that loads packages is (build.LOADER_ENVIRONMENT)."""
+    return run_python("-c", BLOCK_MODEL_CODE + code, env=build.LOADER_ENVIRONMENT, timeout=timeout)
+
+
+# --- the command's refusals ----------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "args, expected",
+    [
+        (("model=retinanet",), "out=FILE.pt2"),
+        (("out=a.pt2", "out=b.pt2"), "out=FILE.pt2"),
+        (("out=model.onnx",), "ends in .pt2"),
+        (("out=/etc/hostname/model.pt2",), "cannot write there"),
+        (("out=x.pt2", "model=tv_fasterrcnn_mobilenet", "device=cpu"), "not one"),
+        (("out=x.pt2", "model=nope"), "model=nope"),
+        (("out=x.pt2", "foo=1"), "foo"),
+        (("out=x.pt2", "backend=eager"), "backend=aot_package"),
+        (("out=x.pt2", "shapes=dynamic", "device=cpu"), "one input size"),
+        (("out=x.pt2", "backend.options.reuse=maybe", "device=cpu"), "reuse"),
+    ],
+)
+def test_bad_input_is_refused_in_one_line_and_nothing_is_written(tmp_path, args, expected):
+    args = tuple(a.replace("out=x.pt2", f"out={tmp_path / 'x.pt2'}") for a in args)
+    done = run_module("runner.package", *args, cwd=tmp_path, timeout=120)
+    assert_refused_in_one_line(done, expected)
+    assert list(tmp_path.iterdir()) == []
+
+
+def test_an_output_folder_is_refused(tmp_path):
+    done = run_module("runner.package", f"out={tmp_path}", cwd=tmp_path, timeout=120)
+    assert_refused_in_one_line(done, "is a folder")
+
+
+# --- a small detector in the package contract, packaged for real ------------------------------
+
+
+class TinyDetector(nn.Module):
+    """Images -> slots.Slots, as detector.StaticDetector answers: a conv scores each pixel of a
+    coarse grid, a box per pixel, static_graph's own selection (per-class NMS through
+    d2bench::greedy_nms, best detections) and compaction."""
+
+    def __init__(self):
+        super().__init__()
+        torch.manual_seed(0)
+        self.conv = nn.Conv2d(3, 8, 3, stride=4, padding=1)
+
+    def forward(self, *images):
+        features = self.conv(torch.stack(images) / 255)
+        n, _, height, width = features.shape
+        scores = features[:, 0].flatten(1).sigmoid()
+        size = 12 + 12 * features[:, 1].flatten(1).sigmoid()
+        grid = dict(dtype=torch.float32, device=features.device)
+        ys = (torch.arange(height, **grid) * 4).repeat_interleave(width)
+        xs = (torch.arange(width, **grid) * 4).repeat(height)
+        boxes = torch.stack([xs - size, ys - size, xs + size, ys + size], -1)
+        classes = (features[:, 2].flatten(1) > 0).long()
+        slots = heads_slots.select(boxes, scores, classes, scores > 0.5, 0.5, 40, 128)
+        return heads_slots.compact(slots)
+
+
+@pytest.mark.slow
+def test_a_package_is_built_reused_described_and_loaded_by_its_snippet(tmp_path):
+    outputs = Outputs(TinyDetector().eval(), None).eval()
+    images = (torch.rand(3, 64, 80) * 255,)
+    with torch.no_grad():
+        expected = outputs(*images)
+    assert [t.shape for t in expected[:4]] == [(1, 40, 4), (1, 40), (1, 40), (1,)]
+    count = int(expected[FIELDS.index("counts")][0])
+    assert 0 < count < 40, "the case keeps some boxes, and padded slots follow"
+
+    meta_extra = {"model": "tiny", "precision": "fp32"}
+    first = build.build(outputs, images, meta_extra, cache_dir=tmp_path / "cache")
+    again = build.build(outputs, images, meta_extra, cache_dir=tmp_path / "cache")
+    assert first.compile_s is not None and first.compile_s > 0, "the first build compiles"
+    assert again.compile_s is None and again.key == first.key and again.path == first.path
+    assert again.built_compile_s == pytest.approx(first.compile_s)
+    record = json.loads(first.path.with_suffix(".json").read_text())
+    assert record["key"] == first.key and record["metadata"]["d2bench.model"] == "tiny"
+    other = Outputs(TinyDetector().eval(), None).eval()
+    other.detector.conv.bias.data += 1  # other weights: another package
+    assert build.build(other, images, meta_extra, cache_dir=tmp_path / "cache").key != first.key
+
+    loaded, load_s = build.load(first.path, torch.device("cpu"))
+    meta = loaded.get_metadata()
+    assert meta["d2bench.outputs"] == "boxes,scores,classes,counts,exact"
+    assert meta["d2bench.inputs"] == "1 x [3, 64, 80] float32" and load_s >= 0
+    got = loaded(*images)
+    for want, have in zip(expected, got, strict=True):  # Inductor's fused conv epilogue: ulps
+        if want.is_floating_point():
+            torch.testing.assert_close(have, want, rtol=1e-5, atol=1e-4)
+        else:
+            assert torch.equal(want, have)
+    flat = slice_detections(got, [count])
+    assert [len(t) for t in flat] == [count] * 3
+    assert any("runner.ops" in line for line in build.requirements(meta))
+
+    # the snippet the command prints, as printed, in a process without the model code
+    torch.save({"image": images[0], "expected": expected}, tmp_path / "io.pt")
+    snippet = build.snippet(first.path, meta)
+    check = textwrap.dedent(
+        f"""
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        boxes, scores, classes, counts, exact = model(io["image"])
+        assert torch.equal(counts, io["expected"][3]) and torch.equal(classes, io["expected"][2])
+        torch.testing.assert_close(boxes, io["expected"][0], rtol=1e-5, atol=1e-4)
+        assert bool(exact.all())
+        print("snippet ran")
+        """
+    )
+    done = run_blocked(snippet + "\n" + check)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("snippet ran")
+
+
+def test_build_takes_a_path_or_a_cache_not_both(tmp_path):
+    outputs = Outputs(TinyDetector().eval(), None).eval()
+    with pytest.raises(ValueError, match="exactly one"):
+        build.build(
+            outputs, (torch.rand(3, 32, 32),), {}, path=tmp_path / "a.pt2", cache_dir=tmp_path
+        )
+
+
+# --- whole detectors (detectron2) -----------------------------------------------------------
+
+
+@pytest.mark.detectron2
+@pytest.mark.slow
+@pytest.mark.parametrize("device", ["cpu", pytest.param("cuda", marks=pytest.mark.gpu)])
+def test_the_command_packages_a_detector_that_answers_without_detectron2(tmp_path, device):
+    """`python -m runner.package` on Mask R-CNN FPN (masks included), then the package in a
+    process without detectron2 or the backends: its detections equal the in-process rewrite's
+    (the command's own check, repeated here across processes)."""
+    if device == "cuda" and not have_cuda():
+        pytest.skip("needs a CUDA device: torch.cuda.is_available() is False on this machine")
+    out = tmp_path / "fpn.pt2"
+    precision = "precision=fp16" if device == "cuda" else "precision=fp32"
+    args = (f"out={out}", "model=mask_rcnn_fpn", f"device={device}", precision, FEWER)
+    sizes = SMALL_D2[1:] if device == "cpu" else ()
+    done = run_module("runner.package", *args, *sizes, cwd=tmp_path, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert f"package: {out}" in done.stdout and "largest difference" in done.stdout
+    assert out.is_file() and "no detectron2" in done.stdout
+
+    from runner.backends import static_graph, validate_options
+    from runner.config import to_config
+    from runner.run.measurement import build as build_run
+    from tests.helpers import compose_config
+
+    overrides = (*args[1:], *sizes, "backend=aot_package", "command=t", f"output_dir={tmp_path}")
+    cfg = to_config(compose_config(*overrides))
+
+    built = build_run(cfg, torch.device(device))
+    outputs, _ = static_graph.rewrite(
+        built.exported, cfg.precision, validate_options("aot_package", cfg.backend.options)
+    )
+    images = built.images.images["opt"]
+    with torch.no_grad():
+        expected = outputs(*images)
+    torch.save(
+        {"images": [i.cpu() for i in images], "expected": [t.cpu() for t in expected]},
+        tmp_path / "io.pt",
+    )
+    code = textwrap.dedent(
+        f"""
+        import torch, torchvision
+        import runner.ops
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        model = torch._inductor.aoti_load_package({str(out)!r})
+        got = model(*[i.to({device!r}) for i in io["images"]])
+        want = io["expected"]
+        n = int(want[3][0])
+        assert n > 0 and torch.equal(got[3].cpu(), want[3]) and torch.equal(got[2].cpu(), want[2])
+        torch.testing.assert_close(got[0].cpu(), want[0], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(got[1].cpu(), want[1], rtol=1e-4, atol=1e-4)
+        assert "detectron2" not in sys.modules
+        print("same detections", n)
+        """
+    )
+    done = run_blocked(code, timeout=600)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "same detections" in done.stdout
+
+
+# --- the docs and the README say what the command prints --------------------------------------
+
+DOCS = REPO / "docs" / "packages.md"
+EXAMPLE = {  # the metadata of the docs' example package (Mask R-CNN FPN, fp16, batch 1, CUDA)
+    "d2bench.inputs": "1 x [3, 480, 640] float32",
+    "d2bench.outputs": "boxes,scores,classes,counts,exact,masks",
+    "d2bench.device": "cuda",
+}
+
+
+def test_the_docs_show_the_snippet_the_command_prints():
+    text = DOCS.read_text()
+    block = text.split("## Load it in Python", 1)[1].split("```python\n", 1)[1].split("```", 1)[0]
+    assert block.strip() == build.snippet(Path("mask_rcnn_fpn_fp16.pt2"), EXAMPLE).strip()
+
+
+def test_the_docs_name_every_output_of_the_contract():
+    text = DOCS.read_text().split("## What it takes and returns", 1)[1].split("\n## ", 1)[0]
+    for name in (*FIELDS, "masks"):
+        assert f"`{name}" in text, name
+
+
+def test_the_package_commands_of_the_readme_and_docs_pass_the_commands_checks(tmp_path):
+    """Every `python -m runner.package` line shown composes (the command's own checks up to
+    building, on this machine's device)."""
+    import shlex
+
+    from runner import package
+
+    readme = (REPO / "README.md").read_text()
+    lines = [
+        line.replace("\\\n", " ")
+        for text in (readme, DOCS.read_text())
+        for line in text.replace("\\\n    ", " ").splitlines()
+        if line.startswith("python -m runner.package ")
+    ]
+    assert len(lines) >= 3, lines
+    for line in lines:
+        out, overrides = package.split_out(shlex.split(line)[3:])
+        overrides = [o for o in overrides if not o.startswith("model.weights=")]
+        cfg = package.compose([*overrides, "device=cpu"], tmp_path)
+        assert cfg.backend.name == "aot_package" and out.suffix == ".pt2"
