@@ -50,7 +50,7 @@ def test_the_config_gives_every_identity_column_but_the_ones_the_run_states(make
     cfg = make_config(*SMALL_CPU_RUN, "batch=2", "+model.arch_options.box_score_thresh=0.1")
     values = identity.identity(cfg)
     stated = [c.name for c in identity.IDENTITY if c.of_config is None]
-    assert stated == ["weights"]
+    assert stated == ["weights", "accuracy_dataset"]  # digests the child reads from the files
     assert list(values) == [name for name in identity.identity_columns() if name not in stated]
     assert values["batch"] == 2 and values["image_hw"] == "160x224"
     assert values["arch_options"] == "box_score_thresh=0.1"
