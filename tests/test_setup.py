@@ -89,3 +89,19 @@ def test_warnings_a_user_can_act_on_are_still_shown():
     assert done.returncode == 0, done.stderr
     assert "a warning about the run itself" in done.stderr
     assert "torch.jit.trace" not in done.stderr
+
+
+def test_setuptools_reads_pyproject_without_a_warning():
+    """`make setup` installs the project with setuptools (77 or newer, as pyproject.toml's build
+    requirements say): reading its metadata must not warn (a `license = {text = ...}` table
+    made it warn three times per install)."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distribution = apply_configuration(Distribution(), REPO / "pyproject.toml")
+    assert [str(w.message).splitlines()[0] for w in caught] == []
+    assert distribution.metadata.license_expression == "Apache-2.0"
