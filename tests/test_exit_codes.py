@@ -134,6 +134,46 @@ def test_a_misspelt_detectron2_key_is_refused_before_any_child(tmp_path):
     assert not run.exists()
 
 
+TORCHVISION_KEYWORDS_UNUSED = [
+    (
+        "+model.arch_options.box_detectionz_per_img=50",
+        ["box_detectionz_per_img=50", "nearest: box_detections_per_img"],
+    ),
+    ("+model.arch_options.MODEL.FOO=1", ["MODEL={'FOO': 1}"]),
+]
+
+
+@pytest.mark.parametrize(
+    "option, expected", TORCHVISION_KEYWORDS_UNUSED, ids=[o for o, _ in TORCHVISION_KEYWORDS_UNUSED]
+)
+def test_a_torchvision_keyword_the_builder_does_not_use_is_refused_before_the_run(
+    tmp_path, option, expected
+):
+    """torchvision's builders swallow unknown keywords (FasterRCNN passes **kwargs on to its
+    transform, which ignores them): a misspelt one ran a whole benchmark and its row recorded
+    it as if it applied. Now it is one line, exit 2, nothing written, as for detectron2."""
+    run = tmp_path / "run"
+    done = run_runner(*SMALL_CPU_RUN, option, f"hydra.run.dir={run}", timeout=180)
+    assert_refused_in_one_line(
+        done, "fasterrcnn_mobilenet_v3_large_320_fpn uses no keyword", *expected
+    )
+    assert not run.exists()
+
+
+def test_torchvision_keywords_the_builder_uses_pass_preflight(make_config):
+    from runner import preflight
+
+    preflight.check(
+        make_config(
+            "model=tv_fasterrcnn_mobilenet",
+            "device=cpu",
+            "+model.arch_options.box_detections_per_img=50",
+            "+model.arch_options.min_size=300",
+        )
+    )
+    preflight.check(make_config("model=tv_maskrcnn", "device=cpu"))  # its file's min/max_size
+
+
 def test_the_detectron2_install_commands_printed_are_the_readmes():
     """What a run prints when detectron2 is missing is what the README says to run."""
     from runner.families.detectron2 import INSTALL as DETECTRON2_INSTALL
