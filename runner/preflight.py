@@ -1,8 +1,9 @@
 """Preflight: takes a validated Config and raises ConfigError for what this machine cannot run,
 before any child is started or any output written: a device torch cannot see, detectron2
-absent, a detectron2 config key it does not have or a torchvision keyword its builder does not
-use (the family's check), an unreadable image or checkpoint, backend options the backend
-rejects. `refusal` asks the same of a sweep's job before the sweep starts."""
+absent, a model-zoo config it does not have, a detectron2 config key it does not have or a
+torchvision keyword its builder does not use (the family's check), an unreadable image or
+checkpoint, backend options the backend rejects. `refusal` asks the same of a sweep's job
+before the sweep starts."""
 
 from __future__ import annotations
 

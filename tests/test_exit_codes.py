@@ -174,6 +174,25 @@ def test_torchvision_keywords_the_builder_uses_pass_preflight(make_config):
     preflight.check(make_config("model=tv_maskrcnn", "device=cpu"))  # its file's min/max_size
 
 
+@pytest.mark.detectron2
+@pytest.mark.parametrize(
+    "arch, nearest",
+    [
+        ("COCO-Detection/nope.yaml", "COCO-Detection/"),
+        ("COCO-Detection/retinanet_R_50_FPN_1x.yml", "COCO-Detection/retinanet_R_50_FPN_1x.yaml"),
+    ],
+)
+def test_a_model_arch_not_in_the_model_zoo_is_refused_naming_the_nearest(tmp_path, arch, nearest):
+    """It was exit 1, an error row and a run folder ("not available in Model Zoo!")."""
+    run = tmp_path / "run"
+    done = run_runner(
+        "model=retinanet", "device=cpu", f"model.arch={arch}", f"hydra.run.dir={run}", timeout=180
+    )
+    line = assert_refused_in_one_line(done, f"model.arch={arch}: no such config", "nearest: ")
+    assert nearest in line.split("nearest: ", 1)[1], line
+    assert not run.exists()
+
+
 def test_the_detectron2_install_commands_printed_are_the_readmes():
     """What a run prints when detectron2 is missing is what the README says to run."""
     from runner.families.detectron2 import INSTALL as DETECTRON2_INSTALL
