@@ -69,6 +69,30 @@ def test_a_torchscript_run_prints_no_library_warnings_a_user_cannot_act_on(tmp_p
         assert noise not in output, output
 
 
+@pytest.mark.slow
+@pytest.mark.detectron2
+def test_a_detectron2_run_prints_no_fx_tracing_notice(tmp_path):
+    """torch.fx logs a notice for detectron2's authors whenever its poolers ask is_fx_tracing():
+    every detectron2 child printed it."""
+    done = run_runner(
+        "model=mask_rcnn_fpn",
+        "device=cpu",
+        "bench.warmup=0",
+        "bench.iters=1",
+        "bench.repeats=1",
+        "bench.rewarm=0",
+        "inputs.height=128",
+        "inputs.width=160",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "parity: {" in output, output  # the model ran its ROI pooling (where torch.fx spoke)
+    for noise in ("is_fx_tracing", "TracerWarning", "is deprecated", "warnings.warn("):
+        assert noise not in output, output
+
+
 def test_warnings_a_user_can_act_on_are_still_shown():
     script = (
         "import warnings\n"
