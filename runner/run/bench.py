@@ -167,8 +167,12 @@ def _measure(active: list[Member], todo: list[int], session: str, gpu: str, env:
             member.fail(failure, gpu)
             active.remove(member)
     prepared = time.monotonic()
+    rounds = 0  # rounds in which some member timed a block
     for turn, repeat in enumerate(todo):
-        order = active[turn % len(active) :] + active[: turn % len(active)] if active else []
+        if not active:
+            break
+        rounds += 1
+        order = active[turn % len(active) :] + active[: turn % len(active)]
         for member in order:
             try:
                 block = member.worker.request("time_block", repeat, timeout_s=timeout)
@@ -194,11 +198,18 @@ def _measure(active: list[Member], todo: list[int], session: str, gpu: str, env:
         member.close()
         log.info("stages of %s (s): %s", member.cfg.backend.name, _stages_text(finished.stages))
         _log_result(member)
+    if not rounds:  # every member ended before timing (an error or unsupported row)
+        log.info(
+            "session %s: prepare %.1f s; nothing timed: every backend ended before its blocks",
+            session,
+            prepared - started,
+        )
+        return
     log.info(
         "session %s: prepare %.1f s, %d timed rounds %.1f s, finish %.1f s",
         session,
         prepared - started,
-        len(todo),
+        rounds,
         timed - prepared,
         time.monotonic() - timed,
     )
