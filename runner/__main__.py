@@ -72,10 +72,10 @@ def run_job(cfg: DictConfig) -> Row | None:
         config, job = split(cfg)
         preflight.check(config)
     except ConfigError as error:
-        log.error("invalid configuration: %s", error)
         remove_if_only_hydra_wrote(Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.name)
         if single:
-            raise SystemExit(2) from None
+            preflight.refuse(str(error))
+        log.error("%s%s", preflight.REFUSAL, error)  # a sweep's job: the sweep goes on
         return None
     job.command = job.command or command_line()
     index = None if single else hydra_cfg.job.num
@@ -96,17 +96,11 @@ def main(cfg: DictConfig) -> Row | None:
     return run_job(cfg)
 
 
-def refuse(message: str) -> None:
-    """Input no run can use: one line, exit code 2 (nothing has been written yet)."""
-    sys.stderr.write(f"invalid configuration: {message}\n")
-    raise SystemExit(2)
-
-
 def entry(argv: list[str]) -> None:
     try:
         check_command_line(argv)
     except ConfigError as error:
-        refuse(str(error))
+        preflight.refuse(str(error))  # nothing has been written yet
     register_schema()
     OmegaConf.register_new_resolver("d2bench_gpus", lambda: len(gpus.visible_gpus()))
     main()

@@ -344,6 +344,9 @@ def options_text(cfg: Config) -> str:
 
 
 MULTIRUN_FLAGS = ("--multirun", "-m")
+# --cfg prints the composed config (--resolve, --package shape the print): its overrides must
+# compose as a run's do, so they are checked as a run's are. Each flag: how many values it takes
+PRINT_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -354,8 +357,8 @@ def check_command_line(argv: list[str]) -> None:
 
     It composes once, through Hydra's public compose API, with the overrides that are no sweep
     (a sweep's values are each a job's, which the sweeper checks before it launches any);
-    a command line with any flag but --multirun (--help, --cfg, --info, ...) is Hydra's to
-    answer."""
+    a command line with any flag but --multirun and those of --cfg (--help, --info, ...) is
+    Hydra's to answer."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -363,10 +366,16 @@ def check_command_line(argv: list[str]) -> None:
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    flags = [argument for argument in argv if argument.startswith("-")]
-    if any(flag not in MULTIRUN_FLAGS for flag in flags):
+    flags, overrides, arguments = [], [], iter(argv)
+    for argument in arguments:
+        if argument.startswith("-"):
+            flags.append(argument)
+            for _ in range(PRINT_FLAGS.get(argument, 0)):
+                next(arguments, None)  # the flag's value (--cfg job)
+        else:
+            overrides.append(argument)
+    if any(flag not in MULTIRUN_FLAGS and flag not in PRINT_FLAGS for flag in flags):
         return
-    overrides = [argument for argument in argv if not argument.startswith("-")]
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
@@ -382,7 +391,8 @@ def check_command_line(argv: list[str]) -> None:
             cfg = compose("config", overrides=fixed, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as error:
             raise ConfigError(_composition_error(error)) from None
-    if sweeps and not flags and cfg.hydra.mode != RunMode.MULTIRUN:
+    multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
+    if sweeps and not multirun and cfg.hydra.mode != RunMode.MULTIRUN:
         raise ConfigError(f"{sweeps[0].input_line}: a list of values sweeps only with --multirun")
 
 

@@ -64,6 +64,38 @@ def test_composition_errors_are_one_line_with_the_choices_and_exit_2(tmp_path, a
     assert not run_dir.exists() and not sweep_dir.exists()
 
 
+EVERY_LAYER = [  # (arguments, what the line says): one refusal from each place that refuses
+    (["model=nope"], "model=nope: no such option"),  # the command line, before Hydra
+    (["model=nope", "--cfg", "job"], "model=nope: no such option"),  # was Hydra's own, exit 1
+    ([*SMALL_CPU_RUN, "batch=0"], "batch=0; must be >= 1"),  # a single run's validation
+    ([*SMALL_CPU_RUN, "inputs.image=/no/such.jpg"], "inputs.image=/no/such.jpg: no such file"),
+    (["sweep=seed", "variant=Nope", "device=cpu"], "unknown variant(s) ['Nope']"),  # the sweep
+    (["--multirun", *SMALL_CPU_RUN, "batch=0", "seed=0,1"], "(all 2 jobs of the sweep)"),
+]
+
+
+@pytest.mark.parametrize("arguments, says", EVERY_LAYER, ids=[" ".join(a) for a, _ in EVERY_LAYER])
+def test_every_refusal_is_one_line_in_one_format(tmp_path, arguments, says):
+    """Refusals came as a bare `invalid configuration: ...`, as `[time][runner][ERROR] - ...`,
+    as `[time][HYDRA] ...` or as Hydra's many lines; now each is that one bare line."""
+    run_dir, sweep_dir = tmp_path / "run", tmp_path / "sweep"
+    folders = [f"hydra.run.dir={run_dir}", f"hydra.sweep.dir={sweep_dir}"]
+    # argparse takes no more overrides after `--cfg job`: there the folders go first
+    argv = [*folders, *arguments] if "--cfg" in arguments else [*arguments, *folders]
+    done = run_runner(*argv, timeout=180)
+    assert done.returncode == 2, done.stdout + done.stderr
+    assert done.stdout == "", done.stdout
+    (line,) = done.stderr.splitlines()
+    assert line.startswith("invalid configuration: ") and says in line, line
+    assert not run_dir.exists() and not sweep_dir.exists()
+
+
+def test_cfg_job_still_prints_the_composed_config():
+    done = run_runner("model=tv_fasterrcnn_mobilenet", "batch=2", "--cfg", "job", timeout=120)
+    assert done.returncode == 0, done.stderr
+    assert "name: tv_fasterrcnn_mobilenet" in done.stdout and "batch: 2" in done.stdout
+
+
 def test_a_sweep_whose_every_job_is_refused_says_it_once_and_writes_nothing(tmp_path):
     sweep = tmp_path / "sweep"
     done = run_runner(

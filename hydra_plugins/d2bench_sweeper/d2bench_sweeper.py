@@ -37,7 +37,7 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config import is_backend_override, value_text
 from runner.config import override_key as _key
-from runner.preflight import refusal, refused_sweep
+from runner.preflight import refusal, refuse, refused_sweep
 
 log = logging.getLogger(__name__)
 
@@ -186,14 +186,12 @@ class D2benchSweeper(Sweeper):
             jobs = self.job_overrides(arguments)
             size = launch_size(self.max_batch_size)
         except HydraException as error:  # a mistake in the sweep itself: one line, no traceback
-            log.error("sweep: %s", error)
-            raise SystemExit(2) from None
+            refuse(f"sweep: {error}")
         for number, group in enumerate(sessions(jobs)):  # hydra.verbose=hydra_plugins: the
             log.debug("session #%d : %s", number, " ".join(session_job(group)))  # whole plan
         jobs, invalid = self.legal(jobs)
         if invalid and not jobs:  # nothing can run: one line, exit 2, nothing written
-            log.error("invalid configuration: %s", refused_sweep(invalid))
-            raise SystemExit(2)
+            refuse(refused_sweep(invalid))
         for overrides, reason in invalid:
             log.error("invalid job %s: %s", overrides, reason)
         groups = sessions(jobs)
