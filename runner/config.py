@@ -179,6 +179,7 @@ def register_schema() -> None:
 
     ConfigStore.instance().store(name="d2bench_schema", node=Composed)
     OmegaConf.register_new_resolver("d2bench_dirname", job_dirname, replace=True)
+    OmegaConf.register_new_resolver("d2bench_rundir", run_dirname, replace=True)
     OmegaConf.register_new_resolver("d2bench_not_in_dirname", not_in_dirname, replace=True)
     OmegaConf.register_new_resolver("d2bench_help", _help_template, replace=True)
 
@@ -191,8 +192,9 @@ def _help_template(*, _root_: DictConfig) -> str:
 
 
 def not_in_dirname() -> list[str]:
-    """The overrides that do not name a sweep job's folder (hydra.job.config.override_dirname
-    .exclude_keys): `sweep`, whose variants name it instead, and the Job's keys."""
+    """The overrides that do not name a run's or a sweep job's folder
+    (hydra.job.config.override_dirname.exclude_keys): `sweep`, whose variants name it instead,
+    and the Job's keys (`redo` among them: it measures again in the same folder)."""
     return ["sweep", *job_keys()]
 
 
@@ -208,6 +210,13 @@ def job_dirname(override_dirname: str) -> str:
         return override_dirname
     digest = hashlib.sha1(raw).hexdigest()[:12]
     return raw[: DIRNAME_BYTES - 13].decode(errors="ignore") + "-" + digest
+
+
+def run_dirname(override_dirname: str) -> str:
+    """A single run's folder under outputs/runs/: named by its overrides as a sweep's job is
+    (job_dirname), "defaults" where it has none, so that the same command finds its folder, and
+    the repeats measured there, again (a time-stamped name never could)."""
+    return job_dirname(override_dirname) if override_dirname else "defaults"
 
 
 def unknown_keys(node: Any, cls: type, prefix: str = "") -> list[str]:
