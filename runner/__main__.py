@@ -4,7 +4,9 @@ Hydra composes conf/config.yaml with one file from each group; `run_job` validat
 it to runner.run.bench.run. In a single run the exit code is 0 for ok and unsupported rows, 1 for
 errors and parity failures, 2 for input no run can use. In --multirun the sweeper collects the
 rows and sets the exit code once every job has run. Ctrl-C stops the run or the sweep with one
-line and exit code 130; the interrupted run's row says so, and the same command resumes.
+line and exit code 130; the interrupted run's row says so, and the same command resumes (a run's
+folder is named by its overrides, conf/config.yaml): the line says which repeats it keeps and
+which it measures.
 """
 
 from __future__ import annotations
@@ -21,7 +23,7 @@ from hydra.types import RunMode
 from omegaconf import DictConfig, OmegaConf
 
 from runner import preflight
-from runner.config import ConfigError, check_command_line, register_schema, split
+from runner.config import ConfigError, check_command_line, job_dirname, register_schema, split
 from runner.identity import describe
 from runner.run import gpus
 from runner.run.bench import run
@@ -65,6 +67,21 @@ class Stopped(KeyboardInterrupt):
     a row with error `interrupted: ...`)."""
 
 
+def resuming_command(hydra_cfg: DictConfig, single: bool) -> str:
+    """What resumes this run or sweep: the same command, which finds its folder again (a run's
+    is named by its overrides, conf/config.yaml), or where the folder is named by the time
+    (`${now:...}`: a --multirun's default outputs/multirun/<time>/, or such a hydra.run.dir)
+    the same command naming that folder."""
+    key, node = ("hydra.run.dir", hydra_cfg.run) if single else ("hydra.sweep.dir", hydra_cfg.sweep)
+    if "${now:" not in str(OmegaConf.to_container(node, resolve=False).get("dir")):
+        return "the same command"
+    folder = Path(hydra_cfg.runtime.output_dir)
+    if not single:  # the job's folder is the sweep's folder / its overrides (job_dirname)
+        for _ in Path(job_dirname(hydra_cfg.job.override_dirname)).parts:
+            folder = folder.parent
+    return f"the same command with {key}={shlex.quote(str(folder))}"
+
+
 def run_job(cfg: DictConfig) -> Row | None:
     hydra_cfg = HydraConfig.get()
     single = hydra_cfg.mode == RunMode.RUN
@@ -72,10 +89,10 @@ def run_job(cfg: DictConfig) -> Row | None:
         config, job = split(cfg)
         preflight.check(config)
     except ConfigError as error:
-        log.error("invalid configuration: %s", error)
         remove_if_only_hydra_wrote(Path(hydra_cfg.runtime.output_dir), hydra_cfg.job.name)
         if single:
-            raise SystemExit(2) from None
+            preflight.refuse(str(error))
+        log.error("%s%s", preflight.REFUSAL, error)  # a sweep's job: the sweep goes on
         return None
     job.command = job.command or command_line()
     index = None if single else hydra_cfg.job.num
@@ -83,9 +100,10 @@ def run_job(cfg: DictConfig) -> Row | None:
     with Progress(named, index, (job.sweep_jobs, job.sweep_started)):
         try:
             row = run(config, job)
-        except KeyboardInterrupt:  # the children are dead and the rows written (runner.run.bench)
-            where = f"{named}: stopped; its rows are in {job.output_dir}"
-            raise Stopped(where) from None
+        except KeyboardInterrupt as stop:  # the children are dead, the rows written (run.bench)
+            rest = "" if single else "; the sweep's finished runs are kept, the others measured"
+            again = resuming_command(hydra_cfg, single)
+            raise Stopped(f"{named}: stopped; {again} resumes: {stop}{rest}") from None
     if single and row.status in ("error", "parity_fail"):
         raise SystemExit(1)
     return row
@@ -96,17 +114,11 @@ def main(cfg: DictConfig) -> Row | None:
     return run_job(cfg)
 
 
-def refuse(message: str) -> None:
-    """Input no run can use: one line, exit code 2 (nothing has been written yet)."""
-    sys.stderr.write(f"invalid configuration: {message}\n")
-    raise SystemExit(2)
-
-
 def entry(argv: list[str]) -> None:
     try:
         check_command_line(argv)
     except ConfigError as error:
-        refuse(str(error))
+        preflight.refuse(str(error))  # nothing has been written yet
     register_schema()
     OmegaConf.register_new_resolver("d2bench_gpus", lambda: len(gpus.visible_gpus()))
     main()
@@ -116,6 +128,6 @@ if __name__ == "__main__":
     try:
         entry(sys.argv[1:])
     except KeyboardInterrupt as stop:  # Ctrl-C: one line, not tracebacks
-        where = str(stop) or "before a run was recorded"
-        sys.stderr.write(f"interrupted (Ctrl-C): {where}; the same command resumes\n")
+        where = str(stop) or "before a run was recorded; the same command resumes"
+        sys.stderr.write(f"interrupted (Ctrl-C): {where}\n")
         raise SystemExit(130) from None

@@ -196,6 +196,7 @@ def register_schema() -> None:
 
     ConfigStore.instance().store(name="d2bench_schema", node=Composed)
     OmegaConf.register_new_resolver("d2bench_dirname", job_dirname, replace=True)
+    OmegaConf.register_new_resolver("d2bench_rundir", run_dirname, replace=True)
     OmegaConf.register_new_resolver("d2bench_not_in_dirname", not_in_dirname, replace=True)
     OmegaConf.register_new_resolver("d2bench_help", _help_template, replace=True)
 
@@ -208,8 +209,9 @@ def _help_template(*, _root_: DictConfig) -> str:
 
 
 def not_in_dirname() -> list[str]:
-    """The overrides that do not name a sweep job's folder (hydra.job.config.override_dirname
-    .exclude_keys): `sweep`, whose variants name it instead, and the Job's keys."""
+    """The overrides that do not name a run's or a sweep job's folder
+    (hydra.job.config.override_dirname.exclude_keys): `sweep`, whose variants name it instead,
+    and the Job's keys (`redo` among them: it measures again in the same folder)."""
     return ["sweep", *job_keys()]
 
 
@@ -225,6 +227,13 @@ def job_dirname(override_dirname: str) -> str:
         return override_dirname
     digest = hashlib.sha1(raw).hexdigest()[:12]
     return raw[: DIRNAME_BYTES - 13].decode(errors="ignore") + "-" + digest
+
+
+def run_dirname(override_dirname: str) -> str:
+    """A single run's folder under outputs/runs/: named by its overrides as a sweep's job is
+    (job_dirname), "defaults" where it has none, so that the same command finds its folder, and
+    the repeats measured there, again (a time-stamped name never could)."""
+    return job_dirname(override_dirname) if override_dirname else "defaults"
 
 
 def unknown_keys(node: Any, cls: type, prefix: str = "") -> list[str]:
@@ -380,6 +389,9 @@ def options_text(cfg: Config) -> str:
 
 
 MULTIRUN_FLAGS = ("--multirun", "-m")
+# --cfg prints the composed config (--resolve, --package shape the print): its overrides must
+# compose as a run's do, so they are checked as a run's are. Each flag: how many values it takes
+PRINT_FLAGS = {"--cfg": 1, "-c": 1, "--package": 1, "-p": 1, "--resolve": 0}
 
 
 def check_command_line(argv: list[str]) -> None:
@@ -390,8 +402,8 @@ def check_command_line(argv: list[str]) -> None:
 
     It composes once, through Hydra's public compose API, with the overrides that are no sweep
     (a sweep's values are each a job's, which the sweeper checks before it launches any);
-    a command line with any flag but --multirun (--help, --cfg, --info, ...) is Hydra's to
-    answer."""
+    a command line with any flag but --multirun and those of --cfg (--help, --info, ...) is
+    Hydra's to answer."""
     from hydra import compose, initialize_config_dir
     from hydra.core.global_hydra import GlobalHydra
     from hydra.core.override_parser.overrides_parser import OverridesParser
@@ -399,10 +411,16 @@ def check_command_line(argv: list[str]) -> None:
     from hydra.types import RunMode
     from omegaconf.errors import OmegaConfBaseException
 
-    flags = [argument for argument in argv if argument.startswith("-")]
-    if any(flag not in MULTIRUN_FLAGS for flag in flags):
+    flags, overrides, arguments = [], [], iter(argv)
+    for argument in arguments:
+        if argument.startswith("-"):
+            flags.append(argument)
+            for _ in range(PRINT_FLAGS.get(argument, 0)):
+                next(arguments, None)  # the flag's value (--cfg job)
+        else:
+            overrides.append(argument)
+    if any(flag not in MULTIRUN_FLAGS and flag not in PRINT_FLAGS for flag in flags):
         return
-    overrides = [argument for argument in argv if not argument.startswith("-")]
     register_schema()
     with initialize_config_dir(config_dir=str(CONF_DIR), version_base="1.3"):
         loader = GlobalHydra.instance().config_loader()
@@ -418,7 +436,8 @@ def check_command_line(argv: list[str]) -> None:
             cfg = compose("config", overrides=fixed, return_hydra_config=True)
         except (HydraException, OmegaConfBaseException) as error:
             raise ConfigError(_composition_error(error)) from None
-    if sweeps and not flags and cfg.hydra.mode != RunMode.MULTIRUN:
+    multirun = any(flag in MULTIRUN_FLAGS for flag in flags)
+    if sweeps and not multirun and cfg.hydra.mode != RunMode.MULTIRUN:
         raise ConfigError(f"{sweeps[0].input_line}: a list of values sweeps only with --multirun")
 
 

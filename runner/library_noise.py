@@ -14,8 +14,9 @@ import torch
 # torch's news, not the run's); torch, torchvision and detectron2 code converts tensors to Python
 # values and copy-constructs tensors while being traced (parity checks the traced answers);
 # detectron2 imports pkg_resources, calls meshgrid without `indexing` and loads its own zoo
-# configs with yaml.unsafe_load. Any other warning, from user code (a backend module) or about
-# the run's own values, is still shown.
+# configs with yaml.unsafe_load; torch.fx logs (once per process) that is_fx_tracing() now also
+# answers for torch.export whenever detectron2's poolers ask it (FX_TRACING_NOTICE). Any other
+# warning, from user code (a backend module) or about the run's own values, is still shown.
 LIBRARY_NOISE = (
     ("ignore", r"`torch\.jit\.[a-z_]+` is deprecated", FutureWarning, ""),
     ("ignore", r"pkg_resources is deprecated", UserWarning, ""),
@@ -25,9 +26,16 @@ LIBRARY_NOISE = (
 )
 
 
+FX_TRACING_NOTICE = ("torch.fx._symbolic_trace", "is_fx_tracing will return true for both")
+
+
+def _not_fx_tracing_notice(record: logging.LogRecord) -> bool:
+    return not str(record.msg).startswith(FX_TRACING_NOTICE[1])
+
+
 def quiet_library_warnings() -> None:
-    """Hide LIBRARY_NOISE in this process (the measuring child, or a preflight that imports
-    detectron2); idempotent."""
+    """Hide LIBRARY_NOISE and FX_TRACING_NOTICE in this process (the measuring child, or a
+    preflight that imports detectron2); idempotent."""
     import warnings
 
     for action, message, category, module in LIBRARY_NOISE:
@@ -36,3 +44,4 @@ def quiet_library_warnings() -> None:
         warnings.filterwarnings(action, message=message, category=category, module=module)
     # fvcore logs this for detectron2's own zoo files, which are not the user's to vet
     logging.getLogger("fvcore.common.config").setLevel(logging.ERROR)
+    logging.getLogger(FX_TRACING_NOTICE[0]).addFilter(_not_fx_tracing_notice)  # only that one

@@ -1,18 +1,32 @@
 """Preflight: takes a validated Config and raises ConfigError for what this machine cannot run,
 before any child is started or any output written: a device torch cannot see, detectron2
-absent, a detectron2 config key it does not have, an unreadable image or checkpoint, backend
-options the backend rejects, a dataset the accuracy pass cannot read. `refusal` asks the same
-of a sweep's job before the sweep starts."""
+absent, a model-zoo config it does not have, a detectron2 config key it does not have or a
+torchvision keyword its builder does not use (the family's check), an unreadable image or
+checkpoint, backend options the backend rejects, a dataset the accuracy pass cannot read.
+`refusal` asks the same of a sweep's job before the sweep starts."""
 
 from __future__ import annotations
 
 import functools
+import sys
 from pathlib import Path
+from typing import NoReturn
 
 from omegaconf import DictConfig, open_dict
 
 from runner import families
 from runner.config import Config, ConfigError, parse_device, to_config
+
+REFUSAL = "invalid configuration: "  # how every refusal of input begins
+
+
+def refuse(message: str) -> NoReturn:
+    """Input no run can use: one line on stderr, `invalid configuration: <message>`, and exit
+    code 2. Every refusal goes through here (the command line's, a single run's, a sweep's), so
+    all read alike: no timestamp, logger name or traceback in front of the reason."""
+    sys.stderr.write(f"{REFUSAL}{message}\n")
+    sys.stderr.flush()
+    raise SystemExit(2)
 
 
 def check(cfg: Config) -> None:

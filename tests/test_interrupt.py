@@ -65,12 +65,12 @@ def own_session_children(pid: int) -> list[int]:
     return found
 
 
-def start(args: list[str], log: Path) -> subprocess.Popen:
+def start(args: list[str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
     """A process in its own process group (as a shell's foreground job), output to `log`."""
     with open(log, "w") as out:
         process = subprocess.Popen(
             args,
-            cwd=REPO,
+            cwd=cwd,
             env=clean_environment(),
             stdout=out,
             stderr=subprocess.STDOUT,
@@ -168,3 +168,37 @@ def test_ctrl_c_stops_a_sweep_and_the_same_command_resumes_it(tmp_path):
     assert ctrl_c(again, measuring_child(again)) < 2
     assert again.returncode == 130
     assert read_rows(long_run / "result.csv")[0].timestamp != stopped.timestamp
+
+
+def test_ctrl_c_then_the_same_single_run_command_keeps_the_measured_repeats(tmp_path):
+    """Issue 24: after Ctrl-C the same single-run command made a new time-named folder and
+    measured every repeat again. The run's folder is now named by its overrides, so the same
+    command finds it, keeps the repeats measured there and measures the rest; the interrupt
+    line says which."""
+    args = runner_command(*SMALL_CPU_RUN, "bench.repeats=3", "bench.iters=50")
+    first_log = tmp_path / "first.log"
+    first = start(args, first_log, cwd=tmp_path)  # no hydra.run.dir: the default folder
+    result = wait_for(
+        lambda: next(iter((tmp_path / "outputs" / "runs").glob("*/result.csv")), None),
+        300,
+        "repeat 0's row",
+    )
+    assert ctrl_c(first, measuring_child(first)) < 2
+    assert first.returncode == 130
+    (line,) = [line for line in first_log.read_text().splitlines() if "interrupted" in line]
+    assert "the same command resumes: it keeps repeat 0 of 3" in line, line
+    assert line.endswith("and measures repeats 1, 2"), line
+    (measured,) = read_rows(result)
+    assert measured.repeat == 0 and measured.status == "ok"
+
+    again_log = tmp_path / "again.log"
+    again = start(args, again_log, cwd=tmp_path)
+    assert again.wait(timeout=600) == 0, again_log.read_text()
+    assert "repeats [1, 2]" in again_log.read_text()
+    assert [p.parent for p in (tmp_path / "outputs" / "runs").glob("*/result.csv")] == [
+        result.parent
+    ]
+    rows = read_rows(result)
+    assert [row.repeat for row in rows] == [0, 1, 2]
+    assert rows[0] == measured  # kept as it was
+    assert rows[1].session == rows[2].session != measured.session

@@ -262,3 +262,31 @@ def test_a_pth_holding_objects_is_called_unsafe_and_allow_pickle_loads_it(tmp_pa
     assert ".pth/.pt and .pkl" in message
     loaded = models.load_checkpoint(path, allow_pickle=True)
     assert isinstance(loaded["obj"], NotAnArray)
+
+
+class RunsCode:
+    """What a malicious checkpoint holds: unpickling it calls a function of the `os` module
+    (torch saves os.mkdir as posix.mkdir, a global of a module torch 2.14 blocks outright)."""
+
+    def __init__(self, folder):
+        self.folder = str(folder)
+
+    def __reduce__(self):
+        import os
+
+        return (os.mkdir, (self.folder,))
+
+
+def test_a_pth_that_would_run_code_is_called_unsafe_and_allow_pickle_would_load_it(tmp_path):
+    ran = tmp_path / "the payload ran"
+    path = tmp_path / "model.pth"
+    torch.save({"w": torch.zeros(1), "payload": RunsCode(ran)}, path)
+    with pytest.raises(ValueError) as error:
+        models.load_checkpoint(path, allow_pickle=False)
+    message = str(error.value)
+    assert "posix.mkdir" in message and "can run code from the file" in message, message
+    assert "set model.allow_pickle=true" in message and "damaged" not in message, message
+    assert not ran.exists(), "refusing the file ran its payload"
+    # what allow_pickle=true does with it: unpickles it in full, running the payload
+    assert models.load_checkpoint(path, allow_pickle=True)["payload"] is None
+    assert ran.is_dir()

@@ -9,6 +9,7 @@ import pytest
 
 from runner.report import performance
 from runner.report.identity import identity_of
+from runner.report.markdown import ratio_text
 from runner.report.repeats import merge_repeats, merged_rows, speed_ups
 from runner.report.speedup_plot import draw_speedup
 from runner.report.tables import tables
@@ -122,6 +123,26 @@ def test_an_interval_that_spans_one_is_within_noise():
     found = speed_ups(rows)[identity_of(rows[-1])]
     assert found.low < 1.0 < found.high and found.within_noise
     assert found.text().endswith("within noise")
+
+
+def test_a_slowdown_never_reads_as_a_tie_in_the_tables():
+    """Issue 24: a torchscript row at 0.97x [0.85, 0.997] read "[0.85, 1.00]": its interval's
+    upper end, a real slowdown, looked like a tie. A ratio other than 1 gets the digits it
+    needs."""
+    eager = [10.0, 10.4, 9.8, 10.1, 10.2]
+    pair_ratios = [0.997, 0.996, 0.97, 0.85, 0.96]
+    rows = repeats("eager", eager) + repeats(
+        "ts", [e / r for e, r in zip(eager, pair_ratios, strict=True)]
+    )
+    found = speed_ups(rows)[identity_of(rows[-1])]
+    assert found.high == pytest.approx(0.997) and not found.within_noise
+    assert found.text() == "0.97x [0.85, 0.997]"
+    line = tables(rows).split("| ts | fp16 |")[1].splitlines()[0]
+    assert [c.strip() for c in line.strip(" |").split("|")][6] == "0.97x [0.85, 0.997]"
+    # the time table's speed-up and ceiling cells, and every ratio cell, alike
+    assert [ratio_text(x) for x in (0.997, 1.004, 0.9996, 1.0, 0.97, 2.5)] == [
+        "0.997x", "1.004x", "0.9996x", "1.00x", "0.97x", "2.50x"
+    ]  # fmt: skip
 
 
 def test_fewer_than_three_pairs_give_a_ratio_without_an_interval():

@@ -58,6 +58,34 @@ def test_time_table_rows_and_figures():
     assert "| RetinaNet | fp32 | no other backend passed parity |" in text
 
 
+def test_time_table_says_why_a_table_has_no_best_backend():
+    """The words "no other backend passed parity" only where that happened: not for eager alone
+    (a single run, `make demo`), nor for a backend that passed but was timed in another session
+    than eager (a paired speed-up needs both in one session)."""
+    from runner.report.repeats import merged_rows, speed_ups
+    from tests.test_pairing import repeats
+
+    alone = performance.time_table([measured("RetinaNet", "fp32", "eager", 12.0)])
+    assert "| RetinaNet | fp32 | no other backend |" in alone
+    assert "passed parity" not in alone
+
+    apart = repeats("eager", [20.0, 20.0, 20.0]) + repeats(
+        "ts", [10.0, 10.0, 10.0], session="20261129T110000Z-2-ffff"
+    )
+    text = performance.time_table(merged_rows(apart), speed_ups(apart))
+    assert (
+        "| RetinaNet | fp16 | another backend passed parity, measured in another session: "
+        "no paired speed-up |" in text
+    ), text
+    # with a failing backend beside it, the one that passed still says why it has no pair
+    failing = repeats("cg", [5.0] * 3, status="parity_fail", parity_pass=False)
+    text = performance.time_table(merged_rows(failing + apart), speed_ups(failing + apart))
+    assert "measured in another session" in text and "no other backend passed parity" not in text
+    # one that failed parity alone is what the old words say
+    text = performance.time_table(merged_rows(apart[:3] + failing), speed_ups(apart[:3] + failing))
+    assert "| RetinaNet | fp16 | no other backend passed parity |" in text
+
+
 def write_targets(tmp_path, text):
     path = tmp_path / "targets.yaml"
     path.write_text(text)

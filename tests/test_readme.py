@@ -57,3 +57,17 @@ def test_the_readme_shows_arch_options_with_a_plus_and_it_reaches_detectron2(com
     assert flat_options(config.model.arch_options) == {
         key.removeprefix("+model.arch_options."): int(value)
     }
+
+
+def test_the_configuration_tables_groups_list_every_option_file():
+    """Each config group's row of the Configuration reference names exactly the files of
+    conf/<group>/ (a new sweep or model is a new file; the table must not fall behind)."""
+    from tests.helpers import config_groups
+
+    table = section("Configuration reference").split("| group | options | |", 1)[1]
+    rows = {}
+    for line in table.split("\n\n", 1)[0].splitlines()[2:]:
+        group, options = (cell.strip() for cell in line.strip("|").split("|")[:2])
+        rows[group.strip("`")] = set(re.findall(r"`([a-z0-9_]+)`", options))
+    for group in config_groups():
+        assert rows.get(group) == {path.stem for path in option_files(group)}, group

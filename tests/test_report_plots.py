@@ -155,6 +155,21 @@ def test_speedup_bars_and_error_bars_in_the_axes_match_the_drawing():
     assert hatches == {"", "///"}  # fp32 solid, fp16 hatched
 
 
+def test_a_slowdown_is_labelled_with_the_digits_that_show_it():
+    """A bar's label has one decimal, unless that would turn its difference from 1 into a tie:
+    0.97x is labelled "0.97x", never "1.0x"."""
+    eager = [20.0, 30.0, 16.0, 25.0, 18.0]
+    rows = (
+        repeats("eager", eager)
+        + repeats("ts", [ms / 0.97 for ms in eager])
+        + repeats("cg", [ms / 1.5 for ms in eager])
+    )
+    drawing = draw_speedup(rows)
+    (axes,) = [axes for axes in drawing.figure.axes if axes.get_title()]
+    labels = {text.get_text() for text in axes.texts}
+    assert labels == {"0.97x", "1.5x"}, labels
+
+
 def test_options_get_a_short_label_and_a_footnote():
     rows = [
         measured("RetinaNet", "fp16", "eager", 12.0),

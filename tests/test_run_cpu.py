@@ -204,6 +204,18 @@ def test_python_m_runner_error_is_exit_1(tmp_path):
     assert "Traceback" in (out / "error.txt").read_text()
 
 
+def test_a_run_that_errored_before_timing_logs_no_timed_rounds(tmp_path):
+    """It logged "5 timed rounds 0.0 s" for a run whose child failed while building."""
+    out = tmp_path / "error"
+    done = run_runner(
+        *SMALL_CPU_RUN, "bench.repeats=5", "model.arch=no_such_builder", f"hydra.run.dir={out}"
+    )
+    log = done.stdout + done.stderr
+    assert done.returncode == 1, log
+    assert "timed rounds" not in log, log
+    assert "nothing timed: every backend ended before its blocks" in log, log
+
+
 def test_an_error_in_the_child_is_an_error_row_with_its_traceback(make_run, tmp_path):
     out = tmp_path / "run"
     row = run(

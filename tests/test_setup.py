@@ -69,6 +69,30 @@ def test_a_torchscript_run_prints_no_library_warnings_a_user_cannot_act_on(tmp_p
         assert noise not in output, output
 
 
+@pytest.mark.slow
+@pytest.mark.detectron2
+def test_a_detectron2_run_prints_no_fx_tracing_notice(tmp_path):
+    """torch.fx logs a notice for detectron2's authors whenever its poolers ask is_fx_tracing():
+    every detectron2 child printed it."""
+    done = run_runner(
+        "model=mask_rcnn_fpn",
+        "device=cpu",
+        "bench.warmup=0",
+        "bench.iters=1",
+        "bench.repeats=1",
+        "bench.rewarm=0",
+        "inputs.height=128",
+        "inputs.width=160",
+        f"hydra.run.dir={tmp_path / 'run'}",
+        timeout=600,
+    )
+    output = done.stdout + done.stderr
+    assert done.returncode == 0, output
+    assert "parity: {" in output, output  # the model ran its ROI pooling (where torch.fx spoke)
+    for noise in ("is_fx_tracing", "TracerWarning", "is deprecated", "warnings.warn("):
+        assert noise not in output, output
+
+
 def test_warnings_a_user_can_act_on_are_still_shown():
     script = (
         "import warnings\n"
@@ -89,3 +113,19 @@ def test_warnings_a_user_can_act_on_are_still_shown():
     assert done.returncode == 0, done.stderr
     assert "a warning about the run itself" in done.stderr
     assert "torch.jit.trace" not in done.stderr
+
+
+def test_setuptools_reads_pyproject_without_a_warning():
+    """`make setup` installs the project with setuptools (77 or newer, as pyproject.toml's build
+    requirements say): reading its metadata must not warn (a `license = {text = ...}` table
+    made it warn three times per install)."""
+    import warnings
+
+    from setuptools.config.pyprojecttoml import apply_configuration
+    from setuptools.dist import Distribution
+
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always")
+        distribution = apply_configuration(Distribution(), REPO / "pyproject.toml")
+    assert [str(w.message).splitlines()[0] for w in caught] == []
+    assert distribution.metadata.license_expression == "Apache-2.0"

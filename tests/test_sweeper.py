@@ -20,21 +20,16 @@ REFUSED = "invalid configuration: bench.iters=-1; must be >= 1 (all {} jobs of t
 
 def launched_jobs(log: str) -> list[dict[str, str]]:
     """The runs of the jobs Hydra's launcher logged ('#3 : a=1 b=2', or the sweeper's plan
-    before it refused them all: 'session #3 : a=1 b=2'): a session's job (its
-    `members=['backend=A','backend=B']`) stands for one run per member."""
+    before it refused them all: 'session #3 : a=1 b=2'): a session's job (its shared overrides,
+    then each member's backend after a '|': 'a=1 | backend=A | backend=B') stands for one run
+    per member."""
     jobs = []
     for line in log.splitlines():
         found = re.search(r"#(\d+) : (.*)$", line)
         if found:
-            text, members = found.group(2), None
-            listed = re.search(r" members=\[(.*)\]$", text)
-            if listed:
-                text, members = text[: listed.start()], listed.group(1)
-            job = dict(item.split("=", 1) for item in text.split())
-            if members is None:
-                jobs.append(job)
-                continue
-            for spec in re.findall(r"'([^']*)'", members):
+            shared, *members = found.group(2).split(" | ")
+            job = dict(item.split("=", 1) for item in shared.split())
+            for spec in members or [""]:
                 jobs.append({**job, **dict(item.split("=", 1) for item in spec.split())})
     return jobs
 
@@ -341,3 +336,38 @@ def test_jobs_are_launched_in_batches_of_max_batch_size():
     assert batches([], launch_size(None)) == []
     with pytest.raises(HydraException, match="max_batch_size=0"):
         launch_size(0)
+
+
+PLUMBING = ("members=", "command=", "sweep_jobs=", "sweep_started=")
+
+
+@pytest.mark.slow
+def test_a_sweeps_log_says_whose_each_line_is(tmp_path):
+    """Issue 24: the session's children logged `[child]` alone, so two "repeat 0: median ..."
+    lines could not be told apart, and the launcher's `#0 : ...` line showed the keys the
+    sweeper adds for its jobs. Now each child line names its backend and options, and the job
+    line shows the session's shared overrides and its backends."""
+    sweep = tmp_path / "sweep"
+    backends = "['backend=eager','backend=torchscript backend.options.freeze=true']"
+    done = run_runner(
+        "--multirun", *SMALL, "bench.repeats=2", f"hydra.sweeper.backends={backends}",
+        f"hydra.sweep.dir={sweep}", timeout=600,
+    )  # fmt: skip
+    log = done.stdout + done.stderr
+    assert done.returncode == 0, log
+    (job_line,) = [line for line in log.splitlines() if re.search(r"#0 : ", line)]
+    assert job_line.endswith(" | backend=eager | backend=torchscript backend.options.freeze=true")
+    assert not [key for key in PLUMBING if key in job_line], job_line
+    shared = dict(o.split("=", 1) for o in (*SMALL, "bench.repeats=2"))
+    frozen = {"backend": "torchscript", "backend.options.freeze": "true"}
+    assert launched_jobs(log) == [{**shared, "backend": "eager"}, {**shared, **frozen}]
+    for repeat in (0, 1):
+        lines = [line for line in log.splitlines() if f"INFO] repeat {repeat}: opt " in line]
+        whose = sorted(re.search(r"\[child ([^\]]*\]?)\]", line).group(1) for line in lines)
+        assert whose == ["backend=eager", "backend=torchscript[freeze=true]"], lines
+    # each run's own child.log names its backend the same way
+    for folder in sweep.iterdir():
+        if (folder / "child.log").exists():
+            (row,) = read_rows(folder / "result.csv")[-1:]
+            label = "backend=eager" if row.backend == "eager" else "backend=torchscript[freeze"
+            assert f"[child {label}" in (folder / "child.log").read_text()

@@ -30,6 +30,7 @@ from typing import Any
 from hydra.core.config_store import ConfigStore
 from hydra.core.override_parser.overrides_parser import OverridesParser
 from hydra.core.override_parser.types import Override
+from hydra.core.utils import filter_overrides
 from hydra.errors import HydraException
 from hydra.plugins.sweeper import Sweeper
 from hydra.types import HydraContext, TaskFunction
@@ -37,7 +38,8 @@ from omegaconf import DictConfig, OmegaConf
 
 from runner.config import is_backend_override, value_text
 from runner.config import override_key as _key
-from runner.preflight import refusal, refused_sweep
+from runner.preflight import refusal, refuse, refused_sweep
+from runner.run.progress import show_jobs_as
 
 log = logging.getLogger(__name__)
 
@@ -68,6 +70,17 @@ def quoted(text: str) -> str:
     that stand before a quote or at the end (Hydra keeps any other backslash as it is)."""
     doubled = re.sub(r"(\\+)(?='|$)", lambda m: m.group(1) * 2, text)
     return "'" + doubled.replace("'", "\\'") + "'"
+
+
+def job_text(members: list[list[str]]) -> str:
+    """What the log shows of the job launched for a session: the overrides its members share,
+    then each member's backend overrides after a `|` (a job alone: its overrides). The keys the
+    sweeper adds for the job (`members`, `command`, `sweep_jobs`, `sweep_started`) are left out."""
+    if len(members) == 1:
+        return " ".join(members[0])
+    shared = [o for o in members[0] if not is_backend_override(o)]
+    specs = [" ".join(o for o in job if is_backend_override(o)) for job in members]
+    return " | ".join([" ".join(shared), *specs])
 
 
 def session_job(members: list[list[str]]) -> list[str]:
@@ -186,14 +199,12 @@ class D2benchSweeper(Sweeper):
             jobs = self.job_overrides(arguments)
             size = launch_size(self.max_batch_size)
         except HydraException as error:  # a mistake in the sweep itself: one line, no traceback
-            log.error("sweep: %s", error)
-            raise SystemExit(2) from None
+            refuse(f"sweep: {error}")
         for number, group in enumerate(sessions(jobs)):  # hydra.verbose=hydra_plugins: the
-            log.debug("session #%d : %s", number, " ".join(session_job(group)))  # whole plan
+            log.debug("session #%d : %s", number, job_text(group))  # whole plan
         jobs, invalid = self.legal(jobs)
         if invalid and not jobs:  # nothing can run: one line, exit 2, nothing written
-            log.error("invalid configuration: %s", refused_sweep(invalid))
-            raise SystemExit(2)
+            refuse(refused_sweep(invalid))
         for overrides, reason in invalid:
             log.error("invalid job %s: %s", overrides, reason)
         groups = sessions(jobs)
@@ -205,6 +216,11 @@ class D2benchSweeper(Sweeper):
             f"sweep_started={time.time()}",
         ]
         launched = [session_job(group) + sweep for group in groups]
+        shown = {  # what the launcher's `#N : ...` line shows of each job
+            " ".join(filter_overrides(job)): job_text(group)
+            for job, group in zip(launched, groups, strict=True)
+        }
+        show_jobs_as(self.launcher, shown)
         sweep_dir = Path(self.config.hydra.sweep.dir)
         sweep_dir.mkdir(parents=True, exist_ok=True)
         OmegaConf.save(self.config, sweep_dir / "multirun.yaml")
@@ -215,7 +231,7 @@ class D2benchSweeper(Sweeper):
             returns.append(self.launcher.launch(batch, initial_job_idx=first))
             first += len(batch)
         results = [r for batch in returns for r in batch]
-        self._summarize(results, invalid, [len(group) for group in groups])
+        self._summarize(results, invalid, [len(group) for group in groups], shown)
         return returns
 
     def legal(self, jobs: list[list[str]]) -> tuple[list[list[str]], list[tuple[str, str]]]:
@@ -237,24 +253,29 @@ class D2benchSweeper(Sweeper):
         return legal, invalid
 
     @staticmethod
-    def _summarize(results, invalid: list[tuple[str, str]], sizes: list[int]) -> None:
-        """Count every run's outcome; a session job returns one row (or None) per member."""
+    def _summarize(
+        results, invalid: list[tuple[str, str]], sizes: list[int], shown: dict[str, str]
+    ) -> None:
+        """Count every run's outcome; a session job returns one row (or None) per member.
+        `shown`: each launched job's text (job_text), by its overrides joined."""
         counts = collections.Counter(invalid=len(invalid))
         failures = [
             f"{overrides}: invalid configuration: {reason}" for overrides, reason in invalid
         ]
         for result, size in zip(results, sizes, strict=False):
+            job = " ".join(filter_overrides(result.overrides))
+            job = shown.get(job, job)
             try:
                 value = result.return_value
             except Exception as error:  # the job itself raised
                 counts["error"] += size
-                failures.append(f"{result.overrides}: {type(error).__name__}: {error}")
+                failures.append(f"{job}: {type(error).__name__}: {error}")
                 continue
             rows = value if isinstance(value, list) else [value] * (1 if value else size)
             for row in rows:
                 if row is None:  # invalid configuration, already reported by the job
                     counts["invalid"] += 1
-                    failures.append(f"{result.overrides}: invalid configuration")
+                    failures.append(f"{job}: invalid configuration")
                     continue
                 counts[row.status] += 1
                 if row.status in ("error", "parity_fail"):

@@ -4,10 +4,12 @@ supports (TracingAdapter for trace, scripting_with_instances for script)."""
 
 from __future__ import annotations
 
+import difflib
 import functools
 import importlib.util
 import json
 from dataclasses import asdict
+from pathlib import Path
 from typing import Any
 
 import torch
@@ -62,14 +64,45 @@ def require() -> None:
 
 
 def check(cfg) -> None:
-    """ValueError where detectron2 is absent or `arch_options` names a key it does not have
-    (refused before a child starts, not reported after half a model is built)."""
-    if importlib.util.find_spec("detectron2") is None:
+    """ValueError where detectron2 is absent, `arch` names no config of its model zoo or
+    `arch_options` names a key it does not have (refused before a child starts, not reported
+    after half a model is built)."""
+    spec = importlib.util.find_spec("detectron2")
+    if spec is None:
         raise ValueError(f"the detectron2 models need detectron2. {INSTALL}")
+    error = _arch_error(cfg.arch, tuple(spec.submodule_search_locations or ()))
+    if error:
+        raise ValueError(error)
     if cfg.arch_options:
         error = _options_error(json.dumps(asdict(cfg), sort_keys=True))
         if error:
             raise ValueError(error)
+
+
+@functools.lru_cache(maxsize=64)
+def _arch_error(arch: str, package: tuple[str, ...]) -> str:
+    """The refusal for a model-zoo config path that is not there, naming the nearest ones (in
+    its folder where that exists), or ''. The zoo's files are read from the installed package
+    (detectron2/model_zoo/configs/, where model_zoo.get_config looks), without importing it."""
+    for location in package:
+        zoo = Path(location) / "model_zoo" / "configs"
+        if not zoo.is_dir():
+            continue
+        if (zoo / arch).is_file():
+            return ""
+        folder = zoo / Path(arch).parent
+        pool = folder if folder.is_dir() and folder != zoo else zoo
+        candidates = sorted(
+            str(path.relative_to(zoo))
+            for path in pool.rglob("*")
+            if path.suffix in (".yaml", ".py") and path.is_file()
+        )
+        near = difflib.get_close_matches(arch, candidates, n=3, cutoff=0.0)
+        return (
+            f"model.arch={arch}: no such config in detectron2's model zoo "
+            f"(detectron2/model_zoo/configs/); nearest: {', '.join(near)}"
+        )
+    return ""  # no zoo folder to read: model_zoo.get_config says what it finds
 
 
 @functools.lru_cache(maxsize=64)

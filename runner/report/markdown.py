@@ -12,8 +12,22 @@ def number(value: float | None, decimals: int) -> str:
     return DASH if value is None else f"{value:.{decimals}f}"
 
 
-def ratio_text(ratio: float | None) -> str:
-    return DASH if ratio is None else f"{ratio:.2f}x"
+MOST_DECIMALS = 4  # past this a ratio's difference from 1 is rounding noise of the medians
+
+
+def ratio_digits(ratio: float, decimals: int = 2) -> str:
+    """`ratio` with `decimals` decimals, or with as many more (up to MOST_DECIMALS) as it takes
+    for a ratio other than 1 not to read as 1: at one decimal 0.97 is "0.97", not "1.0", and
+    at two 0.997 is "0.997", not "1.00". A slowdown or a gain never reads as a tie."""
+    text = f"{ratio:.{decimals}f}"
+    while ratio != 1.0 and float(text) == 1.0 and decimals < MOST_DECIMALS:
+        decimals += 1
+        text = f"{ratio:.{decimals}f}"
+    return text
+
+
+def ratio_text(ratio: float | None, decimals: int = 2) -> str:
+    return DASH if ratio is None else f"{ratio_digits(ratio, decimals)}x"
 
 
 def cell(text: str) -> str:

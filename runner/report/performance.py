@@ -11,6 +11,7 @@ figures.
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -27,16 +28,22 @@ from runner.report.repeats import SpeedUp
 from runner.report.rows import table_headings
 from runner.run.record import Row, is_measured, passed
 
+# what the time table says where a table and precision has no best row, by what its rows were
+NO_OTHER_BACKEND = "no other backend"  # eager alone (a single run, `make demo`)
+NO_PAIR = "another backend passed parity, measured in another session: no paired speed-up"
+NO_PASS = "no other backend passed parity"  # failed parity, or was never timed
+
 
 @dataclass(frozen=True)
 class Best:
     """The eager row and the fastest parity-passing other row of one table and precision.
     `paired`: the best row's paired speed-up where the caller pairs rows; without it the
-    speed-up is the ratio of the two medians."""
+    speed-up is the ratio of the two medians. `missing`: why there is no best row (NO_*)."""
 
     eager: Row
     best: Row | None
     paired: SpeedUp | None = None
+    missing: str = NO_OTHER_BACKEND
 
     @property
     def speed_up(self) -> float | None:
@@ -80,9 +87,14 @@ def best_by_table(
             found.setdefault((table_key(row), row.precision), Best(row, None))
     for row in rows:
         place = (table_key(row), row.precision)
-        if place not in found or row.backend == REFERENCE_BACKEND or not passed(row):
+        if place not in found or row.backend == REFERENCE_BACKEND:
             continue
         current = found[place]
+        if current.best is None and current.missing != NO_PAIR:  # what there is, so far
+            missing = NO_PAIR if passed(row) else NO_PASS
+            current = found[place] = dataclasses.replace(current, missing=missing)
+        if not passed(row):
+            continue
         if paired is not None:
             speed_up = paired.get(identity_of(row))
             if speed_up is not None and (current.best is None or speed_up.ratio > current.speed_up):
@@ -135,7 +147,7 @@ def time_table(rows: Sequence[Row], paired: Paired | None = None) -> str:
     for _, precision, best in best_by_table(rows, paired):
         for row, is_best in ((best.eager, False), (best.best, True)):
             if row is None:
-                cells = [title(best.eager), precision, "no other backend passed parity"]
+                cells = [title(best.eager), precision, best.missing]
                 lines.append(markdown_row(cells + [""] * (len(TIME_COLUMNS) - 3)))
                 continue
             lines.append(

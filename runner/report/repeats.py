@@ -16,7 +16,7 @@ from collections.abc import Iterable, Sequence
 import pandas as pd
 
 from runner.report.identity import is_baseline, machine_of, pair_fields
-from runner.report.markdown import counted
+from runner.report.markdown import counted, ratio_digits, ratio_text
 from runner.report.rows import frame, sort_rows
 from runner.run import record, timing
 from runner.run.record import Row, is_measured
@@ -114,8 +114,8 @@ class SpeedUp:
     def text(self) -> str:
         if self.low is None:
             note = "1 run" if self.pairs == 0 else counted(self.pairs, "pair")
-            return f"{self.ratio:.2f}x ({note})"
-        interval = f"{self.ratio:.2f}x [{self.low:.2f}, {self.high:.2f}]"
+            return f"{ratio_text(self.ratio)} ({note})"
+        interval = f"{ratio_text(self.ratio)} [{ratio_digits(self.low)}, {ratio_digits(self.high)}]"
         return interval + (" within noise" if self.within_noise else "")
 
 

@@ -23,6 +23,7 @@ from runner.report.identity import (
     is_baseline,
     table_key,
 )
+from runner.report.markdown import ratio_text
 from runner.report.performance import Targets
 from runner.report.repeats import merged_rows, speed_ups
 from runner.report.rows import PRECISION_ORDER, panel_titles, rank
@@ -172,7 +173,7 @@ def draw_bar(axes, bar: Mark, width: float, colours: dict[str, str], annotate: b
     peak = bar.y if bar.high is None else bar.high
     if annotate:
         axes.annotate(
-            f"{bar.y:.1f}x",
+            ratio_text(bar.y, decimals=1),
             (bar.x, peak),
             xytext=(0, 2),
             textcoords="offset points",

@@ -19,7 +19,8 @@ alike: the report pairs them (runner.report). A single run is a session of one b
 Resume: a config whose folder holds measured rows (ok or parity_fail) of the same fingerprint
 for every repeat, or an unsupported row, is kept. Otherwise the repeats that any member lacks
 are measured again for every member, in a new session, so that each repeat stays paired;
-rows of other repeats are kept, and each repeat has exactly one row.
+rows of other repeats are kept, and each repeat has exactly one row. After Ctrl-C the session
+says what the same command will keep and measure (resume_note).
 """
 
 from __future__ import annotations
@@ -84,7 +85,7 @@ def run_group(runs: list[Run | None]) -> list[Row | None]:
         except KeyboardInterrupt:
             for member in present:
                 member.interrupt()
-            raise
+            raise KeyboardInterrupt(resume_note([(m.cfg, m.job) for m in present])) from None
         finally:
             for member in present:
                 member.close()
@@ -95,6 +96,36 @@ def run_group(runs: list[Run | None]) -> list[Row | None]:
         else:
             results.append(member.final or (member.rows() or [None])[-1])
     return results
+
+
+def resume_note(runs: list[Run]) -> str:
+    """What the same command does with the folders of these runs as they are now (after
+    Ctrl-C): the repeats it keeps and those it measures, decided as _session will decide it."""
+    repeats = runs[0][0].bench.repeats
+    where = runs[0][1].output_dir if len(runs) == 1 else "their folders"
+    each = "" if len(runs) == 1 else " of every backend of the session"
+    every = "the one repeat" if repeats == 1 else f"all {repeats} repeats"
+    if any(job.redo for _, job in runs):
+        return f"redo=true: it measures {every}{each} again, in {where}"
+    fresh = [Member(cfg, job) for cfg, job in runs]
+    for member in fresh:
+        member.read_kept()
+    todo = set().union(*(member.missing() for member in fresh))
+    kept = [repeat for repeat in range(repeats) if repeat not in todo]
+    if not todo:
+        return f"it keeps {every}{each}, in {where}"
+    if not kept:
+        return f"nothing measured here is kept; it measures {every}{each}, in {where}"
+    return (
+        f"it keeps {_listed(kept)} of {repeats}{each} (in {where}) and measures "
+        f"{_listed(sorted(todo))}"
+    )
+
+
+def _listed(repeats: list[int]) -> str:
+    """The repeats as a phrase: repeat 3, repeats 0, 1."""
+    numbers = ", ".join(str(repeat) for repeat in repeats)
+    return f"repeat{'s' if len(repeats) > 1 else ''} {numbers}"
 
 
 def _session(members: list[Member]) -> None:
@@ -168,8 +199,12 @@ def _measure(active: list[Member], todo: list[int], session: str, gpu: str, env:
             member.fail(failure, gpu)
             active.remove(member)
     prepared = time.monotonic()
+    rounds = 0  # rounds in which some member timed a block
     for turn, repeat in enumerate(todo):
-        order = active[turn % len(active) :] + active[: turn % len(active)] if active else []
+        if not active:
+            break
+        rounds += 1
+        order = active[turn % len(active) :] + active[: turn % len(active)]
         for member in order:
             try:
                 block = member.worker.request("time_block", repeat, timeout_s=timeout)
@@ -198,11 +233,18 @@ def _measure(active: list[Member], todo: list[int], session: str, gpu: str, env:
         member.close()
         log.info("stages of %s (s): %s", member.cfg.backend.name, _stages_text(finished.stages))
         _log_result(member)
+    if not rounds:  # every member ended before timing (an error or unsupported row)
+        log.info(
+            "session %s: prepare %.1f s; nothing timed: every backend ended before its blocks",
+            session,
+            prepared - started,
+        )
+        return
     log.info(
         "session %s: prepare %.1f s, %d timed rounds %.1f s, finish %.1f s",
         session,
         prepared - started,
-        len(todo),
+        rounds,
         timed - prepared,
         time.monotonic() - timed,
     )

@@ -29,7 +29,7 @@ import time
 from dataclasses import asdict
 from pathlib import Path
 
-from runner.config import NO_DATASET, Config, parse_device
+from runner.config import NO_DATASET, Config, options_text, parse_device
 from runner.run import record
 from runner.run.steps import (
     Accuracy,
@@ -48,10 +48,19 @@ __all__ = ["Measurement", "build"]
 log = logging.getLogger("runner.run.bench")
 
 
-def configure_child_logging(out: Path) -> None:
+def child_label(cfg: Config) -> str:
+    """Who a child's log lines are from: its backend, with the options that differ from the
+    backend's file ("backend=inductor[mode=max-autotune]"). The children of a session differ
+    only there, and their lines interleave on the parent's terminal."""
+    options = options_text(cfg)
+    return f"backend={cfg.backend.name}" + (f"[{options}]" if options else "")
+
+
+def configure_child_logging(out: Path, label: str) -> None:
+    label = label.replace("%", "%%")  # the format's own placeholders stay the only ones
     logging.basicConfig(
         level=logging.INFO,
-        format="[%(asctime)s][child][%(levelname)s] %(message)s",
+        format=f"[%(asctime)s][child {label}][%(levelname)s] %(message)s",
         handlers=[logging.StreamHandler(), logging.FileHandler(out / "child.log")],
         force=True,
     )
@@ -127,7 +136,7 @@ class Measurement:
         """The steps before the timed blocks, in order; see the module docstring."""
         from runner import backends
 
-        configure_child_logging(self.out)
+        configure_child_logging(self.out, child_label(self.cfg))
         environment = self._step("environment", self.environment)
         built = None
         try:

@@ -102,6 +102,11 @@ UNSAFE = (
     "means unpickling, which can run code from the file. If you trust the file, set "
     "model.allow_pickle=true (it applies to .pth/.pt and .pkl checkpoints alike)"
 )
+# torch.load(weights_only=True) refusing a global of a sound pickle, in its two wordings: a
+# global not on its allow-list ("Unsupported global: GLOBAL argparse.Namespace was not an allowed
+# global by default"), and one of a module it never loads (torch 2.14: "Trying to load
+# unsupported GLOBAL posix.system whose module posix is blocked", as os.system in __reduce__)
+UNSAFE_GLOBAL = r"(?:Unsupported global: GLOBAL|load unsupported GLOBAL) ([\w.]+)"
 CORRUPT = (
     "model.weights={path}: not a readable {kind} checkpoint, the file is damaged or of another "
     "format ({reason}); model.allow_pickle does not change that"
@@ -151,7 +156,7 @@ def read_checkpoint(path: Path, allow_pickle: bool):
     except _Refused as error:
         raise ValueError(UNSAFE.format(path=path, name=error.name)) from error
     except Exception as error:  # torch and pickle raise many kinds for a corrupt file
-        unsafe = re.search(r"Unsupported global: GLOBAL (\S+)", str(error))
+        unsafe = re.search(UNSAFE_GLOBAL, str(error))
         if unsafe and not allow_pickle:  # torch's weights-only unpickler met an object
             raise ValueError(UNSAFE.format(path=path, name=unsafe.group(1))) from error
         raise ValueError(CORRUPT.format(path=path, kind=kind, reason=_reason(error))) from error

@@ -1,13 +1,19 @@
 """Progress: one line for long work: which run of how many, what it is, elapsed time and an ETA
 for the sweep. On a terminal the line is redrawn every second; otherwise (CI, files, launchers
-that capture output) it degrades to a log line at the start and one at the end."""
+that capture output) it degrades to a log line at the start and one at the end. Also the line a
+sweep's launcher logs for each job it starts (`#3 : ...`), shown as what the job is
+(`show_jobs_as`)."""
 
 from __future__ import annotations
 
+import importlib
 import logging
+import pkgutil
+import re
 import sys
 import threading
 import time
+from collections.abc import Mapping
 
 log = logging.getLogger("runner.run.progress")
 
@@ -76,3 +82,40 @@ class Progress:
         if kind is not None and issubclass(kind, KeyboardInterrupt):
             return  # Ctrl-C: the entry point says it, once
         log.info("%sdone in %s", self.prefix, _clock(time.time() - self._started))
+
+
+class JobLines(logging.Filter):
+    """Rewrites a launcher's job line (`\t#3 : <the job's overrides, joined>`) to `shown`'s
+    text for those overrides; every other record passes as it is."""
+
+    LINE = re.compile(r"(\s*#\d+ : )(.*)", re.S)
+
+    def __init__(self, shown: Mapping[str, str]):
+        super().__init__()
+        self.shown = dict(shown)
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        found = self.LINE.fullmatch(record.getMessage())
+        if found and found.group(2) in self.shown:
+            record.msg, record.args = found.group(1) + self.shown[found.group(2)], ()
+        return True
+
+
+def show_jobs_as(launcher: object, shown: Mapping[str, str]) -> None:
+    """Have `launcher` log each job as `shown` says (overrides joined by spaces, without
+    Hydra's own `hydra.` ones, as launchers write them -> the text to show). A launcher logs
+    through the loggers of its package's modules (Hydra's basic launcher, joblib's `_core`,
+    submitit's, d2bench_slurm's): each gets the filter, made now where the module is not
+    imported yet."""
+    module = type(launcher).__module__
+    package = importlib.import_module(module).__package__ or module
+    names = {module}
+    path = getattr(sys.modules[package], "__path__", None)
+    if path is not None:
+        names |= {f"{package}.{info.name}" for info in pkgutil.iter_modules(path)}
+    job_lines = JobLines(shown)
+    for name in sorted(names):
+        logger = logging.getLogger(name)
+        for old in [f for f in logger.filters if isinstance(f, JobLines)]:
+            logger.removeFilter(old)  # an earlier sweep's, in the same process
+        logger.addFilter(job_lines)
