@@ -68,6 +68,6 @@ def test_the_configuration_tables_groups_list_every_option_file():
     rows = {}
     for line in table.split("\n\n", 1)[0].splitlines()[2:]:
         group, options = (cell.strip() for cell in line.strip("|").split("|")[:2])
-        rows[group.strip("`")] = set(re.findall(r"`([a-z0-9_]+)`", options))
+        rows[group.strip("`")] = set(re.findall(r"`([A-Za-z0-9_]+)`", options))
     for group in config_groups():
         assert rows.get(group) == {path.stem for path in option_files(group)}, group
