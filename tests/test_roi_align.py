@@ -1,0 +1,425 @@
+"""runner.ops.roi_align (`d2bench::roi_align`) against torchvision's roi_align and detectron2's
+ROIPooler.
+
+The oracle is torchvision's fp32 kernel run box by box on the box's own level and image, the
+level upcast to fp32, the result rounded to the features' dtype: what detectron2's ROIPooler
+computes under autocast. The op must equal it bit for bit.
+
+CPU, for real: the op's CPU kernel over fp32, fp16 and bf16 pyramids, aligned or not, sampling
+ratio 0 (adaptive) and 2, with boxes on every level, at the right and bottom edges and the
+corners, empty, inverted, sub-pixel, partly and wholly outside the image, levels out of range,
+two images; the Triton kernel on the same cases through Triton's interpreter (a subprocess with
+TRITON_INTERPRET=1), and compiled for an H100 (sm_90) with Triton's own ptxas to check that its
+arithmetic is IEEE fp32 with no contraction and no flush to zero; the fake kernel, opcheck,
+torch.export keeping the op whole, and a module that uses it compiled by AOTInductor and loaded
+in a fresh process. detectron2-marked: its ROIPooler, and static_graph with `roi_align: op`
+against static_graph with torchvision's ROIAlign on seed variants. `gpu`-marked: the CUDA kernel
+against torchvision's CPU kernel (bit for bit) and CUDA kernel (within a stated bound), inside
+a CUDA graph, and a CUDA package loaded where neither torchvision nor runner can be imported.
+"""
+
+from __future__ import annotations
+
+import re
+import subprocess
+import sys
+import textwrap
+from pathlib import Path
+
+import pytest
+import torch
+import torchvision
+
+import runner.ops  # noqa: F401 - registers torch.ops.d2bench
+from tests.helpers import clean_environment
+from tests.test_ops import BLOCK_MODEL_CODE
+
+REPO = Path(__file__).resolve().parents[1]
+TRITON_MISSING = "triton is not importable here (it ships with CUDA builds of torch)"
+HEIGHT, WIDTH = 100, 152  # the image; levels at strides 4 .. 32 are 25x38, 13x19, 7x10, 4x5
+STRIDES = (4, 8, 16, 32)
+DTYPES = {"fp32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16}
+
+
+def triton_available() -> bool:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return False
+    return True
+
+
+def pyramid(seed, dtype, batch=2, channels=6, strides=STRIDES, channels_last=False):
+    """Feature levels [batch, channels, ceil(H / s), ceil(W / s)] of random values in `dtype`,
+    and their spatial scales."""
+    g = torch.Generator().manual_seed(seed)
+    levels = []
+    for stride in strides:
+        shape = (batch, channels, -(-HEIGHT // stride), -(-WIDTH // stride))
+        level = (torch.randn(shape, generator=g) * 3).to(dtype)
+        levels.append(level.to(memory_format=torch.channels_last) if channels_last else level)
+    return levels, [1.0 / s for s in strides]
+
+
+def special_boxes(width=float(WIDTH), height=float(HEIGHT)):
+    """(box in image pixels, level) for the cases at the edges of ROIAlign's arithmetic."""
+    w, h = width, height
+    return [
+        ([0, 0, w, h], 3),  # the whole image on the top level
+        ([0, 0, w, h], 0),  # ... and on the finest: the largest adaptive grid (6 x 4 per bin)
+        ([w - 3, h - 5, w, h], 0),  # the bottom-right corner
+        ([w - 3, h - 5, w, h], 3),
+        ([0, 0, 4, 4], 0),  # top-left
+        ([w - 4, 0, w, 4], 1),  # top-right
+        ([0, h - 4, 4, h], 2),  # bottom-left
+        ([w - 30, 10, w, 60], 1),  # touching the right edge
+        ([10, h - 20, 70, h], 2),  # touching the bottom edge
+        ([10, 10, 10, 10], 0),  # empty
+        ([30, 20, 10, 5], 1),  # inverted (x2 < x1, y2 < y1)
+        ([5, 5, 5.3, 5.2], 0),  # sub-pixel
+        ([w, h, w, h], 3),  # a point on the far corner
+        ([-15, -8, 20, 30], 1),  # partly outside, top-left
+        ([w - 10, h - 10, w + 25, h + 30], 2),  # partly outside, bottom-right
+        ([w + 50, h + 50, w + 80, h + 90], 0),  # wholly outside
+        ([-90, -90, -50, -40], 3),
+        ([20, 20, 60, 50], -1),  # levels out of range are clamped
+        ([20, 20, 60, 50], 7),
+    ]
+
+
+def boxes_case(seed, batch=2, random_per_image=12, levels=len(STRIDES), pooled=7):
+    """boxes [batch, P, 4] fp32 and levels [batch, P] int64: the special boxes in every image,
+    then random boxes sized to their level (1 to 3 samples per bin side), some partly outside."""
+    g = torch.Generator().manual_seed(seed)
+    special = special_boxes()
+    boxes = torch.empty(batch, len(special) + random_per_image, 4)
+    level = torch.empty(batch, len(special) + random_per_image, dtype=torch.int64)
+    for image in range(batch):
+        boxes[image, : len(special)] = torch.tensor([b for b, _ in special])
+        level[image, : len(special)] = torch.tensor([lv for _, lv in special])
+        chosen = torch.randint(0, levels, (random_per_image,), generator=g)
+        stride = (2.0 ** (chosen + 2)).float()  # image pixels per level pixel
+        side = (torch.rand(random_per_image, 2, generator=g) * 2.5 * pooled + 0.3) * stride[:, None]
+        centre = (torch.rand(random_per_image, 2, generator=g) * 1.2 - 0.1) * torch.tensor(
+            [WIDTH, HEIGHT]
+        )
+        boxes[image, len(special) :] = torch.cat([centre - side / 2, centre + side / 2], dim=1)
+        level[image, len(special) :] = chosen
+    return boxes, level
+
+
+def torchvision_per_box(features, boxes, levels, scales, size, sampling_ratio, aligned):
+    """The oracle: torchvision's fp32 roi_align of each box alone, on its (clamped) level and its
+    image, the level upcast to fp32; rounded to the features' dtype."""
+    batch = features[0].shape[0]
+    flat = boxes.reshape(-1, 4).to(torch.float32)
+    chosen = levels.reshape(-1).clamp(0, len(features) - 1)
+    per_image = flat.shape[0] // batch
+    pooled = []
+    for index, (box, level) in enumerate(zip(flat, chosen.tolist(), strict=True)):
+        image = index // per_image
+        level_map = features[level][image : image + 1].to(torch.float32)
+        pooled.append(
+            torchvision.ops.roi_align(
+                level_map, [box[None]], size, scales[level], sampling_ratio, aligned
+            )
+        )
+    if not pooled:
+        channels = features[0].shape[1]
+        return features[0].new_empty((0, channels, *size))
+    return torch.cat(pooled).to(features[0].dtype)
+
+
+def op(features, boxes, levels, scales, size, sampling_ratio, aligned):
+    return torch.ops.d2bench.roi_align(
+        features, boxes, levels, scales, size[0], size[1], sampling_ratio, aligned
+    )
+
+
+def cases():
+    """(name, features, boxes, levels, scales, size, sampling_ratio, aligned) for every
+    comparison: dtypes x aligned x sampling ratio, then channels last, a fifth level (two
+    launches of the Triton kernel), the mask pooler's 14 x 14 over more channels than one
+    program holds, a non-square output, [N * P, 4] boxes and no boxes at all."""
+    found = []
+    for d, (dtype_name, dtype) in enumerate(DTYPES.items()):
+        for aligned in (True, False):
+            for sampling in (0, 2):
+                seed = 10 * d + 2 * aligned + sampling
+                features, scales = pyramid(seed, dtype)
+                boxes, levels = boxes_case(seed)
+                name = f"{dtype_name} aligned={aligned} sampling={sampling}"
+                found.append((name, features, boxes, levels, scales, (7, 7), sampling, aligned))
+    features, scales = pyramid(50, torch.float16, channels_last=True)
+    boxes, levels = boxes_case(50)
+    found.append(("fp16 channels_last", features, boxes, levels, scales, (7, 7), 0, True))
+    features, scales = pyramid(51, torch.float32, strides=(*STRIDES, 64))
+    boxes, levels = boxes_case(51, levels=5)
+    found.append(("five levels", features, boxes, levels, scales, (7, 7), 0, True))
+    features, scales = pyramid(52, torch.float16, channels=20)
+    boxes, levels = boxes_case(52, random_per_image=4, pooled=14)
+    found.append(("14x14, 20 channels", features, boxes, levels, scales, (14, 14), 0, True))
+    features, scales = pyramid(53, torch.float32)
+    boxes, levels = boxes_case(53)
+    found.append(("5x3 output", features, boxes, levels, scales, (5, 3), 2, False))
+    found.append(
+        (
+            "[N*P, 4] boxes",
+            features,
+            boxes.reshape(-1, 4),
+            levels.reshape(-1),
+            scales,
+            (7, 7),
+            0,
+            True,
+        )
+    )
+    found.append(("no boxes", features, boxes[:, :0], levels[:, :0], scales, (7, 7), 0, True))
+    return found
+
+
+# --- the CPU kernel -----------------------------------------------------------------------------
+
+
+@pytest.mark.parametrize("case", cases(), ids=lambda c: c[0])
+def test_cpu_kernel_equals_torchvision_box_by_box(case):
+    _, features, boxes, levels, scales, size, sampling, aligned = case
+    got = op(features, boxes, levels, scales, size, sampling, aligned)
+    want = torchvision_per_box(features, boxes, levels, scales, size, sampling, aligned)
+    assert got.dtype == features[0].dtype and got.shape == want.shape
+    assert torch.equal(got, want), float((got.float() - want.float()).abs().max())
+
+
+def test_the_cases_cover_every_level_and_every_edge():
+    """The case is what the docstring says: boxes on every level of each image, boxes with
+    samples past the right and bottom edge of their level and outside the image."""
+    boxes, levels = boxes_case(0)
+    for image in range(2):
+        assert set(levels[image].clamp(0, 3).tolist()) == {0, 1, 2, 3}
+    assert (boxes[..., 2] >= WIDTH).any() and (boxes[..., 3] >= HEIGHT).any()
+    assert (boxes[..., :2] < 0).any()
+    assert ((boxes[..., 2] <= boxes[..., 0]) & (boxes[..., 3] <= boxes[..., 1])).any()
+
+
+def test_non_finite_boxes_pool_zeros():
+    features, scales = pyramid(3, torch.float32)
+    boxes = torch.tensor([[[float("nan"), 1, 5, 5], [0, 0, float("inf"), 10], [2, 2, 30, 30]]])
+    boxes = boxes.expand(2, 3, 4)
+    levels = torch.zeros(2, 3, dtype=torch.int64)
+    got = op(features, boxes, levels, scales, (7, 7), 0, True)
+    assert (got.view(2, 3, -1)[:, :2] == 0).all()
+    want = torchvision_per_box(features, boxes[:, 2:], levels[:, 2:], scales, (7, 7), 0, True)
+    assert torch.equal(got.view(2, 3, 6, 7, 7)[:, 2], want.view(2, 6, 7, 7))
+
+
+def test_fake_kernel_gives_the_shape_without_data():
+    features, scales = pyramid(0, torch.float16)
+    boxes, levels = boxes_case(0)
+    meta = [f.to("meta") for f in features]
+    got = op(meta, boxes.to("meta"), levels.to("meta"), scales, (14, 14), 0, True)
+    assert got.device.type == "meta" and got.dtype == torch.float16
+    assert got.shape == (boxes.shape[0] * boxes.shape[1], 6, 14, 14)
+
+
+def test_opcheck_schema_fake_and_dispatch():
+    """torch.library.opcheck: the schema matches what the kernels do (no mutation, no aliasing),
+    the fake kernel agrees with the real one, and the op survives AOTDispatch."""
+    features, scales = pyramid(1, torch.float16, channels=3)
+    boxes, levels = boxes_case(1, random_per_image=3)
+    args = (features, boxes, levels, scales, 7, 7, 0, True)
+    for which in (torch.ops.d2bench.roi_align.default, torch.ops.d2bench.roi_align_cpu.default):
+        torch.library.opcheck(which, args)
+
+
+def test_bad_arguments_are_refused_with_the_argument_named():
+    features, scales = pyramid(0, torch.float32)
+    boxes, levels = boxes_case(0)
+    bad = [
+        (([], boxes, levels, [], 7, 7), "features is empty"),
+        ((features, boxes[..., :3], levels, scales, 7, 7), r"must be \[N, P, 4\]"),
+        ((features, boxes[:1], levels[:1], scales, 7, 7), r"must be \[N, P, 4\]"),
+        ((features, boxes, levels.float(), scales, 7, 7), "levels"),
+        ((features, boxes, levels, scales[:2], 7, 7), "2 spatial_scales for 4"),
+        ((features, boxes, levels, scales, 0, 7), "output size 0 x 7"),
+        (([features[0], features[1].half()], boxes, levels, scales[:2], 7, 7), "features.1."),
+        (([features[0], features[1][:1]], boxes, levels, scales[:2], 7, 7), "features.1."),
+        (([f.double() for f in features], boxes, levels, scales, 7, 7), "supported"),
+    ]
+    for args, message in bad:
+        with pytest.raises(ValueError, match=message):
+            torch.ops.d2bench.roi_align(*args, 0, True)
+
+
+# --- the Triton kernel on the CPU: the interpreter, and compiled for sm_90 ----------------------
+
+
+def triton_failures() -> list[str]:
+    """Run in a TRITON_INTERPRET=1 process: the Triton kernel on every case against the oracle
+    and against the CPU kernel; returns what disagreed."""
+    from runner.ops.roi_align_triton import roi_align_triton
+
+    failures = []
+    for name, features, boxes, levels, scales, size, sampling, aligned in cases():
+        got = roi_align_triton(features, boxes, levels, scales, *size, sampling, aligned)
+        want = torchvision_per_box(features, boxes, levels, scales, size, sampling, aligned)
+        cpu = op(features, boxes, levels, scales, size, sampling, aligned)
+        if got.dtype != want.dtype or got.shape != want.shape:
+            failures.append(f"{name}: {got.dtype} {tuple(got.shape)}, want {tuple(want.shape)}")
+        elif not torch.equal(got, want):
+            largest = float((got.float() - want.float()).abs().max())
+            failures.append(f"{name}: differs from torchvision by up to {largest}")
+        elif not torch.equal(got, cpu):
+            failures.append(f"{name}: differs from the CPU kernel")
+    return failures
+
+
+@pytest.mark.skipif(not triton_available(), reason=TRITON_MISSING)
+def test_triton_kernel_in_the_interpreter_equals_torchvision_bit_for_bit():
+    code = "from tests.test_roi_align import triton_failures; print(triton_failures())"
+    env = {**clean_environment(), "TRITON_INTERPRET": "1"}
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", code],
+        capture_output=True,
+        text=True,
+        env=env,
+        cwd=REPO,
+        timeout=900,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().splitlines()[-1] == "[]"
+
+
+def compiled_for_sm90(dtype: str, aligned: bool) -> dict:
+    """The CUDA kernel compiled by Triton for an H100 (sm_90) without a GPU: its PTX and SASS
+    (Triton's own ptxas and cuobjdump), as Inductor would compile it (ROUNDED on)."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    from runner.ops.roi_align_triton import _roi_align_kernel
+
+    constexprs = dict(PH=7, PW=7, ALIGNED=aligned, LEVELS=4, BLOCK_C=32, BINS=64, ROUNDED=True)
+    signature = {}
+    for name in _roi_align_kernel.arg_names:
+        if name in constexprs:
+            signature[name] = "constexpr"
+        elif name == "out_ptr" or re.fullmatch(r"f\d", name):
+            signature[name] = f"*{dtype}"
+        elif name == "boxes_ptr":
+            signature[name] = "*fp32"
+        elif name == "levels_ptr":
+            signature[name] = "*i64"
+        elif name.startswith("scale"):
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"
+    names = _roi_align_kernel.arg_names
+    source = ASTSource(
+        _roi_align_kernel,
+        signature,
+        constexprs={(names.index(k),): v for k, v in constexprs.items()},
+    )
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm
+
+
+@pytest.mark.skipif(not triton_available(), reason=TRITON_MISSING)
+@pytest.mark.parametrize("dtype, aligned", [("fp16", True), ("fp32", False), ("bf16", True)])
+def test_cuda_kernel_compiles_for_sm90_with_ieee_fp32_arithmetic(dtype, aligned):
+    """The path the interpreter cannot run (ROUNDED: inline PTX) compiles for an H100, and its
+    fp32 arithmetic is what makes it equal torchvision's CPU kernel: every multiply, add and
+    subtract explicitly rounded (.rn: never contracted into an FMA, whatever Inductor passes as
+    enable_fp_fusion), IEEE divisions (div.rn), nothing flushing subnormals to zero (libdevice's
+    _rn functions and tl.ceil would: Triton compiles them with ftz on), and the output rounded
+    to nearest even (cvt.rn) where it is half or bfloat16."""
+    asm = compiled_for_sm90(dtype, aligned)
+    ptx = asm["ptx"]
+    float_ops = re.findall(r"\b(fma|mul|add|sub|div)((?:\.[a-z0-9]+)*)\.f32\b", ptx)
+    assert float_ops, "no fp32 arithmetic found in the PTX"
+    assert not [op for op in float_ops if op[0] == "fma"], "an fp32 fma in the PTX"
+    assert all(op[1] == ".rn" for op in float_ops if op[0] in ("mul", "div")), float_ops
+    assert {op[0] for op in float_ops if op[1] == ".rn"} >= {"mul", "add", "sub", "div"}
+    assert [line.strip() for line in ptx.splitlines() if ".ftz" in line] == []
+    if dtype != "fp32":
+        assert f"cvt.rn.{dtype.replace('fp', 'f')}.f32" in ptx
+    assert asm["cubin"], "ptxas made no cubin"
+
+
+# --- export, AOTInductor, a fresh process -------------------------------------------------------
+
+
+class TwoLevels(torch.nn.Module):
+    """A small module around the op: the coarse level is every other pixel of the fine one (a
+    strided view: the op reads it through its strides), each box goes to a level by its size,
+    the op pools them. Exact arithmetic around the op, so that a compiled module must give the
+    same bits. Fixed output shapes."""
+
+    def forward(self, fine, boxes):
+        coarse = fine[..., ::2, ::2] * 0.5
+        area = (boxes[..., 2] - boxes[..., 0]) * (boxes[..., 3] - boxes[..., 1])
+        levels = (area > 64.0).long()
+        scales = [1.0, 0.5]
+        pooled = torch.ops.d2bench.roi_align([fine, coarse], boxes, levels, scales, 3, 3, 0, True)
+        return pooled, levels
+
+
+def two_level_inputs():
+    g = torch.Generator().manual_seed(0)
+    corner = torch.rand(2, 9, 2, generator=g) * torch.tensor([24.0, 20.0])
+    size = torch.rand(2, 9, 2, generator=g) * 16
+    return torch.randn(2, 4, 20, 24, generator=g), torch.cat([corner, corner + size], dim=-1)
+
+
+def test_export_keeps_the_op_whole_and_answers_the_same():
+    module, (fine, boxes) = TwoLevels().eval(), two_level_inputs()
+    with torch.no_grad():
+        want = module(fine, boxes)
+        program = torch.export.export(module, (fine, boxes), strict=False)
+        got = program.module()(fine, boxes)
+    targets = [str(node.target) for node in program.graph.nodes]
+    assert "d2bench.roi_align.default" in targets, targets
+    assert not [t for t in targets if "torchvision" in t], targets
+    syncing = ("aten.nonzero", "aten.item", "_local_scalar_dense")
+    assert not [t for t in targets if any(name in t for name in syncing)], targets
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+    assert set(want[1].flatten().tolist()) == {0, 1}, "both levels pool some box"
+
+
+@pytest.mark.slow
+def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_path):
+    """AOTInductor compiles the exported module into a .pt2; a fresh process in which
+    detectron2 and runner.backends cannot be imported loads it (after `import runner.ops`,
+    whose CPU kernel a CPU package calls by name) and gives the same answers, bit for bit."""
+    module, (fine, boxes) = TwoLevels().eval(), two_level_inputs()
+    with torch.no_grad():
+        want = module(fine, boxes)
+        program = torch.export.export(module, (fine, boxes), strict=False)
+        path = torch._inductor.aoti_compile_and_package(
+            program, package_path=str(tmp_path / "pool.pt2")
+        )
+    torch.save({"fine": fine, "boxes": boxes, "want": want}, tmp_path / "io.pt")
+    code = BLOCK_MODEL_CODE + textwrap.dedent(
+        f"""
+        import torch
+        import runner.ops
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        got = torch._inductor.aoti_load_package({path!r})(io["fine"], io["boxes"])
+        assert len(got) == len(io["want"])
+        for a, b in zip(io["want"], got):
+            assert a.dtype == b.dtype and a.shape == b.shape, (a.shape, b.shape)
+            assert torch.equal(a, b), float((a.float() - b.float()).abs().max())
+        assert "detectron2" not in sys.modules
+        assert not [m for m in sys.modules if m.startswith("runner.backends")]
+        print("same answers")
+        """
+    )
+    done = subprocess.run(
+        [sys.executable, "-c", code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env=clean_environment(),
+        timeout=600,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("same answers")
