@@ -29,6 +29,7 @@ from pathlib import Path
 import pytest
 import torch
 import torchvision
+from torch.utils._python_dispatch import TorchDispatchMode
 
 import runner.ops  # noqa: F401 - registers torch.ops.d2bench
 from tests.helpers import clean_environment
@@ -423,3 +424,146 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
     )
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("same answers")
+
+
+# --- detectron2: its ROIPooler, and static_graph with `roi_align: op` ---------------------------
+
+
+class Recorder(TorchDispatchMode):
+    """The names of the ops dispatched while it is on (a custom op counts once, as a whole)."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.seen.add(str(func))
+        return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.detectron2
+@pytest.mark.parametrize("sampling", [0, 2])
+@pytest.mark.parametrize("aligned", [True, False])
+@pytest.mark.parametrize("dtype", ["fp32", "fp16", "bf16"])
+def test_pool_with_op_equals_detectron2s_pooler_bit_for_bit(dtype, aligned, sampling):
+    """static_graph's pooling through the op against detectron2's ROIPooler (which gathers
+    each level's boxes with nonzero and pools them level by level), on fp32 features, and on
+    fp16 and bf16 ones under autocast as a detectron2 model runs at those precisions (the
+    pooler rounds the boxes to the features' dtype, torchvision's autocast wrapper pools in
+    fp32): boxes of every level, on the image's right and bottom edge and corners, empty, two
+    images, level sizes that are not powers of two. Equal, not close."""
+    from detectron2.modeling.poolers import ROIPooler
+    from detectron2.structures import Boxes
+
+    from runner.backends.static_graph.pooling import box_levels, pool
+
+    torch.manual_seed(0)
+    height, width = 470, 630  # strides 4..32: 118x158, 59x79, 30x40, 15x20
+    features = [
+        torch.randn(2, 8, -(-height // s), -(-width // s)).to(DTYPES[dtype]) for s in STRIDES
+    ]
+    pooler_type = "ROIAlignV2" if aligned else "ROIAlign"
+    pooler = ROIPooler((7, 7), tuple(1 / s for s in STRIDES), sampling, pooler_type)
+    corners = torch.rand(2, 60, 2) * torch.tensor([width, height])
+    sizes = torch.rand(2, 60, 2) ** 2 * torch.tensor([width, height])
+    boxes = torch.cat([corners, corners + sizes], dim=2)
+    boxes[..., 0::2] = boxes[..., 0::2].clamp(0, width)
+    boxes[..., 1::2] = boxes[..., 1::2].clamp(0, height)
+    for slot, (box, _) in enumerate(special_boxes(float(width), float(height))[:13]):
+        boxes[slot % 2, 2 + slot] = torch.tensor(box, dtype=torch.float32)
+    autocast = torch.autocast("cpu", dtype=DTYPES[dtype], enabled=dtype != "fp32")
+    with autocast:
+        expected = pooler(features, [Boxes(b) for b in boxes])
+        recorder = Recorder()
+        with recorder:
+            got = pool(pooler, features, boxes, op=True)
+    assert "d2bench.roi_align.default" in recorder.seen
+    assert "torchvision.roi_align.default" not in recorder.seen, recorder.seen
+    assert got.dtype == expected.dtype == DTYPES[dtype] and got.shape == expected.shape
+    assert torch.equal(got, expected), float((got.float() - expected.float()).abs().max())
+    levels_used = {int(v) for v in box_levels(pooler, boxes.reshape(-1, 4))}
+    assert levels_used == {0, 1, 2, 3}, levels_used
+
+
+def static_graph_both_ways(make_config, name: str, **options):
+    """A seed variant, small, on the CPU at fp32: the eager module's detections, and static_graph's
+    with torchvision's ROIAlign and with the op (same exported model, same input), each with the
+    ops it dispatched."""
+    from runner import backends
+    from runner.run import measurement
+    from tests.test_detectron2 import FEWER_PROPOSALS, SMALL, variant_overrides
+
+    cfg = make_config(*variant_overrides(name), *SMALL, "backend=static_graph")
+    cfg.model.arch_options = {**cfg.model.arch_options, **FEWER_PROPOSALS}
+    exported, images, _ = measurement.build(cfg, torch.device("cpu"))
+    opt = images.images["opt"]
+    answers = {}
+    with torch.no_grad():
+        answers["eager"] = (exported.decode(exported.module(*opt), cfg.batch), None, None)
+        for roi_align in ("torchvision", "op"):
+            chosen = {**cfg.backend.options, **options, "roi_align": roi_align}
+            fn = backends.get("static_graph")(
+                exported, images, cfg.precision, backends.validate_options("static_graph", chosen)
+            )
+            recorder = Recorder()
+            with recorder:
+                raw = fn(*opt)
+            answers[roi_align] = (exported.decode(raw, cfg.batch), recorder.seen, fn.notes())
+    return cfg, answers
+
+
+@pytest.mark.detectron2
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["MaskRCNNFPN_b2", "MaskRCNNC4", "CascadeRCNN"])
+def test_static_graph_with_the_op_detects_what_it_detects_with_torchvision(make_config, name):
+    """static_graph with `roi_align: op` against static_graph with torchvision's ROIAlign and
+    against the eager model: the same detections (boxes, scores, classes, masks), where every
+    pooler went through the op: FPN's box and mask poolers over two images, C4's one level
+    (res5 for boxes and masks), the three cascade stages."""
+    from runner.run import parity
+    from tests.test_detectron2 import assert_same_detections
+
+    cfg, answers = static_graph_both_ways(make_config, name)
+    reference = answers["eager"][0]
+    assert all(len(d) > 0 for d in reference), "no detections: the comparison would prove nothing"
+    with_op, seen, notes = answers["op"]
+    assert "fallback_calls=0/1" in notes, notes  # the rewrite answered itself
+    assert "torchvision.roi_align.default" not in seen and "d2bench.roi_align.default" in seen
+    assert "torchvision.roi_align.default" in answers["torchvision"][1]
+    for other in (reference, answers["torchvision"][0]):
+        figures = parity.compare(other, with_op, cfg.bench.match_iou)
+        assert_same_detections(other, figures)
+        for a, b in zip(other, with_op, strict=True):  # the same detections in the same order
+            assert torch.equal(a.classes, b.classes)
+
+
+def test_the_option_is_declared_with_its_values_for_both_backends():
+    """`roi_align` is static_graph's option (torchvision | op), taken by aot_package as a
+    rewrite option; conf/ defaults it to torchvision in both."""
+    from runner import backends
+    from tests.helpers import CONF
+
+    for backend in ("static_graph", "aot_package"):
+        assert backends.validate_options(backend, {"roi_align": "op"}) == {"roi_align": "op"}
+        with pytest.raises(ValueError, match="options.roi_align='stacked'"):
+            backends.validate_options(backend, {"roi_align": "stacked"})
+        text = (CONF / "backend" / f"{backend}.yaml").read_text()
+        assert re.search(r"^  roi_align: torchvision\b", text, re.MULTILINE), backend
+
+
+@pytest.mark.detectron2
+def test_half_roi_align_with_the_op_is_refused_naming_both(make_config):
+    """half_roi_align asks torchvision's kernel to pool in fp16; the op pools in fp32 sums:
+    asking for both is refused by the rewrite (static_graph's and the package's), naming both
+    options."""
+    from runner import backends
+    from runner.run import measurement
+    from tests.test_detectron2 import SMALL
+
+    cfg = make_config("model=mask_rcnn_fpn", *SMALL, "backend=static_graph")
+    exported, images, _ = measurement.build(cfg, torch.device("cpu"))
+    for backend in ("static_graph", "aot_package"):
+        chosen = {"roi_align": "op", "half_roi_align": True}
+        options = backends.validate_options(backend, chosen)
+        with pytest.raises(ValueError, match="half_roi_align=true.*roi_align=op"):
+            backends.get(backend)(exported, images, cfg.precision, options)
