@@ -290,9 +290,11 @@ def test_triton_kernel_in_the_interpreter_equals_torchvision_bit_for_bit():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def compiled_for_sm90(dtype: str, aligned: bool) -> dict:
-    """The CUDA kernel compiled by Triton for an H100 (sm_90) without a GPU: its PTX and SASS
-    (Triton's own ptxas and cuobjdump), as Inductor would compile it (ROUNDED on)."""
+def compiled_for_sm90(dtype: str, aligned: bool, ones: bool = False) -> dict:
+    """The CUDA kernel compiled by Triton for an H100 (sm_90) without a GPU (Triton's own
+    ptxas): its PTX and cubin, as Inductor would compile it (ROUNDED on). `ones`: with the
+    integer arguments a launch may pass as 1 (column and channel strides, boxes per image,
+    channels, sampling ratio) made constants, as Triton's launcher specializes them."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -300,6 +302,10 @@ def compiled_for_sm90(dtype: str, aligned: bool) -> dict:
     from runner.ops.roi_align_triton import _roi_align_kernel
 
     constexprs = dict(PH=7, PW=7, ALIGNED=aligned, LEVELS=4, BLOCK_C=32, BINS=64, ROUNDED=True)
+    if ones:
+        names = _roi_align_kernel.arg_names
+        specialized = [n for n in names if re.fullmatch(r"s[wc]\d", n)]
+        constexprs.update({n: 1 for n in (*specialized, "P", "C", "sampling_ratio")})
     signature = {}
     for name in _roi_align_kernel.arg_names:
         if name in constexprs:
@@ -324,15 +330,18 @@ def compiled_for_sm90(dtype: str, aligned: bool) -> dict:
 
 
 @pytest.mark.skipif(not triton_available(), reason=TRITON_MISSING)
-@pytest.mark.parametrize("dtype, aligned", [("fp16", True), ("fp32", False), ("bf16", True)])
-def test_cuda_kernel_compiles_for_sm90_with_ieee_fp32_arithmetic(dtype, aligned):
+@pytest.mark.parametrize(
+    "dtype, aligned, ones",
+    [("fp16", True, False), ("fp32", False, False), ("bf16", True, False), ("fp16", False, True)],
+)
+def test_cuda_kernel_compiles_for_sm90_with_ieee_fp32_arithmetic(dtype, aligned, ones):
     """The path the interpreter cannot run (ROUNDED: inline PTX) compiles for an H100, and its
     fp32 arithmetic is what makes it equal torchvision's CPU kernel: every multiply, add and
     subtract explicitly rounded (.rn: never contracted into an FMA, whatever Inductor passes as
     enable_fp_fusion), IEEE divisions (div.rn), nothing flushing subnormals to zero (libdevice's
     _rn functions and tl.ceil would: Triton compiles them with ftz on), and the output rounded
     to nearest even (cvt.rn) where it is half or bfloat16."""
-    asm = compiled_for_sm90(dtype, aligned)
+    asm = compiled_for_sm90(dtype, aligned, ones)
     ptx = asm["ptx"]
     float_ops = re.findall(r"\b(fma|mul|add|sub|div)((?:\.[a-z0-9]+)*)\.f32\b", ptx)
     assert float_ops, "no fp32 arithmetic found in the PTX"
@@ -341,7 +350,9 @@ def test_cuda_kernel_compiles_for_sm90_with_ieee_fp32_arithmetic(dtype, aligned)
     assert {op[0] for op in float_ops if op[1] == ".rn"} >= {"mul", "add", "sub", "div"}
     assert [line.strip() for line in ptx.splitlines() if ".ftz" in line] == []
     if dtype != "fp32":
-        assert f"cvt.rn.{dtype.replace('fp', 'f')}.f32" in ptx
+        half = dtype.replace("fp", "f")
+        assert re.search(rf"cvt\.rn\.{half}(x2)?\.f32", ptx), "no rounding to nearest"
+        assert not re.search(rf"cvt\.(rz|rm|rp)\.{half}", ptx), "a directed rounding"
     assert asm["cubin"], "ptxas made no cubin"
 
 
@@ -567,3 +578,272 @@ def test_half_roi_align_with_the_op_is_refused_naming_both(make_config):
         options = backends.validate_options(backend, chosen)
         with pytest.raises(ValueError, match="half_roi_align=true.*roi_align=op"):
             backends.get(backend)(exported, images, cfg.precision, options)
+
+
+# --- CUDA: the Triton kernel against torchvision's kernels, graphs, compile, packages -------------
+
+
+def on_cuda(case):
+    name, features, boxes, levels, scales, size, sampling, aligned = case
+    return (
+        [f.cuda() for f in features],  # keeps channels last
+        boxes.cuda(),
+        levels.cuda(),
+        scales,
+        size,
+        sampling,
+        aligned,
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", cases(), ids=lambda c: c[0])
+def test_gpu_kernel_equals_torchvisions_cpu_kernel_bit_for_bit(case):
+    """The op on CUDA (the Triton kernel) against the oracle on the CPU: the claim of
+    roi_align_triton.py (torchvision's arithmetic, explicitly rounded) on the real compiler."""
+    if not triton_available():
+        pytest.skip(TRITON_MISSING)
+    name, features, boxes, levels, scales, size, sampling, aligned = case
+    got = op(*on_cuda(case)).cpu()
+    want = torchvision_per_box(features, boxes, levels, scales, size, sampling, aligned)
+    assert got.dtype == want.dtype and got.shape == want.shape
+    assert torch.equal(got, want), (name, float((got.float() - want.float()).abs().max()))
+
+
+def fma_bound(features) -> float:
+    """How far torchvision's CUDA kernel may sit from its CPU kernel (and so from the op) in
+    fp32: nvcc contracts its sample position (start + ph * bin) and its bilinear sum into FMAs,
+    moving a position by about an ulp of the level's extent E and a sum by a few ulps of the
+    largest value A. A value moves by at most the slope (2A per pixel) times the position's
+    change plus the sums': 2**-23 * A * (2 * 2E + 8), taken twice over."""
+    extent = max(max(f.shape[-2:]) for f in features) + 1
+    largest = max(float(f.float().abs().max()) for f in features)
+    return 2.0**-22 * largest * (4 * extent + 8)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("case", cases(), ids=lambda c: c[0])
+def test_gpu_kernel_against_torchvisions_cuda_kernel_within_its_fma_bound(case):
+    if not triton_available():
+        pytest.skip(TRITON_MISSING)
+    name, features, *_ = case
+    cuda = on_cuda(case)
+    got = op(*cuda).float()
+    upcast = [f.float() for f in cuda[0]]
+    want = torchvision_per_box(upcast, *cuda[1:])  # torchvision's CUDA kernel, fp32 out
+    assert got.shape == want.shape
+    # the op rounds half and bfloat16 outputs to nearest: half an ulp of the value on top
+    # (and half of fp16's smallest subnormal)
+    unit = {torch.float32: 0.0, torch.float16: 2.0**-11, torch.bfloat16: 2.0**-8}
+    rounding = unit[features[0].dtype] * (want.abs() + fma_bound(features))
+    tiny = 2.0**-25 if features[0].dtype == torch.float16 else 0.0
+    allowed = fma_bound(features) + rounding + tiny
+    difference = (got - want).abs()
+    assert (difference <= allowed).all(), (name, float(difference.max()), fma_bound(features))
+
+
+@pytest.mark.gpu
+def test_gpu_op_is_sync_free_and_replays_in_a_cuda_graph_with_new_boxes():
+    if not triton_available():
+        pytest.skip(TRITON_MISSING)
+    features, scales = pyramid(7, torch.float16, channels_last=True)
+    cuda = [f.cuda() for f in features]
+    boxes, levels = boxes_case(7)
+    static_boxes, static_levels = boxes.cuda(), levels.cuda()
+
+    def call():
+        return op(cuda, static_boxes, static_levels, scales, (7, 7), 0, True)
+
+    call()  # compiles the kernel; the steady state is what must be sync-free
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        call()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            pooled = call()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    for seed in (8, 9):
+        boxes, levels = boxes_case(seed)
+        static_boxes.copy_(boxes)
+        static_levels.copy_(levels)
+        graph.replay()
+        want = torchvision_per_box(features, boxes, levels, scales, (7, 7), 0, True)
+        assert torch.equal(pooled.cpu(), want), seed
+
+
+@pytest.mark.gpu
+def test_gpu_torch_compile_compiles_the_kernel_into_its_graph_with_the_same_bits():
+    """What static_graph compile=true does: Inductor traces the op into its graph and compiles
+    the Triton kernel with its own launch options (fullgraph: no break around the op)."""
+    if not triton_available():
+        pytest.skip(TRITON_MISSING)
+    case = cases()[1]  # fp32, aligned, sampling 2
+    cuda = on_cuda(case)
+    features, rest = cuda[0], cuda[1:]
+
+    def pool(f0, f1, f2, f3, boxes, levels):
+        return op([f0, f1, f2, f3], boxes, levels, *rest[2:]) * 1.0
+
+    torch._dynamo.reset()
+    compiled = torch.compile(pool, fullgraph=True)
+    got = compiled(*features, *rest[:2])
+    assert torch.equal(got, op(*cuda))
+
+
+BLOCK_ALL_CODE = textwrap.dedent(
+    """
+    import builtins, sys
+    _real_import = builtins.__import__
+    def _blocked(name, *args, **kwargs):
+        if name.split(".")[0] in ("detectron2", "torchvision", "runner"):
+            raise ImportError(f"{name} is blocked in this process")
+        return _real_import(name, *args, **kwargs)
+    builtins.__import__ = _blocked
+    """
+)
+
+
+def run_without_torchvision(code: str, timeout: float = 600) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter where torchvision, detectron2 and runner cannot be
+    imported, set up as a process that loads packages is (build.LOADER_ENVIRONMENT)."""
+    from runner.backends.aot_package import build
+
+    return subprocess.run(
+        [sys.executable, "-c", BLOCK_ALL_CODE + code],
+        capture_output=True,
+        text=True,
+        cwd=REPO,
+        env={**clean_environment(), **build.LOADER_ENVIRONMENT},
+        timeout=timeout,
+    )
+
+
+@pytest.mark.gpu
+@pytest.mark.slow
+def test_gpu_package_pools_where_neither_torchvision_nor_runner_can_be_imported(tmp_path):
+    """On CUDA AOTInductor compiles the op's Triton kernel into the package: a process that can
+    import neither torchvision nor runner (as a C++ process has neither) loads it and pools
+    the same bits."""
+    if not triton_available():
+        pytest.skip(TRITON_MISSING)
+    fine, boxes = (t.cuda() for t in two_level_inputs())
+    module = TwoLevels().eval()
+    with torch.no_grad():
+        want = module(fine, boxes)
+        program = torch.export.export(module, (fine, boxes), strict=False)
+        path = torch._inductor.aoti_compile_and_package(
+            program, package_path=str(tmp_path / "pool.pt2")
+        )
+    torch.save(
+        {"fine": fine.cpu(), "boxes": boxes.cpu(), "want": [t.cpu() for t in want]},
+        tmp_path / "io.pt",
+    )
+    code = textwrap.dedent(
+        f"""
+        import torch
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        package = torch._inductor.aoti_load_package({path!r})
+        got = package(io["fine"].cuda(), io["boxes"].cuda())
+        for a, b in zip(io["want"], got):
+            assert a.dtype == b.dtype and a.shape == b.shape, (a.shape, b.shape)
+            assert torch.equal(a, b.cpu()), float((a.float() - b.cpu().float()).abs().max())
+        assert not [m for m in sys.modules if m.split(".")[0] in ("torchvision", "runner")]
+        print("same answers")
+        """
+    )
+    done = run_without_torchvision(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.strip().endswith("same answers")
+
+
+@pytest.mark.gpu
+@pytest.mark.detectron2
+@pytest.mark.slow
+@pytest.mark.parametrize("precision", ["fp32", "fp16"])
+@pytest.mark.parametrize("name", ["MaskRCNNFPN", "MaskRCNNFPN_b2", "MaskRCNNC4", "CascadeRCNN"])
+def test_gpu_static_graph_with_the_op_replays_and_detects_as_eager(make_config, name, precision):
+    """static_graph `roi_align: op` on CUDA, replayed as a CUDA graph: the detections of the
+    eager model at the same precision, and of static_graph with torchvision's ROIAlign."""
+    from runner import backends
+    from runner.run import measurement, parity
+    from tests.test_detectron2 import variant_overrides
+
+    cfg = make_config(*variant_overrides(name), "device=cuda", f"precision={precision}")
+    exported, images, _ = measurement.build(cfg, torch.device("cuda", 0))
+    opt = images.images["opt"]
+    answers = {}
+    with torch.no_grad():
+        for roi_align in ("torchvision", "op"):
+            chosen = {**cfg.backend.options, "roi_align": roi_align}
+            fn = backends.get("static_graph")(
+                exported, images, cfg.precision, backends.validate_options("static_graph", chosen)
+            )
+            first = exported.decode(fn(*opt), cfg.batch)  # captures
+            answers[roi_align] = exported.decode(fn(*opt), cfg.batch)
+            assert "graphs=1" in fn.notes() and "fallback_calls=0/2" in fn.notes(), fn.notes()
+            replayed = parity.compare(first, answers[roi_align], cfg.bench.match_iou)
+            assert replayed.match_f1 == 1.0
+        from runner.run.precision import autocast
+
+        with autocast(cfg.precision, opt[0].device):
+            reference = exported.decode(exported.module(*opt), cfg.batch)
+    for other in (reference, answers["torchvision"]):
+        figures = parity.compare(other, answers["op"], cfg.bench.match_iou)
+        if precision == "fp32":
+            assert parity.verdict(figures, cfg.precision) == [], figures
+        else:  # fp16 rounding can reorder ties at the top-k and NMS cut-offs
+            assert figures.match_f1 > 0.95, figures
+
+
+@pytest.mark.gpu
+@pytest.mark.detectron2
+@pytest.mark.slow
+def test_gpu_detector_package_with_the_op_runs_without_torchvision(tmp_path):
+    """`python -m runner.package` of Mask R-CNN FPN at fp16 with `roi_align: op`: the package
+    calls no torchvision op, so a process that can import neither torchvision, detectron2 nor
+    runner (as the C++ loader) loads it and gives the in-process rewrite's detections."""
+    from runner.backends import static_graph, validate_options
+    from runner.config import to_config
+    from runner.run.measurement import build as build_run
+    from tests.helpers import compose_config, run_module
+
+    out = tmp_path / "fpn.pt2"
+    fewer = "+model.arch_options.MODEL.RPN.POST_NMS_TOPK_TEST=100"
+    args = ("model=mask_rcnn_fpn", "device=cuda", "precision=fp16", fewer)
+    args = (*args, "backend.options.roi_align=op")
+    done = run_module("runner.package", f"out={out}", *args, cwd=tmp_path, timeout=1200)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert out.is_file()
+
+    overrides = (*args, "backend=aot_package", "command=t", f"output_dir={tmp_path}")
+    cfg = to_config(compose_config(*overrides))
+    built = build_run(cfg, torch.device("cuda"))
+    options = validate_options("aot_package", cfg.backend.options)
+    assert options["roi_align"] == "op"
+    outputs, _ = static_graph.rewrite(built.exported, cfg.precision, options)
+    images = built.images.images["opt"]
+    with torch.no_grad():
+        expected = outputs(*images)
+    torch.save(
+        {"images": [i.cpu() for i in images], "expected": [t.cpu() for t in expected]},
+        tmp_path / "io.pt",
+    )
+    code = textwrap.dedent(
+        f"""
+        import torch
+        io = torch.load({str(tmp_path / "io.pt")!r})
+        got = torch._inductor.aoti_load_package({str(out)!r})(*[i.cuda() for i in io["images"]])
+        want = io["expected"]
+        n = int(want[3][0])
+        assert n > 0 and torch.equal(got[3].cpu(), want[3]) and torch.equal(got[2].cpu(), want[2])
+        torch.testing.assert_close(got[0].cpu(), want[0], rtol=1e-4, atol=1e-3)
+        torch.testing.assert_close(got[1].cpu(), want[1], rtol=1e-4, atol=1e-4)
+        assert not [m for m in sys.modules if m.split(".")[0] in ("torchvision", "runner")]
+        print("same detections", n)
+        """
+    )
+    done = run_without_torchvision(code)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert "same detections" in done.stdout
