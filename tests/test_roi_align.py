@@ -437,6 +437,15 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
     assert done.stdout.strip().endswith("same answers")
 
 
+def test_a_packages_cache_key_covers_every_kernel_source_in_runner_ops():
+    """aot_package reuses a cached package by key; the key hashes runner/ops' sources, so a
+    changed kernel (this op's included) builds a new package instead of loading a stale one."""
+    from runner.backends.aot_package import build
+
+    sources = {p.name for p in (REPO / "runner" / "ops").glob("*.py")} - {"__init__.py"}
+    assert set(build.OPS_SOURCES) == sources
+
+
 # --- detectron2: its ROIPooler, and static_graph with `roi_align: op` ---------------------------
 
 
