@@ -20,6 +20,7 @@ a CUDA graph, and a CUDA package loaded where neither torchvision nor runner can
 
 from __future__ import annotations
 
+import json
 import re
 import subprocess
 import sys
@@ -354,6 +355,56 @@ def test_cuda_kernel_compiles_for_sm90_with_ieee_fp32_arithmetic(dtype, aligned,
         assert re.search(rf"cvt\.rn\.{half}(x2)?\.f32", ptx), "no rounding to nearest"
         assert not re.search(rf"cvt\.(rz|rm|rp)\.{half}", ptx), "a directed rounding"
     assert asm["cubin"], "ptxas made no cubin"
+
+
+INDUCTOR_ACCESSES_CODE = textwrap.dedent(
+    """
+    import json, torch, triton
+    from triton.backends.compiler import GPUTarget
+    from torch._higher_order_ops.triton_kernel_wrap import identify_accessed_tensors
+    from runner.ops import roi_align_triton
+    from tests.test_roi_align import boxes_case, pyramid
+
+    class H100:  # no GPU here: the target Inductor would read from the CUDA driver
+        def get_current_target(self):
+            return GPUTarget("cuda", 90, 32)
+
+    triton.runtime.driver.set_active(H100())
+    features, scales = pyramid(0, torch.float16)
+    boxes, levels = boxes_case(0)
+    out = torch.empty(boxes.shape[0] * boxes.shape[1], 6, 7, 7, dtype=torch.float16)
+    values = [out, boxes.reshape(-1, 4), levels.reshape(-1), *features]
+    for dims in ((2,), (3,)):
+        values += [f.shape[d] for f in features for d in dims]
+    values += [f.stride(d) for d in range(4) for f in features]
+    values += [*scales, 6, boxes.shape[1], 0, 3, 0]
+    kernel = roi_align_triton._roi_align_kernel
+    kwargs = dict(zip(kernel.arg_names, values))
+    kwargs.update(PH=7, PW=7, ALIGNED=True, LEVELS=4, BLOCK_C=8, BINS=64, ROUNDED=True)
+    accesses = identify_accessed_tensors(kernel, kwargs, {}).read_writes
+    names = [sorted(d.name for d in found) for found in (accesses.writes, accesses.reads)]
+    print(json.dumps(names))
+    """
+)
+
+
+@pytest.mark.skipif(not triton_available(), reason=TRITON_MISSING)
+def test_inductor_sees_the_kernel_write_only_its_output():
+    """Inductor decides from the kernel's TTIR which tensors it writes, and copies whatever it
+    cannot prove untouched: the pyramid must read as read-only (no copy of the features in a
+    compiled graph or package), the output as the only write. Run as for an H100 target."""
+    done = subprocess.run(
+        [sys.executable, "-W", "ignore", "-c", INDUCTOR_ACCESSES_CODE],
+        capture_output=True,
+        text=True,
+        env=clean_environment(),
+        cwd=REPO,
+        timeout=300,
+    )
+    assert done.returncode == 0, done.stderr[-3000:]
+    writes, reads = json.loads(done.stdout.strip().splitlines()[-1])
+    assert writes == ["out_ptr"]
+    assert reads == ["boxes_ptr", "f0", "f1", "f2", "f3", "levels_ptr"]
 
 
 # --- export, AOTInductor, a fresh process -------------------------------------------------------
