@@ -23,7 +23,6 @@ from __future__ import annotations
 import json
 import re
 import subprocess
-import sys
 import textwrap
 from pathlib import Path
 
@@ -33,7 +32,7 @@ import torchvision
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import runner.ops  # noqa: F401 - registers torch.ops.d2bench
-from tests.helpers import clean_environment
+from tests.helpers import run_python
 from tests.test_ops import BLOCK_MODEL_CODE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -278,15 +277,7 @@ def triton_failures() -> list[str]:
 @pytest.mark.skipif(not triton_available(), reason=TRITON_MISSING)
 def test_triton_kernel_in_the_interpreter_equals_torchvision_bit_for_bit():
     code = "from tests.test_roi_align import triton_failures; print(triton_failures())"
-    env = {**clean_environment(), "TRITON_INTERPRET": "1"}
-    done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", code],
-        capture_output=True,
-        text=True,
-        env=env,
-        cwd=REPO,
-        timeout=900,
-    )
+    done = run_python("-W", "ignore", "-c", code, env={"TRITON_INTERPRET": "1"}, timeout=900)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
@@ -393,14 +384,7 @@ def test_inductor_sees_the_kernel_write_only_its_output():
     """Inductor decides from the kernel's TTIR which tensors it writes, and copies whatever it
     cannot prove untouched: the pyramid must read as read-only (no copy of the features in a
     compiled graph or package), the output as the only write. Run as for an H100 target."""
-    done = subprocess.run(
-        [sys.executable, "-W", "ignore", "-c", INDUCTOR_ACCESSES_CODE],
-        capture_output=True,
-        text=True,
-        env=clean_environment(),
-        cwd=REPO,
-        timeout=300,
-    )
+    done = run_python("-W", "ignore", "-c", INDUCTOR_ACCESSES_CODE)
     assert done.returncode == 0, done.stderr[-3000:]
     writes, reads = json.loads(done.stdout.strip().splitlines()[-1])
     assert writes == ["out_ptr"]
@@ -476,14 +460,7 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
         print("same answers")
         """
     )
-    done = subprocess.run(
-        [sys.executable, "-c", code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env=clean_environment(),
-        timeout=600,
-    )
+    done = run_python("-c", code, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("same answers")
 
@@ -770,14 +747,7 @@ def run_without_torchvision(code: str, timeout: float = 600) -> subprocess.Compl
     imported, set up as a process that loads packages is (build.LOADER_ENVIRONMENT)."""
     from runner.backends.aot_package import build
 
-    return subprocess.run(
-        [sys.executable, "-c", BLOCK_ALL_CODE + code],
-        capture_output=True,
-        text=True,
-        cwd=REPO,
-        env={**clean_environment(), **build.LOADER_ENVIRONMENT},
-        timeout=timeout,
-    )
+    return run_python("-c", BLOCK_ALL_CODE + code, env=build.LOADER_ENVIRONMENT, timeout=timeout)
 
 
 @pytest.mark.gpu
@@ -845,7 +815,7 @@ def test_gpu_static_graph_with_the_op_replays_and_detects_as_eager(make_config, 
             assert "graphs=1" in fn.notes() and "fallback_calls=0/2" in fn.notes(), fn.notes()
             replayed = parity.compare(first, answers[roi_align], cfg.bench.match_iou)
             assert replayed.match_f1 == 1.0
-        from runner.run.precision import autocast
+        from runner.precision import autocast
 
         with autocast(cfg.precision, opt[0].device):
             reference = exported.decode(exported.module(*opt), cfg.batch)
