@@ -30,7 +30,14 @@ from runner.backends.static_graph import OPTIONS as STATIC_OPTIONS
 
 log = logging.getLogger(__name__)
 
-REWRITE = ("max_candidates", "half_roi_align", "fold_bn", "half_weights", *_parts.TUNING)
+REWRITE = (
+    "max_candidates",
+    "half_roi_align",
+    "roi_align",
+    "fold_bn",
+    "half_weights",
+    *_parts.TUNING,
+)
 OPTIONS = {
     **{name: STATIC_OPTIONS[name] for name in REWRITE},
     "graphs": (bool,),  # false: call the loaded package without CUDA graphs

@@ -40,7 +40,8 @@ from runner.backends.static_graph.outputs import VERSION, field_names
 
 log = logging.getLogger(__name__)
 
-OPS_SOURCES = ("nms.py", "nms_triton.py")  # runner/ops files whose kernels a package compiles
+# runner/ops files whose kernels a package compiles (part of its cache key)
+OPS_SOURCES = ("nms.py", "nms_triton.py", "roi_align.py", "roi_align_triton.py")
 
 
 @dataclass

@@ -39,6 +39,7 @@ OPTIONS = {
     "graphs": (bool,),  # false: run the rewritten forward without CUDA graphs (debugging)
     "max_candidates": (int,),  # detection candidates entering the final NMS
     "half_roi_align": (bool,),  # ROIAlign in fp16 on fp16 features (autocast runs it in fp32)
+    "roi_align": ("torchvision", "op"),  # whose ROIAlign pools: torchvision's or d2bench::roi_align
     "fold_bn": (bool,),  # fold frozen batch norms into the convolutions before capture
     "half_weights": (bool,),  # conv and linear weights in the autocast dtype (fp16/bf16 runs)
     **_parts.TUNING,
@@ -83,6 +84,13 @@ def rewrite(exported, precision, options) -> tuple:
     candidates = options.get("max_candidates", 2048)
     if candidates < 1:
         raise ValueError(f"backend=static_graph: options.max_candidates={candidates}; need >= 1")
+    roi_align = options.get("roi_align", "torchvision")
+    if roi_align == "op" and options.get("half_roi_align"):
+        raise ValueError(
+            "backend=static_graph: options.half_roi_align=true runs torchvision's ROIAlign in "
+            "fp16; options.roi_align=op pools with d2bench::roi_align (fp32 sums of the fp16 "
+            "features): choose one"
+        )
     notes = []
     model = exported.model
     if options.get("fold_bn") or options.get("half_weights"):
@@ -100,7 +108,9 @@ def rewrite(exported, precision, options) -> tuple:
     log.info("static_graph: %s", "; ".join(notes) or "no weight rewrites")
     _parts.tune(model, options)
     budgets = Budgets(
-        max_candidates=candidates, half_roi_align=options.get("half_roi_align", False)
+        max_candidates=candidates,
+        half_roi_align=options.get("half_roi_align", False),
+        roi_align=roi_align,
     )
     detector = StaticDetector(model, _postprocess(exported), budgets).eval()
     return Outputs(detector, dtype).eval(), notes

@@ -29,6 +29,7 @@ from runner.backends.static_graph.slots import Slots, compact
 class Budgets:
     max_candidates: int = 2048  # detection candidates entering the final NMS (slots.select)
     half_roi_align: bool = False  # ROIAlign on fp16 features in fp16 (pooling.py)
+    roi_align: str = "torchvision"  # torchvision | op: d2bench::roi_align (pooling.py)
 
 
 def lookup(table: dict, obj):

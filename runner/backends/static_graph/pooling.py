@@ -2,11 +2,12 @@
 returns the pooled features [N * P, C, S, S] with no per-level `nonzero` and no host sync.
 
 detectron2 assigns each box to one FPN level by its size, gathers each level's boxes with
-`nonzero` (a sync and a run-time shape) and pools them, one ROIAlign per level. Here the levels
-are stacked into one batch of feature maps (each padded at its bottom and right edge to the
-largest level's size by repeating its last row and column), each box is scaled to its own level
-and points at that level's entry, and one ROIAlign pools all N * P boxes: each box does the work
-it does in detectron2, nothing more, and no per-level `nonzero`, `where` or host sync is needed.
+`nonzero` (a sync and a run-time shape) and pools them, one ROIAlign per level. Here, by
+default (static_graph's `roi_align: torchvision`), the levels are stacked into one batch of
+feature maps (each padded at its bottom and right edge to the largest level's size by repeating
+its last row and column), each box is scaled to its own level and points at that level's entry,
+and one ROIAlign pools all N * P boxes: each box does the work it does in detectron2, nothing
+more, and no per-level `nonzero`, `where` or host sync is needed.
 
 Samples never fall past a level's own edge (boxes are clipped to the image, so a sample lies
 below height - 0.5 of its level), and inside the last row and column the repeated edge gives
@@ -16,6 +17,13 @@ so a value on that edge can differ from detectron2's in its last bit (fp32), now
 `half=True` runs ROIAlign itself in fp16 on fp16 features (autocast would cast it to fp32):
 torchvision's kernel then reads and interpolates half values. detectron2 already rounds the
 boxes to the features' dtype before pooling, so the boxes are the same either way.
+
+`op=True` (static_graph's `roi_align: op`) pools through d2bench's own op instead
+(`d2bench::roi_align`, runner.ops.roi_align): each box read from its own level, straight from
+that level's tensor at the features' dtype (no stacked copy, no fp32 copy of the pyramid),
+interpolated and summed in fp32 as torchvision's fp32 kernel does, so its values are
+detectron2's under autocast bit for bit, edges included. An exported package then calls no
+torchvision op (its CUDA kernel is compiled into the package).
 """
 
 from __future__ import annotations
@@ -72,8 +80,43 @@ def stack_levels(features: list[torch.Tensor]) -> torch.Tensor:
     return torch.cat(padded, dim=0)
 
 
-def pool(pooler, features: list[torch.Tensor], boxes: torch.Tensor, half: bool = False):
-    """ROIPooler.forward on fixed [N, P, 4] boxes -> [N * P, C, S, S] in the features' dtype."""
+def pool_with_op(pooler, features: list[torch.Tensor], boxes: torch.Tensor) -> torch.Tensor:
+    """ROIPooler.forward on fixed [N, P, 4] boxes through d2bench::roi_align -> [N * P, C, S, S]
+    in the features' dtype. As detectron2: levels from the fp32 boxes, pooling from the boxes
+    rounded to the features' dtype (its ROIAlign casts them), sums in fp32 (autocast's)."""
+    import runner.ops  # noqa: F401 - registers torch.ops.d2bench
+
+    poolers = pooler.level_poolers
+    n, p = boxes.shape[:2]
+    if len(poolers) == 1:
+        levels = torch.zeros((n, p), dtype=torch.int64, device=boxes.device)
+    else:
+        levels = box_levels(pooler, boxes.reshape(n * p, 4)).view(n, p)
+    first = poolers[0]
+    height, width = first.output_size
+    return torch.ops.d2bench.roi_align(
+        list(features),
+        boxes.to(features[0].dtype),
+        levels,
+        [float(level.spatial_scale) for level in poolers],
+        height,
+        width,
+        first.sampling_ratio,
+        first.aligned,
+    )
+
+
+def pool(
+    pooler,
+    features: list[torch.Tensor],
+    boxes: torch.Tensor,
+    half: bool = False,
+    op: bool = False,
+):
+    """ROIPooler.forward on fixed [N, P, 4] boxes -> [N * P, C, S, S] in the features' dtype;
+    with `op`, through d2bench::roi_align (pool_with_op)."""
+    if op:
+        return pool_with_op(pooler, features, boxes)
     rois = pooler_rois(boxes)
     poolers = pooler.level_poolers
     if len(poolers) == 1:

@@ -47,6 +47,12 @@ def fast_rcnn_slots(predictor, boxes, probs, proposals_valid, size, max_candidat
     )
 
 
+def _pool(pooler, features: list, boxes: torch.Tensor, options) -> torch.Tensor:
+    """pooling.pool with the run's ROIAlign choices (detector.Budgets: half_roi_align,
+    roi_align)."""
+    return pool(pooler, features, boxes, options.half_roi_align, op=options.roi_align == "op")
+
+
 def _predict(predictor, features: torch.Tensor, proposal_boxes: torch.Tensor):
     """FastRCNNOutputLayers forward + predict_boxes + predict_probs on [N, P] proposals."""
     n, p = proposal_boxes.shape[:2]
@@ -59,7 +65,7 @@ def _predict(predictor, features: torch.Tensor, proposal_boxes: torch.Tensor):
 def standard_boxes(heads, features: dict, proposals: Proposals, size, options) -> Slots:
     """StandardROIHeads._forward_box at inference."""
     feats = [features[f] for f in heads.box_in_features]
-    pooled = pool(heads.box_pooler, feats, proposals.boxes, options.half_roi_align)
+    pooled = _pool(heads.box_pooler, feats, proposals.boxes, options)
     boxes, probs = _predict(heads.box_predictor, heads.box_head(pooled), proposals.boxes)
     return fast_rcnn_slots(
         heads.box_predictor, boxes, probs, proposals.valid, size, options.max_candidates
@@ -74,7 +80,7 @@ def cascade_boxes(heads, features: dict, proposals: Proposals, size, options) ->
     for stage in range(heads.num_cascade_stages):
         if boxes is not None:  # _create_proposals_from_boxes: clipped, none removed at inference
             proposal_boxes = clip(boxes.view(*boxes.shape[:2], 4), size)
-        pooled = pool(heads.box_pooler, feats, proposal_boxes, options.half_roi_align)
+        pooled = _pool(heads.box_pooler, feats, proposal_boxes, options)
         predictor = heads.box_predictor[stage]
         boxes, probs = _predict(predictor, heads.box_head[stage](pooled), proposal_boxes)
         probs_per_stage.append(probs)
@@ -90,7 +96,7 @@ def cascade_boxes(heads, features: dict, proposals: Proposals, size, options) ->
 def res5_boxes(heads, features: dict, proposals: Proposals, size, options) -> Slots:
     """Res5ROIHeads.forward at inference (C4): pooled res4 features through res5 per box."""
     feats = [features[f] for f in heads.in_features]
-    x = heads.res5(pool(heads.pooler, feats, proposals.boxes, options.half_roi_align))
+    x = heads.res5(_pool(heads.pooler, feats, proposals.boxes, options))
     predictor = heads.box_predictor
     boxes, probs = _predict(predictor, x.mean(dim=[2, 3]), proposals.boxes)
     return fast_rcnn_slots(predictor, boxes, probs, proposals.valid, size, options.max_candidates)
@@ -101,10 +107,10 @@ def masks(heads, features: dict, slots: Slots, options) -> torch.Tensor:
     n, d = slots.valid.shape
     if hasattr(heads, "res5"):  # Res5ROIHeads: the shared res5 transform, then the head
         feats = [features[f] for f in heads.in_features]
-        x = heads.res5(pool(heads.pooler, feats, slots.boxes, options.half_roi_align))
+        x = heads.res5(_pool(heads.pooler, feats, slots.boxes, options))
     else:
         feats = [features[f] for f in heads.mask_in_features]
-        x = pool(heads.mask_pooler, feats, slots.boxes, options.half_roi_align)
+        x = _pool(heads.mask_pooler, feats, slots.boxes, options)
     logits = heads.mask_head.layers(x)  # [N * D, K or 1, S, S]
     if logits.shape[1] == 1:
         probs = logits.sigmoid()
