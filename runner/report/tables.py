@@ -60,7 +60,7 @@ Columns:
 - **Speed-up**: eager's median latency at the same precision over this row's, from repeats
   paired in time: only rows of one session (the backends timed in turn by one parent on one
   host) and the same repeat pair up. [low, high] is the 95% bootstrap interval over the pairs;
-  "within noise" where it includes 1.00x. "(1 run)": rows from before repeats, one run each on
+  "within noise" where it includes 1.00x. "(1 run)": rows of one run each (no repeats), on
   the same host, no interval. — where there is no partner, and for rows that fail parity.
 - **Parity**: outputs against eager fp32 on the same input: pass or FAIL against the tolerances,
   with the F1 of matched detections (1.00: the same detections).
@@ -83,7 +83,7 @@ def distinct(rows: Iterable[Row], field: str) -> list[str]:
 
 
 def protocol(warmup: int, iters: int, rewarm: int | None = None, repeats: str = "") -> str:
-    if rewarm is None:  # rows from before repeats
+    if rewarm is None:  # rows without repeats (one run each)
         return f"{warmup} warm-up + {iters} timed calls, device synchronized around each; median"
     return (
         f"{warmup} warm-up calls, then {repeats or 'repeated'} blocks of {rewarm} untimed + "
