@@ -300,3 +300,43 @@ def tables(
         parts.append(section)
         parts.append(host.section(by_machine[machine], level=4 if mixed else 3))
     return "\n\n".join(part for part in parts if part) + "\n"
+
+
+HEADLINE_LEGEND = """\
+Median latency per call at the variant's input size; **Best backend**: the one whose answers
+pass parity with the highest speed-up; **Speed-up**: eager's median over its median, paired by
+repeat (the backends of a session timed in turns), with its 95% interval."""
+
+
+def headline(
+    rows: Sequence[Row], tables_link: str = "", plots: Mapping[str, str] | None = None
+) -> str:
+    """Markdown for the README's headline: per machine, the machine and the protocol, then per
+    variant and precision eager against its best backend, a legend, a link to the full tables
+    (`tables_link`, where given) and the speed-up figure. `plots` as for tables()."""
+    plots = plots or {}
+    by_machine: dict[str, list[Row]] = {}
+    for row in sort_rows(rows):
+        by_machine.setdefault(machine_of(row), []).append(row)
+    parts = []
+    for machine in sorted(by_machine):
+        found = by_machine[machine]
+        if len(by_machine) > 1:
+            parts.append(f"### {machine}")
+        parts.append(
+            "\n".join(
+                [
+                    bullet("Machine", [machine_text(found)]),
+                    bullet("Protocol", protocol_texts(found)),
+                ]
+            )
+        )
+        parts.append(performance.headline_table(merged_rows(found), speed_ups(found)))
+    parts.append(HEADLINE_LEGEND)
+    if tables_link:
+        parts.append(
+            f"Every backend's row, parity, GPU busy time, the targets and the commands that made "
+            f"them: [{tables_link}]({tables_link})."
+        )
+    parts.append(figure_link(plots, "speedup"))
+    return "\n\n".join(part for part in parts if part) + "\n"
