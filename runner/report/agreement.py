@@ -94,5 +94,5 @@ def _summary(worst: dict[str, list[float]], count: int) -> list[str]:
 LEGEND = """\
 **median**: the sweep's reported median (the median of its repeats' medians). **Agreement**:
 max / min - 1 over the sweeps. **fast-host**: the median over the blocks whose host probe is at
-most 1.25x the sweep's lowest probe (README: Measurement fidelity); — where rows carry no
+most 1.25x the sweep's lowest probe (docs/measurement.md); — where rows carry no
 probe."""
