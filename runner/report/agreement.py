@@ -6,7 +6,7 @@ where rows carry the host probe (runner.report.host).
     python -m runner.report --agreement results/h200_protocol_g.csv results/h200_protocol_h.csv \\
         [more sweeps...] [--out-md results/h200_protocol_agreement.md]
 
-Issue 13 asks that one configuration measured in two sweeps on one host agree within 3%, stated
+The target: one configuration measured in two sweeps on one host agrees within 3%, stated
 for eager rows and graph-replayed rows apart: the summary under the table gives the worst
 agreement of each kind. Agreement is max / min - 1 over the sweeps, in percent.
 """
