@@ -48,6 +48,17 @@ def test_the_backends_table_has_a_row_for_every_backend():
     assert not stray, f"rows outside the table (rendered as text): {stray}"
 
 
+def test_the_static_graph_options_table_names_every_option_of_its_file():
+    import yaml
+
+    text = page("backends.md").split("## static_graph: the whole call as one graph", 1)[1]
+    table = text.split("| option | default | |", 1)[1].split("\n\n", 1)[0].splitlines()[2:]
+    listed = {re.match(r"\| `([a-z_]+)` \|", line).group(1): line.split(" | ")[1] for line in table}
+    options = yaml.safe_load((REPO / "conf" / "backend" / "static_graph.yaml").read_text())
+    written = {key: str(value).lower() for key, value in options["options"].items()}
+    assert listed == written
+
+
 def runner_commands(block: str) -> list[list[str]]:
     """The arguments of each `python -m runner ...` line of a shell block (comments dropped,
     backslash continuations joined)."""
