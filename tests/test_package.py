@@ -240,16 +240,16 @@ def test_the_docs_name_every_output_of_the_contract():
 
 
 def test_the_package_commands_of_the_readme_and_docs_pass_the_commands_checks(tmp_path):
-    """Every `python -m runner.package` line shown composes (the command's own checks up to
-    building, on this machine's device)."""
+    """Every `python -m runner.package` line shown, in the README or any page of docs/, composes
+    (the command's own checks up to building, on this machine's device)."""
     import shlex
 
     from runner import package
 
-    readme = (REPO / "README.md").read_text()
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     lines = [
         line.replace("\\\n", " ")
-        for text in (readme, DOCS.read_text())
+        for text in (path.read_text() for path in pages)
         for line in text.replace("\\\n    ", " ").splitlines()
         if line.startswith("python -m runner.package ")
     ]
