@@ -327,6 +327,19 @@ def test_failed_rows_show_status_and_first_line_of_error():
     assert len(shown) == ERROR_CHARS and shown.endswith("…")
 
 
+def test_rows_that_all_failed_still_make_tables():
+    """A sweep where every run failed (each package load crashed, on the GPU) is still reported:
+    its errors, no speed-up, instead of a pandas KeyError from pairing no timed rows."""
+    rows = [
+        run_row(variant, "fp16", backend, status="error", error="signal: child killed by SIGSEGV")
+        for variant in ("RetinaNet", "MaskRCNNFPN")
+        for backend in ("eager", "aot_package")
+    ]
+    assert speed_ups(rows) == {}
+    text = tables(rows)
+    assert text.count("| error: signal: child killed by SIGSEGV") == 4
+
+
 # ---- skipped files ------------------------------------------------------------------------
 
 
