@@ -91,21 +91,32 @@ class RCNNHead:
 
 
 class DenseHead:
-    """RetinaNet: its head over the backbone's levels, decoded and selected (dense.py)."""
+    """RetinaNet and FCOS: the head over the backbone's levels, decoded and selected
+    (dense.py: `slots`, the architecture's own)."""
 
-    def __init__(self, model):
+    def __init__(self, model, slots):
         self.in_features = list(model.head_in_features)
+        self.slots = slots
 
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
         levels = [features[f] for f in self.in_features]
-        return dense.retinanet_slots(model, levels, anchors, budgets)
+        return self.slots(model, levels, anchors, budgets)
+
+
+def retinanet_head(model) -> DenseHead:
+    return DenseHead(model, dense.retinanet_slots)
+
+
+def fcos_head(model) -> DenseHead:
+    return DenseHead(model, dense.fcos_slots)
 
 
 # meta-architecture -> (its head, exact: only that class, not its subclasses, which may change
 # what inference does: PanopticFPN is a GeneralizedRCNN)
 META_ARCHITECTURES = {
+    "FCOS": (fcos_head, True),
     "GeneralizedRCNN": (RCNNHead, True),
-    "RetinaNet": (DenseHead, True),
+    "RetinaNet": (retinanet_head, True),
 }
 
 
