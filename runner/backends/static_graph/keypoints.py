@@ -154,7 +154,7 @@ def keypoints(heads, features: dict, slots, size, options):
     logits = logits.view(n, d, *logits.shape[1:])
     budget = math.ceil(options.keypoint_area * size[0] * size[1])
     points, fits = heatmaps_to_keypoints(logits, slots.boxes, slots.valid, budget)
-    return logits, points, fits
+    return logits.float(), points, fits  # the contract's float32 (outputs.py) under autocast too
 
 
 # keypoint-head class -> (its decoding of `layers`, exact: only that class). Heads of
