@@ -81,8 +81,8 @@ def test_decoding_is_detectron2s_heatmaps_to_keypoints(kind):
     assert torch.equal(got[~valid], torch.zeros_like(got[~valid]))
 
 
-@pytest.mark.detectron2
-def test_upsampled_values_are_f_interpolates_to_rounding():
+@pytest.mark.parametrize("side", [(56, 56), (28, 40)])
+def test_upsampled_values_are_f_interpolates_to_rounding(side):
     """The bound's premise: every box's laid-out pixels are F.interpolate(bicubic)'s values of
     its heatmaps at the box's size, to fp32 rounding (measured up to 1.8e-5 of the map's
     largest magnitude: the same sums, rounded in another order), nothing past the last box."""
@@ -90,7 +90,7 @@ def test_upsampled_values_are_f_interpolates_to_rounding():
 
     n, d, k, height, width = 1, 6, 3, 96, 128
     boxes = _boxes(n, d, height, width, seed=1)
-    maps = torch.randn(n, d, k, 56, 56) * 3
+    maps = torch.randn(n, d, k, *side) * 3
     valid = torch.ones(n, d, dtype=torch.bool)
     budget = 4 * height * width
     value, box, local, fits = upsampled(maps, boxes, valid, budget)

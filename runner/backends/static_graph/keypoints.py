@@ -46,7 +46,7 @@ def _cubic_weights(t: torch.Tensor) -> list[torch.Tensor]:
     def far(x):  # 1 < |x| < 2
         return ((a * x - 5 * a) * x + 8 * a) * x - 4 * a
 
-    return [far(t + 1.0), near(t), near(1.0 - t), far(2.0 - t)]
+    return [far(t + 1.0), near(t), near(1.0 - t), far((1.0 - t) + 1.0)]
 
 
 def _source(index: torch.Tensor, size: torch.Tensor, side: int):
@@ -62,11 +62,11 @@ def _source(index: torch.Tensor, size: torch.Tensor, side: int):
 
 
 def upsampled(maps: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, budget: int):
-    """Every valid box's heatmaps [N, D, K, S, S] resized bicubically to its size in whole
+    """Every valid box's heatmaps [N, D, K, Sh, Sw] resized bicubically to its size in whole
     pixels (ceil(w) x ceil(h), at least 1), laid end to end: per image `budget` pixels of K
     values ([N, T, K]; -inf past the last box), each pixel's box ([N, T]) and place in the
     box's map, row-major ([N, T]), and per image whether its boxes fit ([N] bool)."""
-    n, d, k, side = maps.shape[:4]
+    n, d, k, side_h, side_w = maps.shape
     widths = (boxes[..., 2] - boxes[..., 0]).clamp(min=1)
     heights = (boxes[..., 3] - boxes[..., 1]).clamp(min=1)
     widths_ceil, heights_ceil = widths.ceil(), heights.ceil()
@@ -81,17 +81,17 @@ def upsampled(maps: torch.Tensor, boxes: torch.Tensor, valid: torch.Tensor, budg
     local = pixel - (ends - areas).gather(1, box)  # its place in the box's map, row-major
     width = widths_ceil.gather(1, box).to(torch.int64)
     y, x = local // width, local % width
-    rows, row_weights = _source(y, heights_ceil.gather(1, box), side)
-    cols, col_weights = _source(x, widths_ceil.gather(1, box), side)
+    rows, row_weights = _source(y, heights_ceil.gather(1, box), side_h)
+    cols, col_weights = _source(x, widths_ceil.gather(1, box), side_w)
 
-    # [N * D * S * S, K]: one row of K logits per heatmap cell, gathered 16 times
-    cells = maps.permute(0, 1, 3, 4, 2).reshape(n * d * side * side, k)
-    base = (torch.arange(n, device=maps.device)[:, None] * d + box) * (side * side)
+    # [N * D * Sh * Sw, K]: one row of K logits per heatmap cell, gathered 16 times
+    cells = maps.permute(0, 1, 3, 4, 2).reshape(n * d * side_h * side_w, k)
+    base = (torch.arange(n, device=maps.device)[:, None] * d + box) * (side_h * side_w)
     value = None
     for row, row_weight in zip(rows, row_weights, strict=True):
         across = None
         for col, col_weight in zip(cols, col_weights, strict=True):
-            term = cells[base + row * side + col] * col_weight[..., None]  # [N, T, K]
+            term = cells[base + row * side_w + col] * col_weight[..., None]  # [N, T, K]
             across = term if across is None else across + term
         term = across * row_weight[..., None]
         value = term if value is None else value + term
