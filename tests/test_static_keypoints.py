@@ -274,3 +274,33 @@ def test_outputs_name_their_optional_fields_and_slice_in_eagers_order():
     for i, count in enumerate([3, 1]):
         for got, want in zip(sliced[i * 6 : (i + 1) * 6], expected, strict=True):
             assert torch.equal(got, want[i, :count])
+
+
+def test_the_decoding_traces_as_one_graph_without_data_dependent_scalars():
+    """Sync-free by construction: Dynamo traces the whole decoding as one graph (fullgraph)
+    with no `.item()`, `nonzero` or other data-dependent shape, and the graph answers as the
+    eager function does."""
+    from runner.backends.static_graph.keypoints import heatmaps_to_keypoints
+
+    n, d, k, height, width = 2, 5, 4, 48, 64
+    boxes = _boxes(n, d, height, width, seed=2)
+    maps = torch.randn(n, d, k, 56, 56)
+    valid = torch.rand(n, d, generator=torch.Generator().manual_seed(2)) > 0.3
+    ops: list[str] = []
+
+    def record(gm, example_inputs):
+        ops.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(
+        lambda m, b, v: heatmaps_to_keypoints(m, b, v, 4 * height * width),
+        backend=record,
+        fullgraph=True,
+        dynamic=False,
+    )
+    got, fits = compiled(maps, boxes, valid)
+    want, want_fits = heatmaps_to_keypoints(maps, boxes, valid, 4 * height * width)
+    assert torch.equal(got, want) and torch.equal(fits, want_fits)
+    forbidden = ("local_scalar", "nonzero", "masked_select")  # and .item() ("getitem" is [])
+    assert ops and not any(op == "item" or w in op for op in ops for w in forbidden), ops
