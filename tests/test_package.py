@@ -22,7 +22,7 @@ from torch import nn
 
 from runner.backends.aot_package import build
 from runner.backends.static_graph import slots as heads_slots
-from runner.backends.static_graph.outputs import FIELDS, Outputs, slice_detections
+from runner.backends.static_graph.outputs import FIELDS, OPTIONAL, Outputs, slice_detections
 from tests.helpers import REPO, have_cuda, run_module, run_python
 from tests.test_exit_codes import assert_refused_in_one_line
 from tests.test_ops import BLOCK_MODEL_CODE
@@ -235,7 +235,7 @@ def test_the_docs_show_the_snippet_the_command_prints():
 
 def test_the_docs_name_every_output_of_the_contract():
     text = DOCS.read_text().split("## What it takes and returns", 1)[1].split("\n## ", 1)[0]
-    for name in (*FIELDS, "masks"):
+    for name in (*FIELDS, *(name for group in OPTIONAL for name in group)):
         assert f"`{name}" in text, name
 
 
