@@ -259,3 +259,30 @@ def test_the_package_commands_of_the_readme_and_docs_pass_the_commands_checks(tm
         overrides = [o for o in overrides if not o.startswith("model.weights=")]
         cfg = package.compose([*overrides, "device=cpu"], tmp_path)
         assert cfg.backend.name == "aot_package" and out.suffix == ".pt2"
+
+
+class _Autocast(nn.Module):
+    """A forward whose ops sit in an autocast region, as Outputs runs them at fp16/bf16."""
+
+    def __init__(self, squash):
+        super().__init__()
+        self.conv, self.squash = nn.Conv2d(3, 4, 3), squash
+
+    def forward(self, image):
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            return self.squash(self.conv(image[None])) + 1  # the last op names the result
+
+
+def test_the_package_key_sees_ops_inside_an_autocast_region():
+    """At fp16 torch.export puts the autocast region's ops in a submodule that the top graph's
+    code only names; on the H100 a detector's packages with torchvision's ROIAlign and with
+    d2bench::roi_align got one key (so one could have been reused for the other). The key
+    hashes every graph: the same module with another op inside the region gets another key."""
+    image = torch.rand(3, 16, 16)
+    keys = {}
+    for squash in (torch.relu, torch.sigmoid):
+        torch.manual_seed(0)
+        program = build.export(_Autocast(squash).eval(), (image,))
+        assert any(name for name, _ in program.graph_module.named_children()), "no submodule"
+        keys[squash.__name__] = build.package_key(program, torch.device("cpu"), {})
+    assert keys["relu"] != keys["sigmoid"]

@@ -81,7 +81,11 @@ def package_key(program, device: torch.device, extra: dict) -> str:
     from runner.precision import tf32_state
 
     hasher = hashlib.sha256()
-    hasher.update(str(program.graph_module.code).encode())
+    # every graph's code: an autocast region (precision=fp16) or another higher-order op holds
+    # its ops in a submodule that the top graph's code only names
+    for name, module in program.graph_module.named_modules():
+        if isinstance(module, torch.fx.GraphModule):
+            hasher.update(f"{name}\n{module.code}".encode())
     _tensor_digest(hasher, dict(program.state_dict))
     _tensor_digest(hasher, dict(program.constants))
     ops = Path(__file__).resolve().parents[2] / "ops"
