@@ -29,6 +29,34 @@ def _static(cfg, exported, images, **options):
     return backends.get("static_graph")(exported, images, cfg.precision, merged)
 
 
+def sync_free_and_replayed(cfg):
+    """On the GPU: the rewritten forward of cfg's model called twice with CUDA's sync debug mode
+    set to error (raises on any host sync), then static_graph captured and replayed. Returns
+    eager's detections at the run's precision, the captured and the replayed call's, and the
+    backend's callable; asserts one graph and no fallback."""
+    from runner.backends.static_graph.detector import Budgets, StaticDetector
+    from runner.precision import autocast
+
+    device = torch.device("cuda", 0)
+    exported, images, _ = measurement.build(cfg, device)
+    opt = images.images["opt"]
+    detector = StaticDetector(exported.model, cfg.postprocess, Budgets()).eval()
+    with torch.no_grad(), autocast(cfg.precision, device):
+        reference = exported.decode(exported.module(*opt), cfg.batch)
+        detector(*opt)  # first call: cuDNN and allocator warm-up may synchronise
+        torch.cuda.synchronize()
+        torch.cuda.set_sync_debug_mode("error")
+        try:
+            detector(*opt)  # raises on any synchronising call
+        finally:
+            torch.cuda.set_sync_debug_mode("default")
+        fn = _static(cfg, exported, images)
+        first = exported.decode(fn(*opt), cfg.batch)  # captures
+        replayed = exported.decode(fn(*opt), cfg.batch)
+    assert "graphs=1" in fn.notes() and "fallback_calls=0/2" in fn.notes(), fn.notes()
+    return reference, first, replayed, fn
+
+
 @pytest.mark.detectron2
 @pytest.mark.slow
 @pytest.mark.parametrize("name", list(seed_variants()))
@@ -89,28 +117,8 @@ def test_options_are_validated_by_name_and_value():
 def test_gpu_forward_has_no_host_sync_and_replays_the_same(make_config, name, precision):
     if not torch.cuda.is_available():
         pytest.skip(CUDA_MISSING)
-    from runner.backends.static_graph.detector import Budgets, StaticDetector
-    from runner.precision import autocast
-
     cfg = make_config(*variant_overrides(name), "device=cuda", f"precision={precision}")
-    device = torch.device("cuda", 0)
-    exported, images, _ = measurement.build(cfg, device)
-    opt = images.images["opt"]
-    postprocess = cfg.postprocess
-    detector = StaticDetector(exported.model, postprocess, Budgets()).eval()
-    with torch.no_grad(), autocast(cfg.precision, device):
-        reference = exported.decode(exported.module(*opt), cfg.batch)
-        detector(*opt)  # first call: cuDNN and allocator warm-up may synchronise
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            detector(*opt)  # raises on any synchronising call
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        fn = _static(cfg, exported, images)
-        first = exported.decode(fn(*opt), cfg.batch)  # captures
-        replayed = exported.decode(fn(*opt), cfg.batch)
-    assert "graphs=1" in fn.notes() and "fallback_calls=0/2" in fn.notes(), fn.notes()
+    reference, first, replayed, fn = sync_free_and_replayed(cfg)
     assert parity.compare(first, replayed, cfg.bench.match_iou).match_f1 == 1.0
     figures = parity.compare(reference, replayed, cfg.bench.match_iou)  # eager, same precision
     if precision == "fp32":

@@ -216,27 +216,10 @@ def test_keypoint_area_is_validated():
 def test_gpu_keypoint_rcnn_has_no_host_sync_and_replays_the_same(make_config, precision):
     if not torch.cuda.is_available():
         pytest.skip(CUDA_MISSING)
-    from runner.backends.static_graph.detector import Budgets, StaticDetector
-    from runner.precision import autocast
+    from tests.test_static_graph import sync_free_and_replayed
 
     cfg = make_config(*KEYPOINT_MODEL, "device=cuda", f"precision={precision}")
-    device = torch.device("cuda", 0)
-    exported, images, _ = measurement.build(cfg, device)
-    opt = images.images["opt"]
-    detector = StaticDetector(exported.model, cfg.postprocess, Budgets()).eval()
-    with torch.no_grad(), autocast(cfg.precision, device):
-        reference = exported.decode(exported.module(*opt), cfg.batch)
-        detector(*opt)  # first call: cuDNN and allocator warm-up may synchronise
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            detector(*opt)  # raises on any synchronising call
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
-        fn = _static(cfg, exported, images)
-        first = exported.decode(fn(*opt), cfg.batch)  # captures
-        replayed = exported.decode(fn(*opt), cfg.batch)
-    assert "graphs=1" in fn.notes() and "fallback_calls=0/2" in fn.notes(), fn.notes()
+    reference, first, replayed, fn = sync_free_and_replayed(cfg)
     again = parity.compare(first, replayed, cfg.bench.match_iou)
     assert again.match_f1 == 1.0 and again.keypoint_max_dist == 0.0, again
     figures = parity.compare(reference, replayed, cfg.bench.match_iou)  # eager, same precision
