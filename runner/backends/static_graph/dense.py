@@ -9,15 +9,16 @@ from __future__ import annotations
 import torch
 
 from runner.backends.static_graph.slots import Slots, select
+from runner.stages import stage
 
 
 def retinanet_slots(model, features: list, anchors, options) -> Slots:
     """RetinaNet.forward_inference: per level the best `test_topk_candidates` (class, anchor)
     pairs above the score threshold, decoded; per-class NMS; the best
     `max_detections_per_image`."""
-    logits, deltas = model._transpose_dense_predictions(
-        model.head(features), [model.num_classes, 4]
-    )
+    with stage("head"):
+        predictions = model.head(features)
+    logits, deltas = model._transpose_dense_predictions(predictions, [model.num_classes, 4])
     anchors = anchors(model.anchor_generator, features)
     k_classes = model.num_classes
     level_boxes, level_scores, level_classes, level_valid = [], [], [], []
