@@ -197,9 +197,10 @@ def gpu_profile(
 def stage_profile(
     call: Callable[[], object], synchronize: Callable[[], None], device: str
 ) -> dict[str, float] | None:
-    """ms per stage (runner.stages) of one call of `call`, after one untimed call: on CUDA the
-    device time of what each stage launched, on the CPU the host time inside each stage's
-    range. None where the call marked no stage, or the profiler could not record here."""
+    """ms per stage (runner.stages) of one call of `call`: on CUDA the device time of what each
+    stage launched (after one untimed call: an uncaptured forward may not have run since its
+    graph was captured), on the CPU the host time inside each stage's range. None where the
+    call marked no stage, or the profiler could not record here."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -209,8 +210,9 @@ def stage_profile(
     if device == "cuda":
         activities.append(ProfilerActivity.CUDA)
     try:
-        call()  # the first call of an uncaptured forward may set things up (cuDNN's choice)
-        synchronize()
+        if device == "cuda":
+            call()
+            synchronize()
         with profile(activities=activities) as prof:
             with torch.profiler.record_function(stages.CALL):
                 call()
