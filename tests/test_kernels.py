@@ -129,6 +129,26 @@ def test_hooks_are_removed_when_the_forward_raises():
     assert not model.backbone._forward_pre_hooks and not model.backbone._forward_hooks
 
 
+class Ranged(nn.Module):
+    def forward(self, x):
+        with stages.stage("backbone"):
+            y = x.sin()
+        with stages.stage("boxes"), stages.stage("roi_pool"):
+            y = y.cos()
+        return y + 1
+
+
+def test_the_ranges_leave_compiled_and_exported_code_as_it_was():
+    """torch.compile traces through a stage range without a graph break (the compiled forward of
+    static_graph compile=true is one graph as before), and torch.export drops the ranges (an
+    aot_package holds the same ops)."""
+    explained = torch._dynamo.explain(Ranged())(torch.randn(4))
+    assert (explained.graph_count, explained.graph_break_count) == (1, 0)
+    program = torch.export.export(Ranged(), (torch.randn(4),), strict=False)
+    targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
+    assert targets == ["aten.sin.default", "aten.cos.default", "aten.add.Tensor"]
+
+
 def test_every_family_marks_only_known_stages():
     from runner import families
 
