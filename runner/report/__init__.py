@@ -8,9 +8,11 @@ Data flows one way, each module one step:
     repeats      repeats merged per identity; paired speed-ups with their intervals
     tables       Markdown: provenance, one table per variant, legend
     performance  where one call's time goes, and the targets (results/targets.yaml)
+    kernels      the GPU work itself: ms per stage, FLOP/s against the peak, throughput by batch
     readme       the README block between the markers
     plots        which PNG figures, written where: speedup_plot, time_plot, size_plot draw
-                 one each and return a Drawing of what they drew (style: colours, sizes)
+                 one each, kernels_plot two (stages, throughput), and return a Drawing of
+                 what they drew (style: colours, sizes)
     compare      two results files side by side
     cli          the command line
 """
