@@ -38,6 +38,7 @@ STAGES: dict[str, str] = {
     "roi_pool": "ROI pooling (ROIAlign) of the box and mask heads",
     "boxes": "the box head and detection NMS (RetinaNet: decoding and NMS)",
     "mask_head": "the mask head (without its ROI pooling)",
+    "keypoint_head": "the keypoint head (without its ROI pooling)",
     "paste": "post-processing at the input size: clip, paste masks",
     "other": "everything outside the ranges above (copies, output packing, compaction)",
 }

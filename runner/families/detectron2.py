@@ -44,6 +44,7 @@ STAGE_MODULES = {
     "roi_heads.keypoint_pooler": "roi_pool",
     "roi_heads.pooler": "roi_pool",
     "roi_heads.mask_head": "mask_head",
+    "roi_heads.keypoint_head": "keypoint_head",
 }
 
 # The README's Install commands, on one line (a refusal is one line).

@@ -38,6 +38,8 @@ STAGE_MODULES = {
     "roi_heads.keypoint_roi_pool": "roi_pool",
     "roi_heads.mask_head": "mask_head",
     "roi_heads.mask_predictor": "mask_head",
+    "roi_heads.keypoint_head": "keypoint_head",
+    "roi_heads.keypoint_predictor": "keypoint_head",
 }
 
 

@@ -21,6 +21,7 @@ STAGE_TITLES = {
     "roi_pool": "ROI pool",
     "boxes": "Box head+NMS",
     "mask_head": "Mask head",
+    "keypoint_head": "Keypoint head",
     "paste": "Paste",
     "other": "Other",
 }

@@ -34,6 +34,7 @@ STAGE_COLOURS = {
     "roi_pool": "#d62728",
     "boxes": "#9467bd",
     "mask_head": "#8c564b",
+    "keypoint_head": "#bcbd22",
     "paste": "#e377c2",
     "other": "#7f7f7f",
 }

@@ -81,6 +81,7 @@ class Row:
     stage_roi_pool_ms: float | None = None
     stage_boxes_ms: float | None = None
     stage_mask_head_ms: float | None = None
+    stage_keypoint_head_ms: float | None = None
     stage_paste_ms: float | None = None
     stage_other_ms: float | None = None
     # cost of optimizing: backend.optimize() plus the first call at each size, in seconds
@@ -214,6 +215,7 @@ ADDED_COLUMNS = (
     "stage_roi_pool_ms",
     "stage_boxes_ms",
     "stage_mask_head_ms",
+    "stage_keypoint_head_ms",
     "stage_paste_ms",
     "stage_other_ms",
 )
