@@ -400,7 +400,10 @@ class Measurement:
             if profile is not None:
                 finished.gpu_busy_ms, finished.gpu_ops = profile.busy_ms, profile.ops
                 record.write_atomic(self.out / "profile.txt", self._profile_text(profile))
-        finished.call_stages_ms = self.stage_times() or {}
+        try:
+            finished.call_stages_ms = self.stage_times() or {}
+        except Exception:  # noqa: BLE001 - the stages are a nicety: the timed rows stand
+            log.warning("stage pass failed", exc_info=True)
         notes = getattr(self.fn, "notes", None)  # a backend may report on its own work
         if callable(notes):
             finished.backend_notes = notes()
