@@ -155,7 +155,7 @@ def report(out: Path, made: dict) -> str:
         f"package: {out} ({package.size_mb:.1f} MB; export {package.export_s:.1f} s, "
         f"compile {package.compile_s:.1f} s, load {made['load_s']:.2f} s)\n"
         f"inputs: {meta['d2bench.inputs']}; outputs: {meta['d2bench.outputs']} "
-        "(README: 'Packages' says what each holds)\n"
+        "(docs/packages.md says what each holds)\n"
         f"checked: the loaded package answers as the in-process forward "
         f"(largest difference {made['difference']:.3g})\n"
         f"loading it needs:\n{needs}\n\n"

@@ -1,4 +1,4 @@
-"""Where run-to-run spread comes from (issue 13, point 1): one configuration measured in several
+"""Where run-to-run spread comes from: one configuration measured in several
 fresh processes, many short blocks in each, with what could explain a slow block recorded next
 to it. Machine-readable: one CSV row per block, one per timed call.
 

@@ -27,7 +27,7 @@ changes the architecture the benchmark measures:
   images decoded by `--workers` loader processes;
 - SGD with a linear warm-up and a cosine decay to zero, and the whole-model gradient norm
   clipped, so that an LR that is fast for a normed network does not diverge in its first
-  iterations (the issue's first try, without these, diverged at LR 0.04).
+  iterations (a run without these diverged at LR 0.04).
 `--minutes` sets the training loop's budget (loader start, folding and the val AP come on top):
 after PROBE_ITERS iterations (inside the warm-up) the seconds per iteration fix the iteration
 count, and with it the schedule; `--iters` fixes it instead. On a CPU (tests) there is no AMP.

@@ -1,5 +1,5 @@
 """Fault injection on the CPU with a small real detector, real processes and real signals (the
-README's "Failure handling" table): a child killed by a signal mid-run, answers outside the
+table of docs/failures.md): a child killed by a signal mid-run, answers outside the
 parity bounds, a sweep killed half-way and started again, two sweeps sharing one folder, and the
 parent killed while it works. Nothing of the runner is mocked; faults are made from outside."""
 
@@ -128,7 +128,7 @@ def test_a_sweep_killed_half_way_and_started_again_ends_with_one_row_per_run(tmp
     assert all(len(found) == 1 and found[0].status == "ok" for found in rows.values())
     # eager and torchscript of one seed are one session: a session both of whose runs had
     # finished is kept; one that was cut short is measured again as a whole, so that its
-    # repeats stay paired (README: Timing)
+    # repeats stay paired (docs/running.md: Timing)
     kept = 0
     for seed in ("seed=0", "seed=1"):
         names = [name for name in rows if seed in name.split(",")]

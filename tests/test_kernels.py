@@ -326,6 +326,27 @@ def test_the_static_graph_forward_marks_every_stage_of_mask_rcnn(make_config):
 
 @pytest.mark.detectron2
 @pytest.mark.slow
+def test_the_static_graph_forward_marks_the_keypoint_head(make_config):
+    skip_without_detectron2()
+    from runner import backends
+
+    cfg = make_config(
+        "model=keypoint_rcnn_fpn", "device=cpu", "inputs.height=128", "inputs.width=160"
+    )
+    from runner.run import measurement
+
+    built = measurement.build(cfg, torch.device("cpu"))
+    cfg = make_config("model=keypoint_rcnn_fpn", "backend=static_graph", "device=cpu")
+    options = backends.validate_options("static_graph", cfg.backend.options)
+    fn = backends.get("static_graph")(built.exported, built.images, cfg.precision, options)
+    batch = built.images.images["opt"]
+    with torch.no_grad():
+        ms = timing.stage_profile(lambda: fn.stage_call(*batch), lambda: None, "cpu")
+    assert ms["keypoint_head"] > 0 and ms["roi_pool"] > 0 and ms["mask_head"] is None, ms
+
+
+@pytest.mark.detectron2
+@pytest.mark.slow
 def test_the_eager_detectron2_model_is_marked_by_its_modules(make_config):
     skip_without_detectron2()
     from runner import families

@@ -1,8 +1,8 @@
 """Keypoint models, for real on the CPU: torchvision's Keypoint R-CNN (random init, calibrated) in
 a whole run whose row compares every field (keypoints with a distance, the per-keypoint scores
 named as unchecked), and its outputs moved by a known amount; detectron2's Keypoint R-CNN traced
-and scripted (TracingAdapter / scripting_with_instances flatten its keypoints) against eager,
-and refused by static_graph."""
+and scripted (TracingAdapter / scripting_with_instances flatten its keypoints) against eager.
+static_graph's keypoint head is tested in test_static_keypoints.py."""
 
 from __future__ import annotations
 
@@ -100,12 +100,3 @@ def test_detectron2_keypoints_survive_export(make_config, export):
     figures = parity.compare(reference["opt"], output, cfg.bench.match_iou)
     assert figures.match_f1 == 1.0 and figures.keypoint_max_dist < 1e-3, figures
     assert figures.unchecked == ("keypoint_heatmaps", "keypoint_scores")
-
-
-@pytest.mark.detectron2
-def test_static_graph_refuses_the_keypoint_head(make_config):
-    cfg = _d2_keypoint_config(make_config, "backend=static_graph")
-    exported, images, _ = measurement.build(cfg, CPU)
-    options = backends.validate_options("static_graph", cfg.backend.options)
-    with pytest.raises(backends.Unsupported, match="keypoint head"):
-        backends.get("static_graph")(exported, images, cfg.precision, options)

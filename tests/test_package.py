@@ -22,7 +22,7 @@ from torch import nn
 
 from runner.backends.aot_package import build
 from runner.backends.static_graph import slots as heads_slots
-from runner.backends.static_graph.outputs import FIELDS, Outputs, slice_detections
+from runner.backends.static_graph.outputs import FIELDS, OPTIONAL, Outputs, slice_detections
 from tests.helpers import REPO, have_cuda, run_module, run_python
 from tests.test_exit_codes import assert_refused_in_one_line
 from tests.test_ops import BLOCK_MODEL_CODE
@@ -235,21 +235,21 @@ def test_the_docs_show_the_snippet_the_command_prints():
 
 def test_the_docs_name_every_output_of_the_contract():
     text = DOCS.read_text().split("## What it takes and returns", 1)[1].split("\n## ", 1)[0]
-    for name in (*FIELDS, "masks"):
+    for name in (*FIELDS, *(name for group in OPTIONAL for name in group)):
         assert f"`{name}" in text, name
 
 
 def test_the_package_commands_of_the_readme_and_docs_pass_the_commands_checks(tmp_path):
-    """Every `python -m runner.package` line shown composes (the command's own checks up to
-    building, on this machine's device)."""
+    """Every `python -m runner.package` line shown, in the README or any page of docs/, composes
+    (the command's own checks up to building, on this machine's device)."""
     import shlex
 
     from runner import package
 
-    readme = (REPO / "README.md").read_text()
+    pages = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
     lines = [
         line.replace("\\\n", " ")
-        for text in (readme, DOCS.read_text())
+        for text in (path.read_text() for path in pages)
         for line in text.replace("\\\n    ", " ").splitlines()
         if line.startswith("python -m runner.package ")
     ]

@@ -1,4 +1,5 @@
-"""runner.report: collect, merge, tables, README block, plots and the command line, on fixture rows
+"""runner.report: collect, merge, tables, the generated blocks (docs/results.md's full results, the
+README's headline), plots and the command line, on fixture rows
 written as result.csv files. Goldens in tests/golden/report/; D2BENCH_UPDATE_GOLDEN=1 rewrites
 them (then read the diff before committing)."""
 
@@ -14,7 +15,7 @@ import pytest
 from runner.report.cli import main
 from runner.report.identity import identity_of, machine_of, title_of
 from runner.report.plots import FIGURES
-from runner.report.readme import BEGIN_MARKER, END_MARKER, update_readme
+from runner.report.readme import BEGIN_MARKER, END_MARKER, HEADLINE, update_readme
 from runner.report.repeats import speed_ups
 from runner.report.rows import (
     MixedMachines,
@@ -26,7 +27,7 @@ from runner.report.rows import (
     sort_rows,
     write,
 )
-from runner.report.tables import ERROR_CHARS, tables
+from runner.report.tables import ERROR_CHARS, headline, tables
 from runner.run import record
 from runner.run.record import Row
 from tests.helpers import run_module
@@ -178,6 +179,35 @@ def test_readme_block_matches_golden(tmp_path):
     check_golden("readme.md", update_readme(readme_text(), block, "python -m runner.report"))
 
 
+def headline_text() -> str:
+    begin, end = HEADLINE
+    return f"# d2bench\n\n## Results\n\n{begin}\nstale headline\n{end}\n\n## Tests\n\nTail stays.\n"
+
+
+def test_headline_block_matches_golden(tmp_path):
+    rows, _ = collect([write_result_files(tmp_path, fixture_rows())])
+    plots = {name: f"results/plots/{name}.png" for name in ("speedup", "where_time_goes")}
+    block = headline(rows, "docs/results.md", plots)
+    page = update_readme(headline_text(), block, "python -m runner.report", HEADLINE)
+    check_golden("headline.md", page)
+
+
+def test_the_headline_is_eager_against_the_time_tables_best_row(tmp_path):
+    """Each headline line names the eager median, backend, median and speed-up that the full
+    tables' "Where the time goes" shows for that variant and precision."""
+    rows, _ = collect([write_result_files(tmp_path, fixture_rows())])
+    full = tables(rows, "results/h200_seed.csv").split("### Where the time goes", 1)[1]
+    lines = [x for x in headline(rows).splitlines() if x.startswith("| ") and "---" not in x]
+    time_rows = [x.split(" | ") for x in full.splitlines() if x.startswith("| ")][1:]
+    for line in lines[1:]:
+        variant, precision, eager_ms, backend, median, speed_up = line.strip("| ").split(" | ")
+        mine = [r for r in time_rows if r[0].strip("| ") == variant and r[1] == precision]
+        assert mine[0][3] == eager_ms, line
+        if backend.startswith("no "):
+            continue
+        assert mine[1][2] == backend and mine[1][3] == median and mine[1][7] == speed_up, line
+
+
 def test_rows_sort_in_seed_variant_then_precision_then_backend_order():
     extra = [
         measured("RetinaNet", "bf16", "inductor", 7.0),
@@ -295,6 +325,19 @@ def test_failed_rows_show_status_and_first_line_of_error():
     error_line = next(line for line in text.splitlines() if "| error: timeout" in line)
     shown = error_line.split("| error: ")[1].split(" |")[0]
     assert len(shown) == ERROR_CHARS and shown.endswith("…")
+
+
+def test_rows_that_all_failed_still_make_tables():
+    """A sweep where every run failed (each package load crashed, on the GPU) is still reported:
+    its errors, no speed-up, instead of a pandas KeyError from pairing no timed rows."""
+    rows = [
+        run_row(variant, "fp16", backend, status="error", error="signal: child killed by SIGSEGV")
+        for variant in ("RetinaNet", "MaskRCNNFPN")
+        for backend in ("eager", "aot_package")
+    ]
+    assert speed_ups(rows) == {}
+    text = tables(rows)
+    assert text.count("| error: signal: child killed by SIGSEGV") == 4
 
 
 # ---- skipped files ------------------------------------------------------------------------
@@ -484,6 +527,52 @@ def test_cli_writes_csv_readme_and_plots(tmp_path):
         assert (plots / f"{name}.png").read_bytes()[:8] == PNG_MAGIC
     summary = done.stderr.strip().splitlines()[-1]
     assert f"merged {len(fixture_rows())} rows" in summary and "skipped 5 files" in summary
+
+
+def test_cli_writes_the_headline_into_the_readme_linking_the_full_tables(tmp_path):
+    runs = write_result_files(tmp_path / "runs", fixture_rows())
+    page, readme = tmp_path / "docs" / "results.md", tmp_path / "README.md"
+    page.parent.mkdir()
+    page.write_text(readme_text())
+    readme.write_text(headline_text())
+    out, plots = tmp_path / "results" / "seed.csv", tmp_path / "results" / "plots"
+    arguments = ["--out", str(out), "--readme", str(page), "--headline", str(readme)]
+    done = run_cli(str(runs), *arguments, "--plots", str(plots))
+    assert done.returncode == 0, done.stderr
+    full, short = page.read_text(), readme.read_text()
+    assert "Results CSV: `../results/seed.csv`" in full
+    assert f"![{FIGURES['speedup']}](../results/plots/speedup.png)" in full
+    assert "stale headline" not in short and "Tail stays." in short
+    assert "[docs/results.md](docs/results.md)" in short
+    assert f"![{FIGURES['speedup']}](results/plots/speedup.png)" in short
+    assert "| Variant | Precision | Eager (ms) | Best backend |" in short
+    assert "--headline" in short.split("Generated by", 1)[1].split("\n", 1)[0]
+
+
+@pytest.mark.parametrize(
+    "extra, message",
+    [
+        (["--headline", "README.md"], "--headline needs --readme"),
+        (["--readme", "README.md", "--headline", "README.md"], "name one file"),
+    ],
+)
+def test_cli_refuses_a_headline_without_its_own_page_of_tables(tmp_path, extra, message, capsys):
+    runs = write_result_files(tmp_path / "runs", fixture_rows()[:2])
+    with pytest.raises(SystemExit) as usage:
+        main([str(runs), "--out", str(tmp_path / "x.csv"), *extra])
+    assert usage.value.code == 2
+    assert message in capsys.readouterr().err
+    assert not (tmp_path / "x.csv").exists()
+
+
+def test_cli_refuses_a_readme_without_headline_markers_before_writing(tmp_path):
+    runs = write_result_files(tmp_path / "runs", fixture_rows()[:2])
+    (tmp_path / "results.md").write_text(readme_text())
+    (tmp_path / "README.md").write_text(readme_text())  # the results markers only
+    out = tmp_path / "x.csv"
+    arguments = ["--out", str(out), "--readme", str(tmp_path / "results.md")]
+    assert main([str(runs), *arguments, "--headline", str(tmp_path / "README.md")]) == 2
+    assert not out.exists() and "stale table" in (tmp_path / "results.md").read_text()
 
 
 def test_cli_refuses_mixed_gpus_unless_allowed(tmp_path):

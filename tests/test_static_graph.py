@@ -227,4 +227,4 @@ def test_heads_are_chosen_by_table_and_subclasses_are_named_not_guessed(make_con
     exported.model.__class__ = Panoptic
     with pytest.raises(backends.Unsupported, match="meta-architecture Panoptic"):
         StaticDetector(exported.model, False, Budgets())
-    assert set(META_ARCHITECTURES) == {"GeneralizedRCNN", "RetinaNet"}
+    assert set(META_ARCHITECTURES) == {"FCOS", "GeneralizedRCNN", "RetinaNet"}

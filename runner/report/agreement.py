@@ -6,7 +6,7 @@ where rows carry the host probe (runner.report.host).
     python -m runner.report --agreement results/h200_protocol_g.csv results/h200_protocol_h.csv \\
         [more sweeps...] [--out-md results/h200_protocol_agreement.md]
 
-Issue 13 asks that one configuration measured in two sweeps on one host agree within 3%, stated
+The target: one configuration measured in two sweeps on one host agrees within 3%, stated
 for eager rows and graph-replayed rows apart: the summary under the table gives the worst
 agreement of each kind. Agreement is max / min - 1 over the sweeps, in percent.
 """
@@ -94,5 +94,5 @@ def _summary(worst: dict[str, list[float]], count: int) -> list[str]:
 LEGEND = """\
 **median**: the sweep's reported median (the median of its repeats' medians). **Agreement**:
 max / min - 1 over the sweeps. **fast-host**: the median over the blocks whose host probe is at
-most 1.25x the sweep's lowest probe (README: Measurement fidelity); — where rows carry no
+most 1.25x the sweep's lowest probe (docs/measurement.md); — where rows carry no
 probe."""

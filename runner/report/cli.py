@@ -1,5 +1,5 @@
 """The report's command line (`python -m runner.report`): merges the rows of many runs into one
-results CSV, Markdown tables, a README block and plots.
+results CSV, Markdown tables, the generated blocks of docs/results.md and the README, and plots.
 
 Takes result.csv files: folders are searched recursively for `result.csv`, and CSV files named on
 the command line are read as they are (a results CSV written by this tool is one). Returns:
@@ -8,11 +8,14 @@ the command line are read as they are (a results CSV written by this tool is one
   come from more than one machine unless mixed machines are allowed;
 - the results CSV (`--out`), sorted in the seed's variant order, then precision, then backend;
 - Markdown: a provenance header and one table per variant, with a legend (`tables`);
-- the README block between `<!-- d2bench:results:begin -->` and `<!-- d2bench:results:end -->`;
+- the full results block of a page (`--readme`, docs/results.md) between
+  `<!-- d2bench:results:begin -->` and `<!-- d2bench:results:end -->`;
+- the README's headline (`--headline`): per variant and precision, eager against the best
+  backend, between `<!-- d2bench:headline:begin -->` and `<!-- d2bench:headline:end -->`;
 - PNG plots: speed-up over eager, and latency against image size for dynamic-shape rows.
 
     python -m runner.report outputs/ results/old.csv --out results/h200_seed.csv \\
-        --readme README.md --plots results/plots
+        --readme docs/results.md --headline README.md --plots results/plots
 
 Compare mode sets two results files (or run folders) side by side, to compare machines:
 
@@ -26,13 +29,13 @@ both medians, B/A latency, GPU busy and parity of each side, and the rows only i
 The two modes' arguments cannot be mixed.
 
 Agreement mode sets two or more sweeps of the same configurations side by side, to see how far
-their reported medians are apart (issue 13's reproducibility figure; runner.report.agreement):
+their reported medians are apart (the reproducibility figure; runner.report.agreement):
 
     python -m runner.report --agreement results/h200_protocol_g.csv results/h200_protocol_h.csv \\
         [--out-md results/h200_protocol_agreement.md]
 
 Files that cannot be read are skipped with their reason and reported; the exit code is 0 then.
-It is 2 for usage errors, refused mixed machines, a README without markers, and no rows at all
+It is 2 for usage errors, refused mixed machines, a page without its markers, and no rows at all
 (in compare mode: no rows in either file).
 """
 
@@ -51,7 +54,7 @@ from runner.report.agreement import agreement
 from runner.report.compare import compare_side, comparison, pair_rows, read_side
 from runner.report.markdown import counted
 from runner.report.plots import plot
-from runner.report.readme import read_readme, relative_link, update_readme
+from runner.report.readme import HEADLINE, read_readme, relative_link, update_readme
 from runner.report.rows import (
     collect,
     drop_duplicates,
@@ -60,7 +63,7 @@ from runner.report.rows import (
     sort_rows,
     write,
 )
-from runner.report.tables import tables
+from runner.report.tables import headline, tables
 from runner.run import record
 from runner.run.record import Row
 
@@ -70,7 +73,7 @@ log = logging.getLogger(__name__)
 def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser = argparse.ArgumentParser(
         prog="python -m runner.report",
-        description="Merge result.csv rows into a results CSV, README tables and plots "
+        description="Merge result.csv rows into a results CSV, Markdown tables and plots "
         "(INPUTS... --out FILE), or compare two results files side by side "
         "(--compare A.csv B.csv [--out-md FILE]).",
     )
@@ -84,7 +87,15 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
         "--out", type=Path, help="merge mode: results CSV to write (without it: print the tables)"
     )
     parser.add_argument(
-        "--readme", type=Path, help="merge mode: README whose results block to rewrite"
+        "--readme",
+        type=Path,
+        help="merge mode: Markdown page (docs/results.md) whose results block to rewrite",
+    )
+    parser.add_argument(
+        "--headline",
+        type=Path,
+        help="merge mode: README whose headline block to rewrite (needs --readme: it links the "
+        "full tables)",
     )
     parser.add_argument(
         "--plots",
@@ -142,6 +153,7 @@ def check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
                 (f"inputs ({' '.join(map(str, args.inputs))})", args.inputs),
                 ("--out", args.out),
                 ("--readme", args.readme),
+                ("--headline", args.headline),
                 ("--plots", args.plots),
                 ("--targets", args.targets),
             )
@@ -163,7 +175,11 @@ def check_mode(parser: argparse.ArgumentParser, args: argparse.Namespace) -> Non
             "(or --compare A.csv B.csv to compare two results files)"
         )
     if args.readme is not None and args.out is None:
-        parser.error("--readme needs --out: the README's tables name the results CSV they show")
+        parser.error("--readme needs --out: the page's tables name the results CSV they show")
+    if args.headline is not None and args.readme is None:
+        parser.error("--headline needs --readme: the headline links the full tables")
+    if args.headline is not None and args.headline.resolve() == args.readme.resolve():
+        parser.error("--headline and --readme name one file: the headline links the tables' page")
 
 
 def summary(
@@ -184,7 +200,7 @@ def summary(
 
 
 def report(args: argparse.Namespace, command: str) -> int:
-    """Collect, merge, check, then write the CSV, plots and README (or print the tables)."""
+    """Collect, merge, check, then write the CSV, plots and pages (or print the tables)."""
     missing = [str(path) for path in args.inputs if not path.exists()]
     if missing:
         log.error("no such input: %s", ", ".join(missing))
@@ -198,6 +214,7 @@ def report(args: argparse.Namespace, command: str) -> int:
         require_one_machine(rows, args.allow_mixed_gpus)
         seed_variant_order()  # the tables' order: refused here, before anything is written
         readme_text = read_readme(args.readme) if args.readme else None
+        headline_text = read_readme(args.headline, HEADLINE) if args.headline else None
         targets = performance.load_targets(args.targets) if args.targets else None
     except ValueError as error:
         log.error("%s", error)
@@ -212,6 +229,11 @@ def report(args: argparse.Namespace, command: str) -> int:
         sys.stdout.write(block)
     else:
         record.write_atomic(args.readme, update_readme(readme_text, block, command))
+    if headline_text is not None:
+        links = {name: relative_link(path, args.headline) for name, path in plots.items()}
+        short = headline(rows, relative_link(args.readme, args.headline), links)
+        page = update_readme(headline_text, short, command, HEADLINE)
+        record.write_atomic(args.headline, page)
     log.info("%s", summary(rows, dropped, skipped, args.out or "the tables above"))
     return 0
 

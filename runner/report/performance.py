@@ -169,6 +169,24 @@ def time_table(rows: Sequence[Row], paired: Paired | None = None) -> str:
     return "\n".join(lines) + "\n\n" + TIME_LEGEND
 
 
+HEADLINE_COLUMNS = ("Variant", "Precision", "Eager (ms)", "Best backend", "Median (ms)", "Speed-up")
+
+
+def headline_table(rows: Sequence[Row], paired: Paired | None = None) -> str:
+    """Markdown for the README: per table and precision, eager's median and the best row's
+    (best_by_table: parity passed, the highest speed-up), one line each."""
+    title = titles(rows)
+    lines = markdown_header(HEADLINE_COLUMNS, ("Variant", "Precision", "Best backend"))
+    for _, precision, best in best_by_table(rows, paired):
+        eager = [title(best.eager), precision, number(best.eager.latency_ms_median, 2)]
+        if best.best is None:
+            lines.append(markdown_row(eager + [best.missing, DASH, DASH]))
+            continue
+        found = [backend_label(best.best), number(best.best.latency_ms_median, 2)]
+        lines.append(markdown_row(eager + found + [best.speed_up_text()]))
+    return "\n".join(lines)
+
+
 # ---- targets ------------------------------------------------------------------------------
 
 

@@ -134,7 +134,9 @@ def speed_ups(rows: Sequence[Row]) -> dict[tuple, SpeedUp]:
     whose identity failed parity in any repeat gets none.
     """
     table = frame(rows)
-    table = table[table["row"].map(is_measured)]
+    table = table[table["row"].map(is_measured).astype(bool)]
+    if table.empty:  # no row was timed (every run failed): nothing to pair, and pandas would
+        return {}  # read an empty object-dtype mask below as a list of columns
     table = table.assign(place=table["row"].map(place_of))
     baseline = table["row"].map(is_baseline)
     others = table[~baseline]

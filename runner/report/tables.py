@@ -60,7 +60,7 @@ Columns:
 - **Speed-up**: eager's median latency at the same precision over this row's, from repeats
   paired in time: only rows of one session (the backends timed in turn by one parent on one
   host) and the same repeat pair up. [low, high] is the 95% bootstrap interval over the pairs;
-  "within noise" where it includes 1.00x. "(1 run)": rows from before repeats, one run each on
+  "within noise" where it includes 1.00x. "(1 run)": rows of one run each (no repeats), on
   the same host, no interval. — where there is no partner, and for rows that fail parity.
 - **Parity**: outputs against eager fp32 on the same input: pass or FAIL against the tolerances,
   with the F1 of matched detections (1.00: the same detections).
@@ -83,7 +83,7 @@ def distinct(rows: Iterable[Row], field: str) -> list[str]:
 
 
 def protocol(warmup: int, iters: int, rewarm: int | None = None, repeats: str = "") -> str:
-    if rewarm is None:  # rows from before repeats
+    if rewarm is None:  # rows without repeats (one run each)
         return f"{warmup} warm-up + {iters} timed calls, device synchronized around each; median"
     return (
         f"{warmup} warm-up calls, then {repeats or 'repeated'} blocks of {rewarm} untimed + "
@@ -307,4 +307,44 @@ def tables(
             )
         )
         parts.append(host.section(by_machine[machine], level=4 if mixed else 3))
+    return "\n\n".join(part for part in parts if part) + "\n"
+
+
+HEADLINE_LEGEND = """\
+Median latency per call at the variant's input size; **Best backend**: the one whose answers
+pass parity with the highest speed-up; **Speed-up**: eager's median over its median, paired by
+repeat (the backends of a session timed in turns), with its 95% interval."""
+
+
+def headline(
+    rows: Sequence[Row], tables_link: str = "", plots: Mapping[str, str] | None = None
+) -> str:
+    """Markdown for the README's headline: per machine, the machine and the protocol, then per
+    variant and precision eager against its best backend, a legend, a link to the full tables
+    (`tables_link`, where given) and the speed-up figure. `plots` as for tables()."""
+    plots = plots or {}
+    by_machine: dict[str, list[Row]] = {}
+    for row in sort_rows(rows):
+        by_machine.setdefault(machine_of(row), []).append(row)
+    parts = []
+    for machine in sorted(by_machine):
+        found = by_machine[machine]
+        if len(by_machine) > 1:
+            parts.append(f"### {machine}")
+        parts.append(
+            "\n".join(
+                [
+                    bullet("Machine", [machine_text(found)]),
+                    bullet("Protocol", protocol_texts(found)),
+                ]
+            )
+        )
+        parts.append(performance.headline_table(merged_rows(found), speed_ups(found)))
+    parts.append(HEADLINE_LEGEND)
+    if tables_link:
+        parts.append(
+            f"Every backend's row, parity, GPU busy time, the targets and the commands that made "
+            f"them: [{tables_link}]({tables_link})."
+        )
+    parts.append(figure_link(plots, "speedup"))
     return "\n\n".join(part for part in parts if part) + "\n"

@@ -105,7 +105,7 @@ class Measurement:
         self.out = Path(out)  # the run's folder: its log and profile
         self.fn = None
         self.images = None
-        self.stages: dict[str, float] = {}  # seconds per stage, logged (README: overhead)
+        self.stages: dict[str, float] = {}  # seconds per stage, logged (docs/running.md: Timing)
         self.owned = False  # the backend applies the dtype itself (runner.precision)
         self.exported = None
         self.dataset = None  # runner.accuracy.dataset.Dataset, with dataset=...

@@ -72,7 +72,7 @@ def timed_block(
 # the interpreter work eager PyTorch spends most of a host-bound call on), timed PROBE_RUNS
 # times around each block. Its median tells a block measured while the host's CPU ran slow
 # from one measured while it ran fast: on the H200 machine eager block medians move between
-# two levels ~1.5x apart while the GPU's time stays put (results/README.md, issue 13).
+# two levels ~1.5x apart while the GPU's time stays put (docs/measurement.md).
 PROBE_LOOPS = 4000
 PROBE_RUNS = 5
 

@@ -36,6 +36,7 @@ REWRITE = (
     "roi_align",
     "fold_bn",
     "half_weights",
+    "keypoint_area",
     *_parts.TUNING,
 )
 OPTIONS = {

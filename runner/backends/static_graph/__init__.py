@@ -11,6 +11,7 @@ detection count leaves the GPU once, at the end of the call. Parts, one file eac
     pooling.py    multi-level ROIAlign without per-level nonzero; mask paste
     slots.py      fixed detection slots: selection (NMS, best detections) and compaction
     roi_heads.py  ROI box stages (standard, Cascade, C4's res5) by a table, and the mask head
+    keypoints.py  the keypoint head and its heatmap decoding in a fixed pixel budget
     dense.py      RetinaNet's dense head
     postprocess.py  detector_postprocess at the input size: clip, mask empty boxes, paste masks
     detector.py   the whole forward of a detectron2 detector from those parts, chosen by tables
@@ -42,6 +43,7 @@ OPTIONS = {
     "roi_align": ("torchvision", "op"),  # whose ROIAlign pools: torchvision's or d2bench::roi_align
     "fold_bn": (bool,),  # fold frozen batch norms into the convolutions before capture
     "half_weights": (bool,),  # conv and linear weights in the autocast dtype (fp16/bf16 runs)
+    "keypoint_area": (int, float),  # upsampled keypoint-heatmap pixels per image, image areas
     **_parts.TUNING,
 }
 
@@ -112,10 +114,14 @@ def rewrite(exported, precision, options) -> tuple:
             notes.append(f"half_weights=n/a at {precision.name}")
     log.info("static_graph: %s", "; ".join(notes) or "no weight rewrites")
     _parts.tune(model, options)
+    keypoint_area = options.get("keypoint_area", 8.0)
+    if keypoint_area <= 0:
+        raise ValueError(f"backend=static_graph: options.keypoint_area={keypoint_area}; need > 0")
     budgets = Budgets(
         max_candidates=candidates,
         half_roi_align=options.get("half_roi_align", False),
         roi_align=roi_align,
+        keypoint_area=float(keypoint_area),
     )
     detector = StaticDetector(model, _postprocess(exported), budgets).eval()
     return Outputs(detector, dtype).eval(), notes

@@ -5,9 +5,10 @@ Preprocessing and backbone are detectron2's own modules; proposals, ROI pooling,
 post-processing are the rewritten parts (proposals.py, pooling.py, roi_heads.py, dense.py,
 postprocess.py, nms.py). What is rewritten is chosen by tables, as detectron2 registers its
 parts by name: `META_ARCHITECTURES` (meta-architecture -> the head that turns features into
-Slots) and roi_heads.BOX_STAGES (ROI heads -> their box stage). Adding a head is one function
-and one table entry. A part no table covers (keypoint heads, rotated boxes, other proposal
-generators or meta-architectures) raises `Unsupported` naming it.
+Slots), roi_heads.BOX_STAGES (ROI heads -> their box stage) and keypoints.KEYPOINT_HEADS
+(keypoint head -> its decoding). Adding a head is one function and one table entry. A part no
+table covers (other keypoint heads, rotated boxes, other proposal generators or
+meta-architectures) raises `Unsupported` naming it.
 """
 
 from __future__ import annotations
@@ -19,7 +20,7 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from runner.backends import Unsupported
-from runner.backends.static_graph import dense, roi_heads
+from runner.backends.static_graph import dense, keypoints, roi_heads
 from runner.backends.static_graph.postprocess import postprocess
 from runner.backends.static_graph.proposals import Anchors, common_size, rpn_proposals
 from runner.backends.static_graph.slots import Slots, compact
@@ -31,6 +32,8 @@ class Budgets:
     max_candidates: int = 2048  # detection candidates entering the final NMS (slots.select)
     half_roi_align: bool = False  # ROIAlign on fp16 features in fp16 (pooling.py)
     roi_align: str = "torchvision"  # torchvision | op: d2bench::roi_align (pooling.py)
+    # upsampled keypoint-heatmap pixels per image, in image areas (keypoints.py)
+    keypoint_area: float = 8.0
 
 
 def lookup(table: dict, obj):
@@ -48,11 +51,18 @@ def covered(table: dict) -> str:
 
 
 class RCNNHead:
-    """GeneralizedRCNN: RPN proposals, the ROI heads' box stage, the mask head."""
+    """GeneralizedRCNN: RPN proposals, the ROI heads' box stage, the mask and keypoint heads."""
 
     def __init__(self, model):
+        self.keypoints = None
         if getattr(model.roi_heads, "keypoint_on", False):
-            raise Unsupported("backend=static_graph: the keypoint head is not rewritten")
+            head = model.roi_heads.keypoint_head
+            self.keypoints = lookup(keypoints.KEYPOINT_HEADS, head)
+            if self.keypoints is None or model.roi_heads.keypoint_pooler is None:
+                raise Unsupported(
+                    f"backend=static_graph: keypoint head {type(head).__name__} is not "
+                    f"rewritten (covered: {covered(keypoints.KEYPOINT_HEADS)}, pooled)"
+                )
         self.box_stage = lookup(roi_heads.BOX_STAGES, model.roi_heads)
         if self.box_stage is None:
             raise Unsupported(
@@ -77,26 +87,45 @@ class RCNNHead:
             with stage("mask_head"):
                 masks = roi_heads.masks(model.roi_heads, features, slots, budgets)
             slots = replace(slots, masks=masks)
+        if self.keypoints is not None:
+            with stage("keypoint_head"):
+                heatmaps, points, fits = self.keypoints(
+                    model.roi_heads, features, slots, size, budgets
+                )
+            slots = replace(
+                slots, keypoint_heatmaps=heatmaps, keypoints=points, exact=slots.exact & fits
+            )
         return slots
 
 
 class DenseHead:
-    """RetinaNet: its head over the backbone's levels, decoded and selected (dense.py)."""
+    """RetinaNet and FCOS: the head over the backbone's levels, decoded and selected
+    (dense.py: `slots`, the architecture's own)."""
 
-    def __init__(self, model):
+    def __init__(self, model, slots):
         self.in_features = list(model.head_in_features)
+        self.slots = slots
 
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
         levels = [features[f] for f in self.in_features]
         with stage("boxes"):  # its head's convolutions are stage "head" (dense.py)
-            return dense.retinanet_slots(model, levels, anchors, budgets)
+            return self.slots(model, levels, anchors, budgets)
+
+
+def retinanet_head(model) -> DenseHead:
+    return DenseHead(model, dense.retinanet_slots)
+
+
+def fcos_head(model) -> DenseHead:
+    return DenseHead(model, dense.fcos_slots)
 
 
 # meta-architecture -> (its head, exact: only that class, not its subclasses, which may change
 # what inference does: PanopticFPN is a GeneralizedRCNN)
 META_ARCHITECTURES = {
+    "FCOS": (fcos_head, True),
     "GeneralizedRCNN": (RCNNHead, True),
-    "RetinaNet": (DenseHead, True),
+    "RetinaNet": (retinanet_head, True),
 }
 
 

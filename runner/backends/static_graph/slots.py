@@ -26,6 +26,8 @@ class Slots:
     valid: torch.Tensor  # [N, D] bool
     exact: torch.Tensor  # [N] bool: the slots are provably what detectron2 returns
     masks: torch.Tensor | None = None  # [N, D, 1, S, S] probabilities or [N, D, H, W] bool
+    keypoint_heatmaps: torch.Tensor | None = None  # [N, D, K, S, S] the keypoint head's logits
+    keypoints: torch.Tensor | None = None  # [N, D, K, 3] x, y, score (keypoints.py)
 
 
 def _gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -65,11 +67,17 @@ def select(
 def compact(slots: Slots) -> Slots:
     """Move the valid slots to the front, keeping their order (what removing the others does)."""
     order = torch.sort((~slots.valid).to(torch.uint8), dim=1, stable=True).indices
+
+    def gather(values):
+        return None if values is None else _gather(values, order)
+
     return Slots(
-        boxes=_gather(slots.boxes, order),
-        scores=_gather(slots.scores, order),
-        classes=_gather(slots.classes, order),
-        valid=_gather(slots.valid, order),
+        boxes=gather(slots.boxes),
+        scores=gather(slots.scores),
+        classes=gather(slots.classes),
+        valid=gather(slots.valid),
         exact=slots.exact,
-        masks=None if slots.masks is None else _gather(slots.masks, order),
+        masks=gather(slots.masks),
+        keypoint_heatmaps=gather(slots.keypoint_heatmaps),
+        keypoints=gather(slots.keypoints),
     )
