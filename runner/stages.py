@@ -33,10 +33,10 @@ CALL = "d2bench.call"  # the range around the whole profiled call (its host time
 STAGES: dict[str, str] = {
     "preprocess": "normalise, pad and batch the images",
     "backbone": "the backbone and its FPN",
-    "head": "the RPN's head, or RetinaNet's dense head: convolutions over the pyramid",
+    "head": "the RPN's head, or a dense head (RetinaNet, FCOS): convolutions over the pyramid",
     "proposals": "RPN proposals: top-k, decode, clip, NMS (without the head's convolutions)",
     "roi_pool": "ROI pooling (ROIAlign) of the box and mask heads",
-    "boxes": "the box head and detection NMS (RetinaNet: decoding and NMS)",
+    "boxes": "the box head and detection NMS (RetinaNet, FCOS: decoding and NMS)",
     "mask_head": "the mask head (without its ROI pooling)",
     "keypoint_head": "the keypoint head (without its ROI pooling)",
     "paste": "post-processing at the input size: clip, paste masks",
