@@ -13,6 +13,7 @@ INTERFACE = (
     "KEYPOINT_SCORES",
     "STATIC_HEADS",
     "REWRITABLE",
+    "STAGE_MODULES",
     "check",
     "build",
     "load_state",
@@ -34,6 +35,9 @@ def test_every_family_provides_the_interface(name):
     order, scale = family.PIXELS
     assert order in ("RGB", "BGR") and scale in (1.0, 255.0)
     assert "classes" in set(family.RENAMES.values()) | set(family.RENAMES)
+    from runner import stages
+
+    assert set(family.STAGE_MODULES.values()) <= set(stages.STAGES) - {"other"}
 
 
 def test_an_unknown_family_is_refused_by_the_config(make_config):

@@ -47,6 +47,12 @@ def test_a_whole_run(make_run, tmp_path):
     assert row.num_detections >= 0 and row.num_detections == row.num_detections_ref
     assert row.gpu_busy_ms is None and row.peak_mem_mb is None  # CUDA only
     assert row.accuracy_dataset == "" and row.accuracy_box_ap is None  # no dataset, no pass
+    # the stage pass (host time per stage on the CPU) and the FLOP count (issue 21)
+    assert row.stage_backbone_ms > 0 and row.stage_preprocess_ms is not None
+    assert row.stage_mask_head_ms is None  # no mask head: its range never ran
+    assert row.gflop_per_call > 0
+    assert row.tflop_per_s == pytest.approx(row.gflop_per_call / row.latency_ms_median)
+    assert row.peak_tflop_per_s is None and row.peak_share is None  # no GPU, no peak
     # environment
     assert row.weights.startswith("random(seed=0)") and "calibrated" in row.weights
     assert row.torch_version == torch.__version__

@@ -9,6 +9,8 @@ that knows how its models are built, loaded, fed and wrapped. A family module pr
     STATIC_HEADS      (parent path, attribute) of heads whose shapes depend on the input size
                       alone (runner.backends._parts compiles or graphs them)
     REWRITABLE        True: runner.backends.static_graph can rewrite its detectors
+    STAGE_MODULES     submodule path -> stage (runner.stages): the eager model's parts, marked
+                      while the stage pass runs
     check(cfg)        ValueError for a ModelConfig this machine cannot build (before any child)
     build(cfg, dev)   ModelConfig -> the model with its own initialisers (the caller seeds)
     load_state(model, state, cfg)   a checkpoint's tensors, aligned to the model's names

@@ -30,6 +30,22 @@ KEYPOINT_SCORES = True  # pred_keypoints' third column is a per-keypoint score
 FIRST_CLASS = 0  # pred_classes count the object classes from 0
 STATIC_HEADS = [("proposal_generator", "rpn_head"), ("", "head")]  # R-CNN RPN, RetinaNet
 REWRITABLE = True  # runner.backends.static_graph rewrites these detectors
+# submodule path -> the stage (runner.stages) its forward is part of, marked on the eager model
+# during the stage pass; nested entries win (the RPN's head inside the RPN). RetinaNet's decoding
+# and NMS, and R-CNN's preprocessing, are no submodule's forward: they count as "other"
+STAGE_MODULES = {
+    "backbone": "backbone",
+    "proposal_generator": "proposals",
+    "proposal_generator.rpn_head": "head",
+    "head": "head",
+    "roi_heads": "boxes",
+    "roi_heads.box_pooler": "roi_pool",
+    "roi_heads.mask_pooler": "roi_pool",
+    "roi_heads.keypoint_pooler": "roi_pool",
+    "roi_heads.pooler": "roi_pool",
+    "roi_heads.mask_head": "mask_head",
+    "roi_heads.keypoint_head": "keypoint_head",
+}
 
 # The README's Install commands, on one line (a refusal is one line).
 INSTALL = (

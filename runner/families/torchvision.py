@@ -23,6 +23,24 @@ KEYPOINT_SCORES = False  # the third keypoint column is a visibility flag, alway
 FIRST_CLASS = 1  # labels: 0 is the background, objects from 1
 STATIC_HEADS = [("rpn", "head"), ("", "head")]  # R-CNN RPN; RetinaNet, FCOS
 REWRITABLE = False  # runner.backends.static_graph rewrites only detectron2 detectors
+# submodule path -> the stage (runner.stages) its forward is part of, marked on the eager model
+# during the stage pass; nested entries win. Mask pasting (transform.postprocess) is no
+# submodule's forward: it counts as "other"
+STAGE_MODULES = {
+    "transform": "preprocess",
+    "backbone": "backbone",
+    "rpn": "proposals",
+    "rpn.head": "head",
+    "head": "head",
+    "roi_heads": "boxes",
+    "roi_heads.box_roi_pool": "roi_pool",
+    "roi_heads.mask_roi_pool": "roi_pool",
+    "roi_heads.keypoint_roi_pool": "roi_pool",
+    "roi_heads.mask_head": "mask_head",
+    "roi_heads.mask_predictor": "mask_head",
+    "roi_heads.keypoint_head": "keypoint_head",
+    "roi_heads.keypoint_predictor": "keypoint_head",
+}
 
 
 def check(cfg) -> None:

@@ -9,9 +9,11 @@ Data flows one way, each module one step:
     repeats      repeats merged per identity; paired speed-ups with their intervals
     tables       Markdown: provenance, one table per variant, legend; the README's headline
     performance  where one call's time goes, and the targets (results/targets.yaml)
+    kernels      the GPU work itself: ms per stage, FLOP/s against the peak, throughput by batch
     readme       a page's generated block between its markers (full results, headline)
     plots        which PNG figures, written where: speedup_plot, time_plot, size_plot draw
-                 one each and return a Drawing of what they drew (style: colours, sizes)
+                 one each, kernels_plot two (stages, throughput), and return a Drawing of
+                 what they drew (style: colours, sizes)
     compare      two results files side by side
     cli          the command line
 """

@@ -100,7 +100,8 @@ def parse_arguments(argv: Sequence[str]) -> argparse.Namespace:
     parser.add_argument(
         "--plots",
         type=Path,
-        help="merge mode: folder for speedup.png, where_time_goes.png, latency_vs_size.png",
+        help="merge mode: folder for speedup.png, where_time_goes.png, latency_vs_size.png, "
+        "stages.png, throughput.png",
     )
     parser.add_argument(
         "--targets",

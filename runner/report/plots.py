@@ -5,6 +5,8 @@ the table it summarises:
     speedup          speed-up over eager per variant   (runner.report.speedup_plot)
     where_time_goes  median latency against GPU busy   (runner.report.time_plot)
     latency_vs_size  latency against input size        (runner.report.size_plot)
+    stages           ms per stage of one call, stacked (runner.report.kernels_plot)
+    throughput       images per second against batch   (runner.report.kernels_plot)
 
 Where a variant has rows at static and at dynamic shapes, the first two figures show its static
 ones (one panel or point per variant) and say so; its dynamic ones are latency_vs_size's. A
@@ -18,6 +20,7 @@ import logging
 from collections.abc import Sequence
 from pathlib import Path
 
+from runner.report.kernels_plot import draw_stages, draw_throughput
 from runner.report.performance import Targets
 from runner.report.size_plot import draw_sizes
 from runner.report.speedup_plot import draw_speedup
@@ -32,6 +35,8 @@ FIGURES = {
     "speedup": "Speed-up over eager per variant, fp32 and fp16, with 95% intervals",
     "where_time_goes": "Median latency against GPU busy time per variant and backend",
     "latency_vs_size": "Median latency against input size, shapes=dynamic",
+    "stages": "Milliseconds per stage of one uncaptured call per variant and backend",
+    "throughput": "Images per second against batch size per model and backend",
 }
 
 
@@ -41,6 +46,8 @@ def drawings(rows: Sequence[Row], targets: Targets | None = None) -> dict[str, D
         "speedup": draw_speedup(rows, targets),
         "where_time_goes": draw_time(rows),
         "latency_vs_size": draw_sizes(rows),
+        "stages": draw_stages(rows),
+        "throughput": draw_throughput(rows),
     }
     for name, drawing in drawn.items():
         if drawing is None:

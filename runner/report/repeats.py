@@ -18,7 +18,7 @@ import pandas as pd
 from runner.report.identity import is_baseline, machine_of, pair_fields
 from runner.report.markdown import counted, ratio_digits, ratio_text
 from runner.report.rows import frame, sort_rows
-from runner.run import record, timing
+from runner.run import flops, record, timing
 from runner.run.record import Row, is_measured
 
 OLDEST = datetime.datetime.min.replace(tzinfo=datetime.timezone.utc)
@@ -79,6 +79,7 @@ def summarize_repeats(group: pd.DataFrame) -> Repeats:
         latency_ms_median=median,
         latency_ms_min=_present(pd.to_numeric(timed["latency_ms_min"]).min()),
         fps_median=base.batch * 1000.0 / median,
+        **flops.derived(base.gflop_per_call, median, base.peak_tflop_per_s),
         repeat=None,
         **{name: _present(figures[name]) for name in MEDIAN_FIGURES},
     )

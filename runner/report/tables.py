@@ -7,7 +7,7 @@ from __future__ import annotations
 
 from collections.abc import Iterable, Mapping, Sequence
 
-from runner.report import host, performance
+from runner.report import host, kernels, performance
 from runner.report.identity import backend_label, identity_of, is_baseline, machine_of, table_key
 from runner.report.markdown import (
     DASH,
@@ -298,6 +298,14 @@ def tables(
             figure=figure_link(plots, "where_time_goes") if index == 0 else "",
         )
         parts.append(section)
+        figures = [figure_link(plots, "stages"), figure_link(plots, "throughput")]
+        parts.append(
+            kernels.section(
+                merged_rows(by_machine[machine]),
+                level=4 if mixed else 3,
+                figures=figures if index == 0 else (),
+            )
+        )
         parts.append(host.section(by_machine[machine], level=4 if mixed else 3))
     return "\n\n".join(part for part in parts if part) + "\n"
 

@@ -5,6 +5,7 @@ latency samples.
     prepare()         the steps, each a method returning its typed value (runner.run.steps):
                       environment -> build (models.build, inputs.make, export.wrap, calibrate
                       random weights) -> reference (eager fp32, TF32 off, + the floor) ->
+                      flops (runner.run.flops: FlopCounterMode on the eager model) ->
                       optimize (and a first call at each size) -> warm_up -> parity (on the
                       timed executable). Returns Prepared: ok | parity_fail | unsupported.
                       Every call runs at the precision (runner.precision.at_precision).
@@ -15,7 +16,8 @@ latency samples.
                       bench.iters timed calls: a Block of latency samples.
     accuracy()        with dataset=...: the timed callable over the dataset, scored, against
                       the reference's scores (runner.accuracy.evaluate): Accuracy.
-    finish()          the profiler pass (GPU: busy time and kernels of one call, profile.txt)
+    finish()          the profiler pass (GPU: busy time and kernels of one call, profile.txt),
+                      the stage pass (runner.stages: one uncaptured call's time per stage)
                       and the backend's notes: Finished; done once, after the last block.
 
 The parent decides when each request runs, so a block never overlaps another child's block.
@@ -30,7 +32,7 @@ from dataclasses import asdict
 from pathlib import Path
 
 from runner.config import NO_DATASET, Config, options_text, parse_device
-from runner.run import record
+from runner.run import flops, record
 from runner.run.steps import (
     Accuracy,
     Block,
@@ -118,12 +120,15 @@ class Measurement:
             torch.cuda.synchronize(self.device)
 
     def _call(self, batch):
+        return self._call_with(self.fn, batch)
+
+    def _call_with(self, fn, batch):
         import torch
 
         from runner.precision import at_precision
 
         with torch.no_grad(), at_precision(self.cfg.precision, self.device, self.owned):
-            return self.fn(*batch)
+            return fn(*batch)
 
     def _stage(self, name: str, started: float) -> float:
         now = time.perf_counter()
@@ -143,6 +148,7 @@ class Measurement:
             built = self._step("build", build, self.cfg, self.device)
             self.images, self.exported = built.images, built.exported
             reference = self._step("reference", self.reference, built)
+            gflop = self._step("flops", self.count_flops, built)
             self._step("accuracy reference", self.accuracy_reference, built)
             optimized = self._step("optimize", self.optimize, built)
             self.fn = optimized.fn
@@ -153,7 +159,14 @@ class Measurement:
             return Prepared("unsupported", str(reason), environment, weights)
         parity = self._step("parity", self.parity, built, reference)
         return Prepared(
-            parity.status, parity.error, environment, built.weights, optimized.optimize_s, parity
+            parity.status,
+            parity.error,
+            environment,
+            built.weights,
+            optimized.optimize_s,
+            parity,
+            gflop_per_call=gflop,
+            peak_tflop_per_s=flops.peak_tflops(environment.gpu_name, self.cfg.precision),
         )
 
     def _step(self, name: str, step, *args):
@@ -206,6 +219,22 @@ class Measurement:
             built.images.hw("opt"),
         )
         return Reference(detections, floor)
+
+    def count_flops(self, built: Built) -> float | None:
+        """GFLOP of one call of the eager model at fp32 on the opt input (runner.run.flops),
+        before any backend reworks the model; None where the count fails (logged: a missing
+        count is no reason to lose the run)."""
+        from runner.precision import strict_fp32
+
+        batch = built.images.images["opt"]
+        try:
+            with strict_fp32():
+                counted = flops.count(lambda: built.exported.module(*batch))
+        except Exception:  # noqa: BLE001 - the row says so with empty cells
+            log.warning("FLOP count failed", exc_info=True)
+            return None
+        log.info("flops: %.2f GFLOP per call at %s", counted / 1e9, built.images.hw("opt"))
+        return counted / 1e9
 
     def optimize(self, built: Built) -> Optimized:
         """The backend's optimize, then a first call at each size (lazy compilers compile on
@@ -371,6 +400,10 @@ class Measurement:
             if profile is not None:
                 finished.gpu_busy_ms, finished.gpu_ops = profile.busy_ms, profile.ops
                 record.write_atomic(self.out / "profile.txt", self._profile_text(profile))
+        try:
+            finished.call_stages_ms = self.stage_times() or {}
+        except Exception:  # noqa: BLE001 - the stages are a nicety: the timed rows stand
+            log.warning("stage pass failed", exc_info=True)
         notes = getattr(self.fn, "notes", None)  # a backend may report on its own work
         if callable(notes):
             finished.backend_notes = notes()
@@ -378,6 +411,31 @@ class Measurement:
         log.info("stages (s): %s", ", ".join(f"{k} {v:.2f}" for k, v in self.stages.items()))
         finished.stages = dict(self.stages)
         return finished
+
+    def stage_times(self) -> dict[str, float] | None:
+        """ms per stage (runner.stages) of one uncaptured call at the opt size: the eager
+        module with its family's stage modules marked, or the uncaptured forward a backend
+        offers (`stage_call`: static_graph's rewritten forward, its stages marked in code).
+        None for compiled or traced code, which keeps no ranges."""
+        from runner import families, stages
+        from runner.run import timing
+
+        if self.fn is self.exported.module:  # the eager backend
+            call = self.fn
+        else:
+            call = getattr(self.fn, "stage_call", None)
+        if call is None:
+            return None
+        batch = self.images.images["opt"]
+        table = families.get(self.exported.family).STAGE_MODULES
+        with stages.marked(self.exported.model, table):
+            found = timing.stage_profile(
+                lambda: self._call_with(call, batch), self._synchronize, self.device.type
+            )
+        if found is not None:
+            shown = {k: v for k, v in found.items() if v is not None}
+            log.info("stages (ms): %s", ", ".join(f"{k} {v:.3f}" for k, v in shown.items()))
+        return found
 
     def _profile_text(self, gpu) -> str:
         from runner.run import timing

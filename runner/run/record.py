@@ -63,6 +63,27 @@ class Row:
     # the GPU's own time for one call at the opt size (profiler: kernels and copies), in ms
     gpu_busy_ms: float | None = None
     gpu_ops: int | None = None  # kernels and copies one call launches (profile.txt: the top ones)
+    # FLOPs (runner.run.flops): the matrix work of one call, counted once by FlopCounterMode on
+    # the eager model at fp32 with the row's batch and opt size, in GFLOP; the achieved TFLOP/s
+    # (gflop_per_call / latency_ms_median), the GPU's dense peak for the precision (a table of
+    # NVIDIA's figures; empty for a GPU not in it, and on the CPU) and the share of it (fraction)
+    gflop_per_call: float | None = None
+    tflop_per_s: float | None = None
+    peak_tflop_per_s: float | None = None
+    peak_share: float | None = None
+    # where one call's time goes (runner.stages), in ms: one uncaptured call at the opt size, on
+    # CUDA the GPU time of the kernels and copies each stage launched, on the CPU the host time
+    # inside each stage; empty where the timed code marks no stages (compiled or traced code)
+    stage_preprocess_ms: float | None = None
+    stage_backbone_ms: float | None = None
+    stage_head_ms: float | None = None
+    stage_proposals_ms: float | None = None
+    stage_roi_pool_ms: float | None = None
+    stage_boxes_ms: float | None = None
+    stage_mask_head_ms: float | None = None
+    stage_keypoint_head_ms: float | None = None
+    stage_paste_ms: float | None = None
+    stage_other_ms: float | None = None
     # cost of optimizing: backend.optimize() plus the first call at each size, in seconds
     optimize_s: float | None = None
     peak_mem_mb: float | None = None  # CUDA allocator peak during the timed calls
@@ -183,6 +204,20 @@ ADDED_COLUMNS = (
     "accuracy_keypoint_ap",
     "accuracy_keypoint_ap_vs_ref",
     "accuracy_s",
+    "gflop_per_call",
+    "tflop_per_s",
+    "peak_tflop_per_s",
+    "peak_share",
+    "stage_preprocess_ms",
+    "stage_backbone_ms",
+    "stage_head_ms",
+    "stage_proposals_ms",
+    "stage_roi_pool_ms",
+    "stage_boxes_ms",
+    "stage_mask_head_ms",
+    "stage_keypoint_head_ms",
+    "stage_paste_ms",
+    "stage_other_ms",
 )
 _TYPES = {f.name: f.type for f in fields(Row)}
 

@@ -89,6 +89,8 @@ class Prepared:
     weights: str = ""
     optimize_s: float | None = None
     parity: Parity | None = None
+    gflop_per_call: float | None = None  # runner.run.flops: FlopCounterMode on the eager model
+    peak_tflop_per_s: float | None = None  # the GPU's dense peak for the precision, if known
 
     @property
     def measured(self) -> bool:
@@ -97,6 +99,7 @@ class Prepared:
     def fields(self) -> dict:
         values = {**dataclasses.asdict(self.environment), "weights": self.weights}
         values["optimize_s"] = self.optimize_s
+        values.update(gflop_per_call=self.gflop_per_call, peak_tflop_per_s=self.peak_tflop_per_s)
         if self.parity is not None:
             values.update(dataclasses.asdict(self.parity))
         values.update(status=self.status, error=self.error)
@@ -132,16 +135,26 @@ class Block:
 
 @dataclass
 class Finished:
-    """The profile step: GPU busy time and kernels of one call, the backend's notes, and the
-    seconds each step took (logged, not in the row)."""
+    """The profile step: GPU busy time and kernels of one call, the time of each of its stages
+    (runner.stages; ms by stage name, empty where none was marked), the backend's notes, and
+    the seconds each step took (logged, not in the row)."""
 
     gpu_busy_ms: float | None = None
     gpu_ops: int | None = None
     backend_notes: str = ""
+    call_stages_ms: dict[str, float] = field(default_factory=dict)
     stages: dict[str, float] = field(default_factory=dict)
 
     def fields(self) -> dict:
-        return {k: v for k, v in dataclasses.asdict(self).items() if k != "stages"}
+        from runner import stages
+
+        values = {
+            k: v
+            for k, v in dataclasses.asdict(self).items()
+            if k not in ("stages", "call_stages_ms")
+        }
+        values.update({stages.column(k): v for k, v in self.call_stages_ms.items()})
+        return values
 
 
 @dataclass
@@ -163,9 +176,19 @@ class Accuracy:
 def row(*parts: dict) -> Row:
     """A Row from field mappings (later ones win). Never raises: names that are no column, or
     values the Row refuses, give an error row that names them, with what could be kept."""
+    from runner.run import flops
+
     values: dict = {}
     for part in parts:
         values.update(part)
+    if "gflop_per_call" in values:  # derived from the row's own median and the peak
+        values.update(
+            flops.derived(
+                values.get("gflop_per_call"),
+                values.get("latency_ms_median"),
+                values.get("peak_tflop_per_s"),
+            )
+        )
     unknown = sorted(set(values) - set(COLUMNS))
     known = {k: v for k, v in values.items() if k in COLUMNS}
     try:

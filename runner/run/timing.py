@@ -5,11 +5,14 @@ latency the caller sees (host launch overhead included), as in the seed benchmar
 from __future__ import annotations
 
 import gc
+import logging
 import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -189,6 +192,35 @@ def gpu_profile(
     profiles.sort(key=lambda p: p.busy_ms)
     median = profiles[len(profiles) // 2]
     return median if median.busy_ms > 0 else None
+
+
+def stage_profile(
+    call: Callable[[], object], synchronize: Callable[[], None], device: str
+) -> dict[str, float] | None:
+    """ms per stage (runner.stages) of one call of `call`: on CUDA the device time of what each
+    stage launched (after one untimed call: an uncaptured forward may not have run since its
+    graph was captured), on the CPU the host time inside each stage's range. None where the
+    call marked no stage, or the profiler could not record here."""
+    import torch
+    from torch.profiler import ProfilerActivity, profile
+
+    from runner import stages
+
+    activities = [ProfilerActivity.CPU]
+    if device == "cuda":
+        activities.append(ProfilerActivity.CUDA)
+    try:
+        if device == "cuda":
+            call()
+            synchronize()
+        with profile(activities=activities) as prof:
+            with torch.profiler.record_function(stages.CALL):
+                call()
+            synchronize()
+        return stages.attribute(stages.events_of(prof.events()), device)
+    except Exception:  # noqa: BLE001 - no profiler here: the row says so with empty cells
+        log.warning("stage profile failed", exc_info=True)
+        return None
 
 
 # ---- repeats and pairs ------------------------------------------------------------------

@@ -59,7 +59,12 @@ def optimize(exported, inputs, precision, options):
         notes.append(_CompileCache())
     graphs = options.get("graphs", True) and exported.example[0].device.type == "cuda"
     return Replay(
-        forward, fallback=at_precision(exported.module, precision), graphs=graphs, notes=notes
+        forward,
+        fallback=at_precision(exported.module, precision),
+        graphs=graphs,
+        notes=notes,
+        # Inductor removes record_function ranges from what it compiles: no stages to measure
+        stage_forward=None if options.get("compile") else outputs,
     )
 
 

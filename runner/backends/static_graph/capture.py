@@ -44,8 +44,12 @@ class Replay:
         graphs: bool,
         warmup: int = 3,
         notes: list | None = None,
+        stage_forward: Callable[..., tuple] | None = None,
     ):
         self.forward = forward
+        # the forward as it runs uncaptured with its stage ranges (runner.stages), for the run's
+        # stage pass; None where they are not kept (compiled code)
+        self.stage_call = stage_forward
         self.fallback = fallback
         self.graphs_on = graphs
         self.warmup = warmup

@@ -12,15 +12,16 @@ from __future__ import annotations
 import torch
 
 from runner.backends.static_graph.slots import Slots, select
+from runner.stages import stage
 
 
 def retinanet_slots(model, features: list, anchors, options) -> Slots:
     """RetinaNet.forward_inference: per level the best `test_topk_candidates` (class, anchor)
     pairs above the score threshold, decoded; per-class NMS; the best
     `max_detections_per_image`."""
-    logits, deltas = model._transpose_dense_predictions(
-        model.head(features), [model.num_classes, 4]
-    )
+    with stage("head"):
+        predictions = model.head(features)
+    logits, deltas = model._transpose_dense_predictions(predictions, [model.num_classes, 4])
     scores = [logits_l.sigmoid() for logits_l in logits]
     return _dense_slots(model, features, scores, deltas, anchors, options)
 
@@ -28,8 +29,10 @@ def retinanet_slots(model, features: list, anchors, options) -> Slots:
 def fcos_slots(model, features: list, anchors, options) -> Slots:
     """FCOS.forward_inference: RetinaNet's, with scores sqrt(sigmoid(logits) *
     sigmoid(centerness))."""
+    with stage("head"):
+        predictions = model.head(features)
     logits, deltas, centerness = model._transpose_dense_predictions(
-        model.head(features), [model.num_classes, 4, 1]
+        predictions, [model.num_classes, 4, 1]
     )
     scores = [
         torch.sqrt(logits_l.sigmoid() * centerness_l.sigmoid())

@@ -24,6 +24,7 @@ from runner.backends.static_graph import dense, keypoints, roi_heads
 from runner.backends.static_graph.postprocess import postprocess
 from runner.backends.static_graph.proposals import Anchors, common_size, rpn_proposals
 from runner.backends.static_graph.slots import Slots, compact
+from runner.stages import stage
 
 
 @dataclass(frozen=True)
@@ -77,13 +78,20 @@ class RCNNHead:
         self.mask_on = bool(getattr(model.roi_heads, "mask_on", False))
 
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
-        proposals = rpn_proposals(model.proposal_generator, size, features, anchors)
-        slots = self.box_stage(model.roi_heads, features, proposals, size, budgets)
+        with stage("proposals"):
+            proposals = rpn_proposals(model.proposal_generator, size, features, anchors)
+        with stage("boxes"):
+            slots = self.box_stage(model.roi_heads, features, proposals, size, budgets)
         slots = replace(slots, exact=slots.exact & proposals.exact)
         if self.mask_on:
-            slots = replace(slots, masks=roi_heads.masks(model.roi_heads, features, slots, budgets))
+            with stage("mask_head"):
+                masks = roi_heads.masks(model.roi_heads, features, slots, budgets)
+            slots = replace(slots, masks=masks)
         if self.keypoints is not None:
-            heatmaps, points, fits = self.keypoints(model.roi_heads, features, slots, size, budgets)
+            with stage("keypoint_head"):
+                heatmaps, points, fits = self.keypoints(
+                    model.roi_heads, features, slots, size, budgets
+                )
             slots = replace(
                 slots, keypoint_heatmaps=heatmaps, keypoints=points, exact=slots.exact & fits
             )
@@ -100,7 +108,8 @@ class DenseHead:
 
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
         levels = [features[f] for f in self.in_features]
-        return self.slots(model, levels, anchors, budgets)
+        with stage("boxes"):  # its head's convolutions are stage "head" (dense.py)
+            return self.slots(model, levels, anchors, budgets)
 
 
 def retinanet_head(model) -> DenseHead:
@@ -164,13 +173,16 @@ class StaticDetector(nn.Module):
 
     def forward(self, *images: torch.Tensor) -> Slots:
         model = self.model
-        batch, image_sizes = preprocess(model, images)
-        features = model.backbone(batch)
+        with stage("preprocess"):
+            batch, image_sizes = preprocess(model, images)
+        with stage("backbone"):
+            features = model.backbone(batch)
         size = common_size(image_sizes)
         slots = self.head(model, features, size, self.anchors, self.budgets)
         if self.postprocess:  # output size = input size (the detectron2 family asks for it)
             height, width = images[0].shape[-2:]
-            slots = postprocess(slots, int(height), int(width))
+            with stage("paste"):
+                slots = postprocess(slots, int(height), int(width))
         return compact(slots)
 
 

@@ -30,6 +30,7 @@ import math
 
 import torch
 
+from runner import stages
 from runner.backends.static_graph.pooling import pool
 
 CUBIC_A = -0.75  # PyTorch's bicubic (antialias=False), as OpenCV
@@ -143,13 +144,14 @@ def keypoints(heads, features: dict, slots, size, options):
     stage pools (detector.Budgets: half_roi_align, roi_align)."""
     n, d = slots.valid.shape
     feats = [features[f] for f in heads.keypoint_in_features]
-    pooled = pool(
-        heads.keypoint_pooler,
-        feats,
-        slots.boxes,
-        options.half_roi_align,
-        op=options.roi_align == "op",
-    )
+    with stages.stage("roi_pool"):
+        pooled = pool(
+            heads.keypoint_pooler,
+            feats,
+            slots.boxes,
+            options.half_roi_align,
+            op=options.roi_align == "op",
+        )
     logits = heads.keypoint_head.layers(pooled)
     logits = logits.view(n, d, *logits.shape[1:])
     budget = math.ceil(options.keypoint_area * size[0] * size[1])

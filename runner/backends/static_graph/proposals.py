@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from runner.backends.static_graph.nms import batched_nms_topk
+from runner.stages import stage
 
 
 @dataclass
@@ -78,7 +79,8 @@ def rpn_proposals(rpn, size: tuple[int, int], features: dict, anchors: Anchors) 
     """detectron2 `RPN` at inference, fixed-shape. `features`: the backbone's output dict."""
     feats = [features[f] for f in rpn.in_features]
     anchors = anchors(rpn.anchor_generator, feats)
-    logits, deltas = rpn.rpn_head(feats)
+    with stage("head"):
+        logits, deltas = rpn.rpn_head(feats)
     logits = [score.permute(0, 2, 3, 1).flatten(1) for score in logits]
     box_dim = rpn.anchor_generator.box_dim
     deltas = [

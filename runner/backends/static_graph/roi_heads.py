@@ -17,6 +17,7 @@ from __future__ import annotations
 import torch
 from torch.nn import functional as F  # noqa: N812
 
+from runner import stages
 from runner.backends.static_graph.pooling import pool
 from runner.backends.static_graph.proposals import Proposals, clip
 from runner.backends.static_graph.slots import Slots, select
@@ -50,7 +51,8 @@ def fast_rcnn_slots(predictor, boxes, probs, proposals_valid, size, max_candidat
 def _pool(pooler, features: list, boxes: torch.Tensor, options) -> torch.Tensor:
     """pooling.pool with the run's ROIAlign choices (detector.Budgets: half_roi_align,
     roi_align)."""
-    return pool(pooler, features, boxes, options.half_roi_align, op=options.roi_align == "op")
+    with stages.stage("roi_pool"):
+        return pool(pooler, features, boxes, options.half_roi_align, op=options.roi_align == "op")
 
 
 def _predict(predictor, features: torch.Tensor, proposal_boxes: torch.Tensor):
