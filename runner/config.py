@@ -66,6 +66,13 @@ class PrecisionConfig:
     min_mask_iou: float = 0.99  # mean IoU of matched masks, binarised at 0.5
     # largest distance of a matched pair's keypoints, over sqrt(reference box area)
     max_keypoint_dist: float = 0.05
+    # semantic segmentation: fraction of pixels labelled as the reference labels them, and the
+    # largest class-probability difference; panoptic: F1 of segments matched at IoU > 0.5, and
+    # the fraction of matched segments of the same class (runner.run.parity)
+    min_sem_seg_agreement: float = 0.99
+    max_sem_seg_prob_diff: float = 1e-3
+    min_panoptic_match: float = 0.99
+    min_panoptic_class_agreement: float = 0.99
     # the floor: eager at this precision against the strict reference on `floor_draws` inputs
     # (the run's own and jittered copies), the worst figure over them; a bound is loosened to
     # `floor_scale` times the floor's distance from perfect where that is looser than the
