@@ -34,9 +34,12 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str
     family: str
-    # detectron2: path relative to detectron2's configs/ (model zoo); torchvision: builder name
+    # detectron2: path relative to detectron2's configs/ (model zoo), a YAML config or a
+    # LazyConfig .py (new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py); torchvision: builder name
     arch: str
-    arch_options: dict[str, Any] = field(default_factory=dict)  # d2: cfg keys; tv: builder kwargs
+    # detectron2: YAML cfg keys (MODEL.RPN.POST_NMS_TOPK_TEST) or LazyConfig keys
+    # (model.roi_heads.num_classes); torchvision: builder kwargs
+    arch_options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # None: seeded random init (calibrated), else a local checkpoint
     allow_pickle: bool = False  # loading a pickle checkpoint can run code from the file
     num_classes: int = 80

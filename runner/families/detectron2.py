@@ -1,6 +1,8 @@
-"""The detectron2 family: model-zoo configs built with detectron2's build_model, its .pkl / .pth
-checkpoints aligned to the model's names, BGR pixels in 0..255, and the exports detectron2
-supports (TracingAdapter for trace, scripting_with_instances for script)."""
+"""The detectron2 family: model-zoo configs, YAML (built with detectron2's build_model) and
+LazyConfig .py (LazyConfig.load, then instantiate), its .pkl / .pth checkpoints aligned to the
+model's names, BGR pixels in 0..255, and the exports detectron2 supports (TracingAdapter for
+trace, scripting_with_instances for script) for every output kind of its meta-architectures
+(INFERENCE: instances, proposals, sem_seg, and panoptic segments combined after the call)."""
 
 from __future__ import annotations
 
@@ -133,13 +135,21 @@ def flat_options(options: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def is_lazy(arch: str) -> bool:
+    """Whether `arch` names a LazyConfig (.py) of the model zoo, not a YAML config."""
+    return arch.endswith(".py")
+
+
 def config(cfg, device: str = "cpu"):
-    """The model zoo's config for cfg.arch with the run's thresholds and `arch_options` merged.
-    Raises ValueError naming the option for a key detectron2 does not have or a wrong type."""
+    """The model zoo's config for cfg.arch with the run's thresholds and `arch_options` merged:
+    a CfgNode for YAML, a LazyConfig (omegaconf DictConfig) for .py. Raises ValueError naming
+    the option for a key detectron2 does not have or a wrong type."""
     from runner.library_noise import quiet_library_warnings
 
     quiet_library_warnings()
     require()
+    if is_lazy(cfg.arch):
+        return _lazy_config(cfg)
     from detectron2 import model_zoo
 
     d2cfg = model_zoo.get_config(cfg.arch, trained=False)
@@ -161,10 +171,110 @@ def config(cfg, device: str = "cpu"):
     return d2cfg
 
 
-def build(cfg, device: torch.device) -> nn.Module:
-    from detectron2.modeling import build_model
+# The run's thresholds in a LazyConfig's model, by the argument each meta-architecture takes
+# them as (R-CNN box predictors, dense detectors themselves); set where the object takes it.
+LAZY_THRESHOLDS = {
+    "score_thresh": ("test_score_thresh",),
+    "nms_thresh": ("test_nms_thresh",),
+    "detections_per_image": ("test_topk_per_image", "max_detections_per_image"),
+}
 
-    return build_model(config(cfg, str(device)))
+
+def _arguments(node) -> set[str]:
+    """The keys a LazyConfig node may hold: those it has, and, where it calls a `_target_`
+    (LazyCall), the keyword arguments the target takes (its defaults are not in the file)."""
+    import inspect
+
+    from detectron2.utils.registry import locate
+
+    names = {str(key) for key in node}
+    target = node.get("_target_") if "_target_" in node else None
+    if isinstance(target, str):
+        target = locate(target)
+    if target is not None:
+        try:
+            parameters = inspect.signature(target).parameters.values()
+        except (TypeError, ValueError):  # a builtin without a signature
+            parameters = []
+        names |= {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return names
+
+
+def _lazy_config(cfg):
+    """The LazyConfig of cfg.arch (detectron2's model_zoo.get_config: LazyConfig.load), with
+    the run's thresholds and `arch_options` as overrides of its keys ("model.roi_heads.
+    num_classes": 3). A key the file does not have is refused, naming the nearest: LazyConfig's
+    own overrides would add it, and instantiate would fail later, or not at all."""
+    from detectron2 import model_zoo
+    from omegaconf import OmegaConf
+
+    lazy = model_zoo.get_config(cfg.arch, trained=False)
+    if "model" not in lazy:
+        raise ValueError(f"model.arch={cfg.arch}: the LazyConfig has no `model`")
+    model = lazy.model
+    predictors = OmegaConf.select(model, "roi_heads.box_predictors")  # Cascade: one per stage
+    if predictors is None:
+        predictors = [OmegaConf.select(model, "roi_heads.box_predictor")]
+    for owner in [model, *[p for p in predictors if p is not None]]:
+        accepted = _arguments(owner)
+        for option, keys in LAZY_THRESHOLDS.items():
+            for key in keys:
+                if key in accepted:
+                    owner[key] = getattr(cfg, option)
+    for key, value in flat_options(cfg.arch_options).items():
+        error = _lazy_key_error(lazy, key)
+        if error:
+            raise ValueError(
+                f"model.arch_options.{key}={value!r}: not a key of the LazyConfig {cfg.arch} "
+                f"({error})"
+            )
+        OmegaConf.update(lazy, key, value, merge=False)
+    return lazy
+
+
+def _lazy_key_error(lazy, key: str) -> str:
+    """Why `key` (dotted) names nothing in the LazyConfig `lazy`, naming the nearest keys where
+    it goes astray, or ''."""
+    from omegaconf import OmegaConf
+
+    node, path = lazy, []
+    for part in key.split("."):
+        if OmegaConf.is_list(node) and part.isdigit() and int(part) < len(node):
+            node, path = node[int(part)], [*path, part]
+            continue
+        if not OmegaConf.is_dict(node):
+            return f"{'.'.join(path)} holds a value, not keys"
+        accepted = _arguments(node)
+        if part not in accepted:
+            near = difflib.get_close_matches(part, sorted(accepted), n=3, cutoff=0.0)
+            where = ".".join(path) or "the top"
+            return f"{where} has no {part!r}; nearest: {', '.join(near)}"
+        if part not in node:  # an argument the file leaves at its default: a value
+            last = len(path) == len(key.split(".")) - 1
+            return "" if last else f"{'.'.join([*path, part])} holds a value, not keys"
+        node, path = node[part], [*path, part]
+    return ""
+
+
+def build(cfg, device: torch.device) -> nn.Module:
+    """The model of cfg.arch: detectron2's build_model of a YAML config, instantiate of a
+    LazyConfig's `model`. A package the config's code needs and this machine lacks (mmdet for
+    Misc/mmdet_*.py) makes it unsupported, naming the package."""
+    from runner.backends import Unsupported
+
+    try:
+        if is_lazy(cfg.arch):
+            from detectron2.config import instantiate
+
+            return instantiate(config(cfg, str(device)).model)
+        from detectron2.modeling import build_model
+
+        return build_model(config(cfg, str(device)))
+    except ModuleNotFoundError as error:
+        raise Unsupported(
+            f"model.arch={cfg.arch} needs the package {error.name!r}, which is not installed "
+            f"here ({error})"
+        ) from error
 
 
 def load_state(model: nn.Module, state: dict, cfg) -> dict:
