@@ -410,6 +410,20 @@ def meta_architecture(model: nn.Module) -> str:
     )
 
 
+def _check_inputs(model: nn.Module, kind: str) -> None:
+    """Unsupported for a model that needs more than images: a Fast R-CNN without a proposal
+    generator reads precomputed proposals from each input (PrecomputedProposals)."""
+    if kind in ("GeneralizedRCNN", "PanopticFPN") and model.proposal_generator is None:
+        from runner.backends import Unsupported
+
+        raise Unsupported(
+            f"{type(model).__name__} without a proposal generator (MODEL.PROPOSAL_GENERATOR."
+            "NAME=PrecomputedProposals, Fast R-CNN) reads precomputed proposals from each "
+            "input, and a benchmark's inputs are images only; use a config with an RPN "
+            "(faster_rcnn_*)"
+        )
+
+
 class _Inference:
     """The function TracingAdapter traces: images -> flat answers of one detectron2 model."""
 
@@ -501,6 +515,7 @@ def wrap(model: nn.Module, method: str, postprocess: bool, example) -> Exported:
     from detectron2.export import TracingAdapter
 
     kind = meta_architecture(model)
+    _check_inputs(model, kind)
     layout = Layout("detectron2")
     after = _combine(model) if kind == "PanopticFPN" and postprocess else None
     if method == "trace":
