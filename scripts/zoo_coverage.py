@@ -6,8 +6,8 @@ backend: ok (with parity) | parity_fail | unsupported (with the part) | error; t
 table of docs/zoo.md (runner.report.zoo).
 
     python scripts/zoo_coverage.py --out results/cpu_zoo.csv --doc docs/zoo.md
-        [--height 128 --width 160] [--proposals 200] [--only REGEX] [--limit N]
-        [--folder outputs/zoo] [--isolate]
+        [--height 128 --width 160] [--proposals 100] [--only REGEX] [--limit N]
+        [--shard K/N] [--folder outputs/zoo] [--isolate]
 
 Which configs: every .yaml and .py under detectron2/model_zoo/configs/ except the templates
 (Base-*.yaml) and common/ (the LazyConfig parts the zoo's .py files import, not models).
@@ -16,7 +16,9 @@ cropped), post-processed to that size; R-CNNs keep --proposals RPN proposals per
 (MODEL.RPN.POST_NMS_TOPK_TEST, or a LazyConfig's model.proposal_generator.post_nms_topk) instead
 of the zoo's 1000, which leaves every exported graph the same. Each config's rows land in
 --folder/<config>/<backend>/result.csv; a folder that already holds them is kept (the runner's
-resume), so an interrupted walk goes on where it stopped.
+resume), so an interrupted walk goes on where it stopped, and shards (--shard 1/2 and 2/2 in
+two processes, each with its own --out) can be gathered by one more walk without --shard, which
+keeps every row the shards measured and writes them together.
 """
 
 from __future__ import annotations
@@ -167,8 +169,9 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--height", type=int, default=128)
     parser.add_argument("--width", type=int, default=160)
     parser.add_argument(
-        "--proposals", type=int, default=200, help="RPN proposals per image (0: the zoo's)"
+        "--proposals", type=int, default=100, help="RPN proposals per image (0: the zoo's)"
     )
+    parser.add_argument("--shard", default="1/1", help="K/N: every Nth config from the Kth")
     parser.add_argument("--only", default="", help="only configs matching this regex")
     parser.add_argument("--limit", type=int, default=0, help="at most this many configs (0: all)")
     parser.add_argument("--folder", default="outputs/zoo", help="the runs' folders")
@@ -185,6 +188,8 @@ def main(argv: list[str] | None = None) -> int:
     configs = [a for a in zoo_configs(zoo_folder()) if re.search(args.only, a)]
     if args.limit:
         configs = configs[: args.limit]
+    shard, shards = (int(part) for part in args.shard.split("/"))
+    configs = configs[shard - 1 :: shards]
     log.info("%d configs, backends %s", len(configs), ", ".join(BACKENDS))
     rows = []
     started = time.monotonic()

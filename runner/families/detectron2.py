@@ -266,15 +266,38 @@ def build(cfg, device: torch.device) -> nn.Module:
         if is_lazy(cfg.arch):
             from detectron2.config import instantiate
 
-            return instantiate(config(cfg, str(device)).model)
-        from detectron2.modeling import build_model
+            model = instantiate(config(cfg, str(device)).model)
+        else:
+            from detectron2.modeling import build_model
 
-        return build_model(config(cfg, str(device)))
+            model = build_model(config(cfg, str(device)))
     except ModuleNotFoundError as error:
         raise Unsupported(
             f"model.arch={cfg.arch} needs the package {error.name!r}, which is not installed "
             f"here ({error})"
         ) from error
+    if torch.device(device).type != "cuda":
+        gap = _without_cpu_kernel(model)
+        if gap:
+            raise Unsupported(
+                f"device={device}: {gap} has no CPU kernel in detectron2 (layers/deform_conv.py "
+                "runs it on CUDA only); run this config with device=cuda"
+            )
+    return model
+
+
+def _without_cpu_kernel(model: nn.Module) -> str:
+    """The first layer detectron2 can only run on CUDA, named, or '': modulated deformable
+    convolutions, and deformable ones of more than one offset group (the plain ones run on the
+    CPU through torchvision's deform_conv2d)."""
+    from detectron2.layers.deform_conv import DeformConv, ModulatedDeformConv
+
+    for name, module in model.named_modules():
+        modulated = isinstance(module, ModulatedDeformConv)
+        grouped = isinstance(module, DeformConv) and module.deformable_groups != 1
+        if modulated or grouped:
+            return f"{type(module).__name__} ({name})"
+    return ""
 
 
 def load_state(model: nn.Module, state: dict, cfg) -> dict:

@@ -5,6 +5,12 @@ figures the model has, unsupported or error with the reason), and the counts. Th
 between `<!-- d2bench:zoo:begin -->` and `<!-- d2bench:zoo:end -->` is generated, never edited.
 
     python -m runner.report.zoo results/cpu_zoo.csv --doc docs/zoo.md
+    python -m runner.report.zoo outputs/zoo_shard1.csv outputs/zoo_shard2.csv \
+        --out results/cpu_zoo.csv --doc docs/zoo.md
+
+Several CSVs (the shards of one walk) are merged: one row per config and backend, a later
+file's row replacing an earlier one's; --out writes the merged rows. The page names the commands
+that measured the rows (each row's `command`) and the one that made the table.
 """
 
 from __future__ import annotations
@@ -89,31 +95,53 @@ def table(rows: list) -> str:
     return "\n".join(lines) + "\n"
 
 
+def merged(files: list[list]) -> list:
+    """One row per (config, backend) of several files' rows, a later file's winning; in config
+    order, then the order the backends came in."""
+    found: dict[tuple, object] = {}
+    for rows in files:
+        for row in rows:
+            found[(row.model, row.backend)] = row
+    backends = list(dict.fromkeys(backend for _, backend in found))
+    return [found[key] for key in sorted(found, key=lambda k: (k[0], backends.index(k[1])))]
+
+
 def write_doc(doc: Path, rows: list, command: str, csv: Path) -> None:
     """Rewrite the coverage block of `doc` (its markers must be there) from `rows`."""
     from runner.run import record
 
     text = doc.read_text()
     link = relative_link(Path(csv), doc)
-    block = f"Rows: [{Path(csv).name}]({link}).\n\n" + table(rows)
-    updated = update_readme(text, block, command, (BEGIN_MARKER, END_MARKER))
+    walks = list(dict.fromkeys(row.command for row in rows if row.command))
+    measured = "".join(f"    {walk}\n" for walk in walks)
+    block = f"Rows: [{Path(csv).name}]({link})" + (
+        f", measured by\n\n```\n{measured}```\n\n" if walks else ".\n\n"
+    )
+    updated = update_readme(text, block + table(rows), command, (BEGIN_MARKER, END_MARKER))
     record.write_atomic(doc, updated)
 
 
 def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="The zoo coverage table from its CSV")
-    parser.add_argument("csv", type=Path, help="scripts/zoo_coverage.py's rows")
+    parser.add_argument("csv", type=Path, nargs="+", help="scripts/zoo_coverage.py's rows")
+    parser.add_argument("--out", type=Path, help="write the merged rows here")
     parser.add_argument("--doc", type=Path, help="the page to rewrite (else: print the table)")
     args = parser.parse_args(argv)
     from runner.run import record
 
-    rows = record.read_rows(args.csv)
+    try:
+        rows = merged([record.read_rows(path) for path in args.csv])
+    except (OSError, ValueError) as error:
+        print(f"{error}", file=sys.stderr)
+        return 2
+    if args.out is not None:
+        record.write_rows(args.out, rows)
     if args.doc is None:
         sys.stdout.write(table(rows))
         return 0
     command = "python -m runner.report.zoo " + " ".join(argv if argv else sys.argv[1:])
     try:
-        write_doc(args.doc, rows, command, args.csv)
+        write_doc(args.doc, rows, command, args.out or args.csv[-1])
     except (OSError, ValueError) as error:
         print(f"{args.doc}: {error}", file=sys.stderr)
         return 2
