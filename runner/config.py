@@ -34,9 +34,12 @@ class ConfigError(ValueError):
 class ModelConfig:
     name: str
     family: str
-    # detectron2: path relative to detectron2's configs/ (model zoo); torchvision: builder name
+    # detectron2: path relative to detectron2's configs/ (model zoo), a YAML config or a
+    # LazyConfig .py (new_baselines/mask_rcnn_R_50_FPN_100ep_LSJ.py); torchvision: builder name
     arch: str
-    arch_options: dict[str, Any] = field(default_factory=dict)  # d2: cfg keys; tv: builder kwargs
+    # detectron2: YAML cfg keys (MODEL.RPN.POST_NMS_TOPK_TEST) or LazyConfig keys
+    # (model.roi_heads.num_classes); torchvision: builder kwargs
+    arch_options: dict[str, Any] = field(default_factory=dict)
     weights: str | None = None  # None: seeded random init (calibrated), else a local checkpoint
     allow_pickle: bool = False  # loading a pickle checkpoint can run code from the file
     num_classes: int = 80
@@ -66,6 +69,13 @@ class PrecisionConfig:
     min_mask_iou: float = 0.99  # mean IoU of matched masks, binarised at 0.5
     # largest distance of a matched pair's keypoints, over sqrt(reference box area)
     max_keypoint_dist: float = 0.05
+    # semantic segmentation: fraction of pixels labelled as the reference labels them, and the
+    # largest class-probability difference; panoptic: F1 of segments matched at IoU > 0.5, and
+    # the fraction of matched segments of the same class (runner.run.parity)
+    min_sem_seg_agreement: float = 0.99
+    max_sem_seg_prob_diff: float = 1e-3
+    min_panoptic_match: float = 0.99
+    min_panoptic_class_agreement: float = 0.99
     # the floor: eager at this precision against the strict reference on `floor_draws` inputs
     # (the run's own and jittered copies), the worst figure over them; a bound is loosened to
     # `floor_scale` times the floor's distance from perfect where that is looser than the

@@ -6,12 +6,14 @@ optimize, the means to turn it into TorchScript, and the decoding of its outputs
 
 Every module made here has the same calling convention: ``module(*images)`` with one CHW tensor
 per image returns a flat tuple of tensors, the same fields for every image: every field the model
-returns, boxes, scores and classes first, then the others sorted by the family's name for them
-(detectron2: pred_keypoint_heatmaps, pred_keypoints, pred_masks; torchvision: keypoints,
-keypoints_scores, masks). The eager module records those names in the `Layout` when it runs
-(the parity reference runs it first); `decode` reads them back. Each family wraps its own
-models the way it supports (runner.families: `wrap`, which runner.run.export calls) and names
-their output fields (`RENAMES`).
+returns, boxes, scores and classes first (where the model detects objects), then the others sorted
+by the family's name for them (detectron2: pred_keypoint_heatmaps, pred_keypoints, pred_masks,
+sem_seg; torchvision: keypoints, keypoints_scores, masks). A model that returns no instances
+(detectron2's SemanticSegmentor) has only its other fields; one that returns class-less boxes
+(proposals) has boxes and scores, and decodes with every class 0. The eager module records those
+names in the `Layout` when it runs (the parity reference runs it first); `decode` reads them back.
+Each family wraps its own models the way it supports (runner.families: `wrap`, which
+runner.run.export calls) and names their output fields (`RENAMES`).
 """
 
 from __future__ import annotations
@@ -25,11 +27,25 @@ from torch import nn
 from runner import families
 
 LEADING = ("boxes", "scores", "classes")  # the Detections names that come first, in this order
+# the leading names a model's instances need: boxes and scores (classes default to 0: proposals)
+REQUIRED = ("boxes", "scores")
+
+
+@dataclass
+class Panoptic:
+    """One image's panoptic segmentation: a segment id per pixel (0: no segment) and, per
+    segment, its id, category and whether it is a thing (an instance) or stuff."""
+
+    segments: torch.Tensor  # (H, W) int64 segment ids
+    ids: torch.Tensor  # (S,) int64
+    categories: torch.Tensor  # (S,) int64
+    isthing: torch.Tensor  # (S,) bool
 
 
 @dataclass
 class Detections:
-    """One image's detections, as parity (runner.run.parity) compares them."""
+    """One image's answer, as parity (runner.run.parity) compares it: its detections (instances
+    or proposals), and the segmentations of models that make them."""
 
     boxes: torch.Tensor  # (N, 4) x1, y1, x2, y2
     scores: torch.Tensor  # (N,)
@@ -39,6 +55,9 @@ class Detections:
     # every other per-detection output, by name (the family names them): no figure compares
     # these, so they are listed as unchecked
     extra: dict[str, torch.Tensor] = field(default_factory=dict)
+    instances: bool = True  # False: the model returns no detections (boxes etc. are empty)
+    sem_seg: torch.Tensor | None = None  # (C, H, W) per-class scores (logits) of every pixel
+    panoptic: Panoptic | None = None
 
     def __len__(self) -> int:
         return int(self.scores.numel())
@@ -54,13 +73,18 @@ class Layout:
         self.names = tuple(names)
 
     def ordered(self, names) -> list[str]:
-        """`names` in flat-output order: the leading three, then the rest sorted."""
+        """`names` in flat-output order: the leading ones it has, then the rest sorted. Boxes
+        come with scores (classes may be absent); a field list without any (segmentation
+        only) is whole."""
         renames = families.get(self.family).RENAMES
         first = {renames.get(n, n): n for n in names if renames.get(n, n) in LEADING}
-        missing = [name for name in LEADING if name not in first]
-        if missing:
+        missing = [name for name in REQUIRED if name not in first]
+        if first and missing:
             raise ValueError(f"{self.family} output has no {missing} (fields: {sorted(names)})")
-        return [first[n] for n in LEADING] + sorted(n for n in names if n not in first.values())
+        if not names:
+            raise ValueError(f"{self.family} output has no fields")
+        leading = [first[n] for n in LEADING if n in first]
+        return leading + sorted(n for n in names if n not in first.values())
 
     def record(self, names: list[str]) -> None:
         if torch.compiler.is_compiling():
@@ -96,6 +120,9 @@ class Exported:
     example: tuple[torch.Tensor, ...]
     make_torchscript: Callable[[], torch.jit.ScriptModule]
     layout: Layout | None = None
+    # a Python step per decoded image, after the call (not timed): detectron2's Panoptic FPN
+    # combines its instances and sem_seg into panoptic_seg here, as its own inference does
+    after: Callable[[Detections], Detections] | None = None
 
     @property
     def family(self) -> str:
@@ -116,16 +143,19 @@ class Exported:
                 f"{len(names)} fields {names}"
             )
         per_image = len(names)
-        return [
+        decoded = [
             detections(self.layout.family, names, flat[i * per_image : (i + 1) * per_image])
             for i in range(batch)
         ]
+        return decoded if self.after is None else [self.after(d) for d in decoded]
 
 
 def detections(family: str, names: tuple[str, ...], parts) -> Detections:
     """One image's output tensors, named by the family, as Detections. Keypoints keep x and y;
     their third column is detectron2's per-keypoint score (to `extra` as keypoint_scores) or
-    torchvision's visibility flag, which torchvision sets to 1 for every keypoint (dropped)."""
+    torchvision's visibility flag, which torchvision sets to 1 for every keypoint (dropped).
+    Boxes without classes (proposals) are all of class 0; an answer without boxes (semantic
+    segmentation) has no instances."""
     own = families.get(family)
     fields = {}
     for name, tensor in zip(names, parts, strict=True):
@@ -135,13 +165,21 @@ def detections(family: str, names: tuple[str, ...], parts) -> Detections:
         if own.KEYPOINT_SCORES:
             fields["keypoint_scores"] = keypoints[..., 2]
         keypoints = keypoints[..., :2]
+    instances = "boxes" in fields
+    boxes = fields.pop("boxes", torch.zeros(0, 4)).reshape(-1, 4)
+    scores = fields.pop("scores", torch.zeros(0)).reshape(-1)
+    classes = fields.pop("classes", None)
+    classes = torch.zeros(len(scores)) if classes is None else classes
+    masks, sem_seg = fields.pop("masks", None), fields.pop("sem_seg", None)
     return Detections(
-        boxes=fields.pop("boxes").reshape(-1, 4),
-        scores=fields.pop("scores").reshape(-1),
-        classes=fields.pop("classes").reshape(-1).long(),
-        masks=fields.pop("masks", None),
+        boxes=boxes,
+        scores=scores,
+        classes=classes.reshape(-1).long(),
+        masks=masks,
         keypoints=keypoints,
         extra=fields,
+        instances=instances,
+        sem_seg=sem_seg,
     )
 
 

@@ -132,8 +132,14 @@ def test_layout_orders_the_leading_fields_first_and_the_rest_by_name():
         {"pred_masks": 0, "pred_classes": 0, "scores": 0, "pred_boxes": 0, "pred_keypoints": 0}
     )
     assert names == ["pred_boxes", "scores", "pred_classes", "pred_keypoints", "pred_masks"]
-    with pytest.raises(ValueError, match="no \\['classes'\\]"):
-        layout.ordered({"pred_boxes": 0, "scores": 0})
+    with pytest.raises(ValueError, match="no \\['scores'\\]"):
+        layout.ordered({"pred_boxes": 0, "pred_classes": 0})
+    # proposals have no classes (they decode as class 0); semantic segmentation no instances
+    assert layout.ordered({"objectness_logits": 0, "proposal_boxes": 0}) == [
+        "proposal_boxes",
+        "objectness_logits",
+    ]
+    assert layout.ordered({"sem_seg": 0}) == ["sem_seg"]
     layout.record(names)
     with pytest.raises(ValueError, match="changed"):
         layout.record(names[:3])

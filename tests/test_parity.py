@@ -8,7 +8,7 @@ import pytest
 import torch
 
 from runner.config import PrecisionConfig
-from runner.exported import Detections
+from runner.exported import Detections, Panoptic
 from runner.run.parity import Figures, box_iou, compare, limits, match, verdict, worst
 
 
@@ -207,6 +207,10 @@ def test_limits_without_floor_are_the_tolerances():
         "score_max_diff": 1e-3,
         "mask_iou": 0.98,
         "keypoint_max_dist": FP32.max_keypoint_dist,
+        "sem_seg_agreement": FP32.min_sem_seg_agreement,
+        "sem_seg_prob_max_diff": FP32.max_sem_seg_prob_diff,
+        "panoptic_match_f1": FP32.min_panoptic_match,
+        "panoptic_class_agreement": FP32.min_panoptic_class_agreement,
     }
 
 
@@ -368,3 +372,81 @@ def test_fields_no_figure_compares_are_named_not_dropped():
     a, b = figures(unchecked=("b", "a")), figures(unchecked=("a", "c"))
     assert worst([a, b]).unchecked == ("a", "b", "c")
     assert verdict(figures(unchecked=("x",)), FP32) == []  # named in the row, not a failure
+
+
+# ---- segmentation: semantic (sem_seg) and panoptic, and answers without instances ----
+
+
+def semantic(logits) -> Detections:
+    """An answer of semantic segmentation only (SemanticSegmentor): no instances."""
+    empty = detections([], [], [])
+    return dataclasses.replace(empty, instances=False, sem_seg=torch.as_tensor(logits))
+
+
+def test_semantic_figures_count_pixels_labelled_alike_and_the_largest_probability_gap():
+    ref = torch.zeros(3, 2, 2)
+    ref[1] = 5.0  # every pixel: class 1
+    out = ref.clone()
+    out[2, 0, 0] = 10.0  # one pixel of four now class 2
+    figures = compare([semantic(ref)], [semantic(out)], 0.7)
+    assert figures.sem_seg_agreement == pytest.approx(0.75)
+    expected = float((ref[:, 0, 0].softmax(0) - out[:, 0, 0].softmax(0)).abs().max())
+    assert figures.sem_seg_prob_max_diff == pytest.approx(expected)
+    # without instances on either side the detection figures say nothing, rather than 1.0
+    assert figures.match_f1 is None and figures.box_iou is None
+    assert figures.score_max_diff is None and figures.unchecked == ()
+    broken = verdict(figures, FP32)
+    assert broken[0].startswith("sem_seg_agreement 0.7500 <")
+    assert broken[1].startswith("sem_seg_prob_max_diff")
+    same = compare([semantic(ref)], [semantic(ref)], 0.7)
+    assert same.sem_seg_agreement == 1.0 and same.sem_seg_prob_max_diff == 0.0
+    assert verdict(same, FP32) == []
+
+
+def test_a_segmentation_only_one_side_has_is_named_unchecked():
+    with_seg = dataclasses.replace(FOUR, sem_seg=torch.zeros(2, 4, 4))
+    figures = compare([with_seg], [FOUR], 0.7)
+    assert figures.sem_seg_agreement is None
+    assert figures.unchecked == ("sem_seg (only the reference has it)",)
+
+
+def panoptic(segments, ids, categories, isthing) -> Panoptic:
+    return Panoptic(
+        segments=torch.as_tensor(segments),
+        ids=torch.as_tensor(ids),
+        categories=torch.as_tensor(categories),
+        isthing=torch.as_tensor(isthing),
+    )
+
+
+def test_panoptic_segments_match_by_iou_whatever_their_class_and_agreement_counts_classes():
+    # reference: segment 1 (left half, a thing of class 3), segment 2 (right half, stuff 7)
+    ref = panoptic([[1, 1, 2, 2]] * 4, [1, 2], [3, 7], [True, False])
+    # output: same pixels under other ids; the right half now says class 8
+    out = panoptic([[5, 5, 6, 6]] * 4, [5, 6], [3, 8], [True, False])
+    figures = compare(
+        [dataclasses.replace(FOUR, panoptic=ref)], [dataclasses.replace(FOUR, panoptic=out)], 0.7
+    )
+    assert figures.panoptic_match_f1 == 1.0
+    assert figures.panoptic_class_agreement == 0.5
+    # a segment that shrank to a quarter of its pixels no longer matches (IoU 0.25 <= 0.5)
+    shrunk = panoptic([[1, 0, 2, 2]] + [[0, 0, 2, 2]] * 3, [1, 2], [3, 7], [True, False])
+    figures = compare(
+        [dataclasses.replace(FOUR, panoptic=ref)],
+        [dataclasses.replace(FOUR, panoptic=shrunk)],
+        0.7,
+    )
+    assert figures.panoptic_match_f1 == 0.5 and figures.panoptic_class_agreement == 1.0
+    assert any(s.startswith("panoptic_match_f1 0.5000 <") for s in verdict(figures, FP32))
+
+
+def test_proposals_decode_as_one_class_detections():
+    """ProposalNetwork answers boxes and objectness logits, no classes: every class is 0."""
+    from runner.exported import detections as decoded
+
+    found = decoded(
+        "torchvision", ("boxes", "scores"), (torch.tensor([[0.0, 0, 4, 4]]), torch.tensor([2.5]))
+    )
+    assert found.instances and found.classes.tolist() == [0] and found.scores.tolist() == [2.5]
+    only_seg = decoded("torchvision", ("sem_seg",), (torch.zeros(2, 3, 3),))
+    assert not only_seg.instances and len(only_seg) == 0 and only_seg.sem_seg.shape == (2, 3, 3)

@@ -1,6 +1,8 @@
-"""The detectron2 family: model-zoo configs built with detectron2's build_model, its .pkl / .pth
-checkpoints aligned to the model's names, BGR pixels in 0..255, and the exports detectron2
-supports (TracingAdapter for trace, scripting_with_instances for script)."""
+"""The detectron2 family: model-zoo configs, YAML (built with detectron2's build_model) and
+LazyConfig .py (LazyConfig.load, then instantiate), its .pkl / .pth checkpoints aligned to the
+model's names, BGR pixels in 0..255, and the exports detectron2 supports (TracingAdapter for
+trace, scripting_with_instances for script) for every output kind of its meta-architectures
+(INFERENCE: instances, proposals, sem_seg, and panoptic segments combined after the call)."""
 
 from __future__ import annotations
 
@@ -25,6 +27,8 @@ RENAMES = {
     "pred_masks": "masks",
     "pred_keypoints": "keypoints",
     "pred_keypoint_heatmaps": "keypoint_heatmaps",
+    "proposal_boxes": "boxes",  # ProposalNetwork: class-less boxes, objectness logits as scores
+    "objectness_logits": "scores",
 }
 KEYPOINT_SCORES = True  # pred_keypoints' third column is a per-keypoint score
 FIRST_CLASS = 0  # pred_classes count the object classes from 0
@@ -147,13 +151,21 @@ def flat_options(options: dict, prefix: str = "") -> dict[str, Any]:
     return flat
 
 
+def is_lazy(arch: str) -> bool:
+    """Whether `arch` names a LazyConfig (.py) of the model zoo, not a YAML config."""
+    return arch.endswith(".py")
+
+
 def config(cfg, device: str = "cpu"):
-    """The model zoo's config for cfg.arch with the run's thresholds and `arch_options` merged.
-    Raises ValueError naming the option for a key detectron2 does not have or a wrong type."""
+    """The model zoo's config for cfg.arch with the run's thresholds and `arch_options` merged:
+    a CfgNode for YAML, a LazyConfig (omegaconf DictConfig) for .py. Raises ValueError naming
+    the option for a key detectron2 does not have or a wrong type."""
     from runner.library_noise import quiet_library_warnings
 
     quiet_library_warnings()
     require()
+    if is_lazy(cfg.arch):
+        return _lazy_config(cfg)
     from detectron2 import model_zoo
 
     d2cfg = model_zoo.get_config(cfg.arch, trained=False)
@@ -175,10 +187,133 @@ def config(cfg, device: str = "cpu"):
     return d2cfg
 
 
-def build(cfg, device: torch.device) -> nn.Module:
-    from detectron2.modeling import build_model
+# The run's thresholds in a LazyConfig's model, by the argument each meta-architecture takes
+# them as (R-CNN box predictors, dense detectors themselves); set where the object takes it.
+LAZY_THRESHOLDS = {
+    "score_thresh": ("test_score_thresh",),
+    "nms_thresh": ("test_nms_thresh",),
+    "detections_per_image": ("test_topk_per_image", "max_detections_per_image"),
+}
 
-    return build_model(config(cfg, str(device)))
+
+def _arguments(node) -> set[str]:
+    """The keys a LazyConfig node may hold: those it has, and, where it calls a `_target_`
+    (LazyCall), the keyword arguments the target takes (its defaults are not in the file)."""
+    import inspect
+
+    from detectron2.utils.registry import locate
+
+    names = {str(key) for key in node}
+    target = node.get("_target_") if "_target_" in node else None
+    if isinstance(target, str):
+        target = locate(target)
+    if target is not None:
+        try:
+            parameters = inspect.signature(target).parameters.values()
+        except (TypeError, ValueError):  # a builtin without a signature
+            parameters = []
+        names |= {p.name for p in parameters if p.kind in (p.KEYWORD_ONLY, p.POSITIONAL_OR_KEYWORD)}
+    return names
+
+
+def _lazy_config(cfg):
+    """The LazyConfig of cfg.arch (detectron2's model_zoo.get_config: LazyConfig.load), with
+    the run's thresholds and `arch_options` as overrides of its keys ("model.roi_heads.
+    num_classes": 3). A key the file does not have is refused, naming the nearest: LazyConfig's
+    own overrides would add it, and instantiate would fail later, or not at all."""
+    from detectron2 import model_zoo
+    from omegaconf import OmegaConf
+
+    lazy = model_zoo.get_config(cfg.arch, trained=False)
+    if "model" not in lazy:
+        raise ValueError(f"model.arch={cfg.arch}: the LazyConfig has no `model`")
+    model = lazy.model
+    predictors = OmegaConf.select(model, "roi_heads.box_predictors")  # Cascade: one per stage
+    if predictors is None:
+        predictors = [OmegaConf.select(model, "roi_heads.box_predictor")]
+    for owner in [model, *[p for p in predictors if p is not None]]:
+        accepted = _arguments(owner)
+        for option, keys in LAZY_THRESHOLDS.items():
+            for key in keys:
+                if key in accepted:
+                    owner[key] = getattr(cfg, option)
+    for key, value in flat_options(cfg.arch_options).items():
+        error = _lazy_key_error(lazy, key)
+        if error:
+            raise ValueError(
+                f"model.arch_options.{key}={value!r}: not a key of the LazyConfig {cfg.arch} "
+                f"({error})"
+            )
+        OmegaConf.update(lazy, key, value, merge=False)
+    return lazy
+
+
+def _lazy_key_error(lazy, key: str) -> str:
+    """Why `key` (dotted) names nothing in the LazyConfig `lazy`, naming the nearest keys where
+    it goes astray, or ''."""
+    from omegaconf import OmegaConf
+
+    node, path = lazy, []
+    for part in key.split("."):
+        if OmegaConf.is_list(node) and part.isdigit() and int(part) < len(node):
+            node, path = node[int(part)], [*path, part]
+            continue
+        if not OmegaConf.is_dict(node):
+            return f"{'.'.join(path)} holds a value, not keys"
+        accepted = _arguments(node)
+        if part not in accepted:
+            near = difflib.get_close_matches(part, sorted(accepted), n=3, cutoff=0.0)
+            where = ".".join(path) or "the top"
+            return f"{where} has no {part!r}; nearest: {', '.join(near)}"
+        if part not in node:  # an argument the file leaves at its default: a value
+            last = len(path) == len(key.split(".")) - 1
+            return "" if last else f"{'.'.join([*path, part])} holds a value, not keys"
+        node, path = node[part], [*path, part]
+    return ""
+
+
+def build(cfg, device: torch.device) -> nn.Module:
+    """The model of cfg.arch: detectron2's build_model of a YAML config, instantiate of a
+    LazyConfig's `model`. A package the config's code needs and this machine lacks (mmdet for
+    Misc/mmdet_*.py) makes it unsupported, naming the package."""
+    from runner.backends import Unsupported
+
+    try:
+        if is_lazy(cfg.arch):
+            from detectron2.config import instantiate
+
+            model = instantiate(config(cfg, str(device)).model)
+        else:
+            from detectron2.modeling import build_model
+
+            model = build_model(config(cfg, str(device)))
+    except ModuleNotFoundError as error:
+        raise Unsupported(
+            f"model.arch={cfg.arch} needs the package {error.name!r}, which is not installed "
+            f"here ({error})"
+        ) from error
+    if torch.device(device).type != "cuda":
+        gap = _without_cpu_kernel(model)
+        if gap:
+            raise Unsupported(
+                f"device={device}: {gap} has no CPU kernel in detectron2 (layers/deform_conv.py "
+                "runs it on CUDA only); run this config with device=cuda"
+            )
+    return model
+
+
+def _without_cpu_kernel(model: nn.Module) -> str:
+    """The first layer detectron2 can only run on CUDA, named, or '': modulated deformable
+    convolutions, and deformable ones of more than one offset group (the plain ones run on the
+    CPU through torchvision's deform_conv2d)."""
+    from detectron2.layers.deform_conv import DeformConv, ModulatedDeformConv
+
+    for name, module in model.named_modules():
+        modulated = isinstance(module, ModulatedDeformConv)
+        grouped = isinstance(module, DeformConv) and module.deformable_groups != 1
+        if modulated or grouped:
+            return f"{type(module).__name__} ({name})"
+    return ""
 
 
 def load_state(model: nn.Module, state: dict, cfg) -> dict:
@@ -188,9 +323,27 @@ def load_state(model: nn.Module, state: dict, cfg) -> dict:
     return align_and_update_state_dicts(model.state_dict(), state, c2_conversion=False)
 
 
+def _fields(result) -> dict:
+    """One image's answer of any meta-architecture as one dict of named outputs: Instances
+    (detections or proposals) by their fields, a post-processed dict ({"instances" |
+    "proposals": Instances, "sem_seg": Tensor}) by its parts, a bare tensor as sem_seg."""
+    if isinstance(result, torch.Tensor):
+        return {"sem_seg": result}
+    if not isinstance(result, dict):
+        return result.get_fields()
+    fields = {}
+    for name, value in result.items():
+        if name in ("instances", "proposals"):
+            fields.update(value if isinstance(value, dict) else value.get_fields())
+        else:
+            fields[name] = value
+    return fields
+
+
 def _flatten_instances(layout: Layout, results: list) -> tuple[torch.Tensor, ...]:
-    """Eager or scripted Instances (or their get_fields() dicts) -> the flat tuple."""
-    return flatten(layout, [r if isinstance(r, dict) else r.get_fields() for r in results])
+    """Eager or scripted answers (Instances, their get_fields() dicts, post-processed dicts,
+    sem_seg tensors), one per image -> the flat tuple."""
+    return flatten(layout, [_fields(r) for r in results])
 
 
 def _inputs(images, postprocess: bool) -> list[dict]:
@@ -199,64 +352,170 @@ def _inputs(images, postprocess: bool) -> list[dict]:
     return [{"image": im} for im in images]
 
 
-class _Inference:
-    """The function TracingAdapter traces: images -> flat detections of one detectron2 model."""
+def _normalised(model, inputs: list[dict]):
+    """detectron2's preprocess_image for meta-architectures without one (ProposalNetwork,
+    SemanticSegmentor): normalise, pad to the backbone's divisibility, batch."""
+    from detectron2.structures import ImageList
 
-    def __init__(self, postprocess: bool, layout: Layout):
+    mean, std = model.pixel_mean, model.pixel_std
+    images = [(x["image"].to(mean) - mean) / std for x in inputs]
+    return ImageList.from_tensors(
+        images,
+        model.backbone.size_divisibility,
+        padding_constraints=model.backbone.padding_constraints,
+    )
+
+
+# How each meta-architecture answers in inference, as a list of per-image results: the model's
+# own forward where the run post-processes (as a user calls it), else its inference minus
+# detector_postprocess / sem_seg_postprocess (the seed's timed call). Looked up by the model's
+# class and then its bases (a subclass answers as its nearest registered base does).
+
+
+def _rcnn(model, inputs, postprocess: bool) -> list:
+    results = model.inference(inputs, do_postprocess=postprocess)
+    return [r["instances"] for r in results] if postprocess else results
+
+
+def _dense(model, inputs, postprocess: bool) -> list:
+    if postprocess:
+        return [r["instances"] for r in model(inputs)]
+    batched = model.preprocess_image(inputs)  # forward() minus detector_postprocess
+    features = model.backbone(batched.tensor)
+    features = [features[f] for f in model.head_in_features]
+    return model.forward_inference(batched, features, model.head(features))
+
+
+def _proposals(model, inputs, postprocess: bool) -> list:
+    """ProposalNetwork (RPN only): proposal_boxes and objectness_logits per image."""
+    if postprocess:
+        return model(inputs)
+    images = _normalised(model, inputs)
+    proposals, _ = model.proposal_generator(images, model.backbone(images.tensor), None)
+    return proposals
+
+
+def _semantic(model, inputs, postprocess: bool) -> list:
+    """SemanticSegmentor: per-class logits of every pixel (C, H, W), at the padded size
+    without post-processing."""
+    if postprocess:
+        return model(inputs)
+    images = _normalised(model, inputs)
+    results, _ = model.sem_seg_head(model.backbone(images.tensor), None)
+    return list(results)
+
+
+def _panoptic(model, inputs, postprocess: bool) -> list:
+    """Panoptic FPN: instances and sem_seg; post-processed as its inference does it, except
+    that the panoptic combination runs after the call (`_combine`: Python over the answers'
+    values, which neither trace nor script can hold)."""
+    from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
+
+    instances, sem_seg = model.inference(inputs, do_postprocess=False)
+    if not postprocess:
+        return [{"instances": i, "sem_seg": s} for i, s in zip(instances, sem_seg, strict=True)]
+    results = []
+    for found, logits, image in zip(instances, sem_seg, inputs, strict=True):
+        height, width = image["height"], image["width"]
+        results.append(
+            {
+                "instances": detector_postprocess(found, height, width),
+                "sem_seg": sem_seg_postprocess(logits, found.image_size, height, width),
+            }
+        )
+    return results
+
+
+INFERENCE = {
+    "PanopticFPN": _panoptic,
+    "GeneralizedRCNN": _rcnn,
+    "ProposalNetwork": _proposals,
+    "SemanticSegmentor": _semantic,
+    "DenseDetector": _dense,  # RetinaNet, FCOS
+}
+
+
+def meta_architecture(model: nn.Module) -> str:
+    """The INFERENCE entry that answers for `model`: its class's or its nearest base's name.
+    Raises Unsupported for a model none covers."""
+    for cls in type(model).__mro__:
+        if cls.__name__ in INFERENCE:
+            return cls.__name__
+    from runner.backends import Unsupported
+
+    raise Unsupported(
+        f"meta-architecture {type(model).__name__}: its outputs are not read by d2bench "
+        f"(covered: {', '.join(sorted(INFERENCE))})"
+    )
+
+
+def _check_inputs(model: nn.Module, kind: str) -> None:
+    """Unsupported for a model that needs more than images: a Fast R-CNN without a proposal
+    generator reads precomputed proposals from each input (PrecomputedProposals)."""
+    if kind in ("GeneralizedRCNN", "PanopticFPN") and model.proposal_generator is None:
+        from runner.backends import Unsupported
+
+        raise Unsupported(
+            f"{type(model).__name__} without a proposal generator (MODEL.PROPOSAL_GENERATOR."
+            "NAME=PrecomputedProposals, Fast R-CNN) reads precomputed proposals from each "
+            "input, and a benchmark's inputs are images only; use a config with an RPN "
+            "(faster_rcnn_*)"
+        )
+
+
+class _Inference:
+    """The function TracingAdapter traces: images -> flat answers of one detectron2 model."""
+
+    def __init__(self, postprocess: bool, layout: Layout, kind: str = "GeneralizedRCNN"):
         self.postprocess = postprocess
         self.layout = layout
+        self.kind = kind
 
     def __call__(self, model, *images):
-        from detectron2.modeling.meta_arch.dense_detector import DenseDetector
-
         inputs = _inputs(images, self.postprocess)
-        if isinstance(model, DenseDetector):
-            if self.postprocess:
-                results = [r["instances"] for r in model(inputs)]
-            else:  # forward() minus detector_postprocess
-                batched = model.preprocess_image(inputs)
-                features = model.backbone(batched.tensor)
-                features = [features[f] for f in model.head_in_features]
-                results = model.forward_inference(batched, features, model.head(features))
-        else:
-            results = model.inference(inputs, do_postprocess=self.postprocess)
-            if self.postprocess:
-                results = [r["instances"] for r in results]
+        results = INFERENCE[self.kind](model, inputs, self.postprocess)
         return _flatten_instances(self.layout, results)
 
 
-class _ScriptableRCNN(nn.Module):
-    """What gets scripted for R-CNNs: image dicts -> field dicts, without post-processing
-    (detectron2 cannot script it)."""
+def _combine(model: nn.Module):
+    """The panoptic step of Panoptic FPN's inference, on a decoded image (instances with pasted
+    masks, sem_seg at the image size): detectron2's combine_semantic_and_instance_outputs with
+    the model's thresholds, as runner.exported.Exported.after."""
+    from detectron2.modeling.meta_arch.panoptic_fpn import combine_semantic_and_instance_outputs
+    from detectron2.structures import Instances
 
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
+    from runner.exported import Panoptic
 
-    def forward(self, inputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-        instances = self.model.inference(inputs, do_postprocess=False)
-        return [i.get_fields() for i in instances]
+    def after(found):
+        if found.sem_seg is None or found.masks is None:
+            return found
+        size = tuple(found.sem_seg.shape[-2:])
+        instances = Instances(size)
+        instances.scores = found.scores
+        instances.pred_classes = found.classes
+        instances.pred_masks = found.masks.reshape(len(found), *size) > 0.5
+        segments, info = combine_semantic_and_instance_outputs(
+            instances,
+            found.sem_seg.argmax(dim=0),
+            model.combine_overlap_thresh,
+            model.combine_stuff_area_thresh,
+            model.combine_instances_score_thresh,
+        )
+        found.panoptic = Panoptic(
+            segments=segments.long(),
+            ids=torch.tensor([s["id"] for s in info], dtype=torch.long),
+            categories=torch.tensor([s["category_id"] for s in info], dtype=torch.long),
+            isthing=torch.tensor([bool(s["isthing"]) for s in info], dtype=torch.bool),
+        )
+        return found
 
-
-class _ScriptableDense(nn.Module):
-    """What gets scripted for dense detectors (RetinaNet): forward() minus detector_postprocess,
-    which detectron2 skips under scripting anyway."""
-
-    def __init__(self, model: nn.Module):
-        super().__init__()
-        self.model = model
-
-    def forward(self, inputs: list[dict[str, torch.Tensor]]) -> list[dict[str, torch.Tensor]]:
-        images = self.model.preprocess_image(inputs)
-        features = self.model.backbone(images.tensor)
-        features = [features[f] for f in self.model.head_in_features]
-        instances = self.model.forward_inference(images, features, self.model.head(features))
-        return [i.get_fields() for i in instances]
+    return after
 
 
 class _ScriptPath(nn.Module):
-    """images -> flat detections through a (scripted or eager) _D2Scriptable. Post-processing,
-    when asked for, runs here in Python, after the scripted part."""
+    """images -> flat answers through a (scripted or eager) scriptable module (SCRIPTABLE).
+    Post-processing, when asked for, runs here in Python, after the scripted part: instances
+    and proposals through detector_postprocess, sem_seg through sem_seg_postprocess."""
 
     def __init__(self, inner: nn.Module, postprocess: bool, layout: Layout):
         super().__init__()
@@ -268,41 +527,58 @@ class _ScriptPath(nn.Module):
         results = self.inner([{"image": im} for im in images])
         if not self.postprocess:
             return _flatten_instances(self.layout, results)
-        from detectron2.modeling.postprocessing import detector_postprocess
+        from detectron2.modeling.postprocessing import detector_postprocess, sem_seg_postprocess
         from detectron2.structures import Boxes, Instances
 
         processed = []
         for fields, image in zip(results, images, strict=True):
             h, w = image.shape[1], image.shape[2]
-            instances = Instances((h, w))
-            for name, value in fields.items():
-                is_tensor_of_boxes = name.endswith("boxes") and not isinstance(value, Boxes)
-                instances.set(name, Boxes(value) if is_tensor_of_boxes else value)
-            processed.append(detector_postprocess(instances, h, w))
+            fields = dict(fields)
+            answer = {}
+            if "sem_seg" in fields:
+                answer["sem_seg"] = sem_seg_postprocess(fields.pop("sem_seg"), (h, w), h, w)
+            if fields:
+                instances = Instances((h, w))
+                for name, value in fields.items():
+                    is_tensor_of_boxes = name.endswith("boxes") and not isinstance(value, Boxes)
+                    instances.set(name, Boxes(value) if is_tensor_of_boxes else value)
+                answer["instances"] = detector_postprocess(instances, h, w)
+            processed.append(answer)
         return _flatten_instances(self.layout, processed)
 
 
 def wrap(model: nn.Module, method: str, postprocess: bool, example) -> Exported:
-    """detectron2's own ways: TracingAdapter (trace), scripting_with_instances (script)."""
+    """detectron2's own ways: TracingAdapter (trace), scripting_with_instances (script), for
+    every meta-architecture of INFERENCE. Panoptic FPN's panoptic combination runs after the
+    call, on the decoded answer (Exported.after), where the run post-processes."""
     from detectron2.export import TracingAdapter
 
+    kind = meta_architecture(model)
+    _check_inputs(model, kind)
     layout = Layout("detectron2")
+    after = _combine(model) if kind == "PanopticFPN" and postprocess else None
     if method == "trace":
-        adapter = TracingAdapter(model, example, _Inference(postprocess, layout))
-        return traced(adapter.eval(), model, example, layout)
+        adapter = TracingAdapter(model, example, _Inference(postprocess, layout, kind))
+        exported = traced(adapter.eval(), model, example, layout)
+        exported.after = after
+        return exported
 
     from detectron2.export import scripting_with_instances
-    from detectron2.modeling.meta_arch.dense_detector import DenseDetector
     from detectron2.structures import Boxes
 
-    scriptable = _ScriptableDense if isinstance(model, DenseDetector) else _ScriptableRCNN
+    from runner.backends import Unsupported
+    from runner.families._detectron2_scriptable import NOT_SCRIPTABLE, SCRIPTABLE
+
+    if kind in NOT_SCRIPTABLE:
+        raise Unsupported(f"export=script: {NOT_SCRIPTABLE[kind]}")
+    scriptable = SCRIPTABLE[kind]
     eager = _ScriptPath(scriptable(model), postprocess, layout).eval()
 
     def script():
-        fields = {name: Boxes if kind == "Boxes" else torch.Tensor for name, kind in SCRIPT_FIELDS}
+        fields = {name: Boxes if of == "Boxes" else torch.Tensor for name, of in SCRIPT_FIELDS}
         scripted = scripting_with_instances(scriptable(model).eval(), fields)
         path = _ScriptPath(scripted, postprocess, layout)
         path.training = False  # not .eval(): the scripted module's `training` is a constant
         return path
 
-    return Exported(eager, model, method, example, script, layout)
+    return Exported(eager, model, method, example, script, layout, after)

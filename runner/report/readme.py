@@ -2,7 +2,8 @@
 the text with the block between a pair of markers replaced; everything outside the markers is
 kept byte for byte. Two pairs: the full results (`<!-- d2bench:results:begin -->` ...
 `<!-- d2bench:results:end -->`, in docs/results.md) and the README's headline
-(`<!-- d2bench:headline:begin -->` ... `<!-- d2bench:headline:end -->`)."""
+(`<!-- d2bench:headline:begin -->` ... `<!-- d2bench:headline:end -->`); other generated pages
+(docs/zoo.md: runner.report.zoo) pass markers of their own."""
 
 from __future__ import annotations
 

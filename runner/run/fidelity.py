@@ -111,7 +111,7 @@ def reference_and_floor(
         REFERENCE,
         len(draws),
         asdict(floor),
-        " ".join(f"{d.match_f1:.3f}" for d in draws),
+        " ".join("-" if d.match_f1 is None else f"{d.match_f1:.3f}" for d in draws),
     )
     return reference, floor
 

@@ -180,7 +180,7 @@ def _load_state(model: nn.Module, state: dict, cfg: ModelConfig) -> None:
         raise ValueError(f"model.weights={cfg.weights}: no tensor matches model {cfg.name}")
 
 
-NORMS = ("FrozenBatchNorm2d", "BatchNorm2d")
+NORMS = ("FrozenBatchNorm2d", "BatchNorm2d", "SyncBatchNorm", "NaiveSyncBatchNorm")
 # Residual blocks of detectron2 and torchvision backbones: their branch's last norm is scaled down.
 RESIDUAL_BLOCKS = (
     "BottleneckBlock",

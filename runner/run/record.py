@@ -98,6 +98,10 @@ class Row:
     parity_score_max_diff: float | None = None
     parity_mask_iou: float | None = None
     parity_keypoint_max_dist: float | None = None  # over sqrt(reference box area)
+    parity_sem_seg_agreement: float | None = None  # fraction of pixels labelled alike
+    parity_sem_seg_prob_max_diff: float | None = None  # largest class-probability difference
+    parity_panoptic_match_f1: float | None = None  # segments matched at IoU > 0.5
+    parity_panoptic_class_agreement: float | None = None  # matched segments of the same class
     parity_unchecked: str = ""  # output fields no figure compares, "a, b" ("": none)
     parity_reference: str = ""  # what answers were compared with ("": before TF32-off references)
     # the floor: eager PyTorch at this precision (autocast; fp32 with PyTorch's default TF32
@@ -107,6 +111,10 @@ class Row:
     parity_floor_score_max_diff: float | None = None
     parity_floor_mask_iou: float | None = None
     parity_floor_keypoint_max_dist: float | None = None
+    parity_floor_sem_seg_agreement: float | None = None
+    parity_floor_sem_seg_prob_max_diff: float | None = None
+    parity_floor_panoptic_match_f1: float | None = None
+    parity_floor_panoptic_class_agreement: float | None = None
     parity_floor_draws: int | None = None  # inputs the floor was measured on (runner.run.fidelity)
     num_detections: int | None = None  # produced by the timed model at the opt size, all images
     num_detections_ref: int | None = None
@@ -218,6 +226,14 @@ ADDED_COLUMNS = (
     "stage_keypoint_head_ms",
     "stage_paste_ms",
     "stage_other_ms",
+    "parity_sem_seg_agreement",
+    "parity_sem_seg_prob_max_diff",
+    "parity_panoptic_match_f1",
+    "parity_panoptic_class_agreement",
+    "parity_floor_sem_seg_agreement",
+    "parity_floor_sem_seg_prob_max_diff",
+    "parity_floor_panoptic_match_f1",
+    "parity_floor_panoptic_class_agreement",
 )
 _TYPES = {f.name: f.type for f in fields(Row)}
 
