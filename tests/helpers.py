@@ -190,3 +190,22 @@ def assert_logit_layers_exist(model_file: Path) -> str:
     for entry in cfg.logit_layers:
         assert any(models._matches(name, [entry]) for name in layers), entry
     return label
+
+
+def capture_sync_free(call):
+    """`call()` once (compiles its kernels), then again and inside a CUDA graph's capture with
+    CUDA's sync debug mode set to error, which raises on any host sync: the steady state must be
+    sync-free. Returns the graph and the captured call's outputs (static buffers)."""
+    import torch
+
+    call()
+    torch.cuda.synchronize()
+    torch.cuda.set_sync_debug_mode("error")
+    try:
+        call()
+        graph = torch.cuda.CUDAGraph()
+        with torch.cuda.graph(graph):
+            outputs = call()
+    finally:
+        torch.cuda.set_sync_debug_mode("default")
+    return graph, outputs

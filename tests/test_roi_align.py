@@ -32,7 +32,7 @@ import torchvision
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import runner.ops  # noqa: F401 - registers torch.ops.d2bench
-from tests.helpers import run_python
+from tests.helpers import capture_sync_free, run_python
 from tests.test_ops import BLOCK_MODEL_CODE
 
 REPO = Path(__file__).resolve().parents[1]
@@ -691,16 +691,7 @@ def test_gpu_op_is_sync_free_and_replays_in_a_cuda_graph_with_new_boxes():
     def call():
         return op(cuda, static_boxes, static_levels, scales, (7, 7), 0, True)
 
-    call()  # compiles the kernel; the steady state is what must be sync-free
-    torch.cuda.synchronize()
-    torch.cuda.set_sync_debug_mode("error")
-    try:
-        call()
-        graph = torch.cuda.CUDAGraph()
-        with torch.cuda.graph(graph):
-            pooled = call()
-    finally:
-        torch.cuda.set_sync_debug_mode("default")
+    graph, pooled = capture_sync_free(call)
     for seed in (8, 9):
         boxes, levels = boxes_case(seed)
         static_boxes.copy_(boxes)

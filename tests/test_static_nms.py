@@ -25,6 +25,7 @@ import torchvision
 from torchvision.ops.boxes import _batched_nms_coordinate_trick
 
 from runner.backends.static_graph.nms import batched_nms_topk, triton_available
+from tests.helpers import capture_sync_free
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON_MISSING = "triton is not importable here (it ships with CUDA builds of torch)"
@@ -358,16 +359,7 @@ def test_gpu_sync_free_in_a_cuda_graph_and_equal_to_torchvision_on_the_gpu(metho
         def call(static=static, load=load):
             return batched_nms_topk(*static, load.threshold, load.k, load.budget, method=method)
 
-        call()  # compiles the kernels; the steady state is what must be sync-free
-        torch.cuda.synchronize()
-        torch.cuda.set_sync_debug_mode("error")
-        try:
-            call()
-            graph = torch.cuda.CUDAGraph()
-            with torch.cuda.graph(graph):
-                outputs = call()
-        finally:
-            torch.cuda.set_sync_debug_mode("default")
+        graph, outputs = capture_sync_free(call)
         for seed in (1, 2, 3):
             fresh = bench.workloads(torch.device("cuda"), seed=seed, only=load.name)[0]
             for target, source in zip(static, fresh.inputs, strict=True):
