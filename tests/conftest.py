@@ -5,7 +5,8 @@ the Job's output_dir and command are given explicitly), and the markers' skips.
 skip is decided here, from the markers, so a test module only has to carry the marker
 (tests.helpers.skip_without_detectron2 / skip_without_cuda do the same from inside a test).
 `slurm` tests run only when asked with --slurm (`make test-all`, what CI runs): they install
-SLURM's packages with apt and start its daemons.
+SLURM's packages with apt and start its daemons. The `zoo` test, the whole model-zoo walk
+(about two hours on a CPU), runs only when asked with --zoo.
 """
 
 from __future__ import annotations
@@ -29,24 +30,35 @@ SLURM_NOT_ASKED = (
     "the SLURM tier installs SLURM's packages with apt and starts its daemons: it runs only "
     "when asked, with `make test-all` (pytest --slurm)"
 )
+ZOO_NOT_ASKED = (
+    "the whole model-zoo walk takes about two hours on a CPU: it runs only when asked, with "
+    "pytest --zoo"
+)
+# tiers that run only when asked: marker -> (option, help, the skip's reason)
+ASKED = {
+    "slurm": (
+        "--slurm",
+        "run the `slurm` tier too: as root it installs slurmctld, slurmd, slurm-client and "
+        "munge with apt and starts them (scripts/slurm/cluster.sh); make test-all",
+        SLURM_NOT_ASKED,
+    ),
+    "zoo": ("--zoo", "run the whole model-zoo walk too (tests/test_zoo.py)", ZOO_NOT_ASKED),
+}
 
 
 def pytest_addoption(parser):
-    parser.addoption(
-        "--slurm",
-        action="store_true",
-        help="run the `slurm` tier too: as root it installs slurmctld, slurmd, slurm-client and "
-        "munge with apt and starts them (scripts/slurm/cluster.sh); make test-all",
-    )
+    for option, help_text, _ in ASKED.values():
+        parser.addoption(option, action="store_true", help=help_text)
 
 
 def pytest_collection_modifyitems(config, items):
     """Tests marked `detectron2` or `gpu` skip, with the reason, where that is missing (the
     check runs only when such a test is collected: importing detectron2 takes seconds); tests
-    marked `slurm` skip unless --slurm asks for them."""
+    marked `slurm` or `zoo` skip unless --slurm or --zoo asks for them (ASKED)."""
     for item in items:
-        if item.get_closest_marker("slurm") and not config.getoption("--slurm"):
-            item.add_marker(pytest.mark.skip(reason=SLURM_NOT_ASKED))
+        for marker, (option, _, reason) in ASKED.items():
+            if item.get_closest_marker(marker) and not config.getoption(option):
+                item.add_marker(pytest.mark.skip(reason=reason))
         if item.get_closest_marker("detectron2") and not have_detectron2():
             item.add_marker(pytest.mark.skip(reason=DETECTRON2_MISSING))
         if item.get_closest_marker("gpu") and not have_cuda():

@@ -5,7 +5,6 @@ generated from the committed CSV and never edited by hand."""
 
 from __future__ import annotations
 
-import os
 import sys
 
 import pytest
@@ -175,14 +174,10 @@ def test_a_walk_writes_a_row_per_config_and_backend_and_the_table(tmp_path):
 
 @pytest.mark.detectron2
 @pytest.mark.slow
+@pytest.mark.zoo
 def test_every_config_of_the_zoo_is_ok_or_unsupported(tmp_path):
     """The whole walk: no error rows. About a minute a config on a 2-core CPU, so two hours for
-    the zoo's 109: only when asked (D2BENCH_FULL_ZOO=1), not in `make test`."""
-    if os.environ.get("D2BENCH_FULL_ZOO") != "1":
-        pytest.skip(
-            "the whole zoo walk takes about two hours on a CPU; ask for it with "
-            "D2BENCH_FULL_ZOO=1 python -m pytest tests/test_zoo.py -k every_config"
-        )
+    the zoo's 109: only when asked (pytest --zoo), not in `make test`."""
     out = tmp_path / "zoo.csv"
     done = run_python(
         str(SCRIPT), "--out", str(out), "--folder", str(tmp_path / "runs"), timeout=7200
