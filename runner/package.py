@@ -153,7 +153,8 @@ def report(out: Path, made: dict) -> str:
     needs = "\n".join(f"  - {line}" for line in build.requirements(meta))
     return (
         f"package: {out} ({package.size_mb:.1f} MB; export {package.export_s:.1f} s, "
-        f"compile {package.compile_s:.1f} s, load {made['load_s']:.2f} s)\n"
+        f"compile {package.compile_s:.1f} s, load {made['load_s']:.2f} s; "
+        f"libstdc++ {package.runtime})\n"
         f"inputs: {meta['d2bench.inputs']}; outputs: {meta['d2bench.outputs']} "
         "(docs/packages.md says what each holds)\n"
         f"checked: the loaded package answers as the in-process forward "
@@ -165,7 +166,7 @@ def report(out: Path, made: dict) -> str:
 
 def main(argv: list[str]) -> int:
     # this process loads the package it makes: no pool of compile workers from the start
-    # (runner/backends/aot_package/compile_worker.py says why; the compile has its own process)
+    # (runner/backends/aot_package/compile_worker.py: the compile has a process of its own)
     os.environ.setdefault("TORCHINDUCTOR_COMPILE_THREADS", "1")
     from runner.config import ConfigError
 

@@ -12,15 +12,17 @@ rewrite's (on CUDA too where there is a GPU: `gpu`).
 from __future__ import annotations
 
 import json
+import shutil
 import subprocess
 import textwrap
+import zipfile
 from pathlib import Path
 
 import pytest
 import torch
 from torch import nn
 
-from runner.backends.aot_package import build
+from runner.backends.aot_package import build, link
 from runner.backends.static_graph import slots as heads_slots
 from runner.backends.static_graph.outputs import FIELDS, OPTIONAL, Outputs, slice_detections
 from tests.helpers import REPO, have_cuda, run_module, run_python
@@ -67,6 +69,33 @@ def test_an_output_folder_is_refused(tmp_path):
     assert_refused_in_one_line(done, "is a folder")
 
 
+# --- the C++ runtime a package links ----------------------------------------------------------
+
+REGEX_SOURCE = """
+#include <regex>
+extern "C" int device_index(const char* text) {
+  std::cmatch match;
+  return std::regex_match(text, match, std::regex("cuda:([0-9]+)")) ? std::stoi(match[1]) : -1;
+}
+"""
+
+
+@pytest.mark.skipif(not shutil.which("g++"), reason="needs g++ (AOTInductor's compiler)")
+def test_the_package_compiler_links_the_shared_libstdcxx_where_asked_for_a_static_one(tmp_path):
+    """torch 2.11's Inductor linked wrapper.so with a static libstdc++ (link.py): the same
+    request through link.COMPILER gives an object that needs libstdc++.so.6, and runtime() tells
+    the two apart inside a package archive."""
+    source = tmp_path / "regex.cpp"
+    source.write_text(REGEX_SOURCE)
+    flags = ["-shared", "-fPIC", "-static-libstdc++", "-static-libgcc", str(source), "-o"]
+    for compiler, name in (("g++", "static.so"), (str(link.COMPILER), "shim.so")):
+        subprocess.run([compiler, *flags, str(tmp_path / name)], check=True, timeout=120)
+        with zipfile.ZipFile(tmp_path / f"{name}.pt2", "w") as archive:
+            archive.write(tmp_path / name, f"data/aotinductor/model/{name}")
+    assert link.runtime(tmp_path / "static.so.pt2") == "static"
+    assert link.runtime(tmp_path / "shim.so.pt2") == "shared"
+
+
 # --- a small detector in the package contract, packaged for real ------------------------------
 
 
@@ -110,6 +139,7 @@ def test_a_package_is_built_reused_described_and_loaded_by_its_snippet(tmp_path)
     assert first.compile_s is not None and first.compile_s > 0, "the first build compiles"
     assert again.compile_s is None and again.key == first.key and again.path == first.path
     assert again.built_compile_s == pytest.approx(first.compile_s)
+    assert first.runtime == again.runtime == "shared", "linked against the process's libstdc++"
     record = json.loads(first.path.with_suffix(".json").read_text())
     assert record["key"] == first.key and record["metadata"]["d2bench.model"] == "tiny"
     other = Outputs(TinyDetector().eval(), None).eval()

@@ -101,7 +101,7 @@ def optimize(exported, inputs, precision, options):
         )
         notes.append(
             f"package[{shape}] {package.path.name} {package.size_mb:.1f} MB {made}; "
-            f"export {package.export_s:.1f} s; load {load_s:.2f} s; "
+            f"export {package.export_s:.1f} s; libstdc++ {package.runtime}; load {load_s:.2f} s; "
             f"max |package - in-process| {difference:.3g}"
         )
         log.info("aot_package: %s", notes[-1])

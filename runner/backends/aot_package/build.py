@@ -36,6 +36,7 @@ from pathlib import Path
 
 import torch
 
+from runner.backends.aot_package import link
 from runner.backends.static_graph.outputs import VERSION, field_names
 
 log = logging.getLogger(__name__)
@@ -54,6 +55,7 @@ class Package:
     export_s: float
     compile_s: float | None  # None: reused from the cache
     built_compile_s: float | None  # what the compile cost when the cached package was made
+    runtime: str  # how its .so files get libstdc++: link.runtime ("shared" is the one that loads)
 
 
 def export(outputs: torch.nn.Module, images: tuple[torch.Tensor, ...]):
@@ -91,6 +93,7 @@ def package_key(program, device: torch.device, extra: dict) -> str:
     ops = Path(__file__).resolve().parents[2] / "ops"
     for name in OPS_SOURCES:
         hasher.update((ops / name).read_bytes())
+    hasher.update(link.COMPILER.read_bytes())  # how the package's C++ is linked
     gpu = torch.cuda.get_device_name(device) if device.type == "cuda" else "cpu"
     capability = torch.cuda.get_device_capability(device) if device.type == "cuda" else ""
     text = json.dumps(
@@ -187,7 +190,9 @@ def build(
         if reuse and path.is_file() and record.is_file():
             built = json.loads(record.read_text())
             log.info("package %s: reused (built in %.1f s)", path, built["compile_s"])
-            return Package(path, key, _mb(path), export_s, None, built["compile_s"])
+            return Package(
+                path, key, _mb(path), export_s, None, built["compile_s"], link.runtime(path)
+            )
     with torch.no_grad():
         sample = outputs(*images)
     meta = metadata(sample, images, {"key": key, **meta_extra})
@@ -195,16 +200,24 @@ def build(
     started = time.perf_counter()
     compile_package(program, Path(path), meta)
     compile_s = time.perf_counter() - started
-    package = Package(Path(path), key, _mb(Path(path)), export_s, compile_s, compile_s)
+    runtime = link.runtime(Path(path))
+    package = Package(Path(path), key, _mb(Path(path)), export_s, compile_s, compile_s, runtime)
+    if runtime == "static":
+        log.warning(
+            "package %s carries a static libstdc++ of its own: on torch 2.11 such packages "
+            "crashed at load (runner/backends/aot_package/link.py)",
+            path,
+        )
     if record is not None:
         text = json.dumps({**asdict(package), "path": str(path), "metadata": meta}, indent=1)
         record.write_text(text + "\n")
     log.info(
-        "package %s: %.1f MB, export %.1f s, compile %.1f s",
+        "package %s: %.1f MB, export %.1f s, compile %.1f s, libstdc++ %s",
         path,
         package.size_mb,
         export_s,
         compile_s,
+        runtime,
     )
     return package
 

@@ -3,11 +3,10 @@ and its metadata; writes the AOTInductor package. Runs as a process of its own:
 
     python -m runner.backends.aot_package.compile_worker PROGRAM.pt2 PACKAGE.pt2 METADATA.json
 
-Why a process of its own: AOTInductor compiles with a pool of worker processes, and on torch
-2.11 (the GPU machine's) a loaded package crashed (SIGSEGV in its statically linked C++ runtime,
-at the model's construction) in every process where that pool had been started, and loaded and
-ran where it had not (TORCHINDUCTOR_COMPILE_THREADS=1). So compiling happens here, with the
-pool, and loading happens in processes that never start one (build.load).
+Why a process of its own: what compiling sets up (Inductor's pool of compile workers, the
+compiler shim of link.py) stays out of the processes that load and time packages (build.load).
+On torch 2.11 (the GPU machine's) packages linked with a static libstdc++ of their own and
+crashed at load (link.py); the compiler here links them against the shared one.
 """
 
 from __future__ import annotations
@@ -29,7 +28,9 @@ def main(argv: list[str]) -> int:
     import torchvision  # noqa: F401 - registers torchvision's ops, which the program calls
 
     import runner.ops  # noqa: F401 - registers d2bench's ops, which the program calls
+    from runner.backends.aot_package import link
 
+    link.use_shared_runtime()
     program = torch.export.load(program_path)
     meta = json.loads(meta_path.read_text())
     with torch.no_grad():

@@ -1,0 +1,78 @@
+"""Link: which C++ runtime a package's shared objects carry, and the compiler that makes them
+carry none of their own.
+
+A package's `wrapper.so` is C++ and runs inside a process that already has the C++ runtime
+loaded (libtorch needs `libstdc++.so.6`). On the GPU machine's torch (2.11) Inductor linked
+`wrapper.so` with a static copy of libstdc++ (it needs no `libstdc++.so.6`, and defines
+`std::codecvt` itself; results/logs/h100_session6_call3_aot_diag.log), and every detector
+package died with SIGSEGV at its construction, in `std::regex` asking a locale for a facet: two
+copies of libstdc++ in one process, each with its own numbering of locale facets. One copy is
+the cure, and the shared one is the copy the process already has.
+
+    COMPILER                 runner/backends/aot_package/g++-shared-libstdc++: the real
+                             compiler with -static-libstdc++/-static-libgcc dropped and a named
+                             libstdc++.a turned into -lstdc++ (everything else passes through)
+    use_shared_runtime()     in the compile worker, before compiling: Inductor calls COMPILER,
+                             which calls the compiler Inductor would have called
+    runtime(package)         "shared", "static" or "none": what the package's .so files link
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import subprocess
+import sys
+import tempfile
+import zipfile
+from pathlib import Path
+
+COMPILER = Path(__file__).resolve().with_name("g++-shared-libstdc++")
+
+# a function of libstdc++'s own (not a template instantiated in the caller): an object that
+# defines it carries libstdc++'s code
+STATIC_MARKER = "_ZNKSt7codecvtIcc11__mbstate_tE10do_unshiftERS0_PcS3_RS3_"
+
+
+def use_shared_runtime() -> str | None:
+    """Point Inductor at COMPILER, which runs the compiler Inductor would have run; returns
+    that compiler, or None where nothing was changed (not Linux, or not a gcc-style driver)."""
+    if not sys.platform.startswith("linux"):
+        return None
+    import torch._inductor.config as config
+    from torch._inductor import cpp_builder
+
+    real = cpp_builder.get_cpp_compiler()
+    if cpp_builder._is_clang(real) or not cpp_builder._is_gcc(real):
+        return None
+    os.environ["D2BENCH_REAL_CXX"] = shutil.which(real) or real
+    config.cpp.cxx = (str(COMPILER),)
+    return os.environ["D2BENCH_REAL_CXX"]
+
+
+def runtime(package: Path) -> str:
+    """How the shared objects in `package` get libstdc++: "shared" (they need
+    libstdc++.so.6), "static" (one carries a copy of its own), "none" (neither), or
+    "unknown" (no readelf/nm here to tell)."""
+    if not (shutil.which("readelf") and shutil.which("nm")):
+        return "unknown"
+    found = set()
+    with zipfile.ZipFile(package) as archive, tempfile.TemporaryDirectory() as work:
+        for name in archive.namelist():
+            if not name.endswith(".so"):
+                continue
+            path = archive.extract(name, work)
+            dynamic = subprocess.run(
+                ["readelf", "-d", path], capture_output=True, text=True, check=True
+            ).stdout
+            if "[libstdc++.so.6]" in dynamic:
+                found.add("shared")
+                continue
+            defined = subprocess.run(
+                ["nm", "-D", "--defined-only", path], capture_output=True, text=True, check=True
+            ).stdout
+            if STATIC_MARKER in defined:
+                found.add("static")
+    if "static" in found:
+        return "static"
+    return "shared" if found else "none"
