@@ -124,7 +124,9 @@ class TinyDetector(nn.Module):
 
 
 @pytest.mark.slow
-def test_a_package_is_built_reused_described_and_loaded_by_its_snippet(tmp_path):
+def test_a_package_is_built_reused_described_and_loaded_by_its_snippet(tmp_path, monkeypatch):
+    compiler_log = tmp_path / "cxx.log"
+    monkeypatch.setenv("D2BENCH_CXX_LOG", str(compiler_log))  # link.COMPILER writes it
     outputs = Outputs(TinyDetector().eval(), None).eval()
     images = (torch.rand(3, 64, 80) * 255,)
     with torch.no_grad():
@@ -140,6 +142,8 @@ def test_a_package_is_built_reused_described_and_loaded_by_its_snippet(tmp_path)
     assert again.compile_s is None and again.key == first.key and again.path == first.path
     assert again.built_compile_s == pytest.approx(first.compile_s)
     assert first.runtime == again.runtime == "shared", "linked against the process's libstdc++"
+    links = [line for line in compiler_log.read_text().splitlines() if " -shared" in line]
+    assert links, "Inductor compiled and linked through link.COMPILER"
     record = json.loads(first.path.with_suffix(".json").read_text())
     assert record["key"] == first.key and record["metadata"]["d2bench.model"] == "tiny"
     other = Outputs(TinyDetector().eval(), None).eval()

@@ -24,13 +24,14 @@ def main(argv: list[str]) -> int:
         )
         return 2
     program_path, package_path, meta_path = (Path(a) for a in argv)
+    from runner.backends.aot_package import link
+
+    link.use_shared_runtime()  # before torch: its pool of compile workers inherits the compiler
     import torch
     import torchvision  # noqa: F401 - registers torchvision's ops, which the program calls
 
     import runner.ops  # noqa: F401 - registers d2bench's ops, which the program calls
-    from runner.backends.aot_package import link
 
-    link.use_shared_runtime()
     program = torch.export.load(program_path)
     meta = json.loads(meta_path.read_text())
     with torch.no_grad():

@@ -12,8 +12,9 @@ the cure, and the shared one is the copy the process already has.
     COMPILER                 runner/backends/aot_package/g++-shared-libstdc++: the real
                              compiler with -static-libstdc++/-static-libgcc dropped and a named
                              libstdc++.a turned into -lstdc++ (everything else passes through)
-    use_shared_runtime()     in the compile worker, before compiling: Inductor calls COMPILER,
-                             which calls the compiler Inductor would have called
+    use_shared_runtime()     in the compile worker, before torch is imported: Inductor (and its
+                             pool of compile workers) calls COMPILER, which calls the compiler
+                             Inductor would have called
     runtime(package)         "shared", "static" or "none": what the package's .so files link
 """
 
@@ -35,19 +36,29 @@ STATIC_MARKER = "_ZNKSt7codecvtIcc11__mbstate_tE10do_unshiftERS0_PcS3_RS3_"
 
 
 def use_shared_runtime() -> str | None:
-    """Point Inductor at COMPILER, which runs the compiler Inductor would have run; returns
-    that compiler, or None where nothing was changed (not Linux, or not a gcc-style driver)."""
+    """Make COMPILER the compiler of every Inductor compile this process and its children start
+    (Inductor's pool of compile workers too, which may already be running and which takes its
+    compiler from the environment): call it before importing torch. Returns the real compiler
+    COMPILER runs, or None where nothing was changed (not Linux, a clang, no compiler found).
+    D2BENCH_CXX_LOG=FILE makes COMPILER append each command line to FILE."""
     if not sys.platform.startswith("linux"):
         return None
-    import torch._inductor.config as config
-    from torch._inductor import cpp_builder
-
-    real = cpp_builder.get_cpp_compiler()
-    if cpp_builder._is_clang(real) or not cpp_builder._is_gcc(real):
+    requested = os.environ.get("CXX") or "g++"
+    if requested == str(COMPILER):  # already set up (a child of a process that called this)
+        return os.environ.get("D2BENCH_REAL_CXX")
+    real = shutil.which(requested)
+    if real is None or "clang" in Path(requested).name:
         return None
-    os.environ["D2BENCH_REAL_CXX"] = shutil.which(real) or real
-    config.cpp.cxx = (str(COMPILER),)
-    return os.environ["D2BENCH_REAL_CXX"]
+    os.environ["D2BENCH_REAL_CXX"] = real
+    os.environ["CXX"] = str(COMPILER)  # Inductor's config.cpp.cxx reads it when imported
+    if "torch._inductor.config" in sys.modules:  # imported already: set it there as well
+        sys.modules["torch._inductor.config"].cpp.cxx = (None, str(COMPILER))
+    builder = sys.modules.get("torch._inductor.cpp_builder")
+    for name in ("cpp_compiler_search", "get_cpp_compiler"):  # what Inductor may have cached
+        cached = getattr(builder, name, None)
+        if hasattr(cached, "cache_clear"):
+            cached.cache_clear()
+    return real
 
 
 def runtime(package: Path) -> str:
