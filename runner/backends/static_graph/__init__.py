@@ -60,6 +60,7 @@ def optimize(exported, inputs, precision, options):
     graphs = options.get("graphs", True) and exported.example[0].device.type == "cuda"
     return Replay(
         forward,
+        outputs.fields,
         fallback=at_precision(exported.module, precision),
         graphs=graphs,
         notes=notes,

@@ -21,6 +21,7 @@ from torch.nn import functional as F  # noqa: N812
 
 from runner.backends import Unsupported
 from runner.backends.static_graph import dense, keypoints, roi_heads
+from runner.backends.static_graph.outputs import Fields
 from runner.backends.static_graph.postprocess import postprocess
 from runner.backends.static_graph.proposals import Anchors, common_size, rpn_proposals
 from runner.backends.static_graph.slots import Slots, compact
@@ -76,6 +77,8 @@ class RCNNHead:
                 "(covered: RPN)"
             )
         self.mask_on = bool(getattr(model.roi_heads, "mask_on", False))
+        kept = ("keypoint_heatmaps", "keypoints") if self.keypoints is not None else ()
+        self.fields = Fields(("masks",) * self.mask_on + kept)
 
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
         with stage("proposals"):
@@ -101,6 +104,8 @@ class RCNNHead:
 class DenseHead:
     """RetinaNet and FCOS: the head over the backbone's levels, decoded and selected
     (dense.py: `slots`, the architecture's own)."""
+
+    fields = Fields()
 
     def __init__(self, model, slots):
         self.in_features = list(model.head_in_features)
@@ -155,7 +160,8 @@ def preprocess(model, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, l
 
 
 class StaticDetector(nn.Module):
-    """images (CHW, one per image, all the same size) -> Slots, with no host sync."""
+    """images (CHW, one per image, all the same size) -> Slots, with no host sync; `fields`
+    says what they hold (outputs.Fields)."""
 
     def __init__(self, model: nn.Module, postprocess: bool, budgets: Budgets):
         super().__init__()
@@ -170,6 +176,7 @@ class StaticDetector(nn.Module):
                 f"rewritten (covered: {covered(META_ARCHITECTURES)})"
             )
         self.head = head(model)
+        self.fields = self.head.fields
 
     def forward(self, *images: torch.Tensor) -> Slots:
         model = self.model

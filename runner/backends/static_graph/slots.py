@@ -4,7 +4,8 @@ every head fills them: `select` (per-class NMS through the custom op, the best d
 
 Every head of the rewrite (roi_heads.py, dense.py) answers with Slots; post-processing
 (postprocess.py) and the package's Outputs (outputs.py) take them. Nothing is removed: what
-detectron2 would drop is masked and rides along in padded slots.
+detectron2 would drop is masked and rides along in padded slots. A model with a semantic head
+carries its per-image logits beside the slots (`sem_seg`).
 """
 
 from __future__ import annotations
@@ -28,6 +29,8 @@ class Slots:
     masks: torch.Tensor | None = None  # [N, D, 1, S, S] probabilities or [N, D, H, W] bool
     keypoint_heatmaps: torch.Tensor | None = None  # [N, D, K, S, S] the keypoint head's logits
     keypoints: torch.Tensor | None = None  # [N, D, K, 3] x, y, score (keypoints.py)
+    # per image, not per slot: [N, C, H, W] logits of the semantic head (semantic.py)
+    sem_seg: torch.Tensor | None = None
 
 
 def _gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -65,7 +68,8 @@ def select(
 
 
 def compact(slots: Slots) -> Slots:
-    """Move the valid slots to the front, keeping their order (what removing the others does)."""
+    """Move the valid slots to the front, keeping their order (what removing the others does);
+    the per-image `sem_seg` stays as it is."""
     order = torch.sort((~slots.valid).to(torch.uint8), dim=1, stable=True).indices
 
     def gather(values):
@@ -80,4 +84,5 @@ def compact(slots: Slots) -> Slots:
         masks=gather(slots.masks),
         keypoint_heatmaps=gather(slots.keypoint_heatmaps),
         keypoints=gather(slots.keypoints),
+        sem_seg=slots.sem_seg,
     )
