@@ -138,12 +138,18 @@ def measure(package: Path, args, work: Path) -> list[dict]:
     meta = loaded.get_metadata()
     if meta.get("d2bench.device", "cpu") != device.type:
         raise SystemExit(f"{package}: built for {meta.get('d2bench.device')}, this is {device}")
+    fields = Fields.of_metadata(meta)
+    if fields.answers != "instances":  # compare() reads boxes, scores, classes per image
+        raise SystemExit(
+            f"{package}: its detections are {fields.answers}; this comparison reads a "
+            "detector's instances (boxes, scores, classes)"
+        )
     batch = package_images(meta)
     raw = work / f"{package.stem}.bin"
     batch.numpy().tofile(raw)
     images = tuple(batch.to(device).unbind(0))
     with torch.no_grad():
-        python_flat = Replay(loaded, Fields.of_metadata(meta), fallback=None, graphs=False)(*images)
+        python_flat = Replay(loaded, fields, fallback=None, graphs=False)(*images)
     cpp = run_cpp(args.binary, package, raw, args, work / f"{package.stem}.txt")
     same, box_diff, score_diff = compare(python_flat, read_detections(work / f"{package.stem}.txt"))
     common = {
