@@ -102,9 +102,11 @@ def run_cpp(binary: Path, package: Path, images: Path, args, out: Path) -> dict[
 
 def time_python(loaded, images: tuple, device: torch.device, graphs: bool, args) -> list[float]:
     from runner.backends.static_graph.capture import Replay
+    from runner.backends.static_graph.outputs import Fields
     from runner.run import timing
 
-    replay = Replay(loaded, fallback=None, graphs=graphs)
+    fields = Fields.of_metadata(loaded.get_metadata())
+    replay = Replay(loaded, fields, fallback=None, graphs=graphs)
     sync = (lambda: torch.cuda.synchronize(device)) if device.type == "cuda" else (lambda: None)
     with torch.no_grad():
         return timing.timed_block(lambda: replay(*images), args.iters, args.warmup, sync)
@@ -128,6 +130,7 @@ def compare(python_flat: tuple, cpp: list[list[tuple]]) -> tuple[bool, float, fl
 def measure(package: Path, args, work: Path) -> list[dict]:
     from runner.backends.aot_package import build
     from runner.backends.static_graph.capture import Replay
+    from runner.backends.static_graph.outputs import Fields
     from runner.provenance import git_sha
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
@@ -135,12 +138,18 @@ def measure(package: Path, args, work: Path) -> list[dict]:
     meta = loaded.get_metadata()
     if meta.get("d2bench.device", "cpu") != device.type:
         raise SystemExit(f"{package}: built for {meta.get('d2bench.device')}, this is {device}")
+    fields = Fields.of_metadata(meta)
+    if fields.answers != "instances":  # compare() reads boxes, scores, classes per image
+        raise SystemExit(
+            f"{package}: its detections are {fields.answers}; this comparison reads a "
+            "detector's instances (boxes, scores, classes)"
+        )
     batch = package_images(meta)
     raw = work / f"{package.stem}.bin"
     batch.numpy().tofile(raw)
     images = tuple(batch.to(device).unbind(0))
     with torch.no_grad():
-        python_flat = Replay(loaded, fallback=None, graphs=False)(*images)
+        python_flat = Replay(loaded, fields, fallback=None, graphs=False)(*images)
     cpp = run_cpp(args.binary, package, raw, args, work / f"{package.stem}.txt")
     same, box_diff, score_diff = compare(python_flat, read_detections(work / f"{package.stem}.txt"))
     common = {

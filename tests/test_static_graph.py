@@ -201,8 +201,8 @@ def test_preprocessing_is_detectron2s_and_compiles_as_one_graph(make_config, mod
 def test_heads_are_chosen_by_table_and_subclasses_are_named_not_guessed(make_config):
     """Meta-architectures and ROI heads are dispatched by class name (detector.META_ARCHITECTURES,
     roi_heads.BOX_STAGES); a subclass of an entry that is exact (PanopticFPN is a
-    GeneralizedRCNN) is unsupported with its own name, one of an entry that is not (a Cascade
-    head's subclass) keeps its base's box stage."""
+    GeneralizedRCNN, and has an entry of its own) is unsupported with its own name, one of an
+    entry that is not (a Cascade head's subclass) keeps its base's box stage."""
     from detectron2.modeling.roi_heads import CascadeROIHeads, StandardROIHeads
 
     from runner.backends.static_graph import roi_heads
@@ -235,4 +235,11 @@ def test_heads_are_chosen_by_table_and_subclasses_are_named_not_guessed(make_con
     exported.model.__class__ = Panoptic
     with pytest.raises(backends.Unsupported, match="meta-architecture Panoptic"):
         StaticDetector(exported.model, False, Budgets())
-    assert set(META_ARCHITECTURES) == {"FCOS", "GeneralizedRCNN", "RetinaNet"}
+    assert set(META_ARCHITECTURES) == {
+        "FCOS",
+        "GeneralizedRCNN",
+        "PanopticFPN",
+        "ProposalNetwork",
+        "RetinaNet",
+        "SemanticSegmentor",
+    }

@@ -230,10 +230,11 @@ def test_gpu_keypoint_rcnn_has_no_host_sync_and_replays_the_same(make_config, pr
 
 
 def test_outputs_name_their_optional_fields_and_slice_in_eagers_order():
-    """The Outputs tuple's optional fields are told by their count (keypoints come as two), and
-    each image's valid slots leave in the eager module's order: boxes, scores, classes, then
-    keypoint_heatmaps, keypoints, masks (detectron2's pred_* names sorted)."""
-    from runner.backends.static_graph.outputs import FIELDS, field_names, slice_detections
+    """The Outputs tuple's optional fields come as whole groups (keypoints as two) in one
+    order, named by its Fields, and each image's valid slots leave in the eager module's order:
+    boxes, scores, classes, then keypoint_heatmaps, keypoints, masks (detectron2's pred_* names
+    sorted)."""
+    from runner.backends.static_graph.outputs import FIELDS, Fields, slice_detections
 
     n, d = 2, 4
     boxes, scores, classes = torch.rand(n, d, 4), torch.rand(n, d), torch.zeros(n, d).long()
@@ -243,20 +244,25 @@ def test_outputs_name_their_optional_fields_and_slice_in_eagers_order():
         torch.rand(n, d, 2, 7, 7),
         torch.rand(n, d, 2, 3),
     )
-    flat = (boxes, scores, classes, counts, exact)
-    assert field_names(flat) == FIELDS
-    assert field_names((*flat, masks))[-1] == "masks"
-    assert field_names((*flat, heatmaps, points))[-2:] == ("keypoint_heatmaps", "keypoints")
-    both = (*flat, masks, heatmaps, points)
-    assert field_names(both)[len(FIELDS) :] == ("masks", "keypoint_heatmaps", "keypoints")
-    with pytest.raises(ValueError, match="not an Outputs tuple"):
-        field_names((*flat, masks, heatmaps, points, points))
-    sliced = slice_detections(both, [3, 1])
+    assert Fields().names == FIELDS
+    assert Fields(("keypoint_heatmaps", "keypoints")).names[-2:] == (
+        "keypoint_heatmaps",
+        "keypoints",
+    )
+    fields = Fields(("masks", "keypoint_heatmaps", "keypoints"))
+    assert fields.names[len(FIELDS) :] == ("masks", "keypoint_heatmaps", "keypoints")
+    for wrong in (("keypoints",), ("keypoint_heatmaps", "keypoints", "masks")):  # half, order
+        with pytest.raises(ValueError, match="whole groups"):
+            Fields(wrong)
+    both = (boxes, scores, classes, counts, exact, masks, heatmaps, points)
+    sliced = slice_detections(both, [3, 1], fields)
     assert len(sliced) == 2 * 6
     expected = [boxes, scores, classes, heatmaps, points, masks]
     for i, count in enumerate([3, 1]):
         for got, want in zip(sliced[i * 6 : (i + 1) * 6], expected, strict=True):
             assert torch.equal(got, want[i, :count])
+    with pytest.raises(ValueError):  # a tuple its Fields do not describe
+        slice_detections(both[:-1], [3, 1], fields)
 
 
 def test_the_decoding_traces_as_one_graph_without_data_dependent_scalars():

@@ -49,6 +49,7 @@ STAGE_MODULES = {
     "roi_heads.pooler": "roi_pool",
     "roi_heads.mask_head": "mask_head",
     "roi_heads.keypoint_head": "keypoint_head",
+    "sem_seg_head": "head",  # SemanticSegmentor's and Panoptic FPN's, as static_graph marks it
 }
 
 # The README's Install commands, on one line (a refusal is one line).

@@ -106,7 +106,7 @@ def optimize(exported, inputs, precision, options):
         )
         log.info("aot_package: %s", notes[-1])
     graphs = options.get("graphs", True) and device.type == "cuda"
-    return Replay(forward, fallback=None, graphs=graphs, notes=notes)
+    return Replay(forward, outputs.fields, fallback=None, graphs=graphs, notes=notes)
 
 
 def _largest_difference(expected: tuple, got) -> float:

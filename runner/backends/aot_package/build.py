@@ -37,7 +37,7 @@ from pathlib import Path
 import torch
 
 from runner.backends.aot_package import link
-from runner.backends.static_graph.outputs import VERSION, field_names
+from runner.backends.static_graph.outputs import VERSION
 
 log = logging.getLogger(__name__)
 
@@ -111,12 +111,14 @@ def package_key(program, device: torch.device, extra: dict) -> str:
     return hasher.hexdigest()[:24]
 
 
-def metadata(outputs: tuple, images: tuple[torch.Tensor, ...], extra: dict) -> dict[str, str]:
-    """What the package says about itself (strings, as AOTInductor stores them)."""
+def metadata(fields, images: tuple[torch.Tensor, ...], extra: dict) -> dict[str, str]:
+    """What the package says about itself (strings, as AOTInductor stores them); `fields`: the
+    Outputs' (outputs.Fields: its tuple's names, and what its detections are)."""
     device = images[0].device
     meta = {
         "d2bench.contract": VERSION,
-        "d2bench.outputs": ",".join(field_names(outputs)),
+        "d2bench.outputs": ",".join(fields.names),
+        "d2bench.answers": fields.answers,
         "d2bench.inputs": f"{len(images)} x [3, {images[0].shape[-2]}, {images[0].shape[-1]}]"
         f" {str(images[0].dtype).replace('torch.', '')}",
         "d2bench.torch": torch.__version__,
@@ -193,9 +195,7 @@ def build(
             return Package(
                 path, key, _mb(path), export_s, None, built["compile_s"], link.runtime(path)
             )
-    with torch.no_grad():
-        sample = outputs(*images)
-    meta = metadata(sample, images, {"key": key, **meta_extra})
+    meta = metadata(outputs.fields, images, {"key": key, **meta_extra})
     log.info("compiling the package with AOTInductor (tens of seconds on a GPU host)")
     started = time.perf_counter()
     compile_package(program, Path(path), meta)

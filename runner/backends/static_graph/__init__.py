@@ -12,9 +12,12 @@ detection count leaves the GPU once, at the end of the call. Parts, one file eac
     slots.py      fixed detection slots: selection (NMS, best detections) and compaction
     roi_heads.py  ROI box stages (standard, Cascade, C4's res5) by a table, and the mask head
     keypoints.py  the keypoint head and its heatmap decoding in a fixed pixel budget
-    dense.py      RetinaNet's dense head
-    postprocess.py  detector_postprocess at the input size: clip, mask empty boxes, paste masks
-    detector.py   the whole forward of a detectron2 detector from those parts, chosen by tables
+    dense.py      RetinaNet's and FCOS's dense heads
+    semantic.py   the semantic segmentation head (SemanticSegmentor, Panoptic FPN)
+    postprocess.py  detector_postprocess and sem_seg_postprocess at the input size: clip, mask
+                  empty boxes, paste masks, crop and resize the semantic logits
+    detector.py   the whole forward of a detectron2 model from those parts, chosen by tables:
+                  detectors, RPN-only proposal networks, semantic segmentors, Panoptic FPN
     outputs.py    its answer as flat fixed-shape tensors at the run's precision (the contract
                   of the replay and of every package: runner.backends.aot_package)
     capture.py    CUDA graph capture and replay, output slicing, eager fallback, notes
@@ -60,6 +63,7 @@ def optimize(exported, inputs, precision, options):
     graphs = options.get("graphs", True) and exported.example[0].device.type == "cuda"
     return Replay(
         forward,
+        outputs.fields,
         fallback=at_precision(exported.module, precision),
         graphs=graphs,
         notes=notes,

@@ -8,10 +8,12 @@ applies the run's precision itself (outputs.Outputs, or the package it was compi
 call copies the images into the graph's static inputs, replays it, and reads the per-image
 detection counts and exactness flags back in one small copy (the one host synchronisation,
 inside the timed call, as the caller needs the detections anyway); it then slices each image's
-valid slots. Where a flag says the fixed budgets could not vouch for the answer, that call runs
-the `fallback` (the eager module) instead and is counted (`notes()`), so an answer is never
-wrong in silence; without a fallback (a package stands alone) the call keeps its answer and is
-counted as inexact.
+valid slots, by the forward's `Fields` (outputs.py: which fields the tuple holds, and whether
+its detections are instances, proposals or none beside a semantic segmentation). Where a flag
+says the fixed budgets could not vouch for the answer, that call runs the `fallback` (the
+eager module) instead and is counted (`notes()`), so an answer is never wrong in silence;
+without a fallback (a package stands alone) the call keeps its answer and is counted as
+inexact.
 
 On the CPU (or with `graphs=False`) the forward runs without graphs: same answers, no replay.
 """
@@ -24,7 +26,7 @@ from collections.abc import Callable
 import torch
 
 from runner.backends._parts import capture
-from runner.backends.static_graph.outputs import FIELDS, slice_detections
+from runner.backends.static_graph.outputs import FIELDS, Fields, slice_detections
 
 log = logging.getLogger(__name__)
 
@@ -34,12 +36,14 @@ def _key(images: tuple[torch.Tensor, ...]) -> tuple:
 
 
 class Replay:
-    """images -> flat detections (boxes, scores, classes[, masks] per image), as the eager
-    module returns them, from `forward(*images) -> Outputs` replayed as CUDA graphs."""
+    """images -> flat detections (boxes, scores, classes[, masks] per image, or what `fields`
+    say), as the eager module returns them, from `forward(*images) -> Outputs` replayed as CUDA
+    graphs."""
 
     def __init__(
         self,
         forward: Callable[..., tuple],
+        fields: Fields,
         fallback: Callable[..., tuple] | None,
         graphs: bool,
         warmup: int = 3,
@@ -47,6 +51,7 @@ class Replay:
         stage_forward: Callable[..., tuple] | None = None,
     ):
         self.forward = forward
+        self.fields = fields
         # the forward as it runs uncaptured with its stage ranges (runner.stages), for the run's
         # stage pass; None where they are not kept (compiled code)
         self.stage_call = stage_forward
@@ -97,7 +102,7 @@ class Replay:
             self.inexact += 1
             if self.fallback is not None:
                 return self.fallback(*images)
-        return slice_detections(outputs, counts)
+        return slice_detections(outputs, counts, self.fields)
 
     def notes(self) -> str:
         graphs = (

@@ -3,12 +3,19 @@ inference forward rewritten as fixed-shape, sync-free tensor code: images -> `Sl
 
 Preprocessing and backbone are detectron2's own modules; proposals, ROI pooling, heads, NMS and
 post-processing are the rewritten parts (proposals.py, pooling.py, roi_heads.py, dense.py,
-postprocess.py, nms.py). What is rewritten is chosen by tables, as detectron2 registers its
-parts by name: `META_ARCHITECTURES` (meta-architecture -> the head that turns features into
-Slots), roi_heads.BOX_STAGES (ROI heads -> their box stage) and keypoints.KEYPOINT_HEADS
-(keypoint head -> its decoding). Adding a head is one function and one table entry. A part no
-table covers (other keypoint heads, rotated boxes, other proposal generators or
+semantic.py, postprocess.py, nms.py). What is rewritten is chosen by tables, as detectron2
+registers its parts by name: `META_ARCHITECTURES` (meta-architecture -> the head that turns
+features into Slots), roi_heads.BOX_STAGES (ROI heads -> their box stage),
+keypoints.KEYPOINT_HEADS (keypoint head -> its decoding) and semantic.SEM_SEG_HEADS (semantic
+head -> its logits). Adding a head is one function and one table entry. A part no table covers
+(other keypoint or semantic heads, rotated boxes, other proposal generators or
 meta-architectures) raises `Unsupported` naming it.
+
+What each meta-architecture answers (`StaticDetector.fields`, outputs.Fields): GeneralizedRCNN,
+RetinaNet and FCOS instances; ProposalNetwork its RPN's proposals (boxes, objectness logits as
+scores, class 0); SemanticSegmentor no detections and `sem_seg` logits; PanopticFPN the R-CNN's
+instances and `sem_seg` from the same features (its panoptic combination runs after the call,
+for every backend alike: runner.families.detectron2._combine).
 """
 
 from __future__ import annotations
@@ -20,10 +27,16 @@ from torch import nn
 from torch.nn import functional as F  # noqa: N812
 
 from runner.backends import Unsupported
-from runner.backends.static_graph import dense, keypoints, roi_heads
+from runner.backends.static_graph import dense, keypoints, roi_heads, semantic
+from runner.backends.static_graph.outputs import Fields
 from runner.backends.static_graph.postprocess import postprocess
-from runner.backends.static_graph.proposals import Anchors, common_size, rpn_proposals
-from runner.backends.static_graph.slots import Slots, compact
+from runner.backends.static_graph.proposals import (
+    Anchors,
+    Proposals,
+    common_size,
+    rpn_proposals,
+)
+from runner.backends.static_graph.slots import Slots, compact, no_detections
 from runner.stages import stage
 
 
@@ -50,6 +63,15 @@ def covered(table: dict) -> str:
     return ", ".join(sorted(table))
 
 
+def require_rpn(model) -> None:
+    """Unsupported, naming it, for a proposal generator other than detectron2's RPN."""
+    generator = type(model.proposal_generator).__name__
+    if generator != "RPN":
+        raise Unsupported(
+            f"backend=static_graph: proposal generator {generator} is not rewritten (covered: RPN)"
+        )
+
+
 class RCNNHead:
     """GeneralizedRCNN: RPN proposals, the ROI heads' box stage, the mask and keypoint heads."""
 
@@ -69,13 +91,10 @@ class RCNNHead:
                 f"backend=static_graph: ROI heads {type(model.roi_heads).__name__} are not "
                 f"rewritten (covered: {covered(roi_heads.BOX_STAGES)})"
             )
-        generator = type(model.proposal_generator).__name__
-        if generator != "RPN":
-            raise Unsupported(
-                f"backend=static_graph: proposal generator {generator} is not rewritten "
-                "(covered: RPN)"
-            )
+        require_rpn(model)
         self.mask_on = bool(getattr(model.roi_heads, "mask_on", False))
+        kept = ("keypoint_heatmaps", "keypoints") if self.keypoints is not None else ()
+        self.fields = Fields(("masks",) * self.mask_on + kept)
 
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
         with stage("proposals"):
@@ -102,6 +121,8 @@ class DenseHead:
     """RetinaNet and FCOS: the head over the backbone's levels, decoded and selected
     (dense.py: `slots`, the architecture's own)."""
 
+    fields = Fields()
+
     def __init__(self, model, slots):
         self.in_features = list(model.head_in_features)
         self.slots = slots
@@ -120,12 +141,86 @@ def fcos_head(model) -> DenseHead:
     return DenseHead(model, dense.fcos_slots)
 
 
+def proposal_slots(proposals: Proposals) -> Slots:
+    """RPN proposals as the answer of an RPN-only model, as the detectron2 family decodes
+    ProposalNetwork's: boxes, objectness logits as scores (float32), every class 0; the slots
+    after the survivors hold zeros (the logits' -inf too)."""
+    zero = torch.zeros((), device=proposals.logits.device)
+    return Slots(
+        boxes=proposals.boxes,
+        scores=torch.where(proposals.valid, proposals.logits.float(), zero),
+        classes=torch.zeros(proposals.valid.shape, dtype=torch.int64, device=zero.device),
+        valid=proposals.valid,
+        exact=proposals.exact,
+    )
+
+
+class ProposalHead:
+    """ProposalNetwork (RPN only): the RPN's proposals (proposals.py) as the answer."""
+
+    fields = Fields(answers="proposals")
+
+    def __init__(self, model):
+        require_rpn(model)
+
+    def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
+        with stage("proposals"):
+            proposals = rpn_proposals(model.proposal_generator, size, features, anchors)
+        return proposal_slots(proposals)
+
+
+def sem_seg_logits(model):
+    """The rewrite of `model.sem_seg_head` (semantic.SEM_SEG_HEADS); Unsupported, naming the
+    head, where none covers it."""
+    head = model.sem_seg_head
+    logits = lookup(semantic.SEM_SEG_HEADS, head)
+    if logits is None:
+        raise Unsupported(
+            f"backend=static_graph: semantic head {type(head).__name__} is not rewritten "
+            f"(covered: {covered(semantic.SEM_SEG_HEADS)})"
+        )
+    return logits
+
+
+class SemanticHead:
+    """SemanticSegmentor: no detections, the semantic head's logits (semantic.py)."""
+
+    fields = Fields(("sem_seg",), answers="sem_seg")
+
+    def __init__(self, model):
+        self.logits = sem_seg_logits(model)
+
+    def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
+        with stage("head"):
+            logits = self.logits(model.sem_seg_head, features)
+        return replace(no_detections(logits.shape[0], logits.device), sem_seg=logits)
+
+
+class PanopticHead(RCNNHead):
+    """PanopticFPN: the R-CNN's instances (RCNNHead) and the semantic head's logits on the same
+    features; the panoptic combination of the two runs after the call, as for eager."""
+
+    def __init__(self, model):
+        super().__init__(model)
+        self.logits = sem_seg_logits(model)
+        self.fields = Fields(self.fields.optional + ("sem_seg",))
+
+    def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
+        with stage("head"):
+            logits = self.logits(model.sem_seg_head, features)
+        slots = super().__call__(model, features, size, anchors, budgets)
+        return replace(slots, sem_seg=logits)
+
+
 # meta-architecture -> (its head, exact: only that class, not its subclasses, which may change
 # what inference does: PanopticFPN is a GeneralizedRCNN)
 META_ARCHITECTURES = {
     "FCOS": (fcos_head, True),
     "GeneralizedRCNN": (RCNNHead, True),
+    "PanopticFPN": (PanopticHead, True),
+    "ProposalNetwork": (ProposalHead, True),
     "RetinaNet": (retinanet_head, True),
+    "SemanticSegmentor": (SemanticHead, True),
 }
 
 
@@ -155,7 +250,8 @@ def preprocess(model, images: tuple[torch.Tensor, ...]) -> tuple[torch.Tensor, l
 
 
 class StaticDetector(nn.Module):
-    """images (CHW, one per image, all the same size) -> Slots, with no host sync."""
+    """images (CHW, one per image, all the same size) -> Slots, with no host sync; `fields`
+    says what they hold (outputs.Fields)."""
 
     def __init__(self, model: nn.Module, postprocess: bool, budgets: Budgets):
         super().__init__()
@@ -170,6 +266,7 @@ class StaticDetector(nn.Module):
                 f"rewritten (covered: {covered(META_ARCHITECTURES)})"
             )
         self.head = head(model)
+        self.fields = self.head.fields
 
     def forward(self, *images: torch.Tensor) -> Slots:
         model = self.model
@@ -183,6 +280,8 @@ class StaticDetector(nn.Module):
             height, width = images[0].shape[-2:]
             with stage("paste"):
                 slots = postprocess(slots, int(height), int(width))
+        if slots.sem_seg is not None:  # the contract's float32 (outputs.py), under autocast too
+            slots = replace(slots, sem_seg=slots.sem_seg.float())
         return compact(slots)
 
 

@@ -2,9 +2,11 @@
 every head fills them: `select` (per-class NMS through the custom op, the best detections) and
 `compact` (the valid slots first, in order, as removing the others would leave them).
 
-Every head of the rewrite (roi_heads.py, dense.py) answers with Slots; post-processing
-(postprocess.py) and the package's Outputs (outputs.py) take them. Nothing is removed: what
-detectron2 would drop is masked and rides along in padded slots.
+Every head of the rewrite (roi_heads.py, dense.py, the RPN-only and semantic heads of
+detector.py) answers with Slots; post-processing (postprocess.py) and the package's Outputs
+(outputs.py) take them. Nothing is removed: what detectron2 would drop is masked and rides
+along in padded slots. A model with a semantic head carries its per-image logits beside the
+slots (`sem_seg`); one with only that head has no slots at all (`no_detections`: D = 0).
 """
 
 from __future__ import annotations
@@ -28,6 +30,20 @@ class Slots:
     masks: torch.Tensor | None = None  # [N, D, 1, S, S] probabilities or [N, D, H, W] bool
     keypoint_heatmaps: torch.Tensor | None = None  # [N, D, K, S, S] the keypoint head's logits
     keypoints: torch.Tensor | None = None  # [N, D, K, 3] x, y, score (keypoints.py)
+    # per image, not per slot: [N, C, H, W] logits of the semantic head (semantic.py)
+    sem_seg: torch.Tensor | None = None
+
+
+def no_detections(num_images: int, device: torch.device) -> Slots:
+    """Slots of a model that detects nothing (semantic segmentation only): D = 0, every image
+    exact."""
+    return Slots(
+        boxes=torch.zeros(num_images, 0, 4, device=device),
+        scores=torch.zeros(num_images, 0, device=device),
+        classes=torch.zeros(num_images, 0, dtype=torch.int64, device=device),
+        valid=torch.zeros(num_images, 0, dtype=torch.bool, device=device),
+        exact=torch.ones(num_images, dtype=torch.bool, device=device),
+    )
 
 
 def _gather(values: torch.Tensor, index: torch.Tensor) -> torch.Tensor:
@@ -65,7 +81,8 @@ def select(
 
 
 def compact(slots: Slots) -> Slots:
-    """Move the valid slots to the front, keeping their order (what removing the others does)."""
+    """Move the valid slots to the front, keeping their order (what removing the others does);
+    the per-image `sem_seg` stays as it is."""
     order = torch.sort((~slots.valid).to(torch.uint8), dim=1, stable=True).indices
 
     def gather(values):
@@ -80,4 +97,5 @@ def compact(slots: Slots) -> Slots:
         masks=gather(slots.masks),
         keypoint_heatmaps=gather(slots.keypoint_heatmaps),
         keypoints=gather(slots.keypoints),
+        sem_seg=slots.sem_seg,
     )
