@@ -33,7 +33,8 @@ CALL = "d2bench.call"  # the range around the whole profiled call (its host time
 STAGES: dict[str, str] = {
     "preprocess": "normalise, pad and batch the images",
     "backbone": "the backbone and its FPN",
-    "head": "the RPN's head, or a dense head (RetinaNet, FCOS): convolutions over the pyramid",
+    "head": "the RPN's head, a dense head (RetinaNet, FCOS) or a semantic head (Panoptic FPN, "
+    "semantic segmentation): convolutions over the pyramid",
     "proposals": "RPN proposals: top-k, decode, clip, NMS (without the head's convolutions)",
     "roi_pool": "ROI pooling (ROIAlign) of the box and mask heads",
     "boxes": "the box head and detection NMS (RetinaNet, FCOS: decoding and NMS)",
