@@ -5,8 +5,8 @@ and its metadata; writes the AOTInductor package. Runs as a process of its own:
 
 Why a process of its own: what compiling sets up (Inductor's pool of compile workers, the
 compiler shim of link.py) stays out of the processes that load and time packages (build.load).
-On torch 2.11 (the GPU machine's) packages linked with a static libstdc++ of their own and
-crashed at load (link.py); the compiler here links them against the shared one.
+On torch 2.11 (the GPU machine's) packages linked a static libstdc++ of their own and crashed
+at load; the compiler set here drops that request (link.py).
 """
 
 from __future__ import annotations

@@ -4,10 +4,12 @@ carry none of their own.
 A package's `wrapper.so` is C++ and runs inside a process that already has the C++ runtime
 loaded (libtorch needs `libstdc++.so.6`). On the GPU machine's torch (2.11) Inductor linked
 `wrapper.so` with a static copy of libstdc++ (it needs no `libstdc++.so.6`, and defines
-`std::codecvt` itself; results/logs/h100_session6_call3_aot_diag.log), and every detector
+`std::codecvt` itself; results/logs/h100_session6_call3_aot_diag.log; the request is at line
+993 of its cpp_builder.py, results/logs/h100_session8_call1_batch.log), and every detector
 package died with SIGSEGV at its construction, in `std::regex` asking a locale for a facet: two
-copies of libstdc++ in one process, each with its own numbering of locale facets. One copy is
-the cure, and the shared one is the copy the process already has.
+copies of libstdc++ in one process, each with its own numbering of locale facets (our working
+explanation; docs/packages.md, Known problems). The shared libstdc++, the copy the process
+already has, leaves one.
 
     COMPILER                 runner/backends/aot_package/g++-shared-libstdc++: the real
                              compiler with -static-libstdc++/-static-libgcc dropped and a named
