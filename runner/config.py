@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from omegaconf import DictConfig, OmegaConf
+from omegaconf import DictConfig, ListConfig, OmegaConf
 
 from runner import families
 
@@ -365,9 +365,11 @@ def _check_dataset(d: DatasetConfig) -> None:
 
 
 def value_text(value: Any) -> str:
-    """A config value as the command line and the rows write it: true, null, 0.5."""
+    """A config value as the command line and the rows write it: true, null, 0.5, [a,b]."""
     if isinstance(value, bool):
         return str(value).lower()
+    if isinstance(value, (list, tuple, ListConfig)):
+        return "[" + ",".join(value_text(v) for v in value) + "]"
     return "null" if value is None else str(value)
 
 

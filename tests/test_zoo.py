@@ -203,3 +203,40 @@ def test_a_layer_without_a_cpu_kernel_is_unsupported_on_the_cpu_naming_it(make_c
         families.get("detectron2").build(modulated.model, torch.device("cpu"))
     plain = families.get("detectron2").build(make_config(arch).model, torch.device("cpu"))
     assert plain is not None
+
+
+# ---- the zoo on the GPU: conf/sweep/zoo.yaml ------------------------------------------------
+
+
+def test_sweep_zoo_pairs_the_three_backends_on_configs_the_cpu_walk_ran(tmp_path):
+    """conf/sweep/zoo.yaml (the plan only: every job is refused before it runs): one session per
+    variant of eager, static_graph and static_graph compiled, each variant a zoo config that the
+    committed CPU walk ran ok under both backends, every meta-architecture of the walk's ok rows
+    among them."""
+    import csv
+
+    from tests.helpers import run_runner
+    from tests.test_sweeper import NO_RUN, REFUSED, launched_jobs, launched_sessions
+
+    done = run_runner("sweep=zoo", *NO_RUN, f"hydra.sweep.dir={tmp_path}", timeout=300)
+    log = done.stdout + done.stderr
+    jobs = launched_jobs(log)
+    sessions = launched_sessions(log)
+    assert sessions >= 15 and len(jobs) == 3 * sessions, log[-2000:]
+    assert REFUSED.format(len(jobs)) in log
+    assert {(j["backend"], j.get("backend.options.compile", "")) for j in jobs} == {
+        ("eager", ""),
+        ("static_graph", ""),
+        ("static_graph", "true"),
+    }
+    assert {j["precision"] for j in jobs} == {"fp16"}
+    walked = {}
+    with CSV.open() as handle:
+        for row in csv.DictReader(handle):
+            walked.setdefault(row["model"], set()).add((row["backend"], row["status"]))
+    archs = {j["model.arch"] for j in jobs}
+    for arch in archs:
+        assert walked.get(arch, set()) >= {("eager", "ok"), ("static_graph", "ok")}, arch
+    assert all(j["model.name"] == j["model.arch"] for j in jobs), "rows name their config"
+    for family in ("COCO-Keypoints/", "COCO-PanopticSegmentation/", "new_baselines/", "rpn_"):
+        assert any(family in arch for arch in archs), family
