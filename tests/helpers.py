@@ -209,3 +209,44 @@ def capture_sync_free(call):
     finally:
         torch.cuda.set_sync_debug_mode("default")
     return graph, outputs
+
+
+# op targets of a traced graph that read the device on the host or make a data-dependent shape
+# (`.item()` is the target "item"; "getitem" is indexing and allowed)
+DATA_DEPENDENT = ("local_scalar", "nonzero", "masked_select")
+
+
+def trace_sync_free(fn, *args):
+    """`fn(*args)` traced whole by Dynamo (fullgraph, static shapes) and run: the CPU stand-in
+    for capturing it in a CUDA graph. Fails where the graph holds a host read or a
+    data-dependent shape (DATA_DEPENDENT, `.item()`); returns the traced call's answer."""
+    import torch
+
+    ops: list[str] = []
+
+    def record(gm, example_inputs):
+        ops.extend(str(node.target) for node in gm.graph.nodes)
+        return gm.forward
+
+    torch._dynamo.reset()
+    compiled = torch.compile(fn, backend=record, fullgraph=True, dynamic=False)
+    with torch.no_grad():
+        answer = compiled(*args)
+    assert ops and not any(op == "item" or w in op for op in ops for w in DATA_DEPENDENT), ops
+    return answer
+
+
+def backend_and_eager(cfg, exported, images):
+    """The run's backend optimized from `exported` and called on its `opt` images: (eager's
+    decoded answer, the backend's decoded answer, the backend's callable)."""
+    import torch
+
+    from runner import backends
+
+    opt = images.images["opt"]
+    with torch.no_grad():
+        reference = exported.decode(exported.module(*opt), cfg.batch)
+        options = backends.validate_options(cfg.backend.name, cfg.backend.options)
+        fn = backends.get(cfg.backend.name)(exported, images, cfg.precision, options)
+        output = exported.decode(fn(*opt), cfg.batch)
+    return reference, output, fn

@@ -11,6 +11,7 @@ import torch
 
 from runner import backends
 from runner.run import measurement, parity
+from tests.helpers import backend_and_eager
 
 pytestmark = pytest.mark.detectron2
 
@@ -25,12 +26,7 @@ def against_eager(make_config, arch: str, *overrides: str):
     """(eager answer, TorchScript's answer, figures) of `arch`, small, fp32, traced."""
     cfg = make_config(f"model.arch={arch}", *SMALL, "backend=torchscript", *overrides)
     exported, images, _ = measurement.build(cfg, CPU)
-    opt = images.images["opt"]
-    with torch.no_grad():
-        reference = exported.decode(exported.module(*opt), cfg.batch)
-        options = backends.validate_options("torchscript", cfg.backend.options)
-        fn = backends.get("torchscript")(exported, images, cfg.precision, options)
-        output = exported.decode(fn(*opt), cfg.batch)
+    reference, output, _ = backend_and_eager(cfg, exported, images)
     return reference, output, parity.compare(reference, output, cfg.bench.match_iou)
 
 
@@ -79,14 +75,3 @@ def test_scripting_a_semantic_head_is_unsupported_and_says_why(make_config, arch
     image = (torch.zeros(3, 64, 64),)
     with pytest.raises(backends.Unsupported, match="export=script: .*SemSegFPNHead.*trace"):
         export.wrap(model, cfg.model, "script", cfg.postprocess, image)
-
-
-@pytest.mark.parametrize("arch", [SEMANTIC, PANOPTIC, PROPOSALS])
-def test_static_graph_names_the_meta_architecture_it_does_not_rewrite(make_config, arch):
-    from runner.backends.static_graph.detector import Budgets, StaticDetector
-    from runner.run import models
-
-    cfg = make_config(f"model.arch={arch}", *SMALL)
-    model, _ = models.build(cfg.model, CPU, cfg.seed)
-    with pytest.raises(backends.Unsupported, match=f"meta-architecture {type(model).__name__}"):
-        StaticDetector(model, False, Budgets())

@@ -21,7 +21,7 @@ import torch
 
 from runner import backends
 from runner.run import measurement, parity
-from tests.helpers import CUDA_MISSING
+from tests.helpers import CUDA_MISSING, backend_and_eager, trace_sync_free
 from tests.test_zoo import load_script
 
 CPU = torch.device("cpu")
@@ -191,24 +191,10 @@ def test_the_semantic_head_is_detectron2s_inference_and_traces_as_one_graph():
     assert got.shape == (2, cfg.MODEL.SEM_SEG_HEAD.NUM_CLASSES, 128, 160)
     torch.testing.assert_close(got, want, rtol=0, atol=0)
 
-    ops: list[str] = []
-
-    def record(gm, example_inputs):
-        ops.extend(str(node.target) for node in gm.graph.nodes)
-        return gm.forward
-
-    torch._dynamo.reset()
-    compiled = torch.compile(
-        lambda f: sem_seg_postprocess(fpn_logits(head, f), (120, 150), 120, 150),
-        backend=record,
-        fullgraph=True,
-        dynamic=False,
+    traced = trace_sync_free(
+        lambda f: sem_seg_postprocess(fpn_logits(head, f), (120, 150), 120, 150), features
     )
-    with torch.no_grad():
-        traced = compiled(features)
     torch.testing.assert_close(traced, want[:, :, :120, :150], rtol=1e-5, atol=1e-5)
-    forbidden = ("local_scalar", "nonzero", "masked_select")
-    assert ops and not any(op == "item" or w in op for op in ops for w in forbidden), ops
 
 
 @pytest.mark.detectron2
@@ -300,12 +286,8 @@ def test_the_rewrite_answers_as_eager_at_a_padded_size(make_config, arch, postpr
     cropped and resized to the image; proposals and instances are eager's in the same order;
     Panoptic FPN's panoptic segments, made after the call, are eager's pixel for pixel."""
     cfg, (exported, images, _) = _built(make_config, arch, postprocess)
-    opt = images.images["opt"]
-    with torch.no_grad():
-        reference = exported.decode(exported.module(*opt), cfg.batch)
-        options = backends.validate_options("static_graph", cfg.backend.options)
-        fn = backends.get("static_graph")(exported, images, cfg.precision, options)
-        output = exported.decode(fn(*opt), cfg.batch)
+    assert cfg.backend.name == "static_graph"
+    reference, output, fn = backend_and_eager(cfg, exported, images)
     assert "fallback_calls=0/1" in fn.notes(), fn.notes()
     figures = parity.compare(reference, output, cfg.bench.match_iou)
     assert parity.verdict(figures, cfg.precision) == [] and not figures.unchecked, figures
