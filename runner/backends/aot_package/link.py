@@ -4,16 +4,18 @@ carry none of their own.
 A package's `wrapper.so` is C++ and runs inside a process that already has the C++ runtime
 loaded (libtorch needs `libstdc++.so.6`). On the GPU machine's torch (2.11) Inductor linked
 `wrapper.so` with a static copy of libstdc++ (it needs no `libstdc++.so.6`, and defines
-`std::codecvt` itself; results/logs/h100_session6_call3_aot_diag.log; the request is at line
-993 of its cpp_builder.py, results/logs/h100_session8_call1_batch.log), and every detector
+`std::codecvt` itself; results/logs/h100_session6_call3_aot_diag.log; what asked for it is not
+established: docs/packages.md, Known problems), and every detector
 package died with SIGSEGV at its construction, in `std::regex` asking a locale for a facet: two
 copies of libstdc++ in one process, each with its own numbering of locale facets (our working
 explanation; docs/packages.md, Known problems). The shared libstdc++, the copy the process
 already has, leaves one.
 
     COMPILER                 runner/backends/aot_package/g++-shared-libstdc++: the real
-                             compiler with -static-libstdc++/-static-libgcc dropped and a named
-                             libstdc++.a turned into -lstdc++ (everything else passes through)
+                             compiler with -static-libstdc++/-static-libgcc and a named
+                             libstdc++.a dropped, and a shared object linked with
+                             the shared libstdc++ after its inputs, ahead of whatever the driver
+                             adds (everything else passes through)
     use_shared_runtime()     in the compile worker, before torch is imported: Inductor (and its
                              pool of compile workers) calls COMPILER, which calls the compiler
                              Inductor would have called
@@ -64,9 +66,9 @@ def use_shared_runtime() -> str | None:
 
 
 def runtime(package: Path) -> str:
-    """How the shared objects in `package` get libstdc++: "shared" (they need
-    libstdc++.so.6), "static" (one carries a copy of its own), "none" (neither), or
-    "unknown" (no readelf/nm here to tell)."""
+    """How the shared objects in `package` get libstdc++: "static" (one carries libstdc++'s
+    code, whether or not it also needs libstdc++.so.6), "shared" (they need libstdc++.so.6 and
+    carry none of it), "none" (neither), or "unknown" (no readelf/nm here to tell)."""
     if not (shutil.which("readelf") and shutil.which("nm")):
         return "unknown"
     found = set()
@@ -75,17 +77,17 @@ def runtime(package: Path) -> str:
             if not name.endswith(".so"):
                 continue
             path = archive.extract(name, work)
+            defined = subprocess.run(
+                ["nm", "-D", "--defined-only", path], capture_output=True, text=True, check=True
+            ).stdout
+            if STATIC_MARKER in defined:  # libstdc++'s own code inside, whatever it needs too
+                found.add("static")
+                continue
             dynamic = subprocess.run(
                 ["readelf", "-d", path], capture_output=True, text=True, check=True
             ).stdout
             if "[libstdc++.so.6]" in dynamic:
                 found.add("shared")
-                continue
-            defined = subprocess.run(
-                ["nm", "-D", "--defined-only", path], capture_output=True, text=True, check=True
-            ).stdout
-            if STATIC_MARKER in defined:
-                found.add("static")
     if "static" in found:
         return "static"
     return "shared" if found else "none"
