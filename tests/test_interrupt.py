@@ -65,6 +65,13 @@ def own_session_children(pid: int) -> list[int]:
     return found
 
 
+def as_a_foreground_job() -> None:
+    """SIGINT at its default, as a terminal's foreground job has it: a test suite started in the
+    background of a non-interactive shell (`make test &`) inherits SIGINT ignored, and passes
+    that on to every process it starts, which then would never see the Ctrl-C."""
+    signal.signal(signal.SIGINT, signal.SIG_DFL)
+
+
 def start(args: list[str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
     """A process in its own process group (as a shell's foreground job), output to `log`."""
     with open(log, "w") as out:
@@ -76,6 +83,7 @@ def start(args: list[str], log: Path, cwd: Path = REPO) -> subprocess.Popen:
             stderr=subprocess.STDOUT,
             text=True,
             start_new_session=True,
+            preexec_fn=as_a_foreground_job,
         )
     STARTED.append(process)
     return process
