@@ -26,7 +26,7 @@ def main(argv: list[str]) -> int:
     program_path, package_path, meta_path = (Path(a) for a in argv)
     from runner.backends.aot_package import link
 
-    link.use_shared_runtime()  # before torch: its pool of compile workers inherits the compiler
+    link.use_shared_runtime()  # before any compile: Inductor's worker pool inherits it
     import torch
     import torchvision  # noqa: F401 - registers torchvision's ops, which the program calls
 

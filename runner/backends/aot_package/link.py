@@ -16,7 +16,7 @@ already has, leaves one.
                              libstdc++.a dropped, and a shared object linked with
                              the shared libstdc++ after its inputs, ahead of whatever the driver
                              adds (everything else passes through)
-    use_shared_runtime()     in the compile worker, before torch is imported: Inductor (and its
+    use_shared_runtime()     in the compile worker, before Inductor compiles: Inductor (and its
                              pool of compile workers) calls COMPILER, which calls the compiler
                              Inductor would have called
     runtime(package)         "shared", "static" or "none": what the package's .so files link
@@ -24,6 +24,7 @@ already has, leaves one.
 
 from __future__ import annotations
 
+import logging
 import os
 import shutil
 import subprocess
@@ -31,6 +32,8 @@ import sys
 import tempfile
 import zipfile
 from pathlib import Path
+
+log = logging.getLogger(__name__)
 
 COMPILER = Path(__file__).resolve().with_name("g++-shared-libstdc++")
 
@@ -40,12 +43,16 @@ STATIC_MARKER = "_ZNKSt7codecvtIcc11__mbstate_tE10do_unshiftERS0_PcS3_RS3_"
 
 
 def use_shared_runtime() -> str | None:
-    """Make COMPILER the compiler of every Inductor compile this process and its children start
-    (Inductor's pool of compile workers too, which may already be running and which takes its
-    compiler from the environment): call it before importing torch. Returns the real compiler
-    COMPILER runs, or None where nothing was changed (not Linux, a clang, no compiler found).
-    D2BENCH_CXX_LOG=FILE makes COMPILER append each command line to FILE."""
+    """Make COMPILER the compiler of every Inductor compile this process and its children start:
+    call it before Inductor compiles anything (its pool of compile workers, processes of their
+    own, takes the compiler from the environment when it starts). Returns the real compiler
+    COMPILER runs, or None where nothing was changed (not Linux, a clang, no compiler found,
+    COMPILER not executable). D2BENCH_CXX_LOG=FILE makes COMPILER append each command line to
+    FILE."""
     if not sys.platform.startswith("linux"):
+        return None
+    if not os.access(COMPILER, os.X_OK):
+        log.warning("%s is missing or not executable: packages link as Inductor asks", COMPILER)
         return None
     requested = os.environ.get("CXX") or "g++"
     if requested == str(COMPILER):  # already set up (a child of a process that called this)
