@@ -47,10 +47,13 @@ struct Options {
   int warmup = 50, iters = 200;
 };
 
-[[noreturn]] void fail(const std::string& message) {
-  std::cerr << "load_package: " << message << std::endl;
-  std::exit(2);
-}
+// A refusal: thrown, so that the loader's destructor runs on the way out and removes the
+// package files it unpacked (std::exit would leave them in TMPDIR); main prints it, exit 2.
+struct Refused {
+  std::string message;
+};
+
+[[noreturn]] void fail(const std::string& message) { throw Refused{message}; }
 
 Options parse(int argc, char** argv) {
   Options o;
@@ -125,7 +128,7 @@ std::vector<double> time_calls(Call call, int warmup, int iters, const torch::De
 
 }  // namespace
 
-int main(int argc, char** argv) {
+int run(int argc, char** argv) {
   Options o = parse(argc, argv);
   if (!o.torchvision.empty() && dlopen(o.torchvision.c_str(), RTLD_NOW | RTLD_GLOBAL) == nullptr)
     fail(std::string("cannot load torchvision's library: ") + dlerror());
@@ -230,4 +233,13 @@ int main(int argc, char** argv) {
     }
   }
   return 0;
+}
+
+int main(int argc, char** argv) {
+  try {
+    return run(argc, argv);
+  } catch (const Refused& refused) {
+    std::cerr << "load_package: " << refused.message << std::endl;
+    return 2;
+  }
 }

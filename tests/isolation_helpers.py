@@ -34,6 +34,24 @@ def exit_with(code: int):
     os._exit(code)
 
 
+def fill_scratch_then(note: str, how: str, signum: int = 0):
+    """Write a file into this child's scratch folder (runner.scratch) and the folder's path into
+    `note`, then end `how`: return, raise, die by `signum` ("signal") or sleep until killed."""
+    from runner import scratch
+
+    Path(note).write_text(scratch.folder())
+    left = Path(scratch.folder()) / "aotinductor_x" / "wrapper.so"
+    left.parent.mkdir()
+    left.write_bytes(b"\0" * 1024)
+    if how == "raise":
+        raise RuntimeError("failed after unpacking")
+    if how == "signal":
+        os.kill(os.getpid(), signum)
+    if how == "sleep":
+        time.sleep(60)
+    return "returned"
+
+
 def write_pid_and_sleep(pid_file: str, seconds: float):
     Path(pid_file).write_text(str(os.getpid()))
     time.sleep(seconds)

@@ -14,6 +14,7 @@ from __future__ import annotations
 
 import csv
 import importlib.util
+import os
 import shutil
 import subprocess
 from pathlib import Path
@@ -109,11 +110,15 @@ def test_the_cpp_loader_refuses_a_file_of_the_wrong_size(tmp_path, binary):
     outputs = Outputs(TopK().eval(), None).eval()
     package = build.build(outputs, (torch.rand(3, 32, 32) * 255,), {}, path=tmp_path / "t.pt2")
     (tmp_path / "short.bin").write_bytes(b"\0" * 16)
+    unpacked = tmp_path / "tmp"  # where the loader unpacks the package (TMPDIR)
+    unpacked.mkdir()
     done = subprocess.run(
         [str(binary), str(package.path), str(tmp_path / "short.bin")],
         capture_output=True,
         text=True,
         timeout=300,
+        env={**os.environ, "TMPDIR": str(unpacked)},
     )
     assert done.returncode == 2
     assert "16 bytes, need 12288 (1 x [3, 32, 32] float32)" in done.stderr
+    assert list(unpacked.iterdir()) == [], "the refusal left the unpacked package behind"

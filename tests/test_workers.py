@@ -32,6 +32,32 @@ def test_the_child_gets_extra_environment_and_the_parent_keeps_its_own(monkeypat
     assert "D2BENCH_TEST_NEW" not in os.environ
 
 
+@pytest.mark.parametrize("how", ["return", "raise", "signal", "sleep"])
+def test_the_childs_scratch_folder_is_gone_however_the_child_ended(tmp_path, how):
+    """The child leaves with os._exit (no destructors) or dies: what it put in its scratch
+    folder (an AOTInductor package's unpacked files) is removed by the parent."""
+    note = tmp_path / "scratch"
+    ended = {"return": None, "raise": "exception", "signal": "signal", "sleep": "timeout"}[how]
+    try:
+        workers.call(helpers.fill_scratch_then, str(note), how, signal.SIGSEGV, timeout_s=10)
+    except ChildFailed as failure:
+        assert failure.cause == ended
+    else:
+        assert ended is None
+    folder = note.read_text()
+    assert os.path.basename(folder).startswith("d2bench-child-")
+    assert not os.path.exists(folder), "the parent removed the child's scratch folder"
+
+
+@pytest.mark.parametrize("end", ["close", "kill"])
+def test_a_worker_removes_its_scratch_folder_when_closed_or_killed(end):
+    worker = Worker(workers.the_function, (helpers.add,))
+    assert worker.request("__call__", 1, 2, timeout_s=60) == 3
+    assert os.path.isdir(worker.scratch)
+    getattr(worker, end)()
+    assert not os.path.exists(worker.scratch)
+
+
 def test_the_child_is_another_process(tmp_path):
     pid_file = tmp_path / "pid"
     assert workers.call(helpers.write_pid_and_sleep, str(pid_file), 0, timeout_s=60) == "woke up"

@@ -16,6 +16,9 @@ measures the wrong thing). The child leads its own process group and session, an
 kills it when its parent dies: a timeout or a crash takes it down with any workers it started
 (compiler pools), and the driver frees its GPU memory.
 
+Each child gets a scratch folder of its own (runner.scratch), which the parent removes once the
+child has ended, however it ended.
+
 Ctrl-C: a terminal's SIGINT reaches only the parent (the child has its own session). The parent
 kills the child's process group at once (its GPU memory goes with it); `Worker.receive` then
 lets the KeyboardInterrupt go on, and `call` raises `Interrupted`, a ChildFailed with cause
@@ -27,12 +30,16 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
+import shutil
 import signal
 import sys
+import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
 from typing import Any
+
+from runner import scratch
 
 # ---- how a child ends ---------------------------------------------------------------------
 
@@ -196,10 +203,11 @@ class Worker:
             target=_serve, args=(factory, args, child_conn, list(cpus or [])), daemon=False
         )
         self.closed = False
+        self.scratch = tempfile.mkdtemp(prefix="d2bench-child-")
         try:
-            _start(self.process, env or {})
+            _start(self.process, {**(env or {}), scratch.ENV: self.scratch})
         except BaseException:  # Ctrl-C while starting: no child is left behind
-            _kill_group(self.process)
+            self._end(kill=True)
             raise
         finally:
             child_conn.close()
@@ -251,22 +259,26 @@ class Worker:
     def kill(self) -> None:
         """Kill the child's process group now (its GPU memory goes with it)."""
         if not self.closed:
-            self.closed = True
-            self._conn.close()
-            _kill_group(self.process)
+            self._end(kill=True)
 
     def close(self) -> None:
         """Ask the child to leave, then kill whatever is left of its process group."""
-        if self.closed:
-            return
+        if not self.closed:
+            self._end(kill=False)
+
+    def _end(self, kill: bool) -> None:
+        """The child gone (asked to leave first unless `kill`), then its scratch folder."""
         self.closed = True
-        try:
-            self._conn.send(None)
-        except (BrokenPipeError, OSError):
-            pass
+        if not kill:
+            try:
+                self._conn.send(None)
+            except (BrokenPipeError, OSError):
+                pass
         self._conn.close()
-        self.process.join(2)
+        if not kill:
+            self.process.join(2)
         _kill_group(self.process)
+        shutil.rmtree(self.scratch, ignore_errors=True)
 
 
 def the_function(fn: Callable) -> Callable:

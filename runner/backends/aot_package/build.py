@@ -26,6 +26,7 @@ CPU package the CPU kernel of d2bench's NMS op (`import runner.ops`). The packag
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import logging
@@ -36,6 +37,7 @@ from pathlib import Path
 
 import torch
 
+from runner import scratch
 from runner.backends.aot_package import link
 from runner.backends.static_graph.outputs import VERSION
 
@@ -231,18 +233,39 @@ def load(path: Path, device: torch.device):
     """The package loaded as a user would (torch._inductor.aoti_load_package), with the
     single-threaded runner, the one a CUDA graph may capture; and the seconds it took. The
     process should have LOADER_ENVIRONMENT from its start; Inductor's setting is made here too,
-    for a pool that has not been started yet."""
+    for a pool that has not been started yet. The loader unpacks the package's files (its .so,
+    its kernels) into a folder of TMPDIR and removes it when the model is freed; a measuring
+    child never frees it (it leaves with os._exit), so there they go into its scratch folder,
+    which its parent removes (runner.scratch)."""
     import torch._inductor.config as inductor_config
 
     inductor_config.compile_threads = 1
     started = time.perf_counter()
     index = device.index if device.type == "cuda" and device.index is not None else -1
-    loaded = torch._inductor.aoti_load_package(
-        str(path), run_single_threaded=True, device_index=index
-    )
+    with _unpacking_into(scratch.folder()):
+        loaded = torch._inductor.aoti_load_package(
+            str(path), run_single_threaded=True, device_index=index
+        )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return loaded, time.perf_counter() - started
+
+
+@contextlib.contextmanager
+def _unpacking_into(folder: str | None):
+    """TMPDIR set to `folder` (where given) for the loader's C++ code while the block runs."""
+    if not folder:
+        yield
+        return
+    saved = os.environ.get("TMPDIR")
+    os.environ["TMPDIR"] = folder
+    try:
+        yield
+    finally:
+        if saved is None:
+            os.environ.pop("TMPDIR", None)
+        else:
+            os.environ["TMPDIR"] = saved
 
 
 def requirements(meta: dict[str, str]) -> list[str]:
