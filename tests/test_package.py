@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import shutil
 import subprocess
+import sys
 import textwrap
 import zipfile
 from pathlib import Path
@@ -22,10 +23,11 @@ import pytest
 import torch
 from torch import nn
 
+from runner import scratch
 from runner.backends.aot_package import build, link
 from runner.backends.static_graph import slots as heads_slots
 from runner.backends.static_graph.outputs import FIELDS, OPTIONAL, Outputs, slice_detections
-from tests.helpers import REPO, have_cuda, run_module, run_python
+from tests.helpers import REPO, clean_environment, have_cuda, run_module, run_python
 from tests.test_exit_codes import assert_refused_in_one_line
 from tests.test_ops import BLOCK_MODEL_CODE
 
@@ -33,10 +35,17 @@ SMALL_D2 = ("device=cpu", "inputs.height=128", "inputs.width=160")
 FEWER = "+model.arch_options.MODEL.RPN.POST_NMS_TOPK_TEST=100"
 
 
-def run_blocked(code: str, timeout: float = 300) -> subprocess.CompletedProcess:
+def run_blocked(
+    code: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
     """`code` in a fresh interpreter where detectron2 and runner.backends cannot be imported,
-    set up as a process that loads packages is (build.LOADER_ENVIRONMENT)."""
-    return run_python("-c", BLOCK_MODEL_CODE + code, env=build.LOADER_ENVIRONMENT, timeout=timeout)
+    set up as a process that loads packages is (build.LOADER_ENVIRONMENT), plus `env`."""
+    return run_python(
+        "-c",
+        BLOCK_MODEL_CODE + code,
+        env={**build.LOADER_ENVIRONMENT, **(env or {})},
+        timeout=timeout,
+    )
 
 
 # --- the command's refusals ----------------------------------------------------------------
@@ -159,7 +168,11 @@ def test_a_package_is_built_reused_described_and_loaded_by_its_snippet(tmp_path,
     other.detector.conv.bias.data += 1  # other weights: another package
     assert build.build(other, images, meta_extra, cache_dir=tmp_path / "cache").key != first.key
 
+    unpacked = tmp_path / "scratch"  # a measuring child's scratch folder (runner.scratch)
+    unpacked.mkdir()
+    monkeypatch.setenv(scratch.ENV, str(unpacked))
     loaded, load_s = build.load(first.path, torch.device("cpu"))
+    assert [p.name[:12] for p in unpacked.iterdir()] == ["aotinductor_"], "unpacked in scratch"
     meta = loaded.get_metadata()
     assert meta["d2bench.outputs"] == "boxes,scores,classes,counts,exact"
     assert meta["d2bench.inputs"] == "1 x [3, 64, 80] float32" and load_s >= 0
@@ -189,6 +202,83 @@ def test_a_package_is_built_reused_described_and_loaded_by_its_snippet(tmp_path,
     done = run_blocked(snippet + "\n" + check)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("snippet ran")
+
+
+# A compiler that asks for the static C++ runtime on every shared link, as Inductor's link
+# command did on the GPU machine (torch 2.11), then calls $NEXT_CXX.
+ASKS_STATIC = """#!/bin/sh
+case " $* " in *" -shared "*) exec "$NEXT_CXX" "$@" -static-libstdc++ -static-libgcc ;; esac
+exec "$NEXT_CXX" "$@"
+"""
+
+COMPILE_PROGRAM = """
+import sys, torch, torchvision, runner.ops
+program = torch.export.load(sys.argv[1])
+with torch.no_grad():
+    torch._inductor.aoti_compile_and_package(program, package_path=sys.argv[2])
+"""
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not shutil.which("g++"), reason="needs g++ (AOTInductor's compiler)")
+def test_a_static_libstdcxx_package_fails_at_load_and_the_compiler_shim_makes_it_load(tmp_path):
+    """The GPU machine's failure, on the CPU: a package whose link asked for the static C++
+    runtime fails when it is constructed (here std::bad_cast; SIGSEGV on the GPU machine: the
+    loading process has libstdc++.so.6 already, and two copies disagree on the locale's facets).
+    The same request through link.COMPILER gives a `shared` package that loads and answers as
+    the model does."""
+    outputs = Outputs(TinyDetector().eval(), None).eval()
+    images = (torch.rand(3, 64, 80) * 255,)
+    with torch.no_grad():
+        expected = outputs(*images)
+    torch.export.save(build.export(outputs, images), tmp_path / "program.pt2")
+    torch.save({"image": images[0], "expected": expected}, tmp_path / "io.pt")
+    asks = tmp_path / "asks-static"
+    asks.write_text(ASKS_STATIC)
+    asks.chmod(0o755)
+    compiles = {}
+    for name, after in (("static", "g++"), ("shim", str(link.COMPILER))):
+        env = {"CXX": str(asks), "NEXT_CXX": after, "D2BENCH_REAL_CXX": "g++"}
+        env["TORCHINDUCTOR_CACHE_DIR"] = str(tmp_path / f"cache-{name}")  # no shared .so
+        command = [
+            "-c",
+            COMPILE_PROGRAM,
+            str(tmp_path / "program.pt2"),
+            str(tmp_path / f"{name}.pt2"),
+        ]
+        compiles[name] = subprocess.Popen(
+            [sys.executable, *command],
+            env={**clean_environment(), **env},
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+    for name, process in compiles.items():
+        _, err = process.communicate(timeout=900)
+        assert process.returncode == 0, f"{name}: {err[-3000:]}"
+    assert link.runtime(tmp_path / "static.pt2") == "static"
+    assert link.runtime(tmp_path / "shim.pt2") == "shared"
+
+    check = """
+        io = torch.load({io!r})
+        model = torch._inductor.aoti_load_package({package!r})
+        print("loaded")
+        got = model(io["image"])
+        assert torch.equal(got[3], io["expected"][3]) and torch.equal(got[2], io["expected"][2])
+        torch.testing.assert_close(got[0], io["expected"][0], rtol=1e-5, atol=1e-4)
+        print("same detections")
+        """
+    loads = {}
+    for name in ("static", "shim"):
+        code = "import torch, torchvision, runner.ops\n" + textwrap.dedent(
+            check.format(io=str(tmp_path / "io.pt"), package=str(tmp_path / f"{name}.pt2"))
+        )
+        loads[name] = run_blocked(code, env={"TMPDIR": str(tmp_path)})
+    static, shim = loads["static"], loads["shim"]
+    assert static.returncode != 0 and "loaded" not in static.stdout, (
+        "a static-libstdc++ package loaded: if this torch tolerates it, the shim may be moot"
+    )
+    assert shim.returncode == 0 and "same detections" in shim.stdout, shim.stderr[-3000:]
 
 
 def test_build_takes_a_path_or_a_cache_not_both(tmp_path):
