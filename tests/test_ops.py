@@ -10,6 +10,8 @@ test_static_nms.py (its interpreter test on the CPU, its gpu tests on a GPU).
 
 from __future__ import annotations
 
+import subprocess
+import tempfile
 import textwrap
 from pathlib import Path
 
@@ -37,6 +39,21 @@ BLOCK_MODEL_CODE = textwrap.dedent(
     builtins.__import__ = _blocked
     """
 )
+
+
+def run_blocked(
+    code: str, timeout: float = 300, env: dict[str, str] | None = None
+) -> subprocess.CompletedProcess:
+    """`code` in a fresh interpreter where detectron2 and runner.backends cannot be imported
+    (BLOCK_MODEL_CODE), set up as a process that loads packages is (build.LOADER_ENVIRONMENT),
+    plus `env`. Its TMPDIR is a folder of its own, removed afterwards: with the import hook in
+    place the interpreter's teardown does not free a loaded package, whose unpacked files
+    (hundreds of MB for a detector) would stay in /tmp."""
+    from runner.backends.aot_package import build
+
+    with tempfile.TemporaryDirectory(prefix="d2bench-test-") as folder:
+        env = {**build.LOADER_ENVIRONMENT, "TMPDIR": folder, **(env or {})}
+        return run_python("-c", BLOCK_MODEL_CODE + code, env=env, timeout=timeout)
 
 
 def sorted_case(seed: int, n: int = 200, batch: int = 2):
@@ -147,7 +164,7 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
             program, package_path=str(tmp_path / "detect.pt2")
         )
     torch.save({"image": image, "want": want}, tmp_path / "io.pt")
-    code = BLOCK_MODEL_CODE + textwrap.dedent(
+    code = textwrap.dedent(
         f"""
         import torch, torchvision
         import runner.ops
@@ -163,13 +180,12 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
         print("same answers")
         """
     )
-    done = run_python("-c", code, timeout=600)
+    done = run_blocked(code, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("same answers")
 
 
 def test_the_blocking_preamble_blocks():
     """The preamble the package tests rely on does make those imports fail."""
-    code = BLOCK_MODEL_CODE + "import runner.backends.static_graph\n"
-    done = run_python("-c", code, timeout=120)
+    done = run_blocked("import runner.backends.static_graph\n", timeout=120)
     assert done.returncode != 0 and "is blocked in this process" in done.stderr

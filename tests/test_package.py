@@ -27,25 +27,12 @@ from runner import scratch
 from runner.backends.aot_package import build, link
 from runner.backends.static_graph import slots as heads_slots
 from runner.backends.static_graph.outputs import FIELDS, OPTIONAL, Outputs, slice_detections
-from tests.helpers import REPO, clean_environment, have_cuda, run_module, run_python
+from tests.helpers import REPO, clean_environment, have_cuda, run_module
 from tests.test_exit_codes import assert_refused_in_one_line
-from tests.test_ops import BLOCK_MODEL_CODE
+from tests.test_ops import run_blocked
 
 SMALL_D2 = ("device=cpu", "inputs.height=128", "inputs.width=160")
 FEWER = "+model.arch_options.MODEL.RPN.POST_NMS_TOPK_TEST=100"
-
-
-def run_blocked(
-    code: str, timeout: float = 300, env: dict[str, str] | None = None
-) -> subprocess.CompletedProcess:
-    """`code` in a fresh interpreter where detectron2 and runner.backends cannot be imported,
-    set up as a process that loads packages is (build.LOADER_ENVIRONMENT), plus `env`."""
-    return run_python(
-        "-c",
-        BLOCK_MODEL_CODE + code,
-        env={**build.LOADER_ENVIRONMENT, **(env or {})},
-        timeout=timeout,
-    )
 
 
 # --- the command's refusals ----------------------------------------------------------------
@@ -273,7 +260,7 @@ def test_a_static_libstdcxx_package_fails_at_load_and_the_compiler_shim_makes_it
         code = "import torch, torchvision, runner.ops\n" + textwrap.dedent(
             check.format(io=str(tmp_path / "io.pt"), package=str(tmp_path / f"{name}.pt2"))
         )
-        loads[name] = run_blocked(code, env={"TMPDIR": str(tmp_path)})
+        loads[name] = run_blocked(code)
     static, shim = loads["static"], loads["shim"]
     assert static.returncode != 0 and "loaded" not in static.stdout, (
         "a static-libstdc++ package loaded: if this torch tolerates it, the shim may be moot"

@@ -33,7 +33,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 
 import runner.ops  # noqa: F401 - registers torch.ops.d2bench
 from tests.helpers import capture_sync_free, run_python
-from tests.test_ops import BLOCK_MODEL_CODE
+from tests.test_ops import run_blocked
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON_MISSING = "triton is not importable here (it ships with CUDA builds of torch)"
@@ -445,7 +445,7 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
             program, package_path=str(tmp_path / "pool.pt2")
         )
     torch.save({"fine": fine, "boxes": boxes, "want": want}, tmp_path / "io.pt")
-    code = BLOCK_MODEL_CODE + textwrap.dedent(
+    code = textwrap.dedent(
         f"""
         import torch
         import runner.ops
@@ -460,7 +460,7 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
         print("same answers")
         """
     )
-    done = run_python("-c", code, timeout=600)
+    done = run_blocked(code, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
     assert done.stdout.strip().endswith("same answers")
 

@@ -6,8 +6,12 @@ child and its workers are gone. InlineWorker answers the same requests in this p
 from __future__ import annotations
 
 import os
+import shutil
 import signal
+import subprocess
+import tempfile
 import time
+from pathlib import Path
 
 import pytest
 
@@ -56,6 +60,25 @@ def test_a_worker_removes_its_scratch_folder_when_closed_or_killed(end):
     assert os.path.isdir(worker.scratch)
     getattr(worker, end)()
     assert not os.path.exists(worker.scratch)
+
+
+def test_scratch_folders_of_parents_that_are_gone_are_removed_by_the_next_worker(tmp_path):
+    """A sweep killed outright (SIGKILL) cannot remove its child's scratch folder; the next
+    Worker on the machine removes it, and leaves those of parents still alive."""
+    gone = subprocess.Popen(["true"])
+    gone.wait()
+    root = Path(tempfile.gettempdir())
+    orphan = root / f"{workers.SCRATCH_PREFIX}{gone.pid}-test"
+    alive = root / f"{workers.SCRATCH_PREFIX}{os.getppid()}-test"
+    for folder in (orphan, alive):
+        (folder / "aotinductor_x").mkdir(parents=True)
+    try:
+        assert workers.call(helpers.add, 1, 2, timeout_s=60) == 3
+        assert not orphan.exists(), "the folder of a parent that is gone is removed"
+        assert alive.exists(), "a living parent's folder stays"
+    finally:
+        shutil.rmtree(orphan, ignore_errors=True)
+        shutil.rmtree(alive, ignore_errors=True)
 
 
 def test_the_child_is_another_process(tmp_path):

@@ -17,7 +17,8 @@ kills it when its parent dies: a timeout or a crash takes it down with any worke
 (compiler pools), and the driver frees its GPU memory.
 
 Each child gets a scratch folder of its own (runner.scratch), which the parent removes once the
-child has ended, however it ended.
+child has ended, however it ended; a parent killed outright leaves it, and the next Worker made
+on the machine removes it.
 
 Ctrl-C: a terminal's SIGINT reaches only the parent (the child has its own session). The parent
 kills the child's process group at once (its GPU memory goes with it); `Worker.receive` then
@@ -37,6 +38,7 @@ import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
+from pathlib import Path
 from typing import Any
 
 from runner import scratch
@@ -173,6 +175,25 @@ def _start(process, env: dict[str, str]) -> None:
                 os.environ[key] = value
 
 
+SCRATCH_PREFIX = "d2bench-child-"  # + the parent's pid + "-": a scratch folder (runner.scratch)
+
+
+def _remove_orphaned_scratch() -> None:
+    """Remove the scratch folders of parents that are gone: one killed outright (SIGKILL, a
+    batch's time limit) could not remove its child's."""
+    root = Path(tempfile.gettempdir())
+    for folder in root.glob(f"{SCRATCH_PREFIX}*-*"):
+        pid = folder.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or int(pid) == os.getpid():
+            continue
+        try:
+            os.kill(int(pid), 0)
+        except ProcessLookupError:  # its parent is gone
+            shutil.rmtree(folder, ignore_errors=True)
+        except PermissionError:  # alive, another user's
+            pass
+
+
 def _kill_group(process) -> None:
     """Kill the child and everything in its process group. Before the child has made its own
     group (it is still starting), only the child itself exists to be killed."""
@@ -203,7 +224,8 @@ class Worker:
             target=_serve, args=(factory, args, child_conn, list(cpus or [])), daemon=False
         )
         self.closed = False
-        self.scratch = tempfile.mkdtemp(prefix="d2bench-child-")
+        _remove_orphaned_scratch()
+        self.scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
         try:
             _start(self.process, {**(env or {}), scratch.ENV: self.scratch})
         except BaseException:  # Ctrl-C while starting: no child is left behind
