@@ -37,6 +37,7 @@ REWRITE = (
     "fold_bn",
     "half_weights",
     "keypoint_area",
+    "fuse_levels",
     *_parts.TUNING,
 )
 OPTIONS = {

@@ -13,6 +13,8 @@ detection count leaves the GPU once, at the end of the call. Parts, one file eac
     roi_heads.py  ROI box stages (standard, Cascade, C4's res5) by a table, and the mask head
     keypoints.py  the keypoint head and its heatmap decoding in a fixed pixel budget
     dense.py      RetinaNet's and FCOS's dense heads
+    canvas.py     option fuse_levels: a head shared by the pyramid levels run once over all of
+                  them, laid out in one canvas (RetinaNet's, FCOS's, the RPN's)
     semantic.py   the semantic segmentation head (SemanticSegmentor, Panoptic FPN)
     postprocess.py  detector_postprocess and sem_seg_postprocess at the input size: clip, mask
                   empty boxes, paste masks, crop and resize the semantic logits
@@ -47,6 +49,7 @@ OPTIONS = {
     "fold_bn": (bool,),  # fold frozen batch norms into the convolutions before capture
     "half_weights": (bool,),  # conv and linear weights in the autocast dtype (fp16/bf16 runs)
     "keypoint_area": (int, float),  # upsampled keypoint-heatmap pixels per image, image areas
+    "fuse_levels": (bool,),  # the heads shared by the levels run once over a canvas (canvas.py)
     **_parts.TUNING,
 }
 
@@ -104,9 +107,9 @@ def rewrite(exported, precision, options) -> tuple:
         )
     notes = []
     model = exported.model
-    if options.get("fold_bn") or options.get("half_weights"):
-        # the rewrites change weights in place, and the eager fallback (the exported module)
-        # shares them: the rewritten forward gets a copy of its own
+    if options.get("fold_bn") or options.get("half_weights") or options.get("fuse_levels"):
+        # the rewrites change weights and heads in place, and the eager fallback (the exported
+        # module) shares them: the rewritten forward gets a copy of its own
         model = copy.deepcopy(model)
     if options.get("fold_bn"):
         notes.append(f"fold_bn={fold_frozen_batchnorm(model)}")
@@ -118,6 +121,11 @@ def rewrite(exported, precision, options) -> tuple:
             notes.append(f"half_weights=n/a at {precision.name}")
     log.info("static_graph: %s", "; ".join(notes) or "no weight rewrites")
     _parts.tune(model, options)
+    if options.get("fuse_levels"):
+        from runner.backends.static_graph.canvas import fuse_levels
+
+        notes.append(fuse_levels(model))  # read when the row is written: with its canvases
+        log.info("static_graph: %s", notes[-1])
     keypoint_area = options.get("keypoint_area", 8.0)
     if keypoint_area <= 0:
         raise ValueError(f"backend=static_graph: options.keypoint_area={keypoint_area}; need > 0")

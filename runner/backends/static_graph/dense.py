@@ -19,7 +19,7 @@ def retinanet_slots(model, features: list, anchors, options) -> Slots:
     """RetinaNet.forward_inference: per level the best `test_topk_candidates` (class, anchor)
     pairs above the score threshold, decoded; per-class NMS; the best
     `max_detections_per_image`."""
-    with stage("head"):
+    with stage("head"):  # with fuse_levels, one pass over all levels (canvas.FusedHead)
         predictions = model.head(features)
     logits, deltas = model._transpose_dense_predictions(predictions, [model.num_classes, 4])
     scores = [logits_l.sigmoid() for logits_l in logits]
@@ -29,7 +29,7 @@ def retinanet_slots(model, features: list, anchors, options) -> Slots:
 def fcos_slots(model, features: list, anchors, options) -> Slots:
     """FCOS.forward_inference: RetinaNet's, with scores sqrt(sigmoid(logits) *
     sigmoid(centerness))."""
-    with stage("head"):
+    with stage("head"):  # with fuse_levels, one pass over all levels (canvas.FusedHead)
         predictions = model.head(features)
     logits, deltas, centerness = model._transpose_dense_predictions(
         predictions, [model.num_classes, 4, 1]

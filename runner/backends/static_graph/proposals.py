@@ -79,7 +79,7 @@ def rpn_proposals(rpn, size: tuple[int, int], features: dict, anchors: Anchors) 
     """detectron2 `RPN` at inference, fixed-shape. `features`: the backbone's output dict."""
     feats = [features[f] for f in rpn.in_features]
     anchors = anchors(rpn.anchor_generator, feats)
-    with stage("head"):
+    with stage("head"):  # with fuse_levels, one pass over all levels (canvas.FusedHead)
         logits, deltas = rpn.rpn_head(feats)
     logits = [score.permute(0, 2, 3, 1).flatten(1) for score in logits]
     box_dim = rpn.anchor_generator.box_dim
