@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+import shlex
 import subprocess
 import sys
 from pathlib import Path
@@ -133,3 +135,39 @@ def test_spread_reading_compares_statistics_across_processes_and_correlates_bloc
     assert "mean of all calls: 10.00, 12.00 ms -> 1.200x" in text
     assert "sm_mhz_after: n/a (constant)" in text
     assert "min_ms: +1.00" in text and "power_w_after: -1.00" in text
+
+
+# --- the GPU batches (scripts/batches/*.txt) -------------------------------------------------
+
+BATCHES = sorted((Path(__file__).parents[1] / "scripts" / "batches").glob("*.txt"))
+# the batches' shell variables, as their loops set them
+SHELL_VALUES = {"$v": "RetinaNet", "$p": "fp32", "$OUT": "/tmp/out"}
+
+
+def batch_runner_commands(text: str) -> list[list[str]]:
+    """The arguments of every `python -m runner ...` in a batch's command lines, also inside
+    loops, quotes and `&&` chains, up to the redirection or the end of the command."""
+    found = []
+    for line in text.splitlines():
+        if line.startswith("#"):
+            continue
+        for match in re.finditer(r"python3? -m runner (.*?)(?=\s*(?:>|;|&&|\|\||\"|$))", line):
+            arguments = match.group(1)
+            for name, value in SHELL_VALUES.items():
+                arguments = arguments.replace(name, value)
+            found.append(shlex.split(arguments))
+    return found
+
+
+def test_the_batches_hold_runner_commands():
+    assert sum(len(batch_runner_commands(b.read_text())) for b in BATCHES) >= 40
+
+
+@pytest.mark.parametrize("batch", BATCHES, ids=lambda path: path.name)
+def test_every_runner_command_of_a_batch_passes_the_command_line_check(batch):
+    """A GPU call is minutes of a 30-minute lease: a misspelt key or option must fail here, on
+    the CPU, not there."""
+    from runner.config import check_command_line
+
+    for arguments in batch_runner_commands(batch.read_text()):
+        check_command_line(arguments)
