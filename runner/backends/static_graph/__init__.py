@@ -7,6 +7,7 @@ shape fixed by the config and the input size, what eager would remove is masked,
 detection count leaves the GPU once, at the end of the call. Parts, one file each:
 
     nms.py        sync-free batched NMS around the custom op d2bench::greedy_nms (runner.ops)
+    order.py      orders without a full sort: a stable sort's prefix by one topk, a partition
     proposals.py  the RPN: per-level top-k, decode, clip, masks, NMS, post-NMS top-k
     pooling.py    multi-level ROIAlign without per-level nonzero; mask paste
     slots.py      fixed detection slots: selection (NMS, best detections) and compaction
