@@ -1,16 +1,25 @@
 """runner/backends/static_graph/order.py: orders without a full sort, against the sort they stand
-for.
+for, and static_graph's option `select` (sort | topk) that chooses between them.
 
 CPU, for real: `stable_topk` against `torch.sort(descending=True, stable=True)`'s prefix on
 rows full of ties (a few levels, fp16 and bf16, -inf, +inf, -0.0), 80000-wide rows with 2048
-taken; `valid_first` (compact without a sort) against the stable sort of the flags.
+taken; `valid_first` (compact without a sort) against the stable sort of the flags; batched NMS
+and slot selection with select=topk against select=sort and torchvision; a small selection
+module exported by torch.export with its topk. detectron2-marked: static_graph with select=topk
+gives eager's detections and select=sort's outputs bit for bit, with the sort and topk calls
+counted, and the rewrite exports.
 """
 
 from __future__ import annotations
 
+from collections import Counter
+
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
+from runner import backends
+from runner.backends.static_graph.nms import batched_nms_topk
 from runner.backends.static_graph.order import (
     TOPK_SHARE,
     descending_prefix,
@@ -18,7 +27,8 @@ from runner.backends.static_graph.order import (
     stable_topk,
     valid_first,
 )
-from runner.backends.static_graph.slots import Slots, compact
+from runner.backends.static_graph.slots import Slots, compact, select
+from tests.test_static_nms import check, random_case
 
 DTYPES = [torch.float32, torch.float16, torch.bfloat16]
 
@@ -191,3 +201,211 @@ def test_compact_moves_every_field_as_the_sorted_compact_did():
         assert got.sem_seg is slots.sem_seg and got.exact is slots.exact
         count = int(valid[0].sum())
         assert got.valid[0, :count].all() and not got.valid[0, count:].any()
+
+
+# --- NMS and slot selection: select=topk against select=sort ----------------------------------
+
+
+@pytest.mark.parametrize("seed", range(10))
+def test_batched_nms_with_topk_candidates_is_the_sorts_to_the_bit(seed):
+    """Random clustered boxes with scores on a few levels (ties everywhere), fp32 and fp16,
+    budgets that take the packed path (c at most half the row): index, kept and exact equal
+    select=sort's, and every exact row equals torchvision's."""
+    g = torch.Generator().manual_seed(500 + seed)
+    n = int(torch.randint(200, 600, (), generator=g))
+    ties = [2, 5, 20][seed % 3]
+    boxes, scores, idxs, valid = random_case(seed, n, 1 + seed % 7, lead=(2,), tie_levels=ties)
+    scores = scores.half() if seed % 2 else scores
+    for budget in (1, 40, n // 4, n // 2):  # c = N takes the sort either way
+        for k in (1, 100):
+            by_sort = batched_nms_topk(boxes, scores, idxs, valid, 0.5, k, budget, select="sort")
+            by_topk = batched_nms_topk(boxes, scores, idxs, valid, 0.5, k, budget, select="topk")
+            for a, b in zip(by_sort, by_topk, strict=True):
+                assert torch.equal(a, b), (n, budget, k)
+    widened = scores.float()  # fp16 widened exactly: torchvision's NMS wants one dtype
+    check(boxes, widened, idxs, valid, 0.5, 30, max_candidates=n // 4, select="topk")
+
+
+def test_slot_selection_with_topk_is_the_sorts():
+    boxes, scores, idxs, valid = random_case(11, 1200, 9, lead=(2,), tie_levels=4)
+    by = {
+        way: select(boxes, scores, idxs, valid, 0.5, 100, 300, select=way)
+        for way in ("sort", "topk")
+    }
+    for field in ("boxes", "scores", "classes", "valid", "exact"):
+        assert torch.equal(getattr(by["sort"], field), getattr(by["topk"], field)), field
+    assert by["topk"].valid.sum() > 50  # NMS kept enough for the comparison to mean something
+
+
+def test_a_bad_select_is_refused_by_the_nms_and_the_options():
+    boxes, scores, idxs, valid = random_case(1, 20)
+    with pytest.raises(ValueError, match=r"select='heap'"):
+        batched_nms_topk(boxes, scores, idxs, valid, 0.5, 5, 10, select="heap")
+    for backend in ("static_graph", "aot_package"):
+        assert backends.validate_options(backend, {"select": "topk"}) == {"select": "topk"}
+        with pytest.raises(ValueError, match=r"options.select='heap'"):
+            backends.validate_options(backend, {"select": "heap"})
+
+
+def test_conf_defaults_select_to_sort_in_both_backends():
+    import re
+
+    from tests.helpers import CONF
+
+    for backend in ("static_graph", "aot_package"):
+        text = (CONF / "backend" / f"{backend}.yaml").read_text()
+        assert re.search(r"^  select: sort\b", text, re.MULTILINE), backend
+
+
+class _Selection(torch.nn.Module):
+    """slots.select then compact: the tail every head of the rewrite ends in."""
+
+    def __init__(self, select_by: str):
+        super().__init__()
+        self.select_by = select_by
+
+    def forward(self, boxes, scores, classes, valid):
+        slots = compact(select(boxes, scores, classes, valid, 0.5, 50, 200, select=self.select_by))
+        return slots.boxes, slots.scores, slots.classes, slots.valid, slots.exact
+
+
+@pytest.mark.parametrize("select_by", ["sort", "topk"])
+def test_selection_exports_with_its_topk_and_answers_the_same(select_by):
+    """torch.export (the package path, build.export) keeps the packed topk: the candidates by
+    one topk and no sort with select=topk, and compact with no sort either way."""
+    from runner.backends.aot_package import build
+
+    inputs = random_case(2, 1000, 6, lead=(1,), tie_levels=8)
+    module = _Selection(select_by).eval()
+    program = build.export(module, inputs)
+    targets = Counter(
+        str(node.target) for node in program.graph.nodes if node.op == "call_function"
+    )
+    sorts = sum(v for name, v in targets.items() if name.startswith("aten.sort"))
+    topks = sum(v for name, v in targets.items() if name.startswith("aten.topk"))
+    assert (sorts, topks) == ((1, 0) if select_by == "sort" else (0, 1)), targets
+    with torch.no_grad():
+        want = module(*inputs)
+    got = program.module()(*inputs)
+    for a, b in zip(want, got, strict=True):
+        assert torch.equal(a, b)
+
+
+# --- detectron2: static_graph with select=topk ------------------------------------------------
+
+
+class Orders(TorchDispatchMode):
+    """Counts the sort and topk calls dispatched while it is on, by op and input shape."""
+
+    def __init__(self):
+        super().__init__()
+        self.calls: Counter = Counter()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        name = str(func)
+        if name.startswith(("aten.sort", "aten.topk")):
+            self.calls[(name.split(".")[1], tuple(args[0].shape))] += 1
+        return func(*args, **(kwargs or {}))
+
+    def count(self, op: str) -> int:
+        return sum(v for (name, _), v in self.calls.items() if name == op)
+
+
+def _rewritten(cfg, exported, **options):
+    from runner.backends.static_graph import rewrite
+
+    merged = backends.validate_options("static_graph", {**cfg.backend.options, **options})
+    outputs, _ = rewrite(exported, cfg.precision, merged)
+    return outputs
+
+
+@pytest.mark.detectron2
+@pytest.mark.parametrize(
+    "name",
+    [
+        "MaskRCNNFPN",
+        pytest.param("MaskRCNNFPN_b2", marks=pytest.mark.slow),
+        pytest.param("CascadeRCNN", marks=pytest.mark.slow),
+    ],
+)
+def test_static_graph_with_topk_answers_as_with_sort_and_as_eager(make_config, name):
+    """The whole rewrite (RPN merge, box-head candidates, compact) on a small seed variant:
+    static_graph with select=topk detects what eager detects and answers itself; the rewrite's
+    outputs with select=topk equal select=sort's bit for bit. Counted: select=topk leaves one
+    sort (the per-level NMS, whose prefix is its whole row) and adds two topk calls (the RPN
+    merge, the box-head candidates) where select=sort sorts."""
+    from runner.run import measurement, parity
+    from tests.test_detectron2 import (
+        FEWER_PROPOSALS,
+        SMALL,
+        assert_same_detections,
+        variant_overrides,
+    )
+
+    cfg = make_config(*variant_overrides(name), *SMALL, "backend=static_graph")
+    cfg.model.arch_options = {**cfg.model.arch_options, **FEWER_PROPOSALS}
+    exported, images, _ = measurement.build(cfg, torch.device("cpu"))
+    opt = images.images["opt"]
+    chosen = backends.validate_options("static_graph", {**cfg.backend.options, "select": "topk"})
+    with torch.no_grad():
+        reference = exported.decode(exported.module(*opt), cfg.batch)
+        fn = backends.get("static_graph")(exported, images, cfg.precision, chosen)
+        output = exported.decode(fn(*opt), cfg.batch)
+    assert all(len(d) > 0 for d in reference), "no detections: parity would prove nothing"
+    assert "fallback_calls=0/1" in fn.notes(), fn.notes()  # the rewrite answered itself
+    assert_same_detections(reference, parity.compare(reference, output, cfg.bench.match_iou))
+    for ref, out in zip(reference, output, strict=True):
+        assert torch.equal(ref.classes, out.classes)
+
+    answers, orders = {}, {}
+    for way in ("sort", "topk"):
+        outputs = _rewritten(cfg, exported, select=way)
+        orders[way] = Orders()
+        with torch.no_grad(), orders[way]:
+            answers[way] = outputs(*opt)
+    for a, b in zip(answers["sort"], answers["topk"], strict=True):
+        assert torch.equal(a, b)
+    rpn = exported.model.proposal_generator
+    batch, levels, pre_k = cfg.batch, len(rpn.in_features), rpn.pre_nms_topk[False]
+    per_level_nms = ("sort", (batch * levels, pre_k))
+    assert orders["topk"].count("sort") == 1 and orders["topk"].calls[per_level_nms] == 1
+    assert orders["sort"].count("sort") == 1 + 2  # and the RPN merge, the box-head candidates
+    assert orders["topk"].count("topk") == orders["sort"].count("topk") + 2
+    assert orders["topk"].calls[("topk", (batch, levels * pre_k))] == 1  # the RPN merge
+    assert orders["topk"].calls[("topk", (batch, 200 * 80))] == 1  # the box-head candidates
+
+
+@pytest.mark.detectron2
+@pytest.mark.slow
+def test_the_rewrite_exports_with_topk_and_its_package_key_differs(make_config):
+    """torch.export of static_graph's rewrite of Mask R-CNN FPN with select=topk (what
+    aot_package compiles): the graph holds the packed topk calls, and the package key of
+    select=topk differs from select=sort's, as the graphs differ."""
+    from runner.backends.aot_package import build
+    from runner.run import measurement
+    from tests.test_detectron2 import FEWER_PROPOSALS, SMALL
+
+    cfg = make_config("model=mask_rcnn_fpn", *SMALL, "backend=static_graph")
+    cfg.model.arch_options = {**cfg.model.arch_options, **FEWER_PROPOSALS}
+    exported, images, _ = measurement.build(cfg, torch.device("cpu"))
+    opt = images.images["opt"]
+    keys, topks = {}, {}
+    for way in ("sort", "topk"):
+        outputs = _rewritten(cfg, exported, select=way)
+        with torch.no_grad():
+            expected = outputs(*opt)  # makes the anchors outside the trace, as aot_package does
+        program = build.export(outputs, opt)
+        topks[way] = sum(
+            str(node.target).startswith("aten.topk")
+            for module in program.graph_module.modules()
+            if isinstance(module, torch.fx.GraphModule)
+            for node in module.graph.nodes
+            if node.op == "call_function"
+        )
+        keys[way] = build.package_key(program, torch.device("cpu"), {})
+        with torch.no_grad():
+            got = program.module()(*opt)
+        for a, b in zip(expected, got, strict=True):
+            assert torch.equal(a, b)
+    assert topks["topk"] == topks["sort"] + 2, topks
+    assert keys["sort"] != keys["topk"]

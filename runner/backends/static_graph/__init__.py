@@ -43,6 +43,7 @@ OPTIONS = {
     "mode": ("default", "max-autotune-no-cudagraphs"),  # Inductor mode when compile=true
     "graphs": (bool,),  # false: run the rewritten forward without CUDA graphs (debugging)
     "max_candidates": (int,),  # detection candidates entering the final NMS
+    "select": ("sort", "topk"),  # a score order's prefix: full stable sort, or one packed topk
     "half_roi_align": (bool,),  # ROIAlign in fp16 on fp16 features (autocast runs it in fp32)
     "roi_align": ("torchvision", "op"),  # whose ROIAlign pools: torchvision's or d2bench::roi_align
     "fold_bn": (bool,),  # fold frozen batch norms into the convolutions before capture
@@ -124,6 +125,7 @@ def rewrite(exported, precision, options) -> tuple:
         raise ValueError(f"backend=static_graph: options.keypoint_area={keypoint_area}; need > 0")
     budgets = Budgets(
         max_candidates=candidates,
+        select=options.get("select", "sort"),
         half_roi_align=options.get("half_roi_align", False),
         roi_align=roi_align,
         keypoint_area=float(keypoint_area),

@@ -63,10 +63,20 @@ def select(
     nms_thresh: float,
     detections: int,
     max_candidates: int,
+    *,
+    select: str = "sort",
 ) -> Slots:
-    """Per-class NMS over [N, M] candidates, then the best `detections` survivors."""
+    """Per-class NMS over [N, M] candidates, then the best `detections` survivors. `select`:
+    how the `max_candidates` best are taken (nms.batched_nms_topk: "sort" or "topk")."""
     index, kept, exact = batched_nms_topk(
-        boxes, scores, classes, valid, nms_thresh, detections, max_candidates=max_candidates
+        boxes,
+        scores,
+        classes,
+        valid,
+        nms_thresh,
+        detections,
+        max_candidates=max_candidates,
+        select=select,
     )
     out_boxes = torch.where(
         kept[..., None], _gather(boxes, index), torch.zeros((), device=boxes.device)
