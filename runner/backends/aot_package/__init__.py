@@ -32,6 +32,7 @@ log = logging.getLogger(__name__)
 
 REWRITE = (
     "max_candidates",
+    "select",
     "half_roi_align",
     "roi_align",
     "fold_bn",

@@ -7,6 +7,7 @@ shape fixed by the config and the input size, what eager would remove is masked,
 detection count leaves the GPU once, at the end of the call. Parts, one file each:
 
     nms.py        sync-free batched NMS around the custom op d2bench::greedy_nms (runner.ops)
+    order.py      orders without a full sort: a stable sort's prefix by one topk, a partition
     proposals.py  the RPN: per-level top-k, decode, clip, masks, NMS, post-NMS top-k
     pooling.py    multi-level ROIAlign without per-level nonzero; mask paste
     slots.py      fixed detection slots: selection (NMS, best detections) and compaction
@@ -44,6 +45,7 @@ OPTIONS = {
     "mode": ("default", "max-autotune-no-cudagraphs"),  # Inductor mode when compile=true
     "graphs": (bool,),  # false: run the rewritten forward without CUDA graphs (debugging)
     "max_candidates": (int,),  # detection candidates entering the final NMS
+    "select": ("sort", "topk"),  # a score order's prefix: full stable sort, or one packed topk
     "half_roi_align": (bool,),  # ROIAlign in fp16 on fp16 features (autocast runs it in fp32)
     "roi_align": ("torchvision", "op"),  # whose ROIAlign pools: torchvision's or d2bench::roi_align
     "fold_bn": (bool,),  # fold frozen batch norms into the convolutions before capture
@@ -131,6 +133,7 @@ def rewrite(exported, precision, options) -> tuple:
         raise ValueError(f"backend=static_graph: options.keypoint_area={keypoint_area}; need > 0")
     budgets = Budgets(
         max_candidates=candidates,
+        select=options.get("select", "sort"),
         half_roi_align=options.get("half_roi_align", False),
         roi_align=roi_align,
         keypoint_area=float(keypoint_area),

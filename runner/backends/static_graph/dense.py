@@ -74,4 +74,5 @@ def _dense_slots(model, features: list, level_probs, deltas, anchors, options) -
         model.test_nms_thresh,
         model.max_detections_per_image,
         options.max_candidates,
+        select=options.select,
     )

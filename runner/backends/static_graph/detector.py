@@ -43,6 +43,8 @@ from runner.stages import stage
 @dataclass(frozen=True)
 class Budgets:
     max_candidates: int = 2048  # detection candidates entering the final NMS (slots.select)
+    # how a prefix of a score order is taken (candidates, the RPN's merge): sort | topk (order.py)
+    select: str = "sort"
     half_roi_align: bool = False  # ROIAlign on fp16 features in fp16 (pooling.py)
     roi_align: str = "torchvision"  # torchvision | op: d2bench::roi_align (pooling.py)
     # upsampled keypoint-heatmap pixels per image, in image areas (keypoints.py)
@@ -98,7 +100,9 @@ class RCNNHead:
 
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
         with stage("proposals"):
-            proposals = rpn_proposals(model.proposal_generator, size, features, anchors)
+            proposals = rpn_proposals(
+                model.proposal_generator, size, features, anchors, select=budgets.select
+            )
         with stage("boxes"):
             slots = self.box_stage(model.roi_heads, features, proposals, size, budgets)
         slots = replace(slots, exact=slots.exact & proposals.exact)
@@ -165,7 +169,9 @@ class ProposalHead:
 
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
         with stage("proposals"):
-            proposals = rpn_proposals(model.proposal_generator, size, features, anchors)
+            proposals = rpn_proposals(
+                model.proposal_generator, size, features, anchors, select=budgets.select
+            )
         return proposal_slots(proposals)
 
 

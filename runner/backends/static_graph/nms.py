@@ -1,7 +1,7 @@
 """Sync-free, fixed-shape batched NMS: torchvision's `batched_nms(...)[:k]` on padded inputs.
 
     batched_nms_topk(boxes [..., N, 4], scores [..., N], idxs [..., N], valid [..., N],
-                     iou_threshold, k, max_candidates=None)
+                     iou_threshold, k, max_candidates=None, select="sort")
         -> index [..., k] int64 into N, kept [..., k] bool, exact [...] bool
 
 For every leading index it gives what
@@ -42,7 +42,9 @@ answers (`method=`):
 `max_candidates` C: only the top-C valid boxes by score enter NMS (cost ~ C^2). Greedy NMS is
 prefix-consistent (a box's fate depends only on higher-scored boxes), so the answer is still
 exact when num_valid <= C or at least k boxes were kept among the candidates; `exact` says so,
-computed on the device.
+computed on the device. `select` says how the candidates are taken in that order: "sort" (a
+stable sort of the whole row, then its first C) or "topk" (order.stable_topk: one torch.topk
+of keys that pack score and index; the same indices, ties included).
 """
 
 from __future__ import annotations
@@ -54,6 +56,7 @@ import os
 import torch
 
 import runner.ops  # noqa: F401 - registers torch.ops.d2bench
+from runner.backends.static_graph.order import SELECTS, descending_prefix
 from runner.ops.nms import first_k_positions, greedy_nms_scan, iou_above
 
 log = logging.getLogger(__name__)
@@ -73,6 +76,7 @@ def batched_nms_topk(
     k: int,
     max_candidates: int | None = None,
     *,
+    select: str = "sort",
     method: str = "auto",
     solver: str = "auto",
     rounds: int = DEFAULT_ROUNDS,
@@ -90,6 +94,8 @@ def batched_nms_topk(
     max_candidates: only the top-`max_candidates` valid boxes by score enter NMS (cost ~
       max_candidates^2); exact stays True when num_valid <= max_candidates or at least k boxes
       were kept among the candidates (greedy NMS is prefix-consistent).
+    select: how the candidates are taken in score order: "sort" (a stable sort of the row) or
+      "topk" (order.stable_topk); the same candidates in the same order.
     method: "auto" (the op, except where `solver` is named or on CUDA without triton: torch),
       "op", "torch", "triton" (the op's Triton kernels: CUDA, or CPU under TRITON_INTERPRET=1).
     solver: the torch path's greedy solve: "scan" (exact, ~3 small ops per box: the CPU's
@@ -100,6 +106,8 @@ def batched_nms_topk(
         raise ValueError(f"method={method!r}: allowed values are {METHODS}")
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r}: allowed values are {SOLVERS}")
+    if select not in SELECTS:
+        raise ValueError(f"select={select!r}: allowed values are {SELECTS}")
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: must be at least 1")
     lead, n = scores.shape[:-1], scores.shape[-1]
@@ -135,6 +143,7 @@ def batched_nms_topk(
         idxs.reshape(flat, n),
         valid.reshape(flat, n),
         c,
+        select,
     )
     if method == "op" or (method == "triton" and on_cuda):
         position, count = torch.ops.d2bench.greedy_nms(cand.boxes, cand.valid, iou_threshold, k)
@@ -188,15 +197,22 @@ class Candidates:
 
 
 def sorted_candidates(
-    boxes: torch.Tensor, scores: torch.Tensor, idxs: torch.Tensor, valid: torch.Tensor, c: int
+    boxes: torch.Tensor,
+    scores: torch.Tensor,
+    idxs: torch.Tensor,
+    valid: torch.Tensor,
+    c: int,
+    select: str = "sort",
 ) -> Candidates:
     """boxes [B, N, 4], scores/idxs/valid [B, N] -> the top-c of each row, sorted as torchvision's
     nms sorts (stable, descending; invalid last), with boxes offset per category exactly as
-    `_batched_nms_coordinate_trick` offsets them (max over the row's valid boxes, in fp32)."""
+    `_batched_nms_coordinate_trick` offsets them (max over the row's valid boxes, in fp32).
+    `select`: the first c taken from a stable sort of the row ("sort") or by order.stable_topk
+    ("topk"): the same indices."""
     boxes = boxes.float()
     valid = valid.bool()
     masked = scores.masked_fill(~valid, float("-inf"))
-    order = torch.sort(masked, dim=-1, descending=True, stable=True).indices[:, :c]
+    order = descending_prefix(masked, c, select)
     any_valid = valid.any(-1)
     top = boxes.masked_fill(~valid[..., None], float("-inf")).amax(dim=(-2, -1))
     top = torch.where(any_valid, top, torch.zeros_like(top))  # no valid box: any finite value

@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from runner.backends.static_graph.nms import batched_nms_topk
+from runner.backends.static_graph.order import descending_prefix
 from runner.stages import stage
 
 
@@ -75,7 +76,9 @@ class Anchors:
         return self.made[key]
 
 
-def rpn_proposals(rpn, size: tuple[int, int], features: dict, anchors: Anchors) -> Proposals:
+def rpn_proposals(
+    rpn, size: tuple[int, int], features: dict, anchors: Anchors, *, select: str = "sort"
+) -> Proposals:
     """detectron2 `RPN` at inference, fixed-shape. `features`: the backbone's output dict."""
     feats = [features[f] for f in rpn.in_features]
     anchors = anchors(rpn.anchor_generator, feats)
@@ -130,11 +133,12 @@ def rpn_proposals(rpn, size: tuple[int, int], features: dict, anchors: Anchors) 
     same = torch.zeros(scores.shape, dtype=torch.int64, device=device)
     index, kept, exact = batched_nms_topk(shifted, scores, same, valid, rpn.nms_thresh, pre_k)
 
-    # merge the levels' survivors by score (stable: ties keep level order, as one sort would)
+    # merge the levels' survivors by score (stable: ties keep level order, as one sort would);
+    # `select` takes the post_nms_topk best by that sort or by order.stable_topk: the same ones
     kept_scores = scores.gather(2, index)
     kept_scores = torch.where(kept, kept_scores, torch.full_like(kept_scores, -float("inf")))
     flat_scores = kept_scores.flatten(1)  # [N, L*K]
-    order = torch.sort(flat_scores, dim=1, descending=True, stable=True).indices[:, :post_k]
+    order = descending_prefix(flat_scores, post_k, select)
     flat_index = (index + torch.arange(num_levels, device=device)[None, :, None] * pre_k).flatten(1)
     source = flat_index.gather(1, order)  # [N, P] into the [L*K] candidates
     out_valid = kept.flatten(1).gather(1, order)

@@ -20,12 +20,16 @@ from torch.nn import functional as F  # noqa: N812
 from runner import stages
 from runner.backends.static_graph.pooling import pool
 from runner.backends.static_graph.proposals import Proposals, clip
-from runner.backends.static_graph.slots import Slots, select
+from runner.backends.static_graph.slots import Slots
+from runner.backends.static_graph.slots import select as select_slots
 
 
-def fast_rcnn_slots(predictor, boxes, probs, proposals_valid, size, max_candidates) -> Slots:
+def fast_rcnn_slots(
+    predictor, boxes, probs, proposals_valid, size, max_candidates, select: str = "sort"
+) -> Slots:
     """detectron2's `fast_rcnn_inference` on fixed shapes: boxes [N, P, R*4] (R = 1 or K
-    regressed classes), probs [N, P, K+1] -> the best `test_topk_per_image` detections."""
+    regressed classes), probs [N, P, K+1] -> the best `test_topk_per_image` detections.
+    `select`: how the `max_candidates` best enter NMS (slots.select: "sort" or "topk")."""
     n, p = probs.shape[:2]
     num_classes = probs.shape[2] - 1
     rows_ok = proposals_valid & torch.isfinite(boxes).all(dim=2) & torch.isfinite(probs).all(dim=2)
@@ -37,7 +41,7 @@ def fast_rcnn_slots(predictor, boxes, probs, proposals_valid, size, max_candidat
         boxes = boxes.expand(n, p, num_classes, 4)
     candidates = (scores > predictor.test_score_thresh) & rows_ok[..., None]
     classes = torch.arange(num_classes, device=probs.device).expand(n, p, num_classes)
-    return select(
+    return select_slots(
         boxes.reshape(n, p * num_classes, 4),
         scores.reshape(n, p * num_classes),
         classes.reshape(n, p * num_classes),
@@ -45,6 +49,7 @@ def fast_rcnn_slots(predictor, boxes, probs, proposals_valid, size, max_candidat
         predictor.test_nms_thresh,
         predictor.test_topk_per_image,
         max_candidates,
+        select=select,
     )
 
 
@@ -70,7 +75,13 @@ def standard_boxes(heads, features: dict, proposals: Proposals, size, options) -
     pooled = _pool(heads.box_pooler, feats, proposals.boxes, options)
     boxes, probs = _predict(heads.box_predictor, heads.box_head(pooled), proposals.boxes)
     return fast_rcnn_slots(
-        heads.box_predictor, boxes, probs, proposals.valid, size, options.max_candidates
+        heads.box_predictor,
+        boxes,
+        probs,
+        proposals.valid,
+        size,
+        options.max_candidates,
+        options.select,
     )
 
 
@@ -91,7 +102,13 @@ def cascade_boxes(heads, features: dict, proposals: Proposals, size, options) ->
         total = total + probs
     mean = total * (1.0 / heads.num_cascade_stages)
     return fast_rcnn_slots(
-        heads.box_predictor[-1], boxes, mean, proposals.valid, size, options.max_candidates
+        heads.box_predictor[-1],
+        boxes,
+        mean,
+        proposals.valid,
+        size,
+        options.max_candidates,
+        options.select,
     )
 
 
@@ -101,7 +118,9 @@ def res5_boxes(heads, features: dict, proposals: Proposals, size, options) -> Sl
     x = heads.res5(_pool(heads.pooler, feats, proposals.boxes, options))
     predictor = heads.box_predictor
     boxes, probs = _predict(predictor, x.mean(dim=[2, 3]), proposals.boxes)
-    return fast_rcnn_slots(predictor, boxes, probs, proposals.valid, size, options.max_candidates)
+    return fast_rcnn_slots(
+        predictor, boxes, probs, proposals.valid, size, options.max_candidates, options.select
+    )
 
 
 def masks(heads, features: dict, slots: Slots, options) -> torch.Tensor:

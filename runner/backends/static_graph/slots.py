@@ -1,6 +1,7 @@
 """Slots: a fixed number of detection slots per image with a validity mask, and the two ways
 every head fills them: `select` (per-class NMS through the custom op, the best detections) and
-`compact` (the valid slots first, in order, as removing the others would leave them).
+`compact` (the valid slots first, in order, as removing the others would leave them: a
+stable partition, order.valid_first, with no sort).
 
 Every head of the rewrite (roi_heads.py, dense.py, the RPN-only and semantic heads of
 detector.py) answers with Slots; post-processing (postprocess.py) and the package's Outputs
@@ -16,6 +17,7 @@ from dataclasses import dataclass
 import torch
 
 from runner.backends.static_graph.nms import batched_nms_topk
+from runner.backends.static_graph.order import valid_first
 
 
 @dataclass
@@ -61,10 +63,20 @@ def select(
     nms_thresh: float,
     detections: int,
     max_candidates: int,
+    *,
+    select: str = "sort",
 ) -> Slots:
-    """Per-class NMS over [N, M] candidates, then the best `detections` survivors."""
+    """Per-class NMS over [N, M] candidates, then the best `detections` survivors. `select`:
+    how the `max_candidates` best are taken (nms.batched_nms_topk: "sort" or "topk")."""
     index, kept, exact = batched_nms_topk(
-        boxes, scores, classes, valid, nms_thresh, detections, max_candidates=max_candidates
+        boxes,
+        scores,
+        classes,
+        valid,
+        nms_thresh,
+        detections,
+        max_candidates=max_candidates,
+        select=select,
     )
     out_boxes = torch.where(
         kept[..., None], _gather(boxes, index), torch.zeros((), device=boxes.device)
@@ -82,8 +94,9 @@ def select(
 
 def compact(slots: Slots) -> Slots:
     """Move the valid slots to the front, keeping their order (what removing the others does);
-    the per-image `sem_seg` stays as it is."""
-    order = torch.sort((~slots.valid).to(torch.uint8), dim=1, stable=True).indices
+    the per-image `sem_seg` stays as it is. The order is the stable sort's of the flags, found
+    without sorting (order.valid_first)."""
+    order = valid_first(slots.valid)
 
     def gather(values):
         return None if values is None else _gather(values, order)
