@@ -432,3 +432,28 @@ def test_a_gpu_run_writes_stages_flops_and_the_share_of_the_peak(tmp_path):
     assert rows["eager"].gflop_per_call == rows["static_graph"].gflop_per_call
     graph = rows["static_graph"]
     assert graph.stage_boxes_ms > 0 and graph.stage_preprocess_ms > 0
+
+
+def test_sweep_kernels_pairs_each_option_with_todays_best_form(tmp_path):
+    """conf/sweep/kernels.yaml (the plan only): one session of six static_graph compile=true
+    points per variant, the new options alone and together, each against the form as it is."""
+    from tests.test_sweeper import NO_RUN, REFUSED, launched_jobs, launched_sessions
+
+    args = ("sweep=kernels", "precision=fp16", "variant=MaskRCNNFPN", *NO_RUN)
+    done = run_runner(*args, f"hydra.sweep.dir={tmp_path}", timeout=300)
+    log = done.stdout + done.stderr
+    jobs = launched_jobs(log)
+    assert len(jobs) == 6 and launched_sessions(log) == 1, log[-2000:]
+    forms = {(j["backend"], j["backend.options.compile"]) for j in jobs}
+    assert forms == {("static_graph", "true")}
+    options = ("roi_align", "select", "fuse_levels", "cudnn_benchmark")
+    points = {tuple(j.get(f"backend.options.{o}", "") for o in options) for j in jobs}
+    assert points == {
+        ("", "", "", ""),
+        ("op", "", "", ""),
+        ("", "topk", "", ""),
+        ("", "", "true", ""),
+        ("op", "topk", "true", ""),
+        ("op", "topk", "true", "true"),
+    }
+    assert REFUSED.format(6) in log
