@@ -319,6 +319,18 @@ def _rewritten(cfg, exported, **options):
     return outputs
 
 
+def both_ways(cfg, exported, images) -> tuple[dict, dict]:
+    """The rewrite's outputs with select=sort and select=topk, and the sort and topk calls each
+    made (Orders), by way."""
+    answers, orders = {}, {}
+    for way in ("sort", "topk"):
+        outputs = _rewritten(cfg, exported, select=way)
+        orders[way] = Orders()
+        with torch.no_grad(), orders[way]:
+            answers[way] = outputs(*images)
+    return answers, orders
+
+
 @pytest.mark.detectron2
 @pytest.mark.parametrize(
     "name",
@@ -357,12 +369,7 @@ def test_static_graph_with_topk_answers_as_with_sort_and_as_eager(make_config, n
     for ref, out in zip(reference, output, strict=True):
         assert torch.equal(ref.classes, out.classes)
 
-    answers, orders = {}, {}
-    for way in ("sort", "topk"):
-        outputs = _rewritten(cfg, exported, select=way)
-        orders[way] = Orders()
-        with torch.no_grad(), orders[way]:
-            answers[way] = outputs(*opt)
+    answers, orders = both_ways(cfg, exported, opt)
     for a, b in zip(answers["sort"], answers["topk"], strict=True):
         assert torch.equal(a, b)
     rpn = exported.model.proposal_generator
@@ -385,12 +392,7 @@ def test_retinanets_candidates_take_the_topk_and_answer_as_the_sort(make_config)
     cfg = make_config(*variant_overrides("RetinaNet"), *SMALL, "backend=static_graph")
     exported, images, _ = measurement.build(cfg, torch.device("cpu"))
     opt = images.images["opt"]
-    answers, orders = {}, {}
-    for way in ("sort", "topk"):
-        outputs = _rewritten(cfg, exported, select=way)
-        orders[way] = Orders()
-        with torch.no_grad(), orders[way]:
-            answers[way] = outputs(*opt)
+    answers, orders = both_ways(cfg, exported, opt)
     assert int(answers["sort"][3].sum()) > 0, "no detections: the comparison would prove nothing"
     for a, b in zip(answers["sort"], answers["topk"], strict=True):
         assert torch.equal(a, b)
