@@ -226,6 +226,26 @@ def test_batched_nms_with_topk_candidates_is_the_sorts_to_the_bit(seed):
     check(boxes, widened, idxs, valid, 0.5, 30, max_candidates=n // 4, select="topk")
 
 
+@pytest.mark.parametrize("seed", range(6))
+def test_rows_of_a_sorted_topk_taken_where_they_stand_are_the_sorts(seed):
+    """The RPN's per-level rows come from a sorted torch.topk (tied scores in topk's order),
+    some entries masked invalid afterwards: presorted=True takes the valid ones first where they
+    stand, and index, kept and exact equal the stable sort's."""
+    g = torch.Generator().manual_seed(900 + seed)
+    n, levels = 300, 3
+    boxes, _, _, _ = random_case(seed, n, 1, lead=(levels,))
+    raw = torch.randint(0, [2, 5, 30][seed % 3], (levels, 4 * n), generator=g).float()
+    raw = raw.half() if seed % 2 else raw
+    scores = raw.topk(n, dim=1).values  # sorted=True: descending, ties in topk's order
+    valid = torch.rand(levels, n, generator=g) > [0.0, 0.3, 0.9][seed % 3]
+    same = torch.zeros(levels, n, dtype=torch.int64)
+    for budget in (n, n // 2):
+        by_sort = batched_nms_topk(boxes, scores, same, valid, 0.7, 100, budget, select="sort")
+        in_place = batched_nms_topk(boxes, scores, same, valid, 0.7, 100, budget, presorted=True)
+        for a, b in zip(by_sort, in_place, strict=True):
+            assert torch.equal(a, b), budget
+
+
 def test_slot_selection_with_topk_is_the_sorts():
     boxes, scores, idxs, valid = random_case(11, 1200, 9, lead=(2,), tie_levels=4)
     by = {
@@ -343,8 +363,8 @@ def both_ways(cfg, exported, images) -> tuple[dict, dict]:
 def test_static_graph_with_topk_answers_as_with_sort_and_as_eager(make_config, name):
     """The whole rewrite (RPN merge, box-head candidates, compact) on a small seed variant:
     static_graph with select=topk detects what eager detects and answers itself; the rewrite's
-    outputs with select=topk equal select=sort's bit for bit. Counted: select=topk leaves one
-    sort (the per-level NMS, whose prefix is its whole row) and adds two topk calls (the RPN
+    outputs with select=topk equal select=sort's bit for bit. Counted: select=topk sorts
+    nothing (the per-level NMS takes its rows where they stand) and adds two topk calls (the RPN
     merge, the box-head candidates) where select=sort sorts."""
     from runner.run import measurement, parity
     from tests.test_detectron2 import (
@@ -375,7 +395,8 @@ def test_static_graph_with_topk_answers_as_with_sort_and_as_eager(make_config, n
     rpn = exported.model.proposal_generator
     batch, levels, pre_k = cfg.batch, len(rpn.in_features), rpn.pre_nms_topk[False]
     per_level_nms = ("sort", (batch * levels, pre_k))
-    assert orders["topk"].count("sort") == 1 and orders["topk"].calls[per_level_nms] == 1
+    assert orders["topk"].count("sort") == 0, orders["topk"].calls  # every sort replaced
+    assert orders["sort"].calls[per_level_nms] == 1
     assert orders["sort"].count("sort") == 1 + 2  # and the RPN merge, the box-head candidates
     assert orders["topk"].count("topk") == orders["sort"].count("topk") + 2
     assert orders["topk"].calls[("topk", (batch, levels * pre_k))] == 1  # the RPN merge

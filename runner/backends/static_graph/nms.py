@@ -56,7 +56,7 @@ import os
 import torch
 
 import runner.ops  # noqa: F401 - registers torch.ops.d2bench
-from runner.backends.static_graph.order import SELECTS, descending_prefix
+from runner.backends.static_graph.order import SELECTS, descending_prefix, valid_first
 from runner.ops.nms import first_k_positions, greedy_nms_scan, iou_above
 
 log = logging.getLogger(__name__)
@@ -77,6 +77,7 @@ def batched_nms_topk(
     max_candidates: int | None = None,
     *,
     select: str = "sort",
+    presorted: bool = False,
     method: str = "auto",
     solver: str = "auto",
     rounds: int = DEFAULT_ROUNDS,
@@ -96,6 +97,9 @@ def batched_nms_topk(
       were kept among the candidates (greedy NMS is prefix-consistent).
     select: how the candidates are taken in score order: "sort" (a stable sort of the row) or
       "topk" (order.stable_topk); the same candidates in the same order.
+    presorted: the caller promises that each row's valid entries are already in descending
+      score order (a sorted torch.topk's output, masked): they are taken first, where they
+      stand, with no sort (order.valid_first), which is the order the stable sort gives them.
     method: "auto" (the op, except where `solver` is named or on CUDA without triton: torch),
       "op", "torch", "triton" (the op's Triton kernels: CUDA, or CPU under TRITON_INTERPRET=1).
     solver: the torch path's greedy solve: "scan" (exact, ~3 small ops per box: the CPU's
@@ -143,7 +147,7 @@ def batched_nms_topk(
         idxs.reshape(flat, n),
         valid.reshape(flat, n),
         c,
-        select,
+        "presorted" if presorted else select,
     )
     if method == "op" or (method == "triton" and on_cuda):
         position, count = torch.ops.d2bench.greedy_nms(cand.boxes, cand.valid, iou_threshold, k)
@@ -208,11 +212,14 @@ def sorted_candidates(
     nms sorts (stable, descending; invalid last), with boxes offset per category exactly as
     `_batched_nms_coordinate_trick` offsets them (max over the row's valid boxes, in fp32).
     `select`: the first c taken from a stable sort of the row ("sort") or by order.stable_topk
-    ("topk"): the same indices."""
+    ("topk"), or, for rows whose valid entries are in descending order already ("presorted"),
+    the valid ones first where they stand (order.valid_first): the same indices."""
     boxes = boxes.float()
     valid = valid.bool()
-    masked = scores.masked_fill(~valid, float("-inf"))
-    order = descending_prefix(masked, c, select)
+    if select == "presorted":
+        order = valid_first(valid)[:, :c]
+    else:
+        order = descending_prefix(scores.masked_fill(~valid, float("-inf")), c, select)
     any_valid = valid.any(-1)
     top = boxes.masked_fill(~valid[..., None], float("-inf")).amax(dim=(-2, -1))
     top = torch.where(any_valid, top, torch.zeros_like(top))  # no valid box: any finite value

@@ -131,7 +131,11 @@ def rpn_proposals(
     offsets = level[None, :] * (largest[:, None] + 1)  # [N, L]
     shifted = boxes + offsets[:, :, None, None]
     same = torch.zeros(scores.shape, dtype=torch.int64, device=device)
-    index, kept, exact = batched_nms_topk(shifted, scores, same, valid, rpn.nms_thresh, pre_k)
+    # each level's row comes from a sorted topk, so its valid entries are in score order
+    # already: with select=topk they are taken where they stand instead of sorted again
+    index, kept, exact = batched_nms_topk(
+        shifted, scores, same, valid, rpn.nms_thresh, pre_k, presorted=select == "topk"
+    )
 
     # merge the levels' survivors by score (stable: ties keep level order, as one sort would);
     # `select` takes the post_nms_topk best by that sort or by order.stable_topk: the same ones
