@@ -15,6 +15,7 @@ from pathlib import Path
 
 import pytest
 
+from runner import scratch
 from runner.run import workers
 from runner.run.workers import ChildFailed, InlineWorker, Worker
 from tests import isolation_helpers as helpers
@@ -68,8 +69,8 @@ def test_scratch_folders_of_parents_that_are_gone_are_removed_by_the_next_worker
     gone = subprocess.Popen(["true"])
     gone.wait()
     root = Path(tempfile.gettempdir())
-    orphan = root / f"{workers.SCRATCH_PREFIX}{gone.pid}-test"
-    alive = root / f"{workers.SCRATCH_PREFIX}{os.getppid()}-test"
+    orphan = root / f"{scratch.PREFIX}{gone.pid}-test"
+    alive = root / f"{scratch.PREFIX}{os.getppid()}-test"
     for folder in (orphan, alive):
         (folder / "aotinductor_x").mkdir(parents=True)
     try:

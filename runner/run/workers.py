@@ -17,8 +17,7 @@ kills it when its parent dies: a timeout or a crash takes it down with any worke
 (compiler pools), and the driver frees its GPU memory.
 
 Each child gets a scratch folder of its own (runner.scratch), which the parent removes once the
-child has ended, however it ended; a parent killed outright leaves it, and the next Worker made
-on the machine removes it.
+child has ended, however it ended.
 
 Ctrl-C: a terminal's SIGINT reaches only the parent (the child has its own session). The parent
 kills the child's process group at once (its GPU memory goes with it); `Worker.receive` then
@@ -31,14 +30,11 @@ from __future__ import annotations
 import logging
 import multiprocessing
 import os
-import shutil
 import signal
 import sys
-import tempfile
 import time
 import traceback
 from collections.abc import Callable, Sequence
-from pathlib import Path
 from typing import Any
 
 from runner import scratch
@@ -163,35 +159,8 @@ def _spawn_context():
 
 def _start(process, env: dict[str, str]) -> None:
     """Start the child with this process's environment plus `env` (this process keeps its own)."""
-    saved = {key: os.environ.get(key) for key in env}
-    os.environ.update(env)
-    try:
+    with scratch.environment(env):
         process.start()  # the child copies this process's environment now
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
-
-
-SCRATCH_PREFIX = "d2bench-child-"  # + the parent's pid + "-": a scratch folder (runner.scratch)
-
-
-def _remove_orphaned_scratch() -> None:
-    """Remove the scratch folders of parents that are gone: one killed outright (SIGKILL, a
-    batch's time limit) could not remove its child's."""
-    root = Path(tempfile.gettempdir())
-    for folder in root.glob(f"{SCRATCH_PREFIX}*-*"):
-        pid = folder.name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
-        if not pid.isdigit() or int(pid) == os.getpid():
-            continue
-        try:
-            os.kill(int(pid), 0)
-        except ProcessLookupError:  # its parent is gone
-            shutil.rmtree(folder, ignore_errors=True)
-        except PermissionError:  # alive, another user's
-            pass
 
 
 def _kill_group(process) -> None:
@@ -224,8 +193,7 @@ class Worker:
             target=_serve, args=(factory, args, child_conn, list(cpus or [])), daemon=False
         )
         self.closed = False
-        _remove_orphaned_scratch()
-        self.scratch = tempfile.mkdtemp(prefix=f"{SCRATCH_PREFIX}{os.getpid()}-")
+        self.scratch = scratch.make()
         try:
             _start(self.process, {**(env or {}), scratch.ENV: self.scratch})
         except BaseException:  # Ctrl-C while starting: no child is left behind
@@ -300,7 +268,7 @@ class Worker:
         if not kill:
             self.process.join(2)
         _kill_group(self.process)
-        shutil.rmtree(self.scratch, ignore_errors=True)
+        scratch.remove(self.scratch)
 
 
 def the_function(fn: Callable) -> Callable:

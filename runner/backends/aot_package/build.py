@@ -26,7 +26,6 @@ CPU package the CPU kernel of d2bench's NMS op (`import runner.ops`). The packag
 
 from __future__ import annotations
 
-import contextlib
 import hashlib
 import json
 import logging
@@ -242,30 +241,13 @@ def load(path: Path, device: torch.device):
     inductor_config.compile_threads = 1
     started = time.perf_counter()
     index = device.index if device.type == "cuda" and device.index is not None else -1
-    with _unpacking_into(scratch.folder()):
+    with scratch.as_tmpdir():
         loaded = torch._inductor.aoti_load_package(
             str(path), run_single_threaded=True, device_index=index
         )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
     return loaded, time.perf_counter() - started
-
-
-@contextlib.contextmanager
-def _unpacking_into(folder: str | None):
-    """TMPDIR set to `folder` (where given) for the loader's C++ code while the block runs."""
-    if not folder:
-        yield
-        return
-    saved = os.environ.get("TMPDIR")
-    os.environ["TMPDIR"] = folder
-    try:
-        yield
-    finally:
-        if saved is None:
-            os.environ.pop("TMPDIR", None)
-        else:
-            os.environ["TMPDIR"] = saved
 
 
 def requirements(meta: dict[str, str]) -> list[str]:
