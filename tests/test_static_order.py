@@ -229,7 +229,7 @@ def test_batched_nms_with_topk_candidates_is_the_sorts_to_the_bit(seed):
 @pytest.mark.parametrize("seed", range(6))
 def test_rows_of_a_sorted_topk_taken_where_they_stand_are_the_sorts(seed):
     """The RPN's per-level rows come from a sorted torch.topk (tied scores in topk's order),
-    some entries masked invalid afterwards: presorted=True takes the valid ones first where they
+    some entries masked invalid afterwards: select="presorted" takes the valid ones first where they
     stand, and index, kept and exact equal the stable sort's."""
     g = torch.Generator().manual_seed(900 + seed)
     n, levels = 300, 3
@@ -240,8 +240,10 @@ def test_rows_of_a_sorted_topk_taken_where_they_stand_are_the_sorts(seed):
     valid = torch.rand(levels, n, generator=g) > [0.0, 0.3, 0.9][seed % 3]
     same = torch.zeros(levels, n, dtype=torch.int64)
     for budget in (n, n // 2):
-        by_sort = batched_nms_topk(boxes, scores, same, valid, 0.7, 100, budget, select="sort")
-        in_place = batched_nms_topk(boxes, scores, same, valid, 0.7, 100, budget, presorted=True)
+        by_sort, in_place = (
+            batched_nms_topk(boxes, scores, same, valid, 0.7, 100, budget, select=way)
+            for way in ("sort", "presorted")
+        )
         for a, b in zip(by_sort, in_place, strict=True):
             assert torch.equal(a, b), budget
 

@@ -77,7 +77,6 @@ def batched_nms_topk(
     max_candidates: int | None = None,
     *,
     select: str = "sort",
-    presorted: bool = False,
     method: str = "auto",
     solver: str = "auto",
     rounds: int = DEFAULT_ROUNDS,
@@ -95,11 +94,11 @@ def batched_nms_topk(
     max_candidates: only the top-`max_candidates` valid boxes by score enter NMS (cost ~
       max_candidates^2); exact stays True when num_valid <= max_candidates or at least k boxes
       were kept among the candidates (greedy NMS is prefix-consistent).
-    select: how the candidates are taken in score order: "sort" (a stable sort of the row) or
-      "topk" (order.stable_topk); the same candidates in the same order.
-    presorted: the caller promises that each row's valid entries are already in descending
-      score order (a sorted torch.topk's output, masked): they are taken first, where they
-      stand, with no sort (order.valid_first), which is the order the stable sort gives them.
+    select: how the candidates are taken in score order: "sort" (a stable sort of the row),
+      "topk" (order.stable_topk), or "presorted", where the caller promises that each row's
+      valid entries are in descending score order already (a sorted torch.topk's output,
+      masked): they are taken first, where they stand, with no sort (order.valid_first). All
+      three give the same candidates in the same order.
     method: "auto" (the op, except where `solver` is named or on CUDA without triton: torch),
       "op", "torch", "triton" (the op's Triton kernels: CUDA, or CPU under TRITON_INTERPRET=1).
     solver: the torch path's greedy solve: "scan" (exact, ~3 small ops per box: the CPU's
@@ -110,8 +109,8 @@ def batched_nms_topk(
         raise ValueError(f"method={method!r}: allowed values are {METHODS}")
     if solver not in SOLVERS:
         raise ValueError(f"solver={solver!r}: allowed values are {SOLVERS}")
-    if select not in SELECTS:
-        raise ValueError(f"select={select!r}: allowed values are {SELECTS}")
+    if select not in (*SELECTS, "presorted"):
+        raise ValueError(f"select={select!r}: allowed values are {(*SELECTS, 'presorted')}")
     if rounds < 1:
         raise ValueError(f"rounds={rounds}: must be at least 1")
     lead, n = scores.shape[:-1], scores.shape[-1]
@@ -147,7 +146,7 @@ def batched_nms_topk(
         idxs.reshape(flat, n),
         valid.reshape(flat, n),
         c,
-        "presorted" if presorted else select,
+        select,
     )
     if method == "op" or (method == "triton" and on_cuda):
         position, count = torch.ops.d2bench.greedy_nms(cand.boxes, cand.valid, iou_threshold, k)

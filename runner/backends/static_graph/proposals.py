@@ -133,8 +133,9 @@ def rpn_proposals(
     same = torch.zeros(scores.shape, dtype=torch.int64, device=device)
     # each level's row comes from a sorted topk, so its valid entries are in score order
     # already: with select=topk they are taken where they stand instead of sorted again
+    in_order = "presorted" if select == "topk" else "sort"
     index, kept, exact = batched_nms_topk(
-        shifted, scores, same, valid, rpn.nms_thresh, pre_k, presorted=select == "topk"
+        shifted, scores, same, valid, rpn.nms_thresh, pre_k, select=in_order
     )
 
     # merge the levels' survivors by score (stable: ties keep level order, as one sort would);

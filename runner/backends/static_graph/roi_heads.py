@@ -20,16 +20,13 @@ from torch.nn import functional as F  # noqa: N812
 from runner import stages
 from runner.backends.static_graph.pooling import pool
 from runner.backends.static_graph.proposals import Proposals, clip
-from runner.backends.static_graph.slots import Slots
-from runner.backends.static_graph.slots import select as select_slots
+from runner.backends.static_graph.slots import Slots, select
 
 
-def fast_rcnn_slots(
-    predictor, boxes, probs, proposals_valid, size, max_candidates, select: str = "sort"
-) -> Slots:
+def fast_rcnn_slots(predictor, boxes, probs, proposals_valid, size, budgets) -> Slots:
     """detectron2's `fast_rcnn_inference` on fixed shapes: boxes [N, P, R*4] (R = 1 or K
-    regressed classes), probs [N, P, K+1] -> the best `test_topk_per_image` detections.
-    `select`: how the `max_candidates` best enter NMS (slots.select: "sort" or "topk")."""
+    regressed classes), probs [N, P, K+1] -> the best `test_topk_per_image` detections; the
+    budgets' `max_candidates` enter NMS, taken as their `select` says (slots.select)."""
     n, p = probs.shape[:2]
     num_classes = probs.shape[2] - 1
     rows_ok = proposals_valid & torch.isfinite(boxes).all(dim=2) & torch.isfinite(probs).all(dim=2)
@@ -41,15 +38,15 @@ def fast_rcnn_slots(
         boxes = boxes.expand(n, p, num_classes, 4)
     candidates = (scores > predictor.test_score_thresh) & rows_ok[..., None]
     classes = torch.arange(num_classes, device=probs.device).expand(n, p, num_classes)
-    return select_slots(
+    return select(
         boxes.reshape(n, p * num_classes, 4),
         scores.reshape(n, p * num_classes),
         classes.reshape(n, p * num_classes),
         candidates.reshape(n, p * num_classes),
         predictor.test_nms_thresh,
         predictor.test_topk_per_image,
-        max_candidates,
-        select=select,
+        budgets.max_candidates,
+        select=budgets.select,
     )
 
 
@@ -74,15 +71,7 @@ def standard_boxes(heads, features: dict, proposals: Proposals, size, options) -
     feats = [features[f] for f in heads.box_in_features]
     pooled = _pool(heads.box_pooler, feats, proposals.boxes, options)
     boxes, probs = _predict(heads.box_predictor, heads.box_head(pooled), proposals.boxes)
-    return fast_rcnn_slots(
-        heads.box_predictor,
-        boxes,
-        probs,
-        proposals.valid,
-        size,
-        options.max_candidates,
-        options.select,
-    )
+    return fast_rcnn_slots(heads.box_predictor, boxes, probs, proposals.valid, size, options)
 
 
 def cascade_boxes(heads, features: dict, proposals: Proposals, size, options) -> Slots:
@@ -101,15 +90,7 @@ def cascade_boxes(heads, features: dict, proposals: Proposals, size, options) ->
     for probs in probs_per_stage[1:]:  # sum() in detectron2: ((s0 + s1) + s2), then scaled
         total = total + probs
     mean = total * (1.0 / heads.num_cascade_stages)
-    return fast_rcnn_slots(
-        heads.box_predictor[-1],
-        boxes,
-        mean,
-        proposals.valid,
-        size,
-        options.max_candidates,
-        options.select,
-    )
+    return fast_rcnn_slots(heads.box_predictor[-1], boxes, mean, proposals.valid, size, options)
 
 
 def res5_boxes(heads, features: dict, proposals: Proposals, size, options) -> Slots:
@@ -118,9 +99,7 @@ def res5_boxes(heads, features: dict, proposals: Proposals, size, options) -> Sl
     x = heads.res5(_pool(heads.pooler, feats, proposals.boxes, options))
     predictor = heads.box_predictor
     boxes, probs = _predict(predictor, x.mean(dim=[2, 3]), proposals.boxes)
-    return fast_rcnn_slots(
-        predictor, boxes, probs, proposals.valid, size, options.max_candidates, options.select
-    )
+    return fast_rcnn_slots(predictor, boxes, probs, proposals.valid, size, options)
 
 
 def masks(heads, features: dict, slots: Slots, options) -> torch.Tensor:
