@@ -17,7 +17,8 @@ copy, by the range its launch happened in (`STAGE_BASIS["cuda"]`); on the CPU, t
 inside each range less the ranges nested in it. Work outside every range is `other`, so the
 stages add up to the call's total. A graph replay runs no Python, and Inductor removes
 record_function ranges from what it compiles (so they cannot block fusion): the stage pass
-runs one uncaptured, uncompiled call, and compiled code has no stages.
+runs one uncaptured call, of the uncompiled forward or of a second compile that keeps the
+ranges (`compile_keeping_ranges`, at the end of this file: static_graph's compile_stages).
 """
 
 from __future__ import annotations
@@ -175,3 +176,133 @@ def events_of(function_events: Iterable) -> list[Event]:
             )
         )
     return events
+
+
+# ---- stage ranges in compiled code ---------------------------------------------------------
+#
+# Dynamo leaves record_function ranges out of the graphs it captures unless it is told to keep
+# them (torch._dynamo.config.capture_profiler_record_function), and Inductor removes the kept
+# ones after grad, so that they cannot block fusion (torch/_inductor/fx_passes/post_grad.py,
+# _remove_profiler_ops). `compile_keeping_ranges` keeps the stage ranges: a post-grad pass that
+# runs before that removal turns each stage range's enter and exit into the custom ops
+# d2bench::range_enter and d2bench::range_exit. They have side effects (Inductor keeps them),
+# each takes the previous one's answer (they run in the ranges' order), and the compiled code
+# calls them where the ranges were: the kernels between them launch inside the range. Inductor
+# may still fuse work across a range's edge (nothing ties the kernels to the markers); such a
+# kernel counts for the range it launched in.
+
+RANGE_OPS = ("d2bench::range_enter", "d2bench::range_exit")
+
+
+def compile_keeping_ranges(module, mode: str = "default"):
+    """`torch.compile(module, mode=mode, dynamic=False)` whose compiled code keeps the stage
+    ranges of `module`'s forward (`with stage(...)`), for a stage pass of compiled code. It
+    differs from the plain compile only there: the marker calls, and Inductor's locality
+    reordering off (it would move a stage's last op past the next stage's marker). The first
+    call compiles, as any torch.compile; call it through the returned function, which keeps the
+    ranges while dynamo traces."""
+    import torch
+
+    _register_range_ops()
+    options = dict(torch._inductor.list_mode_options(mode))
+    options.update(
+        post_grad_custom_pre_pass=_keep_ranges_pass(),
+        reorder_for_locality=False,
+        reorder_for_peak_memory=False,
+    )
+    compiled = torch.compile(module, options=options, dynamic=False)
+
+    def call(*args):
+        with torch._dynamo.config.patch(capture_profiler_record_function=True):
+            return compiled(*args)
+
+    return call
+
+
+_OPEN_RANGES: dict[int, object] = {}  # range_enter's key -> the profiler's open record
+
+
+def _register_range_ops() -> None:
+    import itertools
+
+    import torch
+
+    if hasattr(torch.ops.d2bench, "range_enter"):
+        return
+    keys = itertools.count(1)
+
+    @torch.library.custom_op(
+        RANGE_OPS[0], mutates_args=(), schema="(str name, Tensor? after) -> Tensor"
+    )
+    def range_enter(name, after):
+        """Opens the profiler range `name` (after the marker whose answer is `after`); answers
+        the key range_exit closes it by."""
+        key = next(keys)
+        answer = torch.full((), key, dtype=torch.int64)
+        _OPEN_RANGES[key] = torch.ops.profiler._record_function_enter_new(name, None)
+        return answer
+
+    @range_enter.register_fake
+    def _(name, after):
+        return torch.empty((), dtype=torch.int64)
+
+    @torch.library.custom_op(
+        RANGE_OPS[1], mutates_args=(), schema="(Tensor key, Tensor after) -> Tensor"
+    )
+    def range_exit(key, after):
+        """Closes the range range_enter opened with `key` (after the marker answering `after`)."""
+        torch.ops.profiler._record_function_exit._RecordFunction(_OPEN_RANGES.pop(int(key)))
+        return torch.zeros((), dtype=torch.int64)
+
+    @range_exit.register_fake
+    def _(key, after):
+        return torch.empty((), dtype=torch.int64)
+
+    for op in (torch.ops.d2bench.range_enter.default, torch.ops.d2bench.range_exit.default):
+        torch.fx.node.has_side_effect(op)  # no one reads their answers: Inductor keeps them
+
+
+def _keep_ranges(graph) -> None:
+    """The post-grad pass: every stage range's profiler enter and exit in `graph` replaced by
+    range_enter and range_exit, chained in graph order. Other ranges are left to Inductor."""
+    import torch
+
+    enter = torch.ops.profiler._record_function_enter_new.default
+    leave = torch.ops.profiler._record_function_exit._RecordFunction
+    fake_mode = next(
+        v.fake_mode
+        for v in (n.meta.get("val") for n in graph.nodes)
+        if isinstance(v, torch._subclasses.FakeTensor)
+    )
+    opened, last, old = {}, None, []
+    for node in list(graph.nodes):
+        if node.op != "call_function":
+            continue
+        if node.target is enter and str(node.args[0]).startswith(PREFIX):
+            op, args = torch.ops.d2bench.range_enter.default, (node.args[0], last)
+        elif node.target is leave and node.args[0] in opened:
+            op, args = torch.ops.d2bench.range_exit.default, (opened[node.args[0]], last)
+        else:
+            continue
+        with graph.inserting_before(node):
+            last = graph.call_function(op, args)
+        with fake_mode:
+            last.meta["val"] = torch.empty((), dtype=torch.int64)
+        if node.target is enter:
+            opened[node] = last
+        old.append(node)
+    for node in reversed(old):  # each exit before the enter it reads
+        graph.erase_node(node)
+
+
+def _keep_ranges_pass():
+    from torch._inductor.custom_graph_pass import CustomGraphPass, get_hash_for_files
+
+    class KeepRanges(CustomGraphPass):
+        def __call__(self, graph) -> None:
+            _keep_ranges(graph)
+
+        def uuid(self):  # in Inductor's cache key: a change of this file compiles anew
+            return get_hash_for_files((__file__,))
+
+    return KeepRanges()

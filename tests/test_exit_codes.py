@@ -69,6 +69,10 @@ EVERY_LAYER = [  # (arguments, what the line says): one refusal from each place 
     (["model=nope", "--cfg", "job"], "model=nope: no such option"),  # was Hydra's own, exit 1
     ([*SMALL_CPU_RUN, "batch=0"], "batch=0; must be >= 1"),  # a single run's validation
     ([*SMALL_CPU_RUN, "inputs.image=/no/such.jpg"], "inputs.image=/no/such.jpg: no such file"),
+    (  # a backend's options that pass alone but not together
+        [*SMALL_CPU_RUN, "backend=static_graph", "backend.options.compile_stages=true"],
+        "options.compile_stages=true",
+    ),
     (["sweep=seed", "variant=Nope", "device=cpu"], "unknown variant(s) ['Nope']"),  # the sweep
     (["--multirun", *SMALL_CPU_RUN, "batch=0", "seed=0,1"], "(all 2 jobs of the sweep)"),
 ]

@@ -12,6 +12,7 @@ to run on the H200.
 
 from __future__ import annotations
 
+import re
 import time
 from types import SimpleNamespace
 
@@ -149,6 +150,87 @@ def test_the_ranges_leave_compiled_and_exported_code_as_it_was():
     program = torch.export.export(Ranged(), (torch.randn(4),), strict=False)
     targets = [str(n.target) for n in program.graph.nodes if n.op == "call_function"]
     assert targets == ["aten.sin.default", "aten.cos.default", "aten.add.Tensor"]
+
+
+class Convolving(nn.Module):
+    """Work Inductor calls out to (a convolution, a matrix product) in known stages, nested
+    ranges included, and elementwise work it fuses."""
+
+    def __init__(self):
+        super().__init__()
+        self.conv = nn.Conv2d(3, 8, 3)
+        self.linear = nn.Linear(8, 4)
+
+    def forward(self, x):
+        with stages.stage("backbone"):
+            y = self.conv(x).relu()
+        with stages.stage("boxes"):
+            pooled = y.mean((2, 3))
+            with stages.stage("roi_pool"):
+                z = torch.mm(pooled, self.linear.weight.t())
+            z = z.sigmoid()
+        return z + 1
+
+
+def stage_of_each_op(call) -> dict[str, str]:
+    """The innermost stage around each aten op of one profiled call of `call`."""
+    with torch.profiler.profile(activities=[torch.profiler.ProfilerActivity.CPU]) as prof:
+        call()
+    events = stages.events_of(prof.events())
+    found = {}
+    for event in events:
+        parent, stage = event.parent, "other"
+        while parent is not None:
+            if events[parent].name.startswith(stages.PREFIX):
+                stage = events[parent].name[len(stages.PREFIX) :]
+                break
+            parent = events[parent].parent
+        if event.name in ("aten::convolution", "aten::mm"):
+            found[event.name] = stage
+    return found
+
+
+@pytest.mark.slow
+def test_compiled_code_keeps_the_stage_ranges_when_asked():
+    """A plain torch.compile drops the ranges (Inductor removes them after grad, and the stage
+    pass finds nothing); compile_keeping_ranges keeps them in the compiled code, each
+    convolution and product launched inside the range it was written in, with the eager
+    module's answers."""
+    model, x = Convolving().eval(), torch.randn(1, 3, 32, 32)
+    with torch.no_grad():
+        expected = model(x)
+        plain = torch.compile(model, dynamic=False)
+        plain(x)
+        assert timing.stage_profile(lambda: plain(x), lambda: None, "cpu") is None
+        kept = stages.compile_keeping_ranges(model)
+        torch.testing.assert_close(kept(x), expected)
+        assert stage_of_each_op(lambda: kept(x)) == {
+            "aten::convolution": "backbone",
+            "aten::mm": "roi_pool",
+        }
+        ms = timing.stage_profile(lambda: kept(x), lambda: None, "cpu")
+    assert {name for name, value in ms.items() if value is not None} == {
+        "backbone",
+        "boxes",
+        "roi_pool",
+        "other",
+    }
+
+
+def test_the_stage_pass_compiles_first_when_the_call_compiles():
+    """On the CPU the stage pass profiles the first call, unless it is told that the first call
+    compiles (`warm`): then one call runs before, unprofiled."""
+    calls = []
+
+    def call():  # the first call takes 300 ms more, as a compile would
+        with stages.stage("backbone"):
+            time.sleep(0.0 if calls else 0.3)
+        calls.append(1)
+
+    assert timing.stage_profile(call, lambda: None, "cpu")["backbone"] >= 300
+    calls.clear()
+    assert timing.stage_profile(call, lambda: None, "cpu", warm=True)["backbone"] < 150
+    assert len(calls) == 2
 
 
 def test_every_family_marks_only_known_stages():
@@ -328,6 +410,39 @@ def test_the_static_graph_forward_marks_every_stage_of_mask_rcnn(make_config):
 
 @pytest.mark.detectron2
 @pytest.mark.slow
+def test_compiled_static_graph_has_stages_only_with_compile_stages(make_config):
+    """compile=true alone keeps no ranges (no stage_call); with compile_stages the stage pass
+    gets a second compile that keeps them, every R-CNN stage is there, and the row's notes keep
+    that compile's cache counts apart from the timed compile's."""
+    skip_without_detectron2()
+    from runner import backends
+
+    compiled = ("backend=static_graph", "backend.options.compile=true")
+    cfg, built = small_detector(make_config, *compiled)
+    options = backends.validate_options("static_graph", cfg.backend.options)
+    fn = backends.get("static_graph")(built.exported, built.images, cfg.precision, options)
+    assert fn.stage_call is None and "stage_compile" not in fn.notes()
+
+    cfg = make_config("model=mask_rcnn_fpn", *compiled, "backend.options.compile_stages=true")
+    options = backends.validate_options("static_graph", cfg.backend.options)
+    fn = backends.get("static_graph")(built.exported, built.images, cfg.precision, options)
+    batch = built.images.images["opt"]
+    with torch.no_grad():
+        expected = fn.forward(*batch)  # the timed compile
+        ms = timing.stage_profile(
+            lambda: fn.stage_call(*batch), lambda: None, "cpu", warm=fn.stage_call.compiles
+        )
+        torch.testing.assert_close(fn.stage_call(*batch), expected)
+    for name in ("preprocess", "backbone", "head", "proposals", "roi_pool", "boxes", "mask_head"):
+        assert ms[name] is not None and ms[name] > 0, (name, ms)
+    timed, staged = fn.notes().split("; stage_compile ")
+    hits_and_misses = [int(n) for n in re.findall(r"(?:hit|miss)=(\d+)", staged)]
+    assert sum(hits_and_misses) >= 1, staged  # the stage compile met Inductor's caches
+    assert "fx_graph_cache" in timed
+
+
+@pytest.mark.detectron2
+@pytest.mark.slow
 def test_the_static_graph_forward_marks_the_keypoint_head(make_config):
     skip_without_detectron2()
     from runner import backends
@@ -407,6 +522,40 @@ def test_stages_of_the_uncaptured_forward_add_up_to_the_replays_gpu_time(make_co
 @pytest.mark.gpu
 @pytest.mark.detectron2
 @pytest.mark.slow
+def test_stages_of_the_compile_that_keeps_them_add_up_to_the_compiled_replays_gpu_time(
+    make_config,
+):
+    """compile_stages: the stages of one uncaptured call of the compile that keeps the ranges
+    add up to about the GPU busy time of one replay of the timed compile's graph (the same
+    rewrite, compiled with its stage edges kept)."""
+    skip_without_cuda()
+    skip_without_detectron2()
+    from runner import backends
+    from runner.run import measurement
+
+    cfg = make_config(
+        "model=mask_rcnn_fpn",
+        "precision=fp16",
+        "backend=static_graph",
+        "backend.options.compile=true",
+        "backend.options.compile_stages=true",
+    )
+    built = measurement.build(cfg, torch.device("cuda"))
+    options = backends.validate_options("static_graph", cfg.backend.options)
+    fn = backends.get("static_graph")(built.exported, built.images, cfg.precision, options)
+    batch = built.images.images["opt"]
+    with torch.no_grad():
+        fn(*batch)  # compile and capture
+        busy = timing.gpu_profile(lambda: fn(*batch), torch.cuda.synchronize)
+        ms = timing.stage_profile(lambda: fn.stage_call(*batch), torch.cuda.synchronize, "cuda")
+    total = sum(v for v in ms.values() if v)
+    assert ms["backbone"] > ms["preprocess"] and ms["mask_head"] > 0 and ms["roi_pool"] > 0
+    assert total == pytest.approx(busy.busy_ms, rel=0.25), (ms, busy.busy_ms)
+
+
+@pytest.mark.gpu
+@pytest.mark.detectron2
+@pytest.mark.slow
 def test_a_gpu_run_writes_stages_flops_and_the_share_of_the_peak(tmp_path):
     skip_without_cuda()
     skip_without_detectron2()
@@ -458,4 +607,7 @@ def test_sweep_kernels_pairs_each_option_with_todays_best_form(tmp_path):
         ("op", "topk", "true", ""),
         ("op", "topk", "true", "true"),
     }
+    # the stages of the compiled form come from one point: all three options, cuDNN as it is
+    (staged,) = [j for j in jobs if j.get("backend.options.compile_stages") == "true"]
+    assert [staged.get(f"backend.options.{o}", "") for o in options] == ["op", "topk", "true", ""]
     assert REFUSED.format(6) in log

@@ -599,22 +599,18 @@ def test_the_option_is_declared_with_its_values_for_both_backends():
         assert re.search(r"^  roi_align: torchvision\b", text, re.MULTILINE), backend
 
 
-@pytest.mark.detectron2
-def test_half_roi_align_with_the_op_is_refused_naming_both(make_config):
+def test_half_roi_align_with_the_op_is_refused_naming_both():
     """half_roi_align asks torchvision's kernel to pool in fp16; the op pools in fp32 sums:
-    asking for both is refused by the rewrite (static_graph's and the package's), naming both
-    options."""
+    asking for both is refused with the options, before a run (static_graph's and the
+    package's), naming both options."""
     from runner import backends
-    from runner.run import measurement
-    from tests.test_detectron2 import SMALL
 
-    cfg = make_config("model=mask_rcnn_fpn", *SMALL, "backend=static_graph")
-    exported, images, _ = measurement.build(cfg, torch.device("cpu"))
     for backend in ("static_graph", "aot_package"):
         chosen = {"roi_align": "op", "half_roi_align": True}
-        options = backends.validate_options(backend, chosen)
-        with pytest.raises(ValueError, match="half_roi_align=true.*roi_align=op"):
-            backends.get(backend)(exported, images, cfg.precision, options)
+        with pytest.raises(ValueError, match=f"backend={backend}: .*half_roi_align=true.*op"):
+            backends.validate_options(backend, chosen)
+        backends.validate_options(backend, {"roi_align": "op"})  # each alone passes
+        backends.validate_options(backend, {"half_roi_align": True})
 
 
 # --- CUDA: the Triton kernel against torchvision's kernels, graphs, compile, packages -------------

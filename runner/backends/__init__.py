@@ -39,6 +39,7 @@ _BACKENDS: dict[str, tuple[Backend, dict[str, tuple], Callable[[], str]]] = {}
 _REQUIRES: dict[str, tuple[tuple[str, ...], str]] = {}
 _OWNS_PRECISION: set[str] = set()  # backends that apply the dtype themselves
 _ENVIRONMENT: dict[str, dict[str, str]] = {}  # variables a backend's measuring process needs
+_COMBINED: dict[str, Callable[[dict[str, Any]], None] | None] = {}  # options checked together
 
 
 def _torch_version() -> str:
@@ -55,12 +56,15 @@ def register(
     how_to_get: str = "",
     owns_precision: bool = False,
     environment: dict[str, str] | None = None,
+    combined: Callable[[dict[str, Any]], None] | None = None,
 ):
     """Register `optimize` under `name`. `options`: option name -> tuple of allowed values or
     types; `version()` names what does the work, for the row; `requires`: top-level modules it
     imports that may be absent, and `how_to_get` what to tell the user then; `owns_precision`:
     it applies the precision's dtype itself, so the harness does not autocast its calls;
-    `environment`: variables its measuring process must have from its start."""
+    `environment`: variables its measuring process must have from its start; `combined`:
+    checks the options together (values each option allows alone but not with another),
+    raising ValueError, so that such input is refused before a run as any other."""
 
     def decorate(fn: Backend) -> Backend:
         if name in _BACKENDS and _BACKENDS[name][0] is not fn:
@@ -70,6 +74,7 @@ def register(
         if owns_precision:
             _OWNS_PRECISION.add(name)
         _ENVIRONMENT[name] = dict(environment or {})
+        _COMBINED[name] = combined
         return fn
 
     return decorate
@@ -119,7 +124,10 @@ def missing(name: str) -> str | None:
 def validate_options(name: str, options: dict[str, Any]) -> dict[str, Any]:
     """The options, checked against what backend `name` declared; ValueError otherwise."""
     get(name)
-    return check_options(name, dict(options), _BACKENDS[name][1])
+    checked = check_options(name, dict(options), _BACKENDS[name][1])
+    if _COMBINED.get(name) is not None:
+        _COMBINED[name](checked)
+    return checked
 
 
 def version(name: str) -> str:

@@ -415,8 +415,9 @@ class Measurement:
     def stage_times(self) -> dict[str, float] | None:
         """ms per stage (runner.stages) of one uncaptured call at the opt size: the eager
         module with its family's stage modules marked, or the uncaptured forward a backend
-        offers (`stage_call`: static_graph's rewritten forward, its stages marked in code).
-        None for compiled or traced code, which keeps no ranges."""
+        offers (`stage_call`: static_graph's rewritten forward, its stages marked in code, or
+        its compiled copy that keeps them, whose first call compiles). None for compiled or
+        traced code that keeps no ranges."""
         from runner import families, stages
         from runner.run import timing
 
@@ -430,7 +431,10 @@ class Measurement:
         table = families.get(self.exported.family).STAGE_MODULES
         with stages.marked(self.exported.model, table):
             found = timing.stage_profile(
-                lambda: self._call_with(call, batch), self._synchronize, self.device.type
+                lambda: self._call_with(call, batch),
+                self._synchronize,
+                self.device.type,
+                warm=getattr(call, "compiles", False),
             )
         if found is not None:
             shown = {k: v for k, v in found.items() if v is not None}

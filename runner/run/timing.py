@@ -195,12 +195,16 @@ def gpu_profile(
 
 
 def stage_profile(
-    call: Callable[[], object], synchronize: Callable[[], None], device: str
+    call: Callable[[], object],
+    synchronize: Callable[[], None],
+    device: str,
+    warm: bool = False,
 ) -> dict[str, float] | None:
     """ms per stage (runner.stages) of one call of `call`: on CUDA the device time of what each
-    stage launched (after one untimed call: an uncaptured forward may not have run since its
-    graph was captured), on the CPU the host time inside each stage's range. None where the
-    call marked no stage, or the profiler could not record here."""
+    stage launched, on the CPU the host time inside each stage's range. After one untimed call
+    on CUDA (an uncaptured forward may not have run since its graph was captured) and wherever
+    `warm` asks for it (a call whose first run compiles). None where the call marked no stage,
+    or the profiler could not record here."""
     import torch
     from torch.profiler import ProfilerActivity, profile
 
@@ -210,7 +214,7 @@ def stage_profile(
     if device == "cuda":
         activities.append(ProfilerActivity.CUDA)
     try:
-        if device == "cuda":
+        if device == "cuda" or warm:
             call()
             synchronize()
         with profile(activities=activities) as prof:

@@ -27,6 +27,7 @@ import torch
 
 from runner.backends import _parts, register
 from runner.backends.static_graph import OPTIONS as STATIC_OPTIONS
+from runner.backends.static_graph import check_together
 
 log = logging.getLogger(__name__)
 
@@ -69,6 +70,7 @@ class ByShape:
     options=OPTIONS,
     owns_precision=True,
     environment={"TORCHINDUCTOR_COMPILE_THREADS": "1"},  # build.LOADER_ENVIRONMENT, for loading
+    combined=lambda options: check_together(options, "aot_package"),
 )
 def optimize(exported, inputs, precision, options):
     from runner.backends.aot_package import build

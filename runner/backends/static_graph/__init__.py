@@ -43,6 +43,8 @@ log = logging.getLogger(__name__)
 OPTIONS = {
     "compile": (bool,),  # torch.compile (Inductor) the rewritten forward inside the graph
     "mode": ("default", "max-autotune-no-cudagraphs"),  # Inductor mode when compile=true
+    # compile=true: a second compile that keeps the stage ranges, for the row's stage columns
+    "compile_stages": (bool,),
     "graphs": (bool,),  # false: run the rewritten forward without CUDA graphs (debugging)
     "max_candidates": (int,),  # detection candidates entering the final NMS
     "select": ("sort", "topk"),  # a score order's prefix: full stable sort, or one packed topk
@@ -56,15 +58,44 @@ OPTIONS = {
 }
 
 
-@register("static_graph", options=OPTIONS, owns_precision=True)
+def check_together(options: dict, backend: str = "static_graph") -> None:
+    """The options that each pass alone but not together (ValueError naming them): asked of
+    static_graph's and the package backend's options before a run, and by the rewrite."""
+    candidates = options.get("max_candidates", 2048)
+    if candidates < 1:
+        raise ValueError(f"backend={backend}: options.max_candidates={candidates}; need >= 1")
+    if options.get("roi_align", "torchvision") == "op" and options.get("half_roi_align"):
+        raise ValueError(
+            f"backend={backend}: options.half_roi_align=true runs torchvision's ROIAlign in "
+            "fp16; options.roi_align=op pools with d2bench::roi_align (fp32 sums of the fp16 "
+            "features): choose one"
+        )
+    keypoint_area = options.get("keypoint_area", 8.0)
+    if keypoint_area <= 0:
+        raise ValueError(f"backend={backend}: options.keypoint_area={keypoint_area}; need > 0")
+    if options.get("compile_stages") and not options.get("compile"):
+        raise ValueError(
+            f"backend={backend}: options.compile_stages=true compiles a second copy that keeps "
+            "the stage ranges, for compile=true; without compile the rows have their stages "
+            "already"
+        )
+
+
+@register("static_graph", options=OPTIONS, owns_precision=True, combined=check_together)
 def optimize(exported, inputs, precision, options):
     from runner.backends.static_graph.capture import Replay
 
     outputs, notes = rewrite(exported, precision, options)
-    forward = outputs
+    forward, stage_forward = outputs, outputs
     if options.get("compile"):
-        forward = torch.compile(outputs, mode=options.get("mode", "default"), dynamic=False)
-        notes.append(_CompileCache())
+        mode = options.get("mode", "default")
+        forward = torch.compile(outputs, mode=mode, dynamic=False)
+        # Inductor removes record_function ranges from what it compiles: the stages of compiled
+        # code come from a second compile that keeps them, when asked for (one more compile)
+        stage_forward = _StageCompile(outputs, mode) if options.get("compile_stages") else None
+        notes.append(_CompileCache(excluding=stage_forward))
+        if stage_forward is not None:
+            notes.append(stage_forward)
     graphs = options.get("graphs", True) and exported.example[0].device.type == "cuda"
     return Replay(
         forward,
@@ -72,8 +103,7 @@ def optimize(exported, inputs, precision, options):
         fallback=at_precision(exported.module, precision),
         graphs=graphs,
         notes=notes,
-        # Inductor removes record_function ranges from what it compiles: no stages to measure
-        stage_forward=None if options.get("compile") else outputs,
+        stage_forward=stage_forward,
     )
 
 
@@ -97,16 +127,9 @@ def rewrite(exported, precision, options) -> tuple:
             f"backend=static_graph rewrites detectron2 detectors; {type(exported.model).__name__}"
             " is not one"
         )
+    check_together(options)
     candidates = options.get("max_candidates", 2048)
-    if candidates < 1:
-        raise ValueError(f"backend=static_graph: options.max_candidates={candidates}; need >= 1")
     roi_align = options.get("roi_align", "torchvision")
-    if roi_align == "op" and options.get("half_roi_align"):
-        raise ValueError(
-            "backend=static_graph: options.half_roi_align=true runs torchvision's ROIAlign in "
-            "fp16; options.roi_align=op pools with d2bench::roi_align (fp32 sums of the fp16 "
-            "features): choose one"
-        )
     notes = []
     model = exported.model
     if options.get("fold_bn") or options.get("half_weights") or options.get("fuse_levels"):
@@ -129,8 +152,6 @@ def rewrite(exported, precision, options) -> tuple:
         notes.append(fuse_levels(model))  # read when the row is written: with its canvases
         log.info("static_graph: %s", notes[-1])
     keypoint_area = options.get("keypoint_area", 8.0)
-    if keypoint_area <= 0:
-        raise ValueError(f"backend=static_graph: options.keypoint_area={keypoint_area}; need > 0")
     budgets = Budgets(
         max_candidates=candidates,
         select=options.get("select", "sort"),
@@ -154,21 +175,71 @@ def at_precision(module, precision):
     return call
 
 
+def _cache_counts():
+    """Inductor's on-disk caches' hits and misses in this process so far."""
+    from collections import Counter
+
+    from torch._dynamo.utils import counters
+
+    inductor, aot = counters["inductor"], counters["aot_autograd"]
+    return Counter(
+        fx_graph_cache_hit=inductor["fxgraph_cache_hit"],
+        fx_graph_cache_miss=inductor["fxgraph_cache_miss"],
+        aot_autograd_cache_hit=aot["autograd_cache_hit"],
+        aot_autograd_cache_miss=aot["autograd_cache_miss"],
+    )
+
+
+def _cache_text(counts) -> str:
+    return (
+        f"fx_graph_cache hit={counts['fx_graph_cache_hit']} "
+        f"miss={counts['fx_graph_cache_miss']}; "
+        f"aot_autograd_cache hit={counts['aot_autograd_cache_hit']} "
+        f"miss={counts['aot_autograd_cache_miss']}"
+    )
+
+
 class _CompileCache:
     """Inductor's on-disk caches as this process met them (read when the row is written, after
     the lazy compile): a warm cache makes optimize_s the cost of a compile whose kernels and
-    graphs another process already built."""
+    graphs another process already built. What the stage pass's own compile met
+    (`excluding`, a _StageCompile) is left out: it is not the timed compile's."""
+
+    def __init__(self, excluding=None):
+        self.excluding = excluding
 
     def __str__(self) -> str:
-        from torch._dynamo.utils import counters
+        counts = _cache_counts()
+        if self.excluding is not None:
+            counts -= self.excluding.cache
+        return _cache_text(counts)
 
-        inductor, aot = counters["inductor"], counters["aot_autograd"]
-        return (
-            f"fx_graph_cache hit={inductor['fxgraph_cache_hit']} "
-            f"miss={inductor['fxgraph_cache_miss']}; "
-            f"aot_autograd_cache hit={aot['autograd_cache_hit']} "
-            f"miss={aot['autograd_cache_miss']}"
-        )
+
+class _StageCompile:
+    """The rewritten forward compiled a second time with its stage ranges kept
+    (runner.stages.compile_keeping_ranges), for the stage pass of a compile=true row: the
+    Replay's stage_call. Its first call compiles; `compiles` tells the stage pass to make that
+    call before it profiles. Its note says what Inductor's caches gave this compile."""
+
+    compiles = True
+
+    def __init__(self, module, mode: str):
+        from collections import Counter
+
+        from runner import stages
+
+        self.call = stages.compile_keeping_ranges(module, mode)
+        self.cache = Counter()
+
+    def __call__(self, *images):
+        before = _cache_counts()
+        try:
+            return self.call(*images)
+        finally:
+            self.cache += _cache_counts() - before
+
+    def __str__(self) -> str:
+        return f"stage_compile {_cache_text(self.cache)}"
 
 
 def _postprocess(exported) -> bool:
