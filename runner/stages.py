@@ -270,10 +270,15 @@ def _keep_ranges(graph) -> None:
     enter = torch.ops.profiler._record_function_enter_new.default
     leave = torch.ops.profiler._record_function_exit._RecordFunction
     fake_mode = next(
-        v.fake_mode
-        for v in (n.meta.get("val") for n in graph.nodes)
-        if isinstance(v, torch._subclasses.FakeTensor)
+        (
+            v.fake_mode
+            for v in (n.meta.get("val") for n in graph.nodes)
+            if isinstance(v, torch._subclasses.FakeTensor)
+        ),
+        None,
     )
+    if fake_mode is None:  # a graph without tensors: nothing to time, Inductor drops the ranges
+        return
     opened, last, old = {}, None, []
     for node in list(graph.nodes):
         if node.op != "call_function":

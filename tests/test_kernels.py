@@ -586,7 +586,7 @@ def test_a_gpu_run_writes_stages_flops_and_the_share_of_the_peak(tmp_path):
 
 
 def test_sweep_kernels_pairs_each_option_with_todays_best_form(tmp_path):
-    """conf/sweep/kernels.yaml (the plan only): one session of six static_graph compile=true
+    """conf/sweep/kernels.yaml (the plan only): one session of seven static_graph compile=true
     points per variant, the new options alone and together, each against the form as it is."""
     from tests.test_sweeper import NO_RUN, REFUSED, launched_jobs, launched_sessions
 
@@ -594,20 +594,22 @@ def test_sweep_kernels_pairs_each_option_with_todays_best_form(tmp_path):
     done = run_runner(*args, f"hydra.sweep.dir={tmp_path}", timeout=300)
     log = done.stdout + done.stderr
     jobs = launched_jobs(log)
-    assert len(jobs) == 6 and launched_sessions(log) == 1, log[-2000:]
+    assert len(jobs) == 7 and launched_sessions(log) == 1, log[-2000:]
     forms = {(j["backend"], j["backend.options.compile"]) for j in jobs}
     assert forms == {("static_graph", "true")}
-    options = ("roi_align", "select", "fuse_levels", "cudnn_benchmark")
+    options = ("roi_align", "select", "fuse_levels", "compile_nms", "cudnn_benchmark")
     points = {tuple(j.get(f"backend.options.{o}", "") for o in options) for j in jobs}
     assert points == {
-        ("", "", "", ""),
-        ("op", "", "", ""),
-        ("", "topk", "", ""),
-        ("", "", "true", ""),
-        ("op", "topk", "true", ""),
-        ("op", "topk", "true", "true"),
+        ("", "", "", "", ""),
+        ("op", "", "", "", ""),
+        ("", "topk", "", "", ""),
+        ("", "", "true", "", ""),
+        ("", "", "", "true", ""),
+        ("op", "topk", "true", "true", ""),
+        ("op", "topk", "true", "true", "true"),
     }
-    # the stages of the compiled form come from one point: all three options, cuDNN as it is
+    # the stages of the compiled form come from one point: all four options, cuDNN as it is
     (staged,) = [j for j in jobs if j.get("backend.options.compile_stages") == "true"]
-    assert [staged.get(f"backend.options.{o}", "") for o in options] == ["op", "topk", "true", ""]
-    assert REFUSED.format(6) in log
+    all_four = ["op", "topk", "true", "true", ""]
+    assert [staged.get(f"backend.options.{o}", "") for o in options] == all_four
+    assert REFUSED.format(7) in log

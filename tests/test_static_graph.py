@@ -109,6 +109,51 @@ def test_options_are_validated_by_name_and_value():
         backends.validate_options("static_graph", {"fold_batchnorm": True})
 
 
+@pytest.mark.parametrize("option", ["compile_stages", "compile_nms"])
+def test_options_that_change_the_compile_need_compile(option):
+    with pytest.raises(ValueError, match=f"options.{option}=true .*compile"):
+        backends.validate_options("static_graph", {option: True})
+    backends.validate_options("static_graph", {option: True, "compile": True})
+
+
+@pytest.mark.detectron2
+@pytest.mark.slow
+def test_compile_true_compiles_once_per_input_size(make_config):
+    """The anchors are made before the first compiled call: dynamo traces one graph, not one
+    that makes the anchors and, after its guard fails on the next call, a second one."""
+    from torch._dynamo.utils import counters
+
+    cfg = make_config("model=retinanet", *SMALL, "backend=static_graph")
+    exported, images, _ = measurement.build(cfg, CPU)
+    batch = images.images["opt"]
+    before = counters["stats"]["unique_graphs"]
+    fn = _static(cfg, exported, images, compile=True, compile_nms=True)
+    with torch.no_grad():
+        for _ in range(3):
+            fn(*batch)
+    assert counters["stats"]["unique_graphs"] - before == 1
+
+
+@pytest.mark.detectron2
+@pytest.mark.parametrize("model", ["mask_rcnn_fpn", "retinanet"])
+def test_compile_nms_makes_the_rewritten_forward_one_graph(make_config, model):
+    """Without compile_nms each NMS call is a compile boundary (the RPN's and the box head's;
+    RetinaNet's one); with it dynamo traces the whole rewritten forward as one graph."""
+    from runner.backends.static_graph import rewrite
+
+    cfg = make_config(f"model={model}", *SMALL, "backend=static_graph")
+    exported, images, _ = measurement.build(cfg, CPU)
+    batch = images.images["opt"]
+    counts = {}
+    for compile_nms in (False, True):
+        options = {"compile": True, "compile_nms": compile_nms}
+        outputs, _ = rewrite(exported, cfg.precision, options)
+        with torch.no_grad():
+            explained = torch._dynamo.explain(outputs)(*batch)
+        counts[compile_nms] = explained.graph_count
+    assert counts[True] == 1 and counts[False] > 1, counts
+
+
 @pytest.mark.gpu
 @pytest.mark.detectron2
 @pytest.mark.slow

@@ -109,6 +109,36 @@ def test_random_cases_match_torchvision(seed, solver):
         assert check(boxes, scores, idxs, valid, threshold, k, solver=solver).all()
 
 
+def nms_caller(compile_nms):
+    """A compiled caller's forward around one NMS call (static_graph's compile_nms)."""
+    from runner.backends.static_graph.nms import nms_call
+
+    def forward(boxes, scores, idxs, valid):
+        shifted = boxes * 1.0 + 0.5  # work on both sides of the NMS, for one graph
+        index, kept, exact = nms_call(compile_nms)(shifted, scores, idxs, valid, 0.5, 20)
+        return index * kept, exact
+
+    return forward
+
+
+def assert_compiled_nms_is_one_graph_with_the_same_answers(case):
+    split = torch._dynamo.explain(nms_caller(False))(*case)
+    assert split.graph_break_count >= 1
+    whole = torch._dynamo.explain(nms_caller(True))(*case)
+    assert (whole.graph_count, whole.graph_break_count) == (1, 0), whole.break_reasons
+    expected_answer = nms_caller(True)(*case)
+    compiled = torch.compile(nms_caller(True), dynamic=False)(*case)
+    for got, want in zip(compiled, expected_answer, strict=True):
+        assert torch.equal(got, want)
+
+
+def test_compiled_callers_trace_the_nms_only_when_asked():
+    """static_graph's compile_nms: nms_call(True) is traced into the compiled caller's one graph
+    (the op d2bench::greedy_nms is opaque to dynamo, so nothing breaks it) and gives the
+    answers of the uncompiled call; nms_call(False) is a compile boundary, run as it is."""
+    assert_compiled_nms_is_one_graph_with_the_same_answers(random_case(3, n=200, lead=(2,)))
+
+
 def test_all_scores_tied_keep_torchvisions_stable_order():
     boxes, scores, idxs, valid = random_case(1, 250, 4)
     scores = torch.full_like(scores, 0.5)
@@ -371,6 +401,16 @@ def test_gpu_sync_free_in_a_cuda_graph_and_equal_to_torchvision_on_the_gpu(metho
                 assert exact.reshape(-1)[row], (load.name, seed, row)
                 got = index.reshape(-1, load.k)[row][kept.reshape(-1, load.k)[row]].tolist()
                 assert got == w, (load.name, seed, row, method)
+
+
+@pytest.mark.gpu
+def test_gpu_compiled_callers_compile_the_triton_nms_with_the_same_answers():
+    """compile_nms on CUDA: Inductor compiles d2bench::greedy_nms's Triton kernels (a
+    triton_op) into the caller's one graph, with the uncompiled call's answers."""
+    if not triton_available():
+        pytest.skip(TRITON_MISSING)
+    case = tuple(t.cuda() for t in random_case(3, n=2100, lead=(2,)))
+    assert_compiled_nms_is_one_graph_with_the_same_answers(case)
 
 
 @pytest.mark.gpu

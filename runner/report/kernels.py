@@ -55,8 +55,9 @@ def stages_table(rows: Sequence[Row], level: int) -> str:
         f"{'#' * level} Where the time goes, by stage",
         "",
         f"ms per stage: {stage_basis(shown)}. Stages that a call never entered are "
-        f"{DASH}; compiled and traced code keeps no stage ranges, so its rows are not here "
-        "(docs/kernels.md).",
+        f"{DASH}. Traced code keeps no stage ranges, nor does compiled code unless asked "
+        "(static_graph compile_stages=true: a second compile that keeps them, whose stages "
+        "these are), so rows without ranges are not here (docs/kernels.md).",
         "",
         *markdown_header(columns, ROW_COLUMNS),
     ]

@@ -45,6 +45,9 @@ OPTIONS = {
     "mode": ("default", "max-autotune-no-cudagraphs"),  # Inductor mode when compile=true
     # compile=true: a second compile that keeps the stage ranges, for the row's stage columns
     "compile_stages": (bool,),
+    # compile=true: Inductor compiles the NMS calls with the rest (one graph) instead of
+    # running them as they are between graphs
+    "compile_nms": (bool,),
     "graphs": (bool,),  # false: run the rewritten forward without CUDA graphs (debugging)
     "max_candidates": (int,),  # detection candidates entering the final NMS
     "select": ("sort", "topk"),  # a score order's prefix: full stable sort, or one packed topk
@@ -73,12 +76,17 @@ def check_together(options: dict, backend: str = "static_graph") -> None:
     keypoint_area = options.get("keypoint_area", 8.0)
     if keypoint_area <= 0:
         raise ValueError(f"backend={backend}: options.keypoint_area={keypoint_area}; need > 0")
-    if options.get("compile_stages") and not options.get("compile"):
-        raise ValueError(
-            f"backend={backend}: options.compile_stages=true compiles a second copy that keeps "
-            "the stage ranges, for compile=true; without compile the rows have their stages "
-            "already"
-        )
+    for option, why in _NEEDS_COMPILE.items():
+        if options.get(option) and not options.get("compile"):
+            raise ValueError(f"backend={backend}: options.{option}=true {why}")
+
+
+_NEEDS_COMPILE = {  # option -> what it does, which only compile=true has
+    "compile_stages": "compiles a second copy that keeps the stage ranges, for compile=true; "
+    "without compile the rows have their stages already",
+    "compile_nms": "has Inductor compile the NMS with the rest, for compile=true; without "
+    "compile nothing is compiled",
+}
 
 
 @register("static_graph", options=OPTIONS, owns_precision=True, combined=check_together)
@@ -88,6 +96,12 @@ def optimize(exported, inputs, precision, options):
     outputs, notes = rewrite(exported, precision, options)
     forward, stage_forward = outputs, outputs
     if options.get("compile"):
+        # the anchors of each input size are made once, outside any graph (proposals.Anchors):
+        # made here, the first compiled call traces one graph that reads them, where it traced
+        # one that made them and the next call, its guard failing, a second that read them
+        for images in inputs.images.values():
+            with torch.no_grad():
+                outputs(*images)
         mode = options.get("mode", "default")
         forward = torch.compile(outputs, mode=mode, dynamic=False)
         # Inductor removes record_function ranges from what it compiles: the stages of compiled
@@ -155,6 +169,7 @@ def rewrite(exported, precision, options) -> tuple:
     budgets = Budgets(
         max_candidates=candidates,
         select=options.get("select", "sort"),
+        compile_nms=options.get("compile_nms", False),
         half_roi_align=options.get("half_roi_align", False),
         roi_align=roi_align,
         keypoint_area=float(keypoint_area),

@@ -75,4 +75,5 @@ def _dense_slots(model, features: list, level_probs, deltas, anchors, options) -
         model.max_detections_per_image,
         options.max_candidates,
         select=options.select,
+        compile_nms=options.compile_nms,
     )

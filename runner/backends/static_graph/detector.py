@@ -45,6 +45,7 @@ class Budgets:
     max_candidates: int = 2048  # detection candidates entering the final NMS (slots.select)
     # how a prefix of a score order is taken (candidates, the RPN's merge): sort | topk (order.py)
     select: str = "sort"
+    compile_nms: bool = False  # whether compiled code compiles the NMS too (nms.nms_call)
     half_roi_align: bool = False  # ROIAlign on fp16 features in fp16 (pooling.py)
     roi_align: str = "torchvision"  # torchvision | op: d2bench::roi_align (pooling.py)
     # upsampled keypoint-heatmap pixels per image, in image areas (keypoints.py)
@@ -101,7 +102,12 @@ class RCNNHead:
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
         with stage("proposals"):
             proposals = rpn_proposals(
-                model.proposal_generator, size, features, anchors, select=budgets.select
+                model.proposal_generator,
+                size,
+                features,
+                anchors,
+                select=budgets.select,
+                compile_nms=budgets.compile_nms,
             )
         with stage("boxes"):
             slots = self.box_stage(model.roi_heads, features, proposals, size, budgets)
@@ -170,7 +176,12 @@ class ProposalHead:
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
         with stage("proposals"):
             proposals = rpn_proposals(
-                model.proposal_generator, size, features, anchors, select=budgets.select
+                model.proposal_generator,
+                size,
+                features,
+                anchors,
+                select=budgets.select,
+                compile_nms=budgets.compile_nms,
             )
         return proposal_slots(proposals)
 

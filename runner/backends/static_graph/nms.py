@@ -66,7 +66,6 @@ SOLVERS = ("auto", "scan", "fixpoint")
 DEFAULT_ROUNDS = 24
 
 
-@torch.compiler.disable  # compiled callers (static_graph compile=true) run it as it is
 def batched_nms_topk(
     boxes: torch.Tensor,
     scores: torch.Tensor,
@@ -171,6 +170,19 @@ def batched_nms_topk(
     kept = torch.arange(k, device=device) < count[:, None]
     index = torch.where(kept, index, torch.zeros_like(index))
     return index.reshape(*lead, k), kept.reshape(*lead, k), exact.reshape(lead)
+
+
+# The same function as a compile boundary: a compiled caller (static_graph compile=true) stops
+# its graph before it, runs it as it is, and goes on in a new graph; `batched_nms_topk` itself
+# is traced into the caller's graph (static_graph's option compile_nms). torch.export traces
+# through both.
+batched_nms_topk_apart = torch.compiler.disable(batched_nms_topk)
+
+
+def nms_call(compile_nms: bool):
+    """batched_nms_topk where compiled callers compile it with their own code, else its
+    compile boundary batched_nms_topk_apart."""
+    return batched_nms_topk if compile_nms else batched_nms_topk_apart
 
 
 @functools.cache

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 
 import torch
 
-from runner.backends.static_graph.nms import batched_nms_topk
+from runner.backends.static_graph.nms import nms_call
 from runner.backends.static_graph.order import descending_prefix
 from runner.stages import stage
 
@@ -77,9 +77,16 @@ class Anchors:
 
 
 def rpn_proposals(
-    rpn, size: tuple[int, int], features: dict, anchors: Anchors, *, select: str = "sort"
+    rpn,
+    size: tuple[int, int],
+    features: dict,
+    anchors: Anchors,
+    *,
+    select: str = "sort",
+    compile_nms: bool = False,
 ) -> Proposals:
-    """detectron2 `RPN` at inference, fixed-shape. `features`: the backbone's output dict."""
+    """detectron2 `RPN` at inference, fixed-shape. `features`: the backbone's output dict.
+    `select` and `compile_nms` as for slots.select."""
     feats = [features[f] for f in rpn.in_features]
     anchors = anchors(rpn.anchor_generator, feats)
     with stage("head"):  # with fuse_levels, one pass over all levels (canvas.FusedHead)
@@ -134,7 +141,7 @@ def rpn_proposals(
     # each level's row comes from a sorted topk, so its valid entries are in score order
     # already: with select=topk they are taken where they stand instead of sorted again
     in_order = "presorted" if select == "topk" else "sort"
-    index, kept, exact = batched_nms_topk(
+    index, kept, exact = nms_call(compile_nms)(
         shifted, scores, same, valid, rpn.nms_thresh, pre_k, select=in_order
     )
 

@@ -47,6 +47,7 @@ def fast_rcnn_slots(predictor, boxes, probs, proposals_valid, size, budgets) -> 
         predictor.test_topk_per_image,
         budgets.max_candidates,
         select=budgets.select,
+        compile_nms=budgets.compile_nms,
     )
 
 

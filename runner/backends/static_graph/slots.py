@@ -16,7 +16,7 @@ from dataclasses import dataclass
 
 import torch
 
-from runner.backends.static_graph.nms import batched_nms_topk
+from runner.backends.static_graph.nms import nms_call
 from runner.backends.static_graph.order import valid_first
 
 
@@ -65,10 +65,12 @@ def select(
     max_candidates: int,
     *,
     select: str = "sort",
+    compile_nms: bool = False,
 ) -> Slots:
     """Per-class NMS over [N, M] candidates, then the best `detections` survivors. `select`:
-    how the `max_candidates` best are taken (nms.batched_nms_topk: "sort" or "topk")."""
-    index, kept, exact = batched_nms_topk(
+    how the `max_candidates` best are taken (nms.batched_nms_topk: "sort" or "topk");
+    `compile_nms`: whether a compiled caller compiles the NMS too (nms.nms_call)."""
+    index, kept, exact = nms_call(compile_nms)(
         boxes,
         scores,
         classes,
