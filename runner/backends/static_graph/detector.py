@@ -66,6 +66,20 @@ def covered(table: dict) -> str:
     return ", ".join(sorted(table))
 
 
+def rpn_stage(model, features: dict, size, anchors, budgets) -> Proposals:
+    """The RPN's proposals (proposals.rpn_proposals) as the budgets ask, in the proposals
+    stage."""
+    with stage("proposals"):
+        return rpn_proposals(
+            model.proposal_generator,
+            size,
+            features,
+            anchors,
+            select=budgets.select,
+            compile_nms=budgets.compile_nms,
+        )
+
+
 def require_rpn(model) -> None:
     """Unsupported, naming it, for a proposal generator other than detectron2's RPN."""
     generator = type(model.proposal_generator).__name__
@@ -100,15 +114,7 @@ class RCNNHead:
         self.fields = Fields(("masks",) * self.mask_on + kept)
 
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
-        with stage("proposals"):
-            proposals = rpn_proposals(
-                model.proposal_generator,
-                size,
-                features,
-                anchors,
-                select=budgets.select,
-                compile_nms=budgets.compile_nms,
-            )
+        proposals = rpn_stage(model, features, size, anchors, budgets)
         with stage("boxes"):
             slots = self.box_stage(model.roi_heads, features, proposals, size, budgets)
         slots = replace(slots, exact=slots.exact & proposals.exact)
@@ -174,15 +180,7 @@ class ProposalHead:
         require_rpn(model)
 
     def __call__(self, model, features: dict, size, anchors, budgets) -> Slots:
-        with stage("proposals"):
-            proposals = rpn_proposals(
-                model.proposal_generator,
-                size,
-                features,
-                anchors,
-                select=budgets.select,
-                compile_nms=budgets.compile_nms,
-            )
+        proposals = rpn_stage(model, features, size, anchors, budgets)
         return proposal_slots(proposals)
 
 
