@@ -135,9 +135,11 @@ def test_compile_true_compiles_once_per_input_size(make_config):
 
 
 @pytest.mark.detectron2
-@pytest.mark.parametrize("model", ["mask_rcnn_fpn", "retinanet"])
+@pytest.mark.parametrize(
+    "model", ["mask_rcnn_fpn", "retinanet", "cascade_rcnn", "mask_rcnn_c4", "keypoint_rcnn_fpn"]
+)
 def test_compile_nms_makes_the_rewritten_forward_one_graph(make_config, model):
-    """Without compile_nms each NMS call is a compile boundary (the RPN's and the box head's;
+    """Without compile_nms each NMS call is a compile boundary (the RPN's and each box stage's;
     RetinaNet's one); with it dynamo traces the whole rewritten forward as one graph."""
     from runner.backends.static_graph import rewrite
 
