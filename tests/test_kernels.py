@@ -196,13 +196,15 @@ def test_compiled_code_keeps_the_stage_ranges_when_asked():
     pass finds nothing); compile_keeping_ranges keeps them in the compiled code, each
     convolution and product launched inside the range it was written in, with the eager
     module's answers."""
+    from runner.backends.static_graph.compiled import compile_keeping_ranges
+
     model, x = Convolving().eval(), torch.randn(1, 3, 32, 32)
     with torch.no_grad():
         expected = model(x)
         plain = torch.compile(model, dynamic=False)
         plain(x)
         assert timing.stage_profile(lambda: plain(x), lambda: None, "cpu") is None
-        kept = stages.compile_keeping_ranges(model)
+        kept = compile_keeping_ranges(model)
         torch.testing.assert_close(kept(x), expected)
         assert stage_of_each_op(lambda: kept(x)) == {
             "aten::convolution": "backbone",

@@ -24,6 +24,8 @@ detection count leaves the GPU once, at the end of the call. Parts, one file eac
     outputs.py    its answer as flat fixed-shape tensors at the run's precision (the contract
                   of the replay and of every package: runner.backends.aot_package)
     capture.py    CUDA graph capture and replay, output slicing, eager fallback, notes
+    compiled.py   compile=true: the rewritten forward under torch.compile (once per input
+                  size), Inductor's cache counts, and the compile that keeps the stage ranges
 
 The export setting does not matter here: the rewrite replaces the exported module (traced or
 scripted) with its own forward over the same weights.
@@ -33,8 +35,6 @@ from __future__ import annotations
 
 import copy
 import logging
-
-import torch
 
 from runner.backends import Unsupported, _parts, register
 
@@ -96,20 +96,12 @@ def optimize(exported, inputs, precision, options):
     outputs, notes = rewrite(exported, precision, options)
     forward, stage_forward = outputs, outputs
     if options.get("compile"):
-        # the anchors of each input size are made once, outside any graph (proposals.Anchors):
-        # made here, the first compiled call traces one graph that reads them, where it traced
-        # one that made them and the next call, its guard failing, a second that read them
-        for images in inputs.images.values():
-            with torch.no_grad():
-                outputs(*images)
-        mode = options.get("mode", "default")
-        forward = torch.compile(outputs, mode=mode, dynamic=False)
-        # Inductor removes record_function ranges from what it compiles: the stages of compiled
-        # code come from a second compile that keeps them, when asked for (one more compile)
-        stage_forward = _StageCompile(outputs, mode) if options.get("compile_stages") else None
-        notes.append(_CompileCache(excluding=stage_forward))
-        if stage_forward is not None:
-            notes.append(stage_forward)
+        from runner.backends.static_graph.compiled import compiled
+
+        forward, stage_forward, compile_notes = compiled(
+            outputs, inputs, options.get("mode", "default"), options.get("compile_stages")
+        )
+        notes.extend(compile_notes)
     graphs = options.get("graphs", True) and exported.example[0].device.type == "cuda"
     return Replay(
         forward,
@@ -188,73 +180,6 @@ def at_precision(module, precision):
             return module(*images)
 
     return call
-
-
-def _cache_counts():
-    """Inductor's on-disk caches' hits and misses in this process so far."""
-    from collections import Counter
-
-    from torch._dynamo.utils import counters
-
-    inductor, aot = counters["inductor"], counters["aot_autograd"]
-    return Counter(
-        fx_graph_cache_hit=inductor["fxgraph_cache_hit"],
-        fx_graph_cache_miss=inductor["fxgraph_cache_miss"],
-        aot_autograd_cache_hit=aot["autograd_cache_hit"],
-        aot_autograd_cache_miss=aot["autograd_cache_miss"],
-    )
-
-
-def _cache_text(counts) -> str:
-    return (
-        f"fx_graph_cache hit={counts['fx_graph_cache_hit']} "
-        f"miss={counts['fx_graph_cache_miss']}; "
-        f"aot_autograd_cache hit={counts['aot_autograd_cache_hit']} "
-        f"miss={counts['aot_autograd_cache_miss']}"
-    )
-
-
-class _CompileCache:
-    """Inductor's on-disk caches as this process met them (read when the row is written, after
-    the lazy compile): a warm cache makes optimize_s the cost of a compile whose kernels and
-    graphs another process already built. What the stage pass's own compile met
-    (`excluding`, a _StageCompile) is left out: it is not the timed compile's."""
-
-    def __init__(self, excluding=None):
-        self.excluding = excluding
-
-    def __str__(self) -> str:
-        counts = _cache_counts()
-        if self.excluding is not None:
-            counts -= self.excluding.cache
-        return _cache_text(counts)
-
-
-class _StageCompile:
-    """The rewritten forward compiled a second time with its stage ranges kept
-    (runner.stages.compile_keeping_ranges), for the stage pass of a compile=true row: the
-    Replay's stage_call. Its first call compiles; `compiles` tells the stage pass to make that
-    call before it profiles. Its note says what Inductor's caches gave this compile."""
-
-    compiles = True
-
-    def __init__(self, module, mode: str):
-        from collections import Counter
-
-        from runner import stages
-
-        self.call = stages.compile_keeping_ranges(module, mode)
-        self.cache = Counter()
-
-    def __call__(self, *images):
-        before = _cache_counts()
-        try:
-            return self.call(*images)
-        finally:
-            self.cache += _cache_counts() - before
-
-    def __str__(self) -> str:
-        return f"stage_compile {_cache_text(self.cache)}"
 
 
 def _postprocess(exported) -> bool:
