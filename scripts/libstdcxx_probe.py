@@ -41,6 +41,15 @@ def toolchain() -> None:
         show("ls", "-laL", path)
         if Path(path).is_file() and Path(path).stat().st_size < 4096:  # a linker script?
             show("cat", path)
+    show("sh", "-c", "echo CXX=$CXX; command -v g++ c++; readlink -f $(command -v g++)")
+    show("sh", "-c", "g++ -dumpspecs | grep -n -i -B1 -A2 'static-libstdc\\|static-libgcc'")
+    # the toolchain alone: a trivial C++ shared object that uses a locale
+    with tempfile.TemporaryDirectory() as work:
+        source = Path(work, "t.cpp")
+        source.write_text("#include <sstream>\nint f() { std::ostringstream s; s << 1; return 0; }\n")
+        show("g++", "-shared", "-fPIC", "-o", f"{work}/t.so", str(source))
+        show("sh", "-c", f"nm -D --defined-only {work}/t.so | grep -c codecvt; "
+             f"readelf -d {work}/t.so | grep NEEDED")
 
 
 def build(out: Path) -> Path:
