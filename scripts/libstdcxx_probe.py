@@ -46,10 +46,15 @@ def toolchain() -> None:
     # the toolchain alone: a trivial C++ shared object that uses a locale
     with tempfile.TemporaryDirectory() as work:
         source = Path(work, "t.cpp")
-        source.write_text("#include <sstream>\nint f() { std::ostringstream s; s << 1; return 0; }\n")
+        code = "#include <sstream>\nint f() { std::ostringstream s; s << 1; return 0; }\n"
+        source.write_text(code)
         show("g++", "-shared", "-fPIC", "-o", f"{work}/t.so", str(source))
-        show("sh", "-c", f"nm -D --defined-only {work}/t.so | grep -c codecvt; "
-             f"readelf -d {work}/t.so | grep NEEDED")
+        show(
+            "sh",
+            "-c",
+            f"nm -D --defined-only {work}/t.so | grep -c codecvt; "
+            f"readelf -d {work}/t.so | grep NEEDED",
+        )
 
 
 def build(out: Path) -> Path:
