@@ -12,6 +12,7 @@ rewrite's (on CUDA too where there is a GPU: `gpu`).
 from __future__ import annotations
 
 import json
+import os
 import shutil
 import subprocess
 import sys
@@ -99,6 +100,36 @@ def test_the_package_compiler_links_the_shared_libstdcxx_where_asked_for_a_stati
             archive.write(tmp_path / name, f"data/aotinductor/model/{name}")
     assert link.runtime(tmp_path / "static.so.pt2") == "static"
     assert link.runtime(tmp_path / "shim.so.pt2") == "shared"
+
+
+@pytest.mark.skipif(not shutil.which("g++"), reason="needs g++ (AOTInductor's compiler)")
+def test_the_package_compiler_links_the_loaded_libstdcxx_where_the_toolchain_finds_only_the_archive(
+    tmp_path,
+):
+    """The lent GPU image's g++ searches a library path with libstdc++.a and no libstdc++.so, so
+    its own -lstdc++ links the archive (session 11). A folder holding only the archive, first on
+    the library path, does the same here: the shim with -lstdc++ carries a static copy, and the
+    shim with the libstdc++.so.6 this process has loaded (by path) carries none."""
+    archive = subprocess.run(
+        ["g++", "-print-file-name=libstdc++.a"], capture_output=True, text=True, check=True
+    ).stdout.strip()
+    if not Path(archive).is_file():
+        pytest.skip("this g++ has no libstdc++.a to stand in for the GPU image's toolchain")
+    only_archive = tmp_path / "only-archive"
+    only_archive.mkdir()
+    (only_archive / "libstdc++.a").symlink_to(archive)
+    loaded = link.loaded_libstdcxx()
+    assert loaded is not None and Path(loaded).name.startswith("libstdc++.so")
+    source = tmp_path / "regex.cpp"
+    source.write_text(REGEX_SOURCE)
+    for name, named in (("by-name", ""), ("by-path", loaded)):
+        command = [str(link.COMPILER), "-shared", "-fPIC", str(source), f"-L{only_archive}"]
+        env = {**os.environ, "D2BENCH_REAL_CXX": "g++", "D2BENCH_LIBSTDCXX": named}
+        subprocess.run([*command, "-o", str(tmp_path / name)], env=env, check=True, timeout=120)
+        with zipfile.ZipFile(tmp_path / f"{name}.pt2", "w") as package:
+            package.write(tmp_path / name, f"data/aotinductor/model/{name}.so")
+    assert link.runtime(tmp_path / "by-name.pt2") == "static"
+    assert link.runtime(tmp_path / "by-path.pt2") == "shared"
 
 
 # --- a small detector in the package contract, packaged for real ------------------------------

@@ -2,23 +2,26 @@
 carry none of their own.
 
 A package's `wrapper.so` is C++ and runs inside a process that already has the C++ runtime
-loaded (libtorch needs `libstdc++.so.6`). On the GPU machine's torch (2.11) Inductor linked
-`wrapper.so` with a static copy of libstdc++ (it needs no `libstdc++.so.6`, and defines
-`std::codecvt` itself; results/logs/h100_session6_call3_aot_diag.log; what asked for it is not
-established: docs/packages.md, Known problems), and every detector
-package died with SIGSEGV at its construction, in `std::regex` asking a locale for a facet: two
-copies of libstdc++ in one process, each with its own numbering of locale facets (our working
-explanation; docs/packages.md, Known problems). The shared libstdc++, the copy the process
-already has, leaves one.
+loaded (libtorch needs `libstdc++.so.6`). On the lent GPU image every package's `wrapper.so`
+carried a static copy of libstdc++ (it needs no `libstdc++.so.6`, and defines `std::codecvt`
+itself): that image's compiler, `CXX=/opt/gcc/bin/g++`, searches a library path that holds
+`libstdc++.a` and no `libstdc++.so`, so the driver's own `-lstdc++` linked the archive. The
+linker said so (`-Wl,--trace`, session 11: results/logs/h100_session11_libstdcxx_probe.log).
+Every such package died with SIGSEGV at its construction, in `std::regex` asking a locale for a
+facet: two copies of libstdc++ in one process, each with its own numbering of locale facets
+(our working explanation; docs/packages.md, Known problems). The shared libstdc++, the copy the
+process already has, linked by path, leaves one.
 
     COMPILER                 runner/backends/aot_package/g++-shared-libstdc++: the real
                              compiler with -static-libstdc++/-static-libgcc and a named
                              libstdc++.a dropped, and a shared object linked with
-                             the shared libstdc++ after its inputs, ahead of whatever the driver
-                             adds (everything else passes through)
+                             the shared libstdc++ (by path where D2BENCH_LIBSTDCXX names it)
+                             after its inputs, ahead of whatever the driver adds (everything
+                             else passes through)
     use_shared_runtime()     in the compile worker, before Inductor compiles: Inductor (and its
                              pool of compile workers) calls COMPILER, which calls the compiler
-                             Inductor would have called
+                             Inductor would have called, and links loaded_libstdcxx()
+    loaded_libstdcxx()       the libstdc++.so.6 this process has loaded
     runtime(package)         "shared", "static" or "none": what the package's .so files link
 """
 
@@ -54,6 +57,9 @@ def use_shared_runtime() -> str | None:
     if not os.access(COMPILER, os.X_OK):
         log.warning("%s is missing or not executable: packages link as Inductor asks", COMPILER)
         return None
+    loaded = loaded_libstdcxx()
+    if loaded is not None:
+        os.environ.setdefault("D2BENCH_LIBSTDCXX", loaded)
     requested = os.environ.get("CXX") or "g++"
     if requested == str(COMPILER):  # already set up (a child of a process that called this)
         return os.environ.get("D2BENCH_REAL_CXX")
@@ -70,6 +76,23 @@ def use_shared_runtime() -> str | None:
         if hasattr(cached, "cache_clear"):
             cached.cache_clear()
     return real
+
+
+def loaded_libstdcxx() -> str | None:
+    """The libstdc++.so.6 this process has loaded (libtorch needs it), by path, or None: the
+    copy a package's wrapper.so must share. COMPILER links it by path, because a toolchain's
+    -lstdc++ may find only libstdc++.a: the lent GPU image's g++ (/opt/gcc/bin/g++, a wrapper
+    with its own library path) did, and every package carried a static copy (session 11,
+    results/logs/h100_session11_libstdcxx_probe.log)."""
+    try:
+        maps = Path("/proc/self/maps").read_text()
+    except OSError:
+        return None
+    for line in maps.splitlines():
+        path = line.split(maxsplit=5)[-1] if line.count(" ") >= 5 else ""
+        if Path(path).name.startswith("libstdc++.so") and Path(path).is_file():
+            return path
+    return None
 
 
 def runtime(package: Path) -> str:
