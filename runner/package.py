@@ -135,12 +135,13 @@ def make(cfg, out: Path, command: str) -> dict:
             "command": command,
         }
         package = build.build(outputs, images, meta, path=out)
-    loaded, load_s = build.load(out, device)
+    loaded, load_s, isa_probe_s = build.load(out, device)
     with torch.no_grad():
         difference = _largest_difference(expected, loaded(*images))
     return {
         "package": package,
         "load_s": load_s,
+        "isa_probe_s": isa_probe_s,
         "difference": difference,
         "metadata": loaded.get_metadata(),
     }
@@ -153,7 +154,8 @@ def report(out: Path, made: dict) -> str:
     needs = "\n".join(f"  - {line}" for line in build.requirements(meta))
     return (
         f"package: {out} ({package.size_mb:.1f} MB; export {package.export_s:.1f} s, "
-        f"compile {package.compile_s:.1f} s, load {made['load_s']:.2f} s; "
+        f"compile {package.compile_s:.1f} s, load {made['load_s']:.2f} s, after Inductor's CPU "
+        f"ISA probe {made['isa_probe_s']:.1f} s, once per process; "
         f"libstdc++ {package.runtime})\n"
         f"inputs: {meta['d2bench.inputs']}; outputs: {meta['d2bench.outputs']} "
         "(docs/packages.md says what each holds)\n"

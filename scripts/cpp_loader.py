@@ -12,8 +12,9 @@ replayed: copy in, replay, counts back, slice); the same package loaded in this 
 (`aoti_load_package`, single-threaded runner) and timed the same two ways through
 static_graph's Replay, the aot_package backend's timed call; the C++ detections compared with
 Python's. One CSV row per package and loader (`cpp`, `python`): latencies in ms (median and
-p99 of `--iters` calls after `--warmup`), the load time in s, the detections' agreement, the
-machine, the versions, the commit and this command.
+p99 of `--iters` calls after `--warmup`), the load time in s (Python's: after Inductor's CPU ISA
+probe, isa_probe_s), the detections' agreement, the machine, the versions, the commit and this
+command.
 """
 
 from __future__ import annotations
@@ -51,6 +52,7 @@ COLUMNS = (
     "gpu_name",
     "torch_version",
     "load_s",
+    "isa_probe_s",
     "plain_ms_median",
     "plain_ms_p99",
     "graph_ms_median",
@@ -134,7 +136,7 @@ def measure(package: Path, args, work: Path) -> list[dict]:
     from runner.provenance import git_sha
 
     device = torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    loaded, load_s = build.load(package, device)
+    loaded, load_s, isa_probe_s = build.load(package, device)
     meta = loaded.get_metadata()
     if meta.get("d2bench.device", "cpu") != device.type:
         raise SystemExit(f"{package}: built for {meta.get('d2bench.device')}, this is {device}")
@@ -172,6 +174,7 @@ def measure(package: Path, args, work: Path) -> list[dict]:
             **common,
             "loader": "cpp",
             "load_s": float(cpp["load_s"]),
+            "isa_probe_s": "",
             "plain_ms_median": float(cpp["plain_ms_median"]),
             "plain_ms_p99": float(cpp["plain_ms_p99"]),
             "graph_ms_median": float(cpp["graph_ms_median"]) if "graph_ms_median" in cpp else "",
@@ -188,6 +191,7 @@ def measure(package: Path, args, work: Path) -> list[dict]:
             **common,
             "loader": "python",
             "load_s": load_s,
+            "isa_probe_s": isa_probe_s,
             "plain_ms_median": statistics.median(plain),
             "plain_ms_p99": _p99(plain),
             "graph_ms_median": statistics.median(graphed) if graphed else "",

@@ -94,7 +94,7 @@ def optimize(exported, inputs, precision, options):
             cache_dir=cache_dir,
             reuse=options.get("reuse", True),
         )
-        loaded, load_s = build.load(package.path, device)
+        loaded, load_s, isa_probe_s = build.load(package.path, device)
         with torch.no_grad():
             difference = _largest_difference(expected, loaded(*images))
         forward.packages[tuple(tuple(im.shape) for im in images)] = loaded
@@ -105,7 +105,8 @@ def optimize(exported, inputs, precision, options):
         )
         notes.append(
             f"package[{shape}] {package.path.name} {package.size_mb:.1f} MB {made}; "
-            f"export {package.export_s:.1f} s; libstdc++ {package.runtime}; load {load_s:.2f} s; "
+            f"export {package.export_s:.1f} s; libstdc++ {package.runtime}; load {load_s:.2f} s "
+            f"(CPU ISA probe before it {isa_probe_s:.1f} s); "
             f"max |package - in-process| {difference:.3g}"
         )
         log.info("aot_package: %s", notes[-1])

@@ -230,7 +230,8 @@ LOADER_ENVIRONMENT = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
 
 def load(path: Path, device: torch.device):
     """The package loaded as a user would (torch._inductor.aoti_load_package), with the
-    single-threaded runner, the one a CUDA graph may capture; and the seconds it took. The
+    single-threaded runner, the one a CUDA graph may capture; the seconds it took, and those of
+    Inductor's CPU ISA probe before it (cpu_isa_probe). The
     process should have LOADER_ENVIRONMENT from its start; Inductor's setting is made here too,
     for a pool that has not been started yet. The loader unpacks the package's files (its .so,
     its kernels) into a folder of TMPDIR and removes it when the model is freed; a measuring
@@ -239,6 +240,7 @@ def load(path: Path, device: torch.device):
     import torch._inductor.config as inductor_config
 
     inductor_config.compile_threads = 1
+    isa_probe_s = cpu_isa_probe()
     started = time.perf_counter()
     index = device.index if device.type == "cuda" and device.index is not None else -1
     with scratch.as_tmpdir():
@@ -247,7 +249,20 @@ def load(path: Path, device: torch.device):
         )
     if device.type == "cuda":
         torch.cuda.synchronize(device)
-    return loaded, time.perf_counter() - started
+    return loaded, time.perf_counter() - started, isa_probe_s
+
+
+def cpu_isa_probe() -> float:
+    """Seconds Inductor's CPU ISA probe took in this process (0 once done: it is cached). The
+    loader asks for it (the machine's description it compares with the package's): torch 2.11
+    compiles a test program per ISA and loads each in a fresh Python that imports torch, which
+    cost about 40 s of every load on the lent H100s (session 11). It is the process's, not the
+    package's, so a load is reported without it and the probe beside it."""
+    from torch._inductor import cpu_vec_isa
+
+    started = time.perf_counter()
+    cpu_vec_isa.pick_vec_isa()
+    return time.perf_counter() - started
 
 
 def requirements(meta: dict[str, str]) -> list[str]:
