@@ -107,6 +107,27 @@ def main() -> int:
     from tests.test_roi_align import TwoLevels, cases, on_cuda, two_level_inputs
 
     op = torch.ops.d2bench.roi_align
+    import torch._inductor.config as inductor_config
+
+    # levels Inductor computes itself (as an FPN's are), at Mask R-CNN FPN's 480 x 640 sizes:
+    # one image of the third level spans 30 x 40 = 1200 elements per channel, a stride that
+    # Inductor's comprehensive padding rounds up to 1216 (fp16), while the kernel's strides
+    # are the ones traced
+    g = torch.Generator().manual_seed(0)
+    sizes = ((120, 160), (60, 80), (30, 40), (15, 20))
+    raw = [torch.randn(1, 16, h, w, generator=g).half().cuda() for h, w in sizes]
+    corner = torch.rand(1, 64, 2, generator=g) * torch.tensor([600.0, 440.0])
+    boxes = torch.cat([corner, corner + 8 + torch.rand(1, 64, 2, generator=g) * 200], -1).cuda()
+    levels = torch.randint(0, 4, (1, 64), generator=g).cuda()
+
+    def computed(r0, r1, r2, r3, boxes, levels):
+        pyramid = [r * 1.0 + 0.0 for r in (r0, r1, r2, r3)]
+        return op(pyramid, boxes, levels, [1 / 4, 1 / 8, 1 / 16, 1 / 32], 7, 7, 0, True)
+
+    compiled_case(args.out, "computed_fp16", computed, (*raw, boxes, levels), levels)
+    with inductor_config.patch(comprehensive_padding=False):
+        compiled_case(args.out, "computed_fp16_no_padding", computed, (*raw, boxes, levels), levels)
+
     captured = capture_launches()
     for index in (1, 0, 2):  # fp32 aligned sampling 2; fp32 aligned adaptive; fp32 not aligned
         case = cases()[index]
@@ -129,10 +150,7 @@ def main() -> int:
         return module(fine, boxes)[0]
 
     compiled_case(args.out, "two_levels", two, (fine, boxes), levels)
-    # the same with Inductor's comprehensive padding off (it pads the strides of buffers it
-    # allocates; the kernel's strides are the ones traced)
-    import torch._inductor.config as inductor_config
-
+    # the same with Inductor's comprehensive padding off
     with inductor_config.patch(comprehensive_padding=False):
         compiled_case(args.out, "two_levels_no_padding", two, (fine, boxes), levels)
     return 0
