@@ -109,7 +109,7 @@ def make(cfg, out: Path, command: str) -> dict:
     import torch
 
     from runner.backends import static_graph, validate_options
-    from runner.backends.aot_package import _largest_difference, build
+    from runner.backends.aot_package import agreement, build
     from runner.config import parse_device
     from runner.precision import strict_if_asked
     from runner.run.measurement import build as build_run
@@ -137,12 +137,12 @@ def make(cfg, out: Path, command: str) -> dict:
         package = build.build(outputs, images, meta, path=out)
     loaded, load_s, isa_probe_s = build.load(out, device)
     with torch.no_grad():
-        difference = _largest_difference(expected, loaded(*images))
+        agrees = agreement(expected, loaded(*images), outputs.fields)
     return {
         "package": package,
         "load_s": load_s,
         "isa_probe_s": isa_probe_s,
-        "difference": difference,
+        "agreement": agrees,
         "metadata": loaded.get_metadata(),
     }
 
@@ -159,8 +159,7 @@ def report(out: Path, made: dict) -> str:
         f"libstdc++ {package.runtime})\n"
         f"inputs: {meta['d2bench.inputs']}; outputs: {meta['d2bench.outputs']} "
         "(docs/packages.md says what each holds)\n"
-        f"checked: the loaded package answers as the in-process forward "
-        f"(largest difference {made['difference']:.3g})\n"
+        f"checked: the loaded package against the in-process forward: {made['agreement']}\n"
         f"loading it needs:\n{needs}\n\n"
         f"{build.snippet(out, meta)}\n"
     )

@@ -66,6 +66,32 @@ def test_an_output_folder_is_refused(tmp_path):
     assert_refused_in_one_line(done, "is a folder")
 
 
+def test_agreement_matches_detections_as_sets_so_slots_that_trade_places_still_agree():
+    """The package-vs-in-process check of the notes and `runner.package`: two near-tied
+    detections in swapped slots (fp16 rounding in a compiled graph) give a large raw difference
+    and F1 1.00; a detection moved away or a wrong class lowers F1."""
+    from runner.backends.aot_package import agreement
+    from runner.backends.static_graph.outputs import Fields
+
+    boxes = torch.tensor([[[0.0, 0, 10, 10], [300, 300, 340, 330], [0, 0, 0, 0]]])
+    scores = torch.tensor([[0.9000, 0.8999, 0.0]])
+    classes = torch.tensor([[1, 2, 0]])
+    counts, exact = torch.tensor([2]), torch.tensor([True])
+    expected = (boxes, scores, classes, counts, exact)
+    swapped = (boxes[:, [1, 0, 2]], scores[:, [1, 0, 2]], classes[:, [1, 0, 2]], counts, exact)
+    said = agreement(expected, swapped, Fields())
+    assert said.startswith("detections F1 1.00") and "largest raw difference 330" in said, said
+    moved = boxes.clone()
+    moved[0, 1] += 100.0
+    assert agreement(expected, (moved, scores, classes, counts, exact), Fields()).startswith(
+        "detections F1 0.50"
+    )
+    wrong = torch.tensor([[1, 3, 0]])
+    assert "F1 0.50" in agreement(expected, (boxes, scores, wrong, counts, exact), Fields())
+    none = (boxes, scores, classes, torch.tensor([0]), exact)
+    assert agreement(none, none, Fields()).startswith("detections F1 1.00")
+
+
 # --- the C++ runtime a package links ----------------------------------------------------------
 
 REGEX_SOURCE = """
@@ -325,7 +351,9 @@ def test_the_command_packages_a_detector_that_answers_without_detectron2(tmp_pat
     sizes = SMALL_D2[1:] if device == "cpu" else ()
     done = run_module("runner.package", *args, *sizes, cwd=tmp_path, timeout=1200)
     assert done.returncode == 0, done.stderr[-3000:]
-    assert f"package: {out}" in done.stdout and "largest difference" in done.stdout
+    assert f"package: {out}" in done.stdout and "largest raw difference" in done.stdout
+    if device == "cpu":  # fp32: the same detections, as sets
+        assert "detections F1 1.00" in done.stdout, done.stdout
     assert out.is_file() and "no detectron2" in done.stdout
 
     from runner.backends import static_graph, validate_options

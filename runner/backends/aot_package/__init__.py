@@ -96,7 +96,7 @@ def optimize(exported, inputs, precision, options):
         )
         loaded, load_s, isa_probe_s = build.load(package.path, device)
         with torch.no_grad():
-            difference = _largest_difference(expected, loaded(*images))
+            agrees = agreement(expected, loaded(*images), outputs.fields)
         forward.packages[tuple(tuple(im.shape) for im in images)] = loaded
         made = (
             f"built: compile {package.compile_s:.1f} s"
@@ -107,11 +107,51 @@ def optimize(exported, inputs, precision, options):
             f"package[{shape}] {package.path.name} {package.size_mb:.1f} MB {made}; "
             f"export {package.export_s:.1f} s; libstdc++ {package.runtime}; load {load_s:.2f} s "
             f"(CPU ISA probe before it {isa_probe_s:.1f} s); "
-            f"max |package - in-process| {difference:.3g}"
+            f"package vs in-process: {agrees}"
         )
         log.info("aot_package: %s", notes[-1])
     graphs = options.get("graphs", True) and device.type == "cuda"
     return Replay(forward, outputs.fields, fallback=None, graphs=graphs, notes=notes)
+
+
+MATCH_IOU = 0.7  # agreement(): a package's detection matches the in-process one's at this IoU
+
+
+def agreement(expected: tuple, got, fields) -> str:
+    """How a loaded package's Outputs agree with the in-process forward's, for the notes and
+    `python -m runner.package`: the detections matched as sets (same class, IoU >= MATCH_IOU,
+    greedy by score, as parity matches them), and the largest raw difference of any output. At
+    fp16 Inductor's graph rounds differently from the uncompiled forward, so near-tied
+    detections can trade slots: a large raw difference with F1 1.00 is that, not a wrong
+    package."""
+    raw = f"largest raw difference {_largest_difference(expected, got):.3g}"
+    if fields.answers not in ("instances", "proposals"):
+        return raw
+    f1 = _detections_f1(expected, tuple(got), fields)
+    return f"detections F1 {f1:.2f} (same class, IoU >= {MATCH_IOU}), {raw}"
+
+
+def _detections_f1(expected: tuple, got: tuple, fields) -> float:
+    from runner.exported import Detections
+    from runner.run.parity import match
+
+    matched = total = 0
+    want = dict(zip(fields.names, expected, strict=True))
+    have = dict(zip(fields.names, got, strict=True))
+    for i in range(len(want["counts"])):
+        sides = []
+        for named in (want, have):
+            n = int(named["counts"][i])
+            sides.append(
+                Detections(
+                    named["boxes"][i, :n].float().cpu(),
+                    named["scores"][i, :n].float().cpu(),
+                    named["classes"][i, :n].cpu(),
+                )
+            )
+        matched += len(match(sides[0], sides[1], MATCH_IOU))
+        total += len(sides[0]) + len(sides[1])
+    return 2 * matched / total if total else 1.0
 
 
 def _largest_difference(expected: tuple, got) -> float:
