@@ -231,9 +231,9 @@ LOADER_ENVIRONMENT = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
 def load(path: Path, device: torch.device):
     """The package loaded as a user would (torch._inductor.aoti_load_package), with the
     single-threaded runner, the one a CUDA graph may capture; the seconds it took, and those of
-    Inductor's CPU ISA probe before it (cpu_isa_probe). The
-    process should have LOADER_ENVIRONMENT from its start; Inductor's setting is made here too,
-    for a pool that has not been started yet. The loader unpacks the package's files (its .so,
+    Inductor's CPU ISA probe before it (cpu_isa_probe). The process should have
+    LOADER_ENVIRONMENT from its start; Inductor's setting is made here too, for a pool that has
+    not been started yet. The loader unpacks the package's files (its .so,
     its kernels) into a folder of TMPDIR and removes it when the model is freed; a measuring
     child never frees it (it leaves with os._exit), so there they go into its scratch folder,
     which its parent removes (runner.scratch)."""
