@@ -1,8 +1,9 @@
 """The exported form of a model, shared by the run (runner.run) and the parts it uses: the model
 families, which wrap their models into it, and the backends, which optimize it. Takes a family's
 wrapped module; holds an `Exported`: an eager module with tensor-only I/O that a backend can
-optimize, the means to turn it into TorchScript, and the decoding of its outputs into per-image
-`Detections`.
+optimize, the means to turn it into TorchScript, the decoding of its outputs into per-image
+`Detections`, and how two images' Detections pair up (`box_iou`, `match`: parity's matching,
+which a package's check against its forward uses too).
 
 Every module made here has the same calling convention: ``module(*images)`` with one CHW tensor
 per image returns a flat tuple of tensors, the same fields for every image: every field the model
@@ -61,6 +62,38 @@ class Detections:
 
     def __len__(self) -> int:
         return int(self.scores.numel())
+
+
+def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
+    """Pairwise IoU of (N, 4) and (M, 4) boxes -> (N, M)."""
+    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
+    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
+    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
+    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
+    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
+    union = area_a[:, None] + area_b[None, :] - inter
+    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
+
+
+def match(ref: Detections, out: Detections, match_iou: float) -> list[tuple[int, int, float]]:
+    """Greedy same-class matching; returns (reference index, output index, IoU) triples: each
+    reference detection, best score first, takes the untaken output detection of its class
+    with the highest IoU, if that is at least `match_iou`. Parity's figures
+    (runner.run.parity) and a package's check against its forward (aot_package.agreement)
+    match this way."""
+    if len(ref) == 0 or len(out) == 0:
+        return []
+    iou = box_iou(ref.boxes, out.boxes)
+    iou[ref.classes[:, None] != out.classes[None, :]] = -1.0
+    taken = torch.zeros(len(out), dtype=torch.bool)
+    pairs = []
+    for r in torch.argsort(ref.scores, descending=True, stable=True).tolist():
+        candidates = iou[r].masked_fill(taken, -1.0)
+        best = int(torch.argmax(candidates))
+        if float(candidates[best]) >= match_iou:
+            taken[best] = True
+            pairs.append((r, best, float(candidates[best])))
+    return pairs
 
 
 class Layout:

@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from runner.config import PrecisionConfig
-from runner.exported import Detections, Panoptic
-from runner.run.parity import Figures, box_iou, compare, limits, match, verdict, worst
+from runner.exported import Detections, Panoptic, box_iou, match
+from runner.run.parity import Figures, compare, limits, verdict, worst
 
 
 def detections(boxes, scores, classes, masks=None) -> Detections:

@@ -36,7 +36,7 @@ from dataclasses import dataclass
 import torch
 
 from runner.config import PrecisionConfig
-from runner.exported import Detections
+from runner.exported import Detections, match
 
 HIGHER_IS_BETTER = (
     "match_f1",
@@ -90,37 +90,9 @@ class Figures:
     panoptic_class_agreement: float | None = None
 
 
-def box_iou(a: torch.Tensor, b: torch.Tensor) -> torch.Tensor:
-    """Pairwise IoU of (N, 4) and (M, 4) boxes -> (N, M)."""
-    area_a = (a[:, 2] - a[:, 0]).clamp(min=0) * (a[:, 3] - a[:, 1]).clamp(min=0)
-    area_b = (b[:, 2] - b[:, 0]).clamp(min=0) * (b[:, 3] - b[:, 1]).clamp(min=0)
-    top_left = torch.maximum(a[:, None, :2], b[None, :, :2])
-    bottom_right = torch.minimum(a[:, None, 2:], b[None, :, 2:])
-    inter = (bottom_right - top_left).clamp(min=0).prod(dim=2)
-    union = area_a[:, None] + area_b[None, :] - inter
-    return torch.where(union > 0, inter / union.clamp(min=1e-12), torch.zeros_like(inter))
-
-
 def _binary(masks: torch.Tensor) -> torch.Tensor:
     masks = masks.reshape(masks.shape[0], -1)
     return masks if masks.dtype == torch.bool else masks > 0.5
-
-
-def match(ref: Detections, out: Detections, match_iou: float) -> list[tuple[int, int, float]]:
-    """Greedy same-class matching; returns (reference index, output index, IoU) triples."""
-    if len(ref) == 0 or len(out) == 0:
-        return []
-    iou = box_iou(ref.boxes, out.boxes)
-    iou[ref.classes[:, None] != out.classes[None, :]] = -1.0
-    taken = torch.zeros(len(out), dtype=torch.bool)
-    pairs = []
-    for r in torch.argsort(ref.scores, descending=True, stable=True).tolist():
-        candidates = iou[r].masked_fill(taken, -1.0)
-        best = int(torch.argmax(candidates))
-        if float(candidates[best]) >= match_iou:
-            taken[best] = True
-            pairs.append((r, best, float(candidates[best])))
-    return pairs
 
 
 def _mask_ious(ref: Detections, out: Detections, pairs) -> list[float]:

@@ -132,8 +132,7 @@ def agreement(expected: tuple, got, fields) -> str:
 
 
 def _detections_f1(expected: tuple, got: tuple, fields) -> float:
-    from runner.exported import Detections
-    from runner.run.parity import match
+    from runner.exported import Detections, match
 
     matched = total = 0
     want = dict(zip(fields.names, expected, strict=True))
