@@ -102,3 +102,31 @@ def test_the_jobs_keys_change_no_fingerprint_and_name_no_folder(make_run, tmp_pa
         sweep_started=1.5,
     )
     assert fingerprint(moved, "code") == fingerprint(cfg, "code")
+
+
+def test_a_failure_after_the_timed_blocks_keeps_the_measured_rows(make_run):
+    """A run whose child dies in its finish step (the profiler pass), as a SLURM cancel caught
+    one in CI, keeps the rows its timed blocks wrote: same status and figures, the failure
+    written into them; had the accuracy pass been asked for and died, they would be errors."""
+    from runner.run.steps import Block
+    from runner.run.workers import ChildFailed
+
+    cfg, job = make_run(*SMALL_CPU_RUN, "bench.repeats=2")
+    member = Member(cfg, job)
+    member.prepared = Prepared("ok", "")
+    for repeat in range(2):
+        ms = 10.0 + repeat
+        block = Block(samples={"opt": [ms, ms, ms]}, image_hw={"opt": "160x224"})
+        member.add_block(repeat, block, "session")
+        member.write()
+    killed = ChildFailed("signal", "child killed by SIGTERM (signal 15)")
+    member.fail_after_timing("finish", killed)
+    written = record.read_rows(Path(job.output_dir) / "result.csv")
+    assert [r.repeat for r in written] == [0, 1]
+    assert [r.latency_ms_median for r in written] == [10.0, 11.0]
+    assert {r.status for r in written} == {"ok"}
+    assert all(r.error.startswith("finish: signal: child killed by SIGTERM") for r in written)
+    # what the next run of the same command finds: both repeats measured, nothing to redo
+    again = Member(cfg, job)
+    again.read_kept()
+    assert again.missing() == set()

@@ -218,16 +218,18 @@ def _measure(active: list[Member], todo: list[int], session: str, gpu: str, env:
                 active.remove(member)
     timed = time.monotonic()
     for member in list(active):
+        stage = "accuracy"
         try:
             accuracy = member.worker.request("accuracy", timeout_s=timeout)
+            stage = "finish"
             finished = member.worker.request("finish", timeout_s=timeout)
             for repeat, row in member.new.items():
                 member.new[repeat] = steps.row(
                     dataclasses.asdict(row), finished.fields(), accuracy.fields(row)
                 )
             member.write()
-        except Exception as failure:  # noqa: BLE001 - as above
-            member.fail(failure, gpu)
+        except Exception as failure:  # noqa: BLE001 - as above; the timed rows stand
+            member.fail_after_timing(stage, failure)
             active.remove(member)
             continue
         member.close()

@@ -11,7 +11,7 @@ import time
 from pathlib import Path
 
 from runner import provenance
-from runner.config import Config, ConfigError, Job, is_backend_override, override_key
+from runner.config import NO_DATASET, Config, ConfigError, Job, is_backend_override, override_key
 from runner.identity import describe, fingerprint, recorded
 from runner.run import record, steps
 from runner.run.record import Row
@@ -132,14 +132,40 @@ class Member:
     def fail(self, failure: Exception, gpu: str) -> Row:
         """End with an error row: the child failed (ChildFailed), or the parent met a value it
         could not use (any other exception: a bug, but still a row saying so)."""
+        return self.end(Prepared("error", self._reason(failure)), gpu)
+
+    def fail_after_timing(self, stage: str, failure: Exception) -> list[Row]:
+        """The child failed in a step after its timed blocks (`stage`: accuracy or finish), whose
+        rows are already written: they stay, the failure written into them, so that a run
+        cancelled, killed or broken after it was measured loses no measurement. An accuracy
+        pass that was asked for (a dataset) and did not end makes them error rows, as a failed
+        pass does (steps.Accuracy); a failed finish keeps their status and leaves out only the
+        profiler pass and the backend's notes."""
+        reason = f"{stage}: {self._reason(failure)}"
+        asked = stage == "accuracy" and self.cfg.dataset.name != NO_DATASET
+        for repeat, row in self.new.items():
+            previous = f"; {row.error}" if row.error else ""
+            changes = {"error": reason + previous}
+            if asked:
+                changes["status"] = "error"
+            self.new[repeat] = steps.row(dataclasses.asdict(row), changes)
+        self.write()
+        self.close()
+        log.warning(
+            "run: %s after its timed blocks, which stand: %s: %s",
+            stage,
+            describe(self.cfg),
+            reason.splitlines()[0],
+        )
+        return self.rows()
+
+    def _reason(self, failure: Exception) -> str:
         if isinstance(failure, ChildFailed):
             if failure.detail:
                 (self.out / "error.txt").write_text(failure.detail)
-            reason = f"{failure.cause}: {failure}"
-        else:
-            log.exception("run: the parent failed on %s", describe(self.cfg))
-            reason = f"parent: {type(failure).__name__}: {failure}"
-        return self.end(Prepared("error", reason), gpu)
+            return f"{failure.cause}: {failure}"
+        log.exception("run: the parent failed on %s", describe(self.cfg))
+        return f"parent: {type(failure).__name__}: {failure}"
 
     def add_block(self, repeat: int, block: Block, session: str) -> None:
         self.blocks[repeat] = block
