@@ -141,13 +141,13 @@ class Member:
         pass that was asked for (a dataset) and did not end makes them error rows, as a failed
         pass does (steps.Accuracy); a failed finish keeps their status and leaves out only the
         profiler pass and the backend's notes."""
-        reason = f"{stage}: {self._reason(failure)}"
+        reason = self._reason(failure)
         asked = stage == "accuracy" and self.cfg.dataset.name != NO_DATASET
         for repeat, row in self.new.items():
-            previous = f"; {row.error}" if row.error else ""
-            changes = {"error": reason + previous}
-            if asked:
-                changes["status"] = "error"
+            if asked:  # as a failed pass: steps.Accuracy's error rows
+                changes = steps.Accuracy(failure=reason).fields(row)
+            else:
+                changes = {"error": f"{stage}: {reason}" + (f"; {row.error}" if row.error else "")}
             self.new[repeat] = steps.row(dataclasses.asdict(row), changes)
         self.write()
         self.close()
@@ -155,7 +155,7 @@ class Member:
             "run: %s after its timed blocks, which stand: %s: %s",
             stage,
             describe(self.cfg),
-            reason.splitlines()[0],
+            f"{stage}: {reason.splitlines()[0]}",
         )
         return self.rows()
 
