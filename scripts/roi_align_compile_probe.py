@@ -110,9 +110,9 @@ def main() -> int:
     import torch._inductor.config as inductor_config
 
     # levels Inductor computes itself (as an FPN's are), at Mask R-CNN FPN's 480 x 640 sizes:
-    # one image of the third level spans 30 x 40 = 1200 elements per channel, a stride that
-    # Inductor's comprehensive padding rounds up to 1216 (fp16), while the kernel's strides
-    # are the ones traced
+    # one image of the third level spans 30 x 40 = 1200 elements per channel, a stride above
+    # Inductor's padding threshold (1024) that its comprehensive padding may round up to a
+    # multiple of 64 fp16 elements, while the kernel's strides are the ones traced
     g = torch.Generator().manual_seed(0)
     sizes = ((120, 160), (60, 80), (30, 40), (15, 20))
     raw = [torch.randn(1, 16, h, w, generator=g).half().cuda() for h, w in sizes]
