@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import functools
 import os
+import re
 import subprocess
 import sys
 import time
@@ -250,3 +251,43 @@ def backend_and_eager(cfg, exported, images):
         fn = backends.get(cfg.backend.name)(exported, images, cfg.precision, options)
         output = exported.decode(fn(*opt), cfg.batch)
     return reference, output, fn
+
+
+def ptx_for_sm90(kernel, signature: dict[str, str], constexprs: dict[str, object]) -> dict:
+    """`kernel` (a @triton.jit function) compiled by Triton for an H100 (sm_90) without a GPU
+    (Triton's own ptxas): its asm ("ptx", "cubin", ...). `signature` types every argument that is
+    not in `constexprs` ("*fp16", "i32", "fp32", ...), as the launcher would."""
+    import triton
+    from triton.backends.compiler import GPUTarget
+    from triton.compiler import ASTSource
+
+    names = kernel.arg_names
+    signature = {name: "constexpr" if name in constexprs else signature[name] for name in names}
+    source = ASTSource(
+        kernel, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}
+    )
+    return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm
+
+
+def f64_uses(ptx: str) -> list[str]:
+    """The PTX instructions that read a register holding an fp64 value (a kernel parameter typed
+    .f64, or the result of an instruction typed .f64), as `opcode operands` lines."""
+    params = set(re.findall(r"\.param \.f64 (\w+)", ptx))
+    doubles: set[str] = set()
+    uses = []
+    for line in ptx.splitlines():
+        found = re.match(r"\s*([a-z][\w.]*)\s+(%\w+)(.*?);", line)
+        if not found:
+            continue
+        opcode, dest, rest = found.groups()
+        sources = set(re.findall(r"%\w+", rest))
+        if sources & doubles:
+            uses.append(f"{opcode} {dest}{rest}")
+        parts = opcode.split(".")
+        made = parts[-2] if parts[0] == "cvt" else parts[-1]  # cvt.rn.f32.f64: makes an f32
+        loaded = re.search(r"\[(\w+)\]", rest)
+        if (made == "f64" and parts[0] != "setp") or (
+            parts[0] == "ld" and loaded and loaded[1] in params
+        ):
+            doubles.add(dest)
+    return uses

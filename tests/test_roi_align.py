@@ -32,7 +32,7 @@ import torchvision
 from torch.utils._python_dispatch import TorchDispatchMode
 
 import runner.ops  # noqa: F401 - registers torch.ops.d2bench
-from tests.helpers import capture_sync_free, run_python
+from tests.helpers import capture_sync_free, f64_uses, ptx_for_sm90, run_python
 from tests.test_ops import run_blocked
 
 REPO = Path(__file__).resolve().parents[1]
@@ -282,15 +282,13 @@ def test_triton_kernel_in_the_interpreter_equals_torchvision_bit_for_bit():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def compiled_for_sm90(dtype: str, aligned: bool, ones: bool = False) -> dict:
+def compiled_for_sm90(dtype: str, aligned: bool, ones: bool = False, floats: str = "fp32") -> dict:
     """The CUDA kernel compiled by Triton for an H100 (sm_90) without a GPU (Triton's own
     ptxas): its PTX and cubin, as Inductor would compile it (ROUNDED on). `ones`: with the
     integer arguments a launch may pass as 1 (column and channel strides, boxes per image,
-    channels, sampling ratio) made constants, as Triton's launcher specializes them."""
-    import triton
-    from triton.backends.compiler import GPUTarget
-    from triton.compiler import ASTSource
-
+    channels, sampling ratio) made constants, as Triton's launcher specializes them. `floats`:
+    the type the launcher gives the Python-float arguments (the scales): fp32 from eager Triton,
+    fp64 from Inductor (torch/_inductor/codegen/triton_utils.py, signature_of)."""
     from runner.ops.roi_align_triton import _roi_align_kernel
 
     constexprs = dict(PH=7, PW=7, ALIGNED=aligned, LEVELS=4, BLOCK_C=32, BINS=64, ROUNDED=True)
@@ -300,25 +298,17 @@ def compiled_for_sm90(dtype: str, aligned: bool, ones: bool = False) -> dict:
         constexprs.update({n: 1 for n in (*specialized, "P", "C", "sampling_ratio")})
     signature = {}
     for name in _roi_align_kernel.arg_names:
-        if name in constexprs:
-            signature[name] = "constexpr"
-        elif name == "out_ptr" or re.fullmatch(r"f\d", name):
+        if name == "out_ptr" or re.fullmatch(r"f\d", name):
             signature[name] = f"*{dtype}"
         elif name == "boxes_ptr":
             signature[name] = "*fp32"
         elif name == "levels_ptr":
             signature[name] = "*i64"
         elif name.startswith("scale"):
-            signature[name] = "fp32"
+            signature[name] = floats
         else:
             signature[name] = "i32"
-    names = _roi_align_kernel.arg_names
-    source = ASTSource(
-        _roi_align_kernel,
-        signature,
-        constexprs={(names.index(k),): v for k, v in constexprs.items()},
-    )
-    return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm
+    return ptx_for_sm90(_roi_align_kernel, signature, constexprs)
 
 
 @pytest.mark.skipif(not triton_available(), reason=TRITON_MISSING)
@@ -346,6 +336,20 @@ def test_cuda_kernel_compiles_for_sm90_with_ieee_fp32_arithmetic(dtype, aligned,
         assert re.search(rf"cvt\.rn\.{half}(x2)?\.f32", ptx), "no rounding to nearest"
         assert not re.search(rf"cvt\.(rz|rm|rp)\.{half}", ptx), "a directed rounding"
     assert asm["cubin"], "ptxas made no cubin"
+
+
+@pytest.mark.skipif(not triton_available(), reason=TRITON_MISSING)
+@pytest.mark.parametrize("floats", ["fp32", "fp64"])
+def test_cuda_kernel_rounds_the_scales_to_fp32_however_the_launcher_types_them(floats):
+    """Eager Triton passes a Python float as fp32, Inductor (torch.compile, AOTInductor) as fp64.
+    An fp64 scale that reached the fp32 inline PTX was its low 32 bits: 0 for every FPN scale,
+    so every box pooled zeros when compiled (session 11's Mask R-CNN FPN package found no
+    detections). The only things the kernel may do with an fp64 value are select it and round
+    it to fp32."""
+    ptx = compiled_for_sm90("fp16", True, floats=floats)["ptx"]
+    uses = f64_uses(ptx)
+    assert [use for use in uses if not use.startswith(("selp.f64", "cvt.rn.f32.f64"))] == []
+    assert bool(uses) == (floats == "fp64")
 
 
 INDUCTOR_ACCESSES_CODE = textwrap.dedent(

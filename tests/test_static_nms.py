@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import importlib.util
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -25,7 +26,7 @@ import torchvision
 from torchvision.ops.boxes import _batched_nms_coordinate_trick
 
 from runner.backends.static_graph.nms import batched_nms_topk, triton_available
-from tests.helpers import capture_sync_free
+from tests.helpers import capture_sync_free, f64_uses, ptx_for_sm90
 
 REPO = Path(__file__).resolve().parents[1]
 TRITON_MISSING = "triton is not importable here (it ships with CUDA builds of torch)"
@@ -350,6 +351,25 @@ def test_triton_kernels_in_the_interpreter_match_torchvision_and_the_torch_path(
 
 
 # --- CUDA: both paths, sync-free and inside a CUDA graph ----------------------------------------
+
+
+@pytest.mark.skipif(not triton_available(), reason=TRITON_MISSING)
+@pytest.mark.parametrize("floats", ["fp32", "fp64"])
+def test_iou_kernel_compares_in_fp32_however_the_launcher_types_the_threshold(floats):
+    """Eager Triton passes the Python-float threshold as fp32, Inductor (torch.compile,
+    AOTInductor) as fp64; the torch path compares in fp32 (a tensor against a Python float).
+    Compiled for an H100, the kernel only rounds an fp64 threshold to fp32 and compares fp32:
+    an IoU of exactly fp32(0.6) is not above 0.6 either way, as on the torch path."""
+    from runner.ops.nms_triton import _iou_mask_kernel
+
+    signature = dict(boxes_ptr="*fp32", mask_ptr="*i32", C="i32", W="i32", threshold=floats)
+    ptx = ptx_for_sm90(_iou_mask_kernel, signature, dict(ROWS=64, BITS=32, ROUNDED=True))["ptx"]
+    uses = f64_uses(ptx)
+    assert [use for use in uses if not use.startswith("cvt.rn.f32.f64")] == []
+    assert bool(uses) == (floats == "fp64")
+    assert re.search(r"setp\.\w+\.f32", ptx) and not re.search(r"setp\.\w+\.f64", ptx)
+    at_threshold = torch.tensor([0.6], dtype=torch.float32)
+    assert not (at_threshold > 0.6).item()  # the torch path's comparison, which the kernel keeps
 
 
 def load_bench():

@@ -80,7 +80,10 @@ def _iou_mask_kernel(
         else:
             union = (area_a[:, None] + area_b[None, :]) - inter
         iou = tl.div_rn(inter, union)
-        hit = (iou > threshold) & (cols[None, :] > rows[:, None]) & col_in[None, :]
+        # compared in fp32, as the torch path does: Inductor passes a Python float as fp64 (eager
+        # Triton as fp32), and fp32(t) > t for some thresholds (0.6)
+        above = iou > tl.cast(threshold, tl.float32)
+        hit = above & (cols[None, :] > rows[:, None]) & col_in[None, :]
         packed = tl.sum(hit.to(tl.int64) << bits[None, :].to(tl.int64), axis=1).to(tl.int32)
         tl.store(mask_ptr + batch * C * W + rows.to(tl.int64) * W + word, packed, mask=row_in)
 

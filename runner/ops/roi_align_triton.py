@@ -49,7 +49,12 @@ TILE = 2048  # fp32 sums one program holds: channels x bins (bins rounded up to 
 def _mul(a, b, ROUNDED: tl.constexpr):
     if ROUNDED:
         product = tl.inline_asm_elementwise(
-            "mul.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32, is_pure=True, pack=1
+            "mul.rn.f32 $0, $1, $2;",
+            "=f,f,f",
+            [tl.cast(a, tl.float32), tl.cast(b, tl.float32)],
+            dtype=tl.float32,
+            is_pure=True,
+            pack=1,
         )
     else:
         product = a * b
@@ -60,7 +65,12 @@ def _mul(a, b, ROUNDED: tl.constexpr):
 def _add(a, b, ROUNDED: tl.constexpr):
     if ROUNDED:
         total = tl.inline_asm_elementwise(
-            "add.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32, is_pure=True, pack=1
+            "add.rn.f32 $0, $1, $2;",
+            "=f,f,f",
+            [tl.cast(a, tl.float32), tl.cast(b, tl.float32)],
+            dtype=tl.float32,
+            is_pure=True,
+            pack=1,
         )
     else:
         total = a + b
@@ -71,7 +81,12 @@ def _add(a, b, ROUNDED: tl.constexpr):
 def _sub(a, b, ROUNDED: tl.constexpr):
     if ROUNDED:
         difference = tl.inline_asm_elementwise(
-            "sub.rn.f32 $0, $1, $2;", "=f,f,f", [a, b], dtype=tl.float32, is_pure=True, pack=1
+            "sub.rn.f32 $0, $1, $2;",
+            "=f,f,f",
+            [tl.cast(a, tl.float32), tl.cast(b, tl.float32)],
+            dtype=tl.float32,
+            is_pure=True,
+            pack=1,
         )
     else:
         difference = a - b
@@ -174,7 +189,9 @@ def _roi_align_kernel(
         stride_c = _pick(level, sc0, sc1, sc2, sc3)
         stride_h = _pick(level, sh0, sh1, sh2, sh3)
         stride_w = _pick(level, sw0, sw1, sw2, sw3)
-        scale = _pick(level, scale0, scale1, scale2, scale3)
+        # fp32, as torchvision's kernels take it: Inductor passes a Python float as fp64 (eager
+        # Triton as fp32), and an fp64 operand of the fp32 inline PTX would be its low 32 bits
+        scale = _pick(level, scale0, scale1, scale2, scale3).to(tl.float32)
 
         # the box on its level, as torchvision: start = coordinate * scale - offset
         offset = 0.5 if ALIGNED else 0.0
