@@ -228,7 +228,10 @@ def test_a_package_is_built_reused_described_and_loaded_by_its_snippet(tmp_path,
             assert torch.equal(want, have)
     flat = slice_detections(got, [count])
     assert [len(t) for t in flat] == [count] * 3
-    assert any("runner.ops" in line for line in build.requirements(meta))
+    assert meta["d2bench.calls"] == "d2bench::greedy_nms", "the NMS op, by name, and no other"
+    needs = build.requirements(meta)
+    assert any("runner.ops" in line for line in needs)
+    assert any(line.startswith("no torchvision") for line in needs)
 
     # the snippet the command prints, as printed, in a process without the model code
     torch.save({"image": images[0], "expected": expected}, tmp_path / "io.pt")
@@ -403,7 +406,39 @@ EXAMPLE = {  # the metadata of the docs' example package (Mask R-CNN FPN, fp16, 
     "d2bench.inputs": "1 x [3, 480, 640] float32",
     "d2bench.outputs": "boxes,scores,classes,counts,exact,masks",
     "d2bench.device": "cuda",
+    "d2bench.calls": "d2bench::greedy_nms,torchvision::roi_align",
 }
+
+
+@pytest.mark.parametrize(
+    "device, calls, torchvision, runner_ops",
+    [
+        ("cuda", "d2bench::greedy_nms,torchvision::roi_align", True, False),
+        ("cuda", "d2bench::greedy_nms,d2bench::roi_align", False, False),  # roi_align: op
+        ("cpu", "d2bench::greedy_nms", False, True),
+        ("cpu", "", False, False),
+        ("cuda", None, True, False),  # a package from before d2bench.calls: assume torchvision
+        ("cpu", None, True, True),
+    ],
+)
+def test_what_loading_needs_follows_the_ops_the_package_calls(
+    device, calls, torchvision, runner_ops
+):
+    meta = {**EXAMPLE, "d2bench.device": device, "d2bench.torch": "2.11.0"}
+    meta.update({"d2bench.sm": "sm_90", "d2bench.gpu": "NVIDIA H100"} if device == "cuda" else {})
+    if calls is None:
+        del meta["d2bench.calls"]
+    else:
+        meta["d2bench.calls"] = calls
+    needs = build.requirements(meta)
+    imports = build.snippet(Path("model.pt2"), meta).split("\n\n", 1)[0]
+    assert any("`import torchvision`" in line for line in needs) == torchvision, needs
+    assert any(line.startswith("no torchvision") for line in needs) != torchvision, needs
+    assert ("torchvision" in imports) == torchvision, imports
+    assert any("`import runner.ops`" in line for line in needs) == runner_ops, needs
+    assert ("import runner.ops" in imports) == runner_ops, imports
+    if calls and "torchvision::roi_align" in calls:
+        assert any("(torchvision::roi_align)" in line for line in needs), "named"
 
 
 def test_the_docs_show_the_snippet_the_command_prints():

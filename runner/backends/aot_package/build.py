@@ -18,10 +18,11 @@ dimensions (which would give up the fixed-shape kernels and the replay).
 
 What a package needs at load time, in the loading process: the torch version it was built with
 (AOTInductor's runtime is not promised across versions) and, on CUDA, a GPU of the same compute
-capability (its kernels are compiled for it); torchvision's ops, which it calls by name
-(`torchvision::roi_align`: `import torchvision`, or in C++ load torchvision's library); and for a
-CPU package the CPU kernel of d2bench's NMS op (`import runner.ops`). The package's metadata
-(`get_metadata()`) records the contract, the sizes and what built it.
+capability (its kernels are compiled for it); torchvision's ops, where it calls one by name
+(`torchvision::roi_align`, unless built with `roi_align: op`: `import torchvision`, or in C++
+load torchvision's library); and for a CPU package the CPU kernels of d2bench's ops
+(`import runner.ops`). The package's metadata (`get_metadata()`) records the contract, the sizes,
+the ops outside torch it calls (`d2bench.calls`) and what built it.
 """
 
 from __future__ import annotations
@@ -63,6 +64,22 @@ def export(outputs: torch.nn.Module, images: tuple[torch.Tensor, ...]):
     """The forward traced by torch.export (non-strict, no gradients): every shape static."""
     with torch.no_grad():
         return torch.export.export(outputs, tuple(images), strict=False)
+
+
+def called_ops(program) -> list[str]:
+    """The ops outside torch's own (aten, prims) that the exported graph calls, by name
+    (`torchvision::roi_align`, `d2bench::greedy_nms`), submodules of higher-order ops included:
+    what a loading process may have to register (requirements)."""
+    names = set()
+    for module in program.graph_module.modules():
+        if not isinstance(module, torch.fx.GraphModule):
+            continue
+        for node in module.graph.nodes:
+            target = node.target
+            if node.op == "call_function" and isinstance(target, torch._ops.OpOverload):
+                if target.namespace not in ("aten", "prims", "prim"):
+                    names.add(f"{target.namespace}::{target._schema.name.split('::')[-1]}")
+    return sorted(names)
 
 
 def _tensor_digest(hasher, tensors: dict) -> None:
@@ -196,7 +213,8 @@ def build(
             return Package(
                 path, key, _mb(path), export_s, None, built["compile_s"], link.runtime(path)
             )
-    meta = metadata(outputs.fields, images, {"key": key, **meta_extra})
+    calls = ",".join(called_ops(program))
+    meta = metadata(outputs.fields, images, {"key": key, "calls": calls, **meta_extra})
     log.info("compiling the package with AOTInductor (tens of seconds on a GPU host)")
     started = time.perf_counter()
     compile_package(program, Path(path), meta)
@@ -265,20 +283,34 @@ def cpu_isa_probe() -> float:
     return time.perf_counter() - started
 
 
+def _calls(meta: dict[str, str], namespace: str) -> list[str] | None:
+    """The ops of `namespace` the package calls (its d2bench.calls), or None where the package
+    does not say (made before it was recorded): then assume it calls some."""
+    if "d2bench.calls" not in meta:
+        return None
+    return [name for name in meta["d2bench.calls"].split(",") if name.startswith(namespace)]
+
+
 def requirements(meta: dict[str, str]) -> list[str]:
     """What a process needs to load a package with this metadata, one line each."""
     needs = [f"torch {meta['d2bench.torch']} (AOTInductor packages are built for one version)"]
+    ours, theirs = _calls(meta, "d2bench::"), _calls(meta, "torchvision::")
     if meta.get("d2bench.device") == "cuda":
         needs.append(
             f"a CUDA GPU of compute capability {meta['d2bench.sm']} (built on "
             f"{meta['d2bench.gpu']}); neither Triton nor a compiler"
         )
+    elif ours is None or ours:
+        named = f" ({', '.join(ours)})" if ours else ""
+        needs.append(f"the CPU kernels of d2bench's ops{named}: `import runner.ops` before loading")
+    if theirs is None or theirs:
+        named = ", ".join(theirs) if theirs else "torchvision::roi_align"
+        needs.append(
+            f"torchvision's ops, which the package calls by name ({named}): `import torchvision` "
+            "(C++: load torchvision's library, libtorchvision or _C.so)"
+        )
     else:
-        needs.append("the CPU kernel of d2bench's NMS op: `import runner.ops` before loading")
-    needs.append(
-        "torchvision's ops, which the package calls by name (torchvision::roi_align): "
-        "`import torchvision` (C++: load torchvision's library, libtorchvision or _C.so)"
-    )
+        needs.append("no torchvision: the package calls none of its ops")
     needs.append("no detectron2 and none of d2bench's model code")
     return needs
 
@@ -288,9 +320,10 @@ def snippet(path: Path, meta: dict[str, str]) -> str:
     batch, shape = meta["d2bench.inputs"].split(" x ")
     _, height, width = (int(v) for v in shape.split("]")[0].strip("[").split(","))
     device = meta.get("d2bench.device", "cuda")
-    imports = "import torch, torchvision" + (
-        "\nimport runner.ops  # the CPU kernel of d2bench::greedy_nms" if device == "cpu" else ""
-    )
+    ours, theirs = _calls(meta, "d2bench::"), _calls(meta, "torchvision::")
+    imports = "import torch" + (", torchvision" if theirs is None or theirs else "")
+    if device == "cpu" and (ours is None or ours):
+        imports += "\nimport runner.ops  # the CPU kernels of d2bench's ops"
     names = meta["d2bench.outputs"].replace(",", ", ")
     images = ", ".join(["image"] * int(batch))
     return f"""{imports}
