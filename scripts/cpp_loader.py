@@ -146,6 +146,12 @@ def measure(package: Path, args, work: Path) -> list[dict]:
             f"{package}: its detections are {fields.answers}; this comparison reads a "
             "detector's instances (boxes, scores, classes)"
         )
+    theirs = [n for n in meta.get("d2bench.calls", "").split(",") if n.startswith("torchvision::")]
+    if theirs and not args.torchvision:
+        raise SystemExit(
+            f"{package}: it calls {', '.join(theirs)}, which only torchvision's library registers; "
+            "pass --torchvision LIB.so (torchvision's _C.so), or build it with roi_align: op"
+        )
     batch = package_images(meta)
     raw = work / f"{package.stem}.bin"
     batch.numpy().tofile(raw)

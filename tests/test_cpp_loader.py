@@ -21,6 +21,7 @@ from pathlib import Path
 
 import pytest
 import torch
+import torchvision
 from torch import nn
 
 from runner.backends.aot_package import build
@@ -122,3 +123,31 @@ def test_the_cpp_loader_refuses_a_file_of_the_wrong_size(tmp_path, binary):
     assert done.returncode == 2
     assert "16 bytes, need 12288 (1 x [3, 32, 32] float32)" in done.stderr
     assert list(unpacked.iterdir()) == [], "the refusal left the unpacked package behind"
+
+
+class Pooled(TopK):
+    """TopK whose scores come from torchvision's roi_align over its boxes: a package that calls
+    `torchvision::roi_align` by name, as a detector's with static_graph's default pooling does."""
+
+    def forward(self, *images):
+        slots = super().forward(*images)
+        features = self.conv(torch.stack(images) / 255)
+        pooled = torchvision.ops.roi_align(features, list(slots.boxes.unbind(0)), (2, 2), 1 / 8)
+        scores = pooled.mean(dim=(1, 2, 3)).view_as(slots.scores).sigmoid()
+        return Slots(slots.boxes, scores, slots.classes, slots.valid, slots.exact)
+
+
+def test_the_cpp_loader_asks_for_torchvision_where_the_package_calls_its_ops(tmp_path, binary):
+    """The package says which ops outside torch it calls (d2bench.calls); one that calls
+    torchvision's is refused up front without --torchvision, naming the op, rather than failing
+    inside the C++ program."""
+    outputs = Outputs(Pooled().eval(), None).eval()
+    images = (torch.rand(3, 32, 32) * 255,)
+    package = build.build(outputs, images, {}, path=tmp_path / "pooled.pt2")
+    loaded, _, _ = build.load(package.path, torch.device("cpu"))
+    assert loaded.get_metadata()["d2bench.calls"] == "torchvision::roi_align"
+    script = str(REPO / "scripts" / "cpp_loader.py")
+    arguments = ("--binary", str(binary), "--csv", str(tmp_path / "cpp.csv"), str(package.path))
+    done = run_python(script, *arguments, timeout=600)
+    assert done.returncode != 0 and not (tmp_path / "cpp.csv").exists()
+    assert "it calls torchvision::roi_align" in done.stderr and "--torchvision" in done.stderr
