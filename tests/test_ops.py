@@ -173,8 +173,12 @@ def test_aot_package_loads_and_answers_without_detectron2_or_the_backends(tmp_pa
         assert len(got) == len(io["want"])
         for a, b in zip(io["want"], got):
             assert a.dtype == b.dtype and a.shape == b.shape, (a.shape, b.shape)
-            # integer and bool fields exactly; roi_align's sums may differ in the last bits
-            assert torch.equal(a, b) if not a.is_floating_point() else torch.allclose(a, b)
+            # integer and bool fields exactly; roi_align's sums may differ in the last bits (how
+            # Inductor's C++ vectorizes them depends on the CPU: ulps of values near 0)
+            if a.is_floating_point():
+                torch.testing.assert_close(b, a, rtol=1e-5, atol=1e-6)
+            else:
+                assert torch.equal(a, b)
         assert "detectron2" not in sys.modules
         assert not [m for m in sys.modules if m.startswith("runner.backends")]
         print("same answers")
