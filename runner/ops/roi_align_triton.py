@@ -46,16 +46,23 @@ TILE = 2048  # fp32 sums one program holds: channels x bins (bins rounded up to 
 
 
 @triton.jit
+def _rounded(a, b, INSTRUCTION: tl.constexpr):
+    """One fp32 PTX instruction on a and b, each first rounded to fp32: an fp64 operand (a
+    Python float under Inductor) would otherwise reach the instruction as its low 32 bits."""
+    return tl.inline_asm_elementwise(
+        INSTRUCTION + " $0, $1, $2;",
+        "=f,f,f",
+        [tl.cast(a, tl.float32), tl.cast(b, tl.float32)],
+        dtype=tl.float32,
+        is_pure=True,
+        pack=1,
+    )
+
+
+@triton.jit
 def _mul(a, b, ROUNDED: tl.constexpr):
     if ROUNDED:
-        product = tl.inline_asm_elementwise(
-            "mul.rn.f32 $0, $1, $2;",
-            "=f,f,f",
-            [tl.cast(a, tl.float32), tl.cast(b, tl.float32)],
-            dtype=tl.float32,
-            is_pure=True,
-            pack=1,
-        )
+        product = _rounded(a, b, "mul.rn.f32")
     else:
         product = a * b
     return product
@@ -64,14 +71,7 @@ def _mul(a, b, ROUNDED: tl.constexpr):
 @triton.jit
 def _add(a, b, ROUNDED: tl.constexpr):
     if ROUNDED:
-        total = tl.inline_asm_elementwise(
-            "add.rn.f32 $0, $1, $2;",
-            "=f,f,f",
-            [tl.cast(a, tl.float32), tl.cast(b, tl.float32)],
-            dtype=tl.float32,
-            is_pure=True,
-            pack=1,
-        )
+        total = _rounded(a, b, "add.rn.f32")
     else:
         total = a + b
     return total
@@ -80,14 +80,7 @@ def _add(a, b, ROUNDED: tl.constexpr):
 @triton.jit
 def _sub(a, b, ROUNDED: tl.constexpr):
     if ROUNDED:
-        difference = tl.inline_asm_elementwise(
-            "sub.rn.f32 $0, $1, $2;",
-            "=f,f,f",
-            [tl.cast(a, tl.float32), tl.cast(b, tl.float32)],
-            dtype=tl.float32,
-            is_pure=True,
-            pack=1,
-        )
+        difference = _rounded(a, b, "sub.rn.f32")
     else:
         difference = a - b
     return difference
