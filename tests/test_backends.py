@@ -4,6 +4,7 @@ module for the TorchScript backend; `unsupported` for those that need CUDA or ab
 from __future__ import annotations
 
 import importlib.util
+import os
 import shutil
 
 import pytest
@@ -16,7 +17,7 @@ from runner.backends import Unsupported, check_options
 from runner.config import PrecisionConfig
 from runner.exported import Exported, Layout
 from runner.run.inputs import InputSet
-from tests.helpers import option_files
+from tests.helpers import REPO, option_files
 
 FP32 = PrecisionConfig(name="fp32")
 
@@ -296,3 +297,20 @@ def test_a_backend_names_the_environment_its_measuring_process_needs(monkeypatch
     assert backends.environment("eager") == {}
     backends.environment("aot_package")["X"] = "1"  # a copy: the registry is not changed
     assert "X" not in backends.environment("aot_package")
+
+
+def test_a_package_build_runs_without_what_only_a_loading_process_sets(monkeypatch):
+    """The measuring child loads with LOADER_ENVIRONMENT (no compile pool, no build checks in
+    the CPU ISA probe), but the worker it starts to compile a package gets neither: a build
+    needs both. D2BENCH_COMPILE_THREADS sizes the worker's pool."""
+    from runner.backends.aot_package import build
+
+    for name, value in build.LOADER_ENVIRONMENT.items():
+        monkeypatch.setenv(name, value)
+    monkeypatch.delenv("D2BENCH_COMPILE_THREADS", raising=False)
+    env = build.worker_environment()
+    assert not set(build.LOADER_ENVIRONMENT) & set(env)
+    assert str(REPO) in env["PYTHONPATH"].split(os.pathsep)
+    monkeypatch.setenv("D2BENCH_COMPILE_THREADS", "3")
+    assert build.worker_environment()["TORCHINDUCTOR_COMPILE_THREADS"] == "3"
+    assert "TORCHINDUCTOR_VEC_ISA_OK" not in build.worker_environment()

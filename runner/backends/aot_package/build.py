@@ -150,6 +150,19 @@ def metadata(fields, images: tuple[torch.Tensor, ...], extra: dict) -> dict[str,
     return meta
 
 
+def worker_environment() -> dict[str, str]:
+    """The compile worker's environment: this process's without what only a loading process
+    sets (LOADER_ENVIRONMENT: a build needs Inductor's pool and its CPU ISA probe), the pool's
+    size from D2BENCH_COMPILE_THREADS where several builds share a machine, and this checkout
+    on PYTHONPATH (the worker imports runner.ops)."""
+    env = {k: v for k, v in os.environ.items() if k not in LOADER_ENVIRONMENT}
+    if os.environ.get("D2BENCH_COMPILE_THREADS"):
+        env["TORCHINDUCTOR_COMPILE_THREADS"] = os.environ["D2BENCH_COMPILE_THREADS"]
+    root = str(Path(__file__).resolve().parents[3])
+    env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
+    return env
+
+
 def compile_package(program, path: Path, meta: dict[str, str]) -> Path:
     """AOTInductor's compile of `program` into `path`, in a process of its own
     (compile_worker.py says why): the program is saved next to `path` (torch.export.save), the
@@ -166,15 +179,10 @@ def compile_package(program, path: Path, meta: dict[str, str]) -> Path:
         saved, meta_file = Path(work) / "program.pt2", Path(work) / "metadata.json"
         torch.export.save(program, saved)
         meta_file.write_text(json.dumps(meta))
-        env = {k: v for k, v in os.environ.items() if k != "TORCHINDUCTOR_COMPILE_THREADS"}
-        if os.environ.get("D2BENCH_COMPILE_THREADS"):  # several builds sharing one machine
-            env["TORCHINDUCTOR_COMPILE_THREADS"] = os.environ["D2BENCH_COMPILE_THREADS"]
-        root = str(Path(__file__).resolve().parents[3])
-        env["PYTHONPATH"] = os.pathsep.join(filter(None, [root, env.get("PYTHONPATH")]))
         worker = "runner.backends.aot_package.compile_worker"
         command = [sys.executable, "-m", worker, str(saved), str(partial), str(meta_file)]
         try:
-            done = subprocess.run(command, env=env, capture_output=True, text=True)
+            done = subprocess.run(command, env=worker_environment(), capture_output=True, text=True)
             if done.returncode != 0:
                 tail = "\n".join(done.stderr.strip().splitlines()[-20:])
                 raise RuntimeError(f"AOTInductor's compile failed ({done.returncode}):\n{tail}")
@@ -242,8 +250,12 @@ def build(
 
 
 # What a process that loads packages sets before torch starts: no pool of compile workers (on
-# torch 2.11 a package crashed at load wherever that pool ran: compile_worker.py).
-LOADER_ENVIRONMENT = {"TORCHINDUCTOR_COMPILE_THREADS": "1"}
+# torch 2.11 a package crashed at load wherever that pool ran: compile_worker.py), and no build
+# checks in Inductor's CPU ISA probe (cpu_isa_probe: on torch 2.11 it built and loaded a test
+# program per ISA in fresh Pythons, about 40 s of every loading process; the loader only
+# compares its answer with the package's and warns where they differ). A build's worker gets
+# neither (compile_package): it compiles, so it probes as Inductor always does.
+LOADER_ENVIRONMENT = {"TORCHINDUCTOR_COMPILE_THREADS": "1", "TORCHINDUCTOR_VEC_ISA_OK": "1"}
 
 
 def load(path: Path, device: torch.device):
@@ -275,7 +287,9 @@ def cpu_isa_probe() -> float:
     loader asks for it (the machine's description it compares with the package's): torch 2.11
     compiles a test program per ISA and loads each in a fresh Python that imports torch, which
     cost about 40 s of every load on the lent H100s (session 11). It is the process's, not the
-    package's, so a load is reported without it and the probe beside it."""
+    package's, so a load is reported without it and the probe beside it. Under
+    LOADER_ENVIRONMENT (TORCHINDUCTOR_VEC_ISA_OK=1) it reads the CPU's flags and builds
+    nothing."""
     from torch._inductor import cpu_vec_isa
 
     started = time.perf_counter()
