@@ -253,10 +253,14 @@ def backend_and_eager(cfg, exported, images):
     return reference, output, fn
 
 
-def ptx_for_sm90(kernel, signature: dict[str, str], constexprs: dict[str, object]) -> dict:
+def ptx_for_sm90(
+    kernel, signature: dict[str, str], constexprs: dict[str, object], divisible: tuple = ()
+) -> dict:
     """`kernel` (a @triton.jit function) compiled by Triton for an H100 (sm_90) without a GPU
-    (Triton's own ptxas): its asm ("ptx", "cubin", ...). `signature` types every argument that is
-    not in `constexprs` ("*fp16", "i32", "fp32", ...), as the launcher would."""
+    (Triton's own ptxas): its asm ("ptx", "ttgir", "cubin", ...). `signature` types every
+    argument that is not in `constexprs` ("*fp16", "i32", "fp32", ...), as the launcher would;
+    `divisible` names the arguments the launcher found divisible by 16 (pointers aligned to 16
+    bytes, integers), which it tells the compiler as Triton's launcher and Inductor do."""
     import triton
     from triton.backends.compiler import GPUTarget
     from triton.compiler import ASTSource
@@ -264,7 +268,10 @@ def ptx_for_sm90(kernel, signature: dict[str, str], constexprs: dict[str, object
     names = kernel.arg_names
     signature = {name: "constexpr" if name in constexprs else signature[name] for name in names}
     source = ASTSource(
-        kernel, signature, constexprs={(names.index(k),): v for k, v in constexprs.items()}
+        kernel,
+        signature,
+        constexprs={(names.index(k),): v for k, v in constexprs.items()},
+        attrs={(names.index(name),): [["tt.divisibility", 16]] for name in divisible},
     )
     return triton.compile(source, target=GPUTarget("cuda", 90, 32)).asm
 

@@ -24,6 +24,7 @@ import json
 import re
 import subprocess
 import textwrap
+from collections import Counter
 from pathlib import Path
 
 import pytest
@@ -282,13 +283,17 @@ def test_triton_kernel_in_the_interpreter_equals_torchvision_bit_for_bit():
     assert done.stdout.strip().splitlines()[-1] == "[]"
 
 
-def compiled_for_sm90(dtype: str, aligned: bool, ones: bool = False, floats: str = "fp32") -> dict:
+def compiled_for_sm90(
+    dtype: str, aligned: bool, ones: bool = False, floats: str = "fp32", nhwc: bool = False
+) -> dict:
     """The CUDA kernel compiled by Triton for an H100 (sm_90) without a GPU (Triton's own
     ptxas): its PTX and cubin, as Inductor would compile it (ROUNDED on). `ones`: with the
     integer arguments a launch may pass as 1 (column and channel strides, boxes per image,
     channels, sampling ratio) made constants, as Triton's launcher specializes them. `floats`:
     the type the launcher gives the Python-float arguments (the scales): fp32 from eager Triton,
-    fp64 from Inductor (torch/_inductor/codegen/triton_utils.py, signature_of)."""
+    fp64 from Inductor (torch/_inductor/codegen/triton_utils.py, signature_of). `nhwc`: as a
+    launch on channels-last levels specializes it: every channel stride 1 (a constant), the
+    pointers, the other strides and C divisible by 16."""
     from runner.ops.roi_align_triton import _roi_align_kernel
 
     constexprs = dict(PH=7, PW=7, ALIGNED=aligned, LEVELS=4, BLOCK_C=32, BINS=64, ROUNDED=True)
@@ -296,6 +301,13 @@ def compiled_for_sm90(dtype: str, aligned: bool, ones: bool = False, floats: str
         names = _roi_align_kernel.arg_names
         specialized = [n for n in names if re.fullmatch(r"s[wc]\d", n)]
         constexprs.update({n: 1 for n in (*specialized, "P", "C", "sampling_ratio")})
+    divisible = ()
+    if nhwc:
+        names = _roi_align_kernel.arg_names
+        constexprs.update({n: 1 for n in names if re.fullmatch(r"sc\d", n)})
+        divisible = [
+            n for n in names if re.fullmatch(r"out_ptr|boxes_ptr|levels_ptr|f\d|s[nhw]\d|C", n)
+        ]
     signature = {}
     for name in _roi_align_kernel.arg_names:
         if name == "out_ptr" or re.fullmatch(r"f\d", name):
@@ -308,7 +320,7 @@ def compiled_for_sm90(dtype: str, aligned: bool, ones: bool = False, floats: str
             signature[name] = floats
         else:
             signature[name] = "i32"
-    return ptx_for_sm90(_roi_align_kernel, signature, constexprs)
+    return ptx_for_sm90(_roi_align_kernel, signature, constexprs, divisible)
 
 
 @pytest.mark.skipif(not triton_available(), reason=TRITON_MISSING)
@@ -350,6 +362,25 @@ def test_cuda_kernel_rounds_the_scales_to_fp32_however_the_launcher_types_them(f
     uses = f64_uses(ptx)
     assert [use for use in uses if not use.startswith(("selp.f64", "cvt.rn.f32.f64"))] == []
     assert bool(uses) == (floats == "fp64")
+
+
+@pytest.mark.skipif(not triton_available(), reason=TRITON_MISSING)
+@pytest.mark.parametrize("dtype", ["fp16", "bf16", "fp32"])
+def test_cuda_kernel_reads_channels_last_levels_with_16_byte_loads(dtype):
+    """static_graph's convolutions run channels last (channels_last: true), so its levels have
+    channel stride 1. Compiled for an H100 with that stride a constant, the kernel's lanes run
+    along the channels and every load of a level is one 16-byte vector: a warp reads whole
+    sectors rather than one element per lane, as with NCHW levels (scalar loads)."""
+
+    def level_loads(**nhwc) -> Counter:
+        ptx = compiled_for_sm90(dtype, True, **nhwc)["ptx"]
+        loads = Counter(re.findall(r"ld\.global((?:\.[a-z0-9]+)*)", ptx))
+        return loads - Counter({".b32": 4, ".b64": 1})  # a box's 4 coordinates, its level
+
+    vectors = level_loads(nhwc=True)
+    assert set(vectors) == {".v4.b32"} and vectors[".v4.b32"] >= 4, vectors  # >= 1 per corner
+    scalars = level_loads()
+    assert set(scalars) == {".b32" if dtype == "fp32" else ".b16"}, "NCHW: element by element"
 
 
 INDUCTOR_ACCESSES_CODE = textwrap.dedent(
