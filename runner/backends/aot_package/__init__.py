@@ -10,8 +10,8 @@ replayed inside a CUDA graph, the input copy and the output slicing in the timed
               package stands alone; calls whose exactness flag is off are counted)
 
 The measuring process loads packages and never compiles (build.compile_package compiles in a
-process of its own), with no pool of compile workers from its start (`environment`; the
-compile worker's docstring says why). Packages are kept in `cache_dir` under a key of what
+process of its own), so it starts with build.LOADER_ENVIRONMENT (`environment`): no pool of
+compile workers and no build checks in Inductor's CPU ISA probe (build.py says why). Packages are kept in `cache_dir` under a key of what
 they hold (build.package_key): a run whose package exists reuses it (`reuse: true`), as
 Inductor's own cache serves torch.compile, and its notes say so. optimize_s covers this run's
 export (always) and compile (where it built the package); the notes carry the package's size
@@ -26,6 +26,7 @@ from pathlib import Path
 import torch
 
 from runner.backends import _parts, register
+from runner.backends.aot_package.build import LOADER_ENVIRONMENT
 from runner.backends.static_graph import OPTIONS as STATIC_OPTIONS
 from runner.backends.static_graph import check_together
 
@@ -69,8 +70,7 @@ class ByShape:
     "aot_package",
     options=OPTIONS,
     owns_precision=True,
-    # build.LOADER_ENVIRONMENT (written out: registering imports nothing heavy), for loading
-    environment={"TORCHINDUCTOR_COMPILE_THREADS": "1", "TORCHINDUCTOR_VEC_ISA_OK": "1"},
+    environment=LOADER_ENVIRONMENT,  # the measuring process only loads packages
     combined=lambda options: check_together(options, "aot_package"),
 )
 def optimize(exported, inputs, precision, options):
