@@ -182,9 +182,7 @@ def _roi_align_kernel(
         stride_c = _pick(level, sc0, sc1, sc2, sc3)
         stride_h = _pick(level, sh0, sh1, sh2, sh3)
         stride_w = _pick(level, sw0, sw1, sw2, sw3)
-        # fp32, as torchvision's kernels take it: Inductor passes a Python float as fp64 (eager
-        # Triton as fp32), and an fp64 operand of the fp32 inline PTX would be its low 32 bits
-        scale = _pick(level, scale0, scale1, scale2, scale3).to(tl.float32)
+        scale = _pick(level, scale0, scale1, scale2, scale3)  # fp64 under Inductor: _rounded
 
         # the box on its level, as torchvision: start = coordinate * scale - offset
         offset = 0.5 if ALIGNED else 0.0
