@@ -11,11 +11,12 @@ replayed inside a CUDA graph, the input copy and the output slicing in the timed
 
 The measuring process loads packages and never compiles (build.compile_package compiles in a
 process of its own), so it starts with build.LOADER_ENVIRONMENT (`environment`): no pool of
-compile workers and no build checks in Inductor's CPU ISA probe (build.py says why). Packages are kept in `cache_dir` under a key of what
-they hold (build.package_key): a run whose package exists reuses it (`reuse: true`), as
-Inductor's own cache serves torch.compile, and its notes say so. optimize_s covers this run's
-export (always) and compile (where it built the package); the notes carry the package's size
-(MB), what building it cost, the load time (s) and the graph memory.
+compile workers and no build checks in Inductor's CPU ISA probe (build.py says why).
+Packages are kept in `cache_dir` under a key of what they hold (build.package_key): a run whose
+package exists reuses it (`reuse: true`), as Inductor's own cache serves torch.compile, and its
+notes say so. optimize_s covers this run's export (always) and compile (where it built the
+package); the notes carry the package's size (MB), what building it cost, the load time (s) and
+the graph memory.
 """
 
 from __future__ import annotations
