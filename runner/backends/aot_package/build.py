@@ -297,12 +297,15 @@ def cpu_isa_probe() -> float:
     return time.perf_counter() - started
 
 
-def _calls(meta: dict[str, str], namespace: str) -> list[str] | None:
-    """The ops of `namespace` the package calls (its d2bench.calls), or None where the package
-    does not say (made before it was recorded): then assume it calls some."""
-    if "d2bench.calls" not in meta:
-        return None
-    return [name for name in meta["d2bench.calls"].split(",") if name.startswith(namespace)]
+# what a package made before `d2bench.calls` was recorded is taken to call: what its loading
+# was said to need then
+CALLS_BEFORE = "d2bench::greedy_nms,torchvision::roi_align"
+
+
+def _calls(meta: dict[str, str], namespace: str) -> list[str]:
+    """The ops of `namespace` ("torchvision::") the package calls, from its d2bench.calls."""
+    calls = meta.get("d2bench.calls", CALLS_BEFORE)
+    return [name for name in calls.split(",") if name.startswith(namespace)]
 
 
 def requirements(meta: dict[str, str]) -> list[str]:
@@ -314,14 +317,15 @@ def requirements(meta: dict[str, str]) -> list[str]:
             f"a CUDA GPU of compute capability {meta['d2bench.sm']} (built on "
             f"{meta['d2bench.gpu']}); neither Triton nor a compiler"
         )
-    elif ours is None or ours:
-        named = f" ({', '.join(ours)})" if ours else ""
-        needs.append(f"the CPU kernels of d2bench's ops{named}: `import runner.ops` before loading")
-    if theirs is None or theirs:
-        named = ", ".join(theirs) if theirs else "torchvision::roi_align"
+    elif ours:
         needs.append(
-            f"torchvision's ops, which the package calls by name ({named}): `import torchvision` "
-            "(C++: load torchvision's library, libtorchvision or _C.so)"
+            f"the CPU kernels of d2bench's ops ({', '.join(ours)}): `import runner.ops` before "
+            "loading"
+        )
+    if theirs:
+        needs.append(
+            f"torchvision's ops, which the package calls by name ({', '.join(theirs)}): "
+            "`import torchvision` (C++: load torchvision's library, libtorchvision or _C.so)"
         )
     else:
         needs.append("no torchvision: the package calls none of its ops")
@@ -334,9 +338,8 @@ def snippet(path: Path, meta: dict[str, str]) -> str:
     batch, shape = meta["d2bench.inputs"].split(" x ")
     _, height, width = (int(v) for v in shape.split("]")[0].strip("[").split(","))
     device = meta.get("d2bench.device", "cuda")
-    ours, theirs = _calls(meta, "d2bench::"), _calls(meta, "torchvision::")
-    imports = "import torch" + (", torchvision" if theirs is None or theirs else "")
-    if device == "cpu" and (ours is None or ours):
+    imports = "import torch" + (", torchvision" if _calls(meta, "torchvision::") else "")
+    if device == "cpu" and _calls(meta, "d2bench::"):
         imports += "\nimport runner.ops  # the CPU kernels of d2bench's ops"
     names = meta["d2bench.outputs"].replace(",", ", ")
     images = ", ".join(["image"] * int(batch))
