@@ -146,7 +146,7 @@ def measure(package: Path, args, work: Path) -> list[dict]:
             f"{package}: its detections are {fields.answers}; this comparison reads a "
             "detector's instances (boxes, scores, classes)"
         )
-    theirs = [n for n in meta.get("d2bench.calls", "").split(",") if n.startswith("torchvision::")]
+    theirs = build.calls(meta, "torchvision::")
     if theirs and not args.torchvision:
         raise SystemExit(
             f"{package}: it calls {', '.join(theirs)}, which only torchvision's library registers; "

@@ -296,20 +296,19 @@ def compiled_for_sm90(
     pointers, the other strides and C divisible by 16."""
     from runner.ops.roi_align_triton import _roi_align_kernel
 
+    names = _roi_align_kernel.arg_names
     constexprs = dict(PH=7, PW=7, ALIGNED=aligned, LEVELS=4, BLOCK_C=32, BINS=64, ROUNDED=True)
     if ones:
-        names = _roi_align_kernel.arg_names
         specialized = [n for n in names if re.fullmatch(r"s[wc]\d", n)]
         constexprs.update({n: 1 for n in (*specialized, "P", "C", "sampling_ratio")})
     divisible = ()
     if nhwc:
-        names = _roi_align_kernel.arg_names
         constexprs.update({n: 1 for n in names if re.fullmatch(r"sc\d", n)})
         divisible = [
             n for n in names if re.fullmatch(r"out_ptr|boxes_ptr|levels_ptr|f\d|s[nhw]\d|C", n)
         ]
     signature = {}
-    for name in _roi_align_kernel.arg_names:
+    for name in names:
         if name == "out_ptr" or re.fullmatch(r"f\d", name):
             signature[name] = f"*{dtype}"
         elif name == "boxes_ptr":

@@ -221,8 +221,8 @@ def build(
             return Package(
                 path, key, _mb(path), export_s, None, built["compile_s"], link.runtime(path)
             )
-    calls = ",".join(called_ops(program))
-    meta = metadata(outputs.fields, images, {"key": key, "calls": calls, **meta_extra})
+    called = ",".join(called_ops(program))
+    meta = metadata(outputs.fields, images, {"key": key, "calls": called, **meta_extra})
     log.info("compiling the package with AOTInductor (tens of seconds on a GPU host)")
     started = time.perf_counter()
     compile_package(program, Path(path), meta)
@@ -302,16 +302,17 @@ def cpu_isa_probe() -> float:
 CALLS_BEFORE = "d2bench::greedy_nms,torchvision::roi_align"
 
 
-def _calls(meta: dict[str, str], namespace: str) -> list[str]:
-    """The ops of `namespace` ("torchvision::") the package calls, from its d2bench.calls."""
-    calls = meta.get("d2bench.calls", CALLS_BEFORE)
-    return [name for name in calls.split(",") if name.startswith(namespace)]
+def calls(meta: dict[str, str], namespace: str) -> list[str]:
+    """The ops of `namespace` ("torchvision::") a package with this metadata calls (its
+    d2bench.calls): what loading it needs (requirements, snippet, scripts/cpp_loader.py)."""
+    named = meta.get("d2bench.calls", CALLS_BEFORE)
+    return [name for name in named.split(",") if name.startswith(namespace)]
 
 
 def requirements(meta: dict[str, str]) -> list[str]:
     """What a process needs to load a package with this metadata, one line each."""
     needs = [f"torch {meta['d2bench.torch']} (AOTInductor packages are built for one version)"]
-    ours, theirs = _calls(meta, "d2bench::"), _calls(meta, "torchvision::")
+    ours, theirs = calls(meta, "d2bench::"), calls(meta, "torchvision::")
     if meta.get("d2bench.device") == "cuda":
         needs.append(
             f"a CUDA GPU of compute capability {meta['d2bench.sm']} (built on "
@@ -338,8 +339,8 @@ def snippet(path: Path, meta: dict[str, str]) -> str:
     batch, shape = meta["d2bench.inputs"].split(" x ")
     _, height, width = (int(v) for v in shape.split("]")[0].strip("[").split(","))
     device = meta.get("d2bench.device", "cuda")
-    imports = "import torch" + (", torchvision" if _calls(meta, "torchvision::") else "")
-    if device == "cpu" and _calls(meta, "d2bench::"):
+    imports = "import torch" + (", torchvision" if calls(meta, "torchvision::") else "")
+    if device == "cpu" and calls(meta, "d2bench::"):
         imports += "\nimport runner.ops  # the CPU kernels of d2bench's ops"
     names = meta["d2bench.outputs"].replace(",", ", ")
     images = ", ".join(["image"] * int(batch))
